@@ -1,0 +1,26 @@
+//! The application layer: one function per subcommand. Errors here are
+//! `anyhow` with context, because they end at the user's terminal.
+
+pub mod plan;
+
+/// What a command tells the process to exit with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything worked.
+    Success,
+    /// The command ran but found a problem in its input (e.g. a rejected plan).
+    Rejected,
+    /// The command is not available yet.
+    NotImplemented,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Rejected => 1,
+            Exit::NotImplemented => 2,
+        }
+    }
+}

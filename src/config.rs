@@ -1,0 +1,275 @@
+//! Layered settings: defaults < file (`--config`, TOML) < `LEDGERD_*` environment < flags.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Default store: the embedded SQLite file in the working directory.
+pub const DEFAULT_STORE_URL: &str = "sqlite://ledgerd.db";
+/// Prefix of the environment variables read as settings.
+pub const ENV_PREFIX: &str = "LEDGERD";
+/// Longest lease the store's lock allows (Couchbase caps locks at 30 s).
+pub const LEASE_MS_MAX: u64 = 30_000;
+/// Shortest lease; Couchbase locks have a resolution of one second.
+pub const LEASE_MS_MIN: u64 = 1_000;
+/// Most actions one process works on at once.
+pub const CONCURRENCY_MAX: usize = 1_024;
+/// Most keys read by one discovery query.
+pub const DISCOVERY_PAGE_SIZE_MAX: usize = 10_000;
+
+/// A value that is never printed or logged.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON lines otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Every setting, typed. Field names are the file keys; environment
+/// variables are `LEDGERD_` + the key in capitals (e.g. `LEDGERD_LEASE_MS`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Store URL: `sqlite://PATH`, `memory://` or `couchbase://HOST[,HOST…]`.
+    pub store: String,
+    /// Bucket holding `action:` and `failed:` documents.
+    pub queue_bucket: String,
+    /// Bucket holding `balance:` and `tx:` documents.
+    pub ledger_bucket: String,
+    /// Actions one process works on at once.
+    pub concurrency: usize,
+    /// How long a claimed action stays locked to its worker.
+    pub lease_ms: u64,
+    /// Longest pause between discovery passes when the queue is idle.
+    pub idle_backoff_ms_max: u64,
+    /// Keys read per discovery query.
+    pub discovery_page_size: usize,
+    /// How long in-flight actions may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_ms: u64,
+    /// Log filter when neither `--log-level` nor `RUST_LOG` is given.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Couchbase user name.
+    pub couchbase_username: Option<String>,
+    /// Couchbase password (never logged).
+    pub couchbase_password: Option<Secret>,
+    /// Couchbase durability level: `majority`, `majority_and_persist_active`,
+    /// `persist_to_majority` or `none`.
+    pub couchbase_durability: String,
+    /// Deadline of every Couchbase key-value operation.
+    pub kv_timeout_ms: u64,
+}
+
+/// Keys a config file may contain: the fields of [`Settings`].
+const KEYS: &[&str] = &[
+    "store",
+    "queue_bucket",
+    "ledger_bucket",
+    "concurrency",
+    "lease_ms",
+    "idle_backoff_ms_max",
+    "discovery_page_size",
+    "shutdown_grace_ms",
+    "log_level",
+    "log_format",
+    "couchbase_username",
+    "couchbase_password",
+    "couchbase_durability",
+    "kv_timeout_ms",
+];
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file or a value could not be read.
+    #[error("configuration: {0}")]
+    Source(#[from] config::ConfigError),
+    /// The config file has a key we do not know (probably a typo).
+    #[error("configuration file {file}: unknown key `{key}` (known keys: {known})")]
+    UnknownKey {
+        /// The file.
+        file: String,
+        /// The unknown key.
+        key: String,
+        /// The known keys.
+        known: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("configuration: `{key}` {why}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Settings {
+    /// Loads settings from defaults, an optional TOML file, the environment
+    /// and `overrides` (flags), in that order of precedence.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .set_default("store", DEFAULT_STORE_URL)?
+            .set_default("queue_bucket", "queue")?
+            .set_default("ledger_bucket", "ledger")?
+            .set_default("concurrency", 16)?
+            .set_default("lease_ms", 15_000)?
+            .set_default("idle_backoff_ms_max", 1_000)?
+            .set_default("discovery_page_size", 256)?
+            .set_default("shutdown_grace_ms", 10_000)?
+            .set_default("log_level", "info")?
+            .set_default("log_format", "auto")?
+            .set_default("couchbase_durability", "majority")?
+            .set_default("kv_timeout_ms", 2_500)?;
+        if let Some(path) = file {
+            check_file_keys(path)?;
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(config::Environment::with_prefix(ENV_PREFIX));
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
+        if !(1..=CONCURRENCY_MAX).contains(&self.concurrency) {
+            return invalid(
+                "concurrency",
+                format!("must be 1 to {CONCURRENCY_MAX}, got {}", self.concurrency),
+            );
+        }
+        if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&self.lease_ms) {
+            return invalid(
+                "lease_ms",
+                format!(
+                    "must be {LEASE_MS_MIN} to {LEASE_MS_MAX}, got {}",
+                    self.lease_ms
+                ),
+            );
+        }
+        if !(1..=DISCOVERY_PAGE_SIZE_MAX).contains(&self.discovery_page_size) {
+            return invalid(
+                "discovery_page_size",
+                format!(
+                    "must be 1 to {DISCOVERY_PAGE_SIZE_MAX}, got {}",
+                    self.discovery_page_size
+                ),
+            );
+        }
+        if self.idle_backoff_ms_max == 0 {
+            return invalid("idle_backoff_ms_max", "must be at least 1".into());
+        }
+        if self.kv_timeout_ms == 0 {
+            return invalid("kv_timeout_ms", "must be at least 1".into());
+        }
+        for (key, name) in [
+            ("queue_bucket", &self.queue_bucket),
+            ("ledger_bucket", &self.ledger_bucket),
+        ] {
+            if name.is_empty()
+                || name.len() > 100
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.%".contains(c))
+            {
+                return invalid(key, format!("{name:?} is not a valid bucket name"));
+            }
+        }
+        if self.queue_bucket == self.ledger_bucket {
+            return invalid("ledger_bucket", "must differ from queue_bucket".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_file_keys(path: &Path) -> Result<(), ConfigError> {
+    let table = config::Config::builder()
+        .add_source(config::File::from(path).required(true))
+        .build()?
+        .try_deserialize::<std::collections::HashMap<String, config::Value>>()?;
+    let mut keys: Vec<&String> = table.keys().collect();
+    keys.sort();
+    match keys.into_iter().find(|k| !KEYS.contains(&k.as_str())) {
+        Some(key) => Err(ConfigError::UnknownKey {
+            file: path.display().to_string(),
+            key: key.clone(),
+            known: KEYS.join(", "),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let f = file("concurrency = 4\nlease_ms = 5000\ncouchbase_password = \"hunter2\"\n");
+        let s = Settings::load(Some(f.path()), &[("lease_ms", "7000".into())]).expect("loads");
+        assert_eq!(s.concurrency, 4);
+        assert_eq!(s.lease_ms, 7000);
+        assert_eq!(s.queue_bucket, "queue");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "secret printed: {debug}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = file("concurency = 4\n");
+        let err = Settings::load(Some(f.path()), &[])
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("unknown key `concurency`"), "{err}");
+        let f = file("concurrency = \"many\"\n");
+        let err = Settings::load(Some(f.path()), &[])
+            .expect_err("bad type")
+            .to_string();
+        assert!(err.contains("concurrency"), "{err}");
+        let err = Settings::load(None, &[("lease_ms", "60000".into())])
+            .expect_err("range")
+            .to_string();
+        assert!(err.contains("`lease_ms` must be 1000 to 30000"), "{err}");
+        let err = Settings::load(None, &[("queue_bucket", "ledger".into())])
+            .expect_err("same")
+            .to_string();
+        assert!(err.contains("ledger_bucket"), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! The pure core: amounts, keys, action parsing and split math.
+//! No async, no I/O and no store types live here.
+
+pub mod action;
+pub mod decimal;
+pub mod keys;
+pub mod split;
+pub mod units;
+
+pub use action::{plan_action, ActionError, Credit, Mode, Plan};
+pub use units::{Units, TOTAL_SUPPLY_UNITS, UNITS_PER_TOKEN};

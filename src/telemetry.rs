@@ -1,0 +1,38 @@
+//! Logging set-up: JSON lines for machines, readable lines for people.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Starts the global subscriber, writing to stderr (stdout carries command
+/// output). `filter` is an `EnvFilter` directive such as `info` or
+/// `ledgerd=debug`; an invalid one falls back to `info` with a warning.
+pub fn init(filter: &str, format: LogFormat) {
+    let (env_filter, bad_filter) = match EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e.to_string())),
+    };
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) keeps the first subscriber; that is fine.
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+    if let Some(e) = bad_filter {
+        tracing::warn!(filter, error = %e, "invalid log filter, using info");
+    }
+}
