@@ -11,4 +11,5 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod store;
 pub mod telemetry;

@@ -1,0 +1,470 @@
+//! The contract every [`Store`] must meet, as one suite of cases.
+//!
+//! Run it against a store with [`contract_tests!`](crate::contract_tests),
+//! which makes one `#[tokio::test]` per case. Each case uses fresh random
+//! keys, so the suite can share buckets with other runs (Couchbase).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use serde_json::json;
+
+use super::{Bucket, Store, StoreError, WriteMode, LOCKED_CAS};
+
+/// A store under test and a way to let its lock clock move.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// The store.
+    fn store(&self) -> &dyn Store;
+    /// Lets at least `by` pass on the store's clock (sleep, or move a manual clock).
+    async fn advance(&self, by: Duration);
+}
+
+/// Shortest lock the contract uses: stores may count locks in whole seconds.
+const LOCK: Duration = Duration::from_secs(1);
+/// How long to wait for a one-second lock to lapse, with slack for
+/// stores that expire locks on a coarse timer.
+const LAPSE: Duration = Duration::from_millis(2_600);
+
+fn fresh(name: &str) -> String {
+    format!("ct:{}:{name}", rand::thread_rng().gen::<u64>())
+}
+
+/// Unwraps a store result in a test, naming the operation on failure.
+macro_rules! ok {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(err) => panic!("{} failed: {err:?}", stringify!($e)),
+        }
+    };
+}
+
+/// Reads return exactly the bytes written, and CAS values change on writes.
+pub async fn read_your_writes(h: &dyn Harness) {
+    let s = h.store();
+    let key = fresh("rw");
+    assert_eq!(s.get(Bucket::Queue, &key).await, Err(StoreError::NotFound));
+    let body = b"{\"x\": 100.000000001}\xff\x00 raw".to_vec();
+    let cas = ok!(s.insert(Bucket::Queue, &key, &body).await);
+    let doc = ok!(s.get(Bucket::Queue, &key).await);
+    assert_eq!(doc.body, body);
+    assert_eq!(doc.cas, cas);
+    assert_ne!(cas, LOCKED_CAS);
+    // The same key in the other bucket is another document.
+    assert_eq!(s.get(Bucket::Ledger, &key).await, Err(StoreError::NotFound));
+    let cas2 = ok!(s.replace(Bucket::Queue, &key, b"2", cas).await);
+    assert_ne!(cas2, cas);
+    assert_eq!(ok!(s.get(Bucket::Queue, &key).await).body, b"2");
+}
+
+/// Insert fails on an existing key; of racing inserts exactly one wins.
+pub async fn insert_is_exclusive(h: &dyn Harness) {
+    let s = h.store();
+    let key = fresh("ins");
+    ok!(s.insert(Bucket::Ledger, &key, b"1").await);
+    assert_eq!(
+        s.insert(Bucket::Ledger, &key, b"2").await,
+        Err(StoreError::Exists)
+    );
+    assert_eq!(ok!(s.get(Bucket::Ledger, &key).await).body, b"1");
+
+    let key = fresh("race");
+    let results = futures_join(8, |i| {
+        let key = key.clone();
+        async move {
+            (
+                i,
+                s.insert(Bucket::Ledger, &key, i.to_string().as_bytes())
+                    .await,
+            )
+        }
+    })
+    .await;
+    let winners: Vec<_> = results.iter().filter(|(_, r)| r.is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|(_, r)| r.is_ok() || *r == Err(StoreError::Exists)),
+        "{results:?}"
+    );
+    let stored = ok!(s.get(Bucket::Ledger, &key).await).body;
+    assert_eq!(stored, winners[0].0.to_string().into_bytes());
+}
+
+/// Replace and remove obey the CAS; of racing replaces under one CAS exactly one wins.
+pub async fn cas_guards_writes(h: &dyn Harness) {
+    let s = h.store();
+    let key = fresh("cas");
+    let cas = ok!(s.insert(Bucket::Ledger, &key, b"1").await);
+    let cas2 = ok!(s.replace(Bucket::Ledger, &key, b"2", cas).await);
+    assert_eq!(
+        s.replace(Bucket::Ledger, &key, b"3", cas).await,
+        Err(StoreError::CasMismatch)
+    );
+    assert_eq!(
+        s.remove(Bucket::Ledger, &key, Some(cas)).await,
+        Err(StoreError::CasMismatch)
+    );
+    assert_eq!(ok!(s.get(Bucket::Ledger, &key).await).body, b"2");
+
+    let results = futures_join(8, |i| {
+        let key = key.clone();
+        async move {
+            s.replace(Bucket::Ledger, &key, i.to_string().as_bytes(), cas2)
+                .await
+        }
+    })
+    .await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(StoreError::CasMismatch)),
+        "{results:?}"
+    );
+
+    ok!(s.remove(Bucket::Ledger, &key, None).await);
+    assert_eq!(s.get(Bucket::Ledger, &key).await, Err(StoreError::NotFound));
+    assert_eq!(
+        s.remove(Bucket::Ledger, &key, None).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        s.replace(Bucket::Ledger, &key, b"x", cas2).await,
+        Err(StoreError::NotFound)
+    );
+    // A removed key can be inserted again, with a CAS never seen before.
+    let cas3 = ok!(s.insert(Bucket::Ledger, &key, b"new").await);
+    assert!(cas3 != cas && cas3 != cas2);
+}
+
+/// A locked document refuses a second lock and every write without the lock's CAS.
+pub async fn locks_exclude_others(h: &dyn Harness) {
+    let s = h.store();
+    let key = fresh("lock");
+    assert_eq!(
+        s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await,
+        Err(StoreError::NotFound)
+    );
+    let cas0 = ok!(s.insert(Bucket::Queue, &key, b"body").await);
+    let locked = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await);
+    assert_eq!(locked.body, b"body");
+    assert_ne!(locked.cas, cas0, "locking changes the CAS");
+    assert_eq!(
+        s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await,
+        Err(StoreError::Locked)
+    );
+    let read = ok!(s.get(Bucket::Queue, &key).await);
+    assert_eq!(read.body, b"body");
+    assert_eq!(
+        read.cas, LOCKED_CAS,
+        "a plain read of a locked document hides its CAS"
+    );
+    assert_eq!(
+        s.replace(Bucket::Queue, &key, b"x", read.cas).await,
+        Err(StoreError::Locked)
+    );
+    assert_eq!(
+        s.replace(Bucket::Queue, &key, b"x", cas0).await,
+        Err(StoreError::Locked)
+    );
+    assert_eq!(
+        s.remove(Bucket::Queue, &key, None).await,
+        Err(StoreError::Locked)
+    );
+    assert_eq!(
+        s.insert(Bucket::Queue, &key, b"x").await,
+        Err(StoreError::Exists)
+    );
+    let write = s
+        .write_with_xattrs(
+            Bucket::Queue,
+            &key,
+            b"x",
+            &[("a.b", json!(1))],
+            WriteMode::Replace(cas0),
+        )
+        .await;
+    assert_eq!(write, Err(StoreError::Locked));
+    assert_eq!(
+        s.remove_xattr(Bucket::Queue, &key, "a.b").await,
+        Err(StoreError::Locked)
+    );
+    assert_eq!(ok!(s.get(Bucket::Queue, &key).await).body, b"body");
+    // The lock's CAS writes, and the write releases the lock.
+    let cas2 = ok!(s.replace(Bucket::Queue, &key, b"next", locked.cas).await);
+    let relocked = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await);
+    assert_ne!(relocked.cas, cas2);
+    ok!(s.remove(Bucket::Queue, &key, Some(relocked.cas)).await);
+    assert_eq!(s.get(Bucket::Queue, &key).await, Err(StoreError::NotFound));
+}
+
+/// Unlock needs the lock's CAS; a wrong one leaves the lock in place.
+pub async fn unlock_needs_the_lock_cas(h: &dyn Harness) {
+    let s = h.store();
+    let key = fresh("unlock");
+    let cas0 = ok!(s.insert(Bucket::Queue, &key, b"b").await);
+    let locked = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await);
+    assert!(s.unlock(Bucket::Queue, &key, cas0).await.is_err());
+    assert_eq!(
+        s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await,
+        Err(StoreError::Locked)
+    );
+    ok!(s.unlock(Bucket::Queue, &key, locked.cas).await);
+    let again = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await);
+    ok!(s.unlock(Bucket::Queue, &key, again.cas).await);
+    ok!(s.remove(Bucket::Queue, &key, None).await);
+}
+
+/// A lock lapses by itself; until someone else writes, its CAS still works.
+pub async fn locks_lapse(h: &dyn Harness) {
+    let s = h.store();
+    let (a, b) = (fresh("lapse-a"), fresh("lapse-b"));
+    ok!(s.insert(Bucket::Queue, &a, b"a").await);
+    ok!(s.insert(Bucket::Queue, &b, b"b").await);
+    let lock_a = ok!(s.get_and_lock(Bucket::Queue, &a, LOCK).await);
+    let lock_b = ok!(s.get_and_lock(Bucket::Queue, &b, LOCK).await);
+    h.advance(LAPSE).await;
+    // a: someone else locks after the lapse; the stale lock CAS no longer writes.
+    let other = ok!(s.get_and_lock(Bucket::Queue, &a, LOCK * 10).await);
+    assert_ne!(other.cas, lock_a.cas);
+    assert_eq!(
+        s.remove(Bucket::Queue, &a, Some(lock_a.cas)).await,
+        Err(StoreError::Locked)
+    );
+    ok!(s.remove(Bucket::Queue, &a, Some(other.cas)).await);
+    // b: nobody touched it; the lapsed lock's CAS still removes it.
+    assert_ne!(ok!(s.get(Bucket::Queue, &b).await).cas, LOCKED_CAS);
+    ok!(s.remove(Bucket::Queue, &b, Some(lock_b.cas)).await);
+}
+
+/// Body and xattrs change together in one write, under insert or CAS rules.
+pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
+    let s = h.store();
+    let key = fresh("x");
+    let paths = ["ledger.applied.m1", "ledger.applied"];
+    assert_eq!(
+        s.get_with_xattrs(Bucket::Ledger, &key, &paths).await,
+        Err(StoreError::NotFound)
+    );
+    let missing = s
+        .write_with_xattrs(Bucket::Ledger, &key, b"1", &[], WriteMode::Replace(1))
+        .await;
+    assert_eq!(missing, Err(StoreError::NotFound));
+    let cas = ok!(s
+        .write_with_xattrs(
+            Bucket::Ledger,
+            &key,
+            b"5",
+            &[("ledger.applied.m1", json!({"u": 5}))],
+            WriteMode::Insert
+        )
+        .await);
+    let again = s
+        .write_with_xattrs(
+            Bucket::Ledger,
+            &key,
+            b"9",
+            &[("ledger.applied.m9", json!(1))],
+            WriteMode::Insert,
+        )
+        .await;
+    assert_eq!(again, Err(StoreError::Exists));
+    let read = ok!(s.get_with_xattrs(Bucket::Ledger, &key, &paths).await);
+    assert_eq!(read.body, b"5");
+    assert_eq!(read.cas, cas);
+    assert_eq!(
+        read.xattrs,
+        vec![Some(json!({"u": 5})), Some(json!({"m1": {"u": 5}}))]
+    );
+    assert_eq!(
+        ok!(s.get(Bucket::Ledger, &key).await).body,
+        b"5",
+        "xattrs are not part of the body"
+    );
+
+    let stale = s
+        .write_with_xattrs(
+            Bucket::Ledger,
+            &key,
+            b"8",
+            &[("ledger.applied.m2", json!(3))],
+            WriteMode::Replace(cas + 1),
+        )
+        .await;
+    assert_eq!(stale, Err(StoreError::CasMismatch));
+    let cas2 = ok!(s
+        .write_with_xattrs(
+            Bucket::Ledger,
+            &key,
+            b"8",
+            &[("ledger.applied.m2", json!(3))],
+            WriteMode::Replace(cas)
+        )
+        .await);
+    assert_ne!(cas2, cas);
+    let read = ok!(s
+        .get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied", "nope"])
+        .await);
+    assert_eq!(read.body, b"8");
+    assert_eq!(
+        read.xattrs,
+        vec![Some(json!({"m1": {"u": 5}, "m2": 3})), None]
+    );
+
+    assert!(ok!(s
+        .remove_xattr(Bucket::Ledger, &key, "ledger.applied.m1")
+        .await));
+    assert!(!ok!(s
+        .remove_xattr(Bucket::Ledger, &key, "ledger.applied.m1")
+        .await));
+    let read = ok!(s
+        .get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied"])
+        .await);
+    assert_eq!(read.body, b"8");
+    assert_eq!(read.xattrs, vec![Some(json!({"m2": 3}))]);
+    assert_eq!(
+        s.remove_xattr(Bucket::Ledger, &fresh("none"), "a.b").await,
+        Err(StoreError::NotFound)
+    );
+
+    // Racing inserts with xattrs: exactly one creates the document.
+    let key = fresh("xrace");
+    let results = futures_join(8, |i| {
+        let key = key.clone();
+        async move {
+            let path = format!("ledger.applied.m{i}");
+            s.write_with_xattrs(
+                Bucket::Ledger,
+                &key,
+                b"1",
+                &[(path.as_str(), json!(i))],
+                WriteMode::Insert,
+            )
+            .await
+        }
+    })
+    .await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(StoreError::Exists)),
+        "{results:?}"
+    );
+}
+
+/// Keys list in ascending order by prefix, in pages after a cursor.
+pub async fn keys_list_in_pages(h: &dyn Harness) {
+    let s = h.store();
+    let prefix = format!("{}:", fresh("list"));
+    let mut keys: Vec<String> = (0..25).map(|i| format!("{prefix}{i:02}")).collect();
+    for k in &keys {
+        ok!(s.insert(Bucket::Queue, k, b"1").await);
+    }
+    ok!(s
+        .insert(Bucket::Queue, &format!("{prefix}"), b"the prefix itself")
+        .await);
+    ok!(s
+        .insert(
+            Bucket::Queue,
+            &format!("{}x", &prefix[..prefix.len() - 1]),
+            b"outside"
+        )
+        .await);
+    ok!(s
+        .insert(Bucket::Ledger, &format!("{prefix}other-bucket"), b"1")
+        .await);
+    keys.insert(0, prefix.clone());
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = ok!(s
+            .list_keys(Bucket::Queue, &prefix, after.as_deref(), 10)
+            .await);
+        assert!(page.len() <= 10);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        seen.extend(page);
+    }
+    assert_eq!(seen, keys);
+    assert_eq!(ok!(s.count_keys(Bucket::Queue, &prefix).await), 26);
+    let tail = ok!(s
+        .list_keys(Bucket::Queue, &prefix, Some(&format!("{prefix}22")), 10)
+        .await);
+    assert_eq!(tail, vec![format!("{prefix}23"), format!("{prefix}24")]);
+}
+
+/// Runs `n` copies of a future concurrently and collects their results.
+async fn futures_join<T, Fut: std::future::Future<Output = T>>(
+    n: u64,
+    make: impl Fn(u64) -> Fut,
+) -> Vec<T> {
+    futures::future::join_all((0..n).map(make)).await
+}
+
+/// Makes one `#[tokio::test]` per contract case for a harness.
+///
+/// `contract_tests!(make_harness)` where `make_harness().await` returns a
+/// value implementing [`Harness`].
+#[macro_export]
+macro_rules! contract_tests {
+    ($make:expr) => {
+        $crate::contract_tests!(@cases $make;
+            read_your_writes, insert_is_exclusive, cas_guards_writes, locks_exclude_others,
+            unlock_needs_the_lock_cas, locks_lapse, xattr_writes_are_atomic, keys_list_in_pages);
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(harness) = $make().await else { return };
+                $crate::store::contract::$case(&harness).await;
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod memory_contract {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::memory::{Clock, MemoryStore};
+
+    struct MemoryHarness(MemoryStore, Arc<AtomicU64>);
+
+    #[async_trait]
+    impl Harness for MemoryHarness {
+        fn store(&self) -> &dyn Store {
+            &self.0
+        }
+        async fn advance(&self, by: Duration) {
+            self.1.fetch_add(
+                u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    async fn harness() -> Option<MemoryHarness> {
+        let (clock, handle) = Clock::manual();
+        Some(MemoryHarness(MemoryStore::with_clock(clock), handle))
+    }
+
+    crate::contract_tests!(harness);
+}

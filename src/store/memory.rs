@@ -1,0 +1,238 @@
+//! The in-memory store: fast, deterministic, and with a clock tests can move.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::xattr::{self, Slot};
+use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+
+/// Where the memory store reads the time for lock expiry.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    /// Wall-clock milliseconds.
+    System,
+    /// Virtual milliseconds that only move when told to.
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// A manual clock starting at zero, and the handle that moves it.
+    pub fn manual() -> (Clock, Arc<AtomicU64>) {
+        let handle = Arc::new(AtomicU64::new(0));
+        (Clock::Manual(handle.clone()), handle)
+    }
+
+    fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: BTreeMap<String, xattr::Entry>,
+    ledger: BTreeMap<String, xattr::Entry>,
+    last_cas: Cas,
+}
+
+impl Inner {
+    fn bucket(&mut self, bucket: Bucket) -> &mut BTreeMap<String, xattr::Entry> {
+        match bucket {
+            Bucket::Queue => &mut self.queue,
+            Bucket::Ledger => &mut self.ledger,
+        }
+    }
+
+    /// Runs `op` on one key's slot and stores the slot back.
+    fn with_slot<T>(
+        &mut self,
+        bucket: Bucket,
+        key: &str,
+        op: impl FnOnce(&mut Slot, Cas) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.last_cas += 1;
+        let new_cas = self.last_cas;
+        let map = self.bucket(bucket);
+        let mut slot = map.get(key).cloned();
+        let out = op(&mut slot, new_cas)?;
+        match slot {
+            Some(entry) => map.insert(key.to_string(), entry),
+            None => map.remove(key),
+        };
+        Ok(out)
+    }
+}
+
+/// A store held in process memory. Cloning shares the same data.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    clock: Clock,
+}
+
+impl MemoryStore {
+    /// An empty store on the wall clock.
+    pub fn new() -> Self {
+        Self::with_clock(Clock::System)
+    }
+
+    /// An empty store on the given clock.
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            clock,
+        }
+    }
+
+    // A std Mutex, not a tokio one: no await happens while it is held.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every document of a bucket as `(key, body)`, for checkers and tests.
+    pub fn snapshot(&self, bucket: Bucket) -> Vec<(String, Vec<u8>)> {
+        self.lock()
+            .bucket(bucket)
+            .iter()
+            .map(|(k, e)| (k.clone(), e.body.clone()))
+            .collect()
+    }
+
+    /// The whole xattr object of one document, for checkers and tests.
+    pub fn xattrs(&self, bucket: Bucket, key: &str) -> Option<Value> {
+        self.lock()
+            .bucket(bucket)
+            .get(key)
+            .map(|e| e.xattrs.clone())
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory://".to_string()
+    }
+
+    async fn init(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        xattr::get(&inner.bucket(bucket).get(key).cloned(), now)
+    }
+
+    async fn get_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        paths: &[&str],
+    ) -> StoreResult<DocWithXattrs> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        xattr::get_with_xattrs(&inner.bucket(bucket).get(key).cloned(), paths, now)
+    }
+
+    async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
+        let now = self.clock.now_ms();
+        self.lock().with_slot(bucket, key, |slot, cas| {
+            xattr::get_and_lock(slot, lock, now, cas)
+        })
+    }
+
+    async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .with_slot(bucket, key, |slot, _| xattr::unlock(slot, cas, now))
+    }
+
+    async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
+        self.lock()
+            .with_slot(bucket, key, |slot, cas| xattr::insert(slot, body, cas))
+    }
+
+    async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
+        let now = self.clock.now_ms();
+        self.lock().with_slot(bucket, key, |slot, new| {
+            xattr::replace(slot, body, cas, now, new)
+        })
+    }
+
+    async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
+        let now = self.clock.now_ms();
+        self.lock()
+            .with_slot(bucket, key, |slot, _| xattr::remove(slot, cas, now))
+    }
+
+    async fn write_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        body: &[u8],
+        xattrs: &[(&str, Value)],
+        mode: WriteMode,
+    ) -> StoreResult<Cas> {
+        let now = self.clock.now_ms();
+        self.lock().with_slot(bucket, key, |slot, cas| {
+            xattr::write_with_xattrs(slot, body, xattrs, mode, now, cas)
+        })
+    }
+
+    async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
+        let now = self.clock.now_ms();
+        self.lock().with_slot(bucket, key, |slot, cas| {
+            xattr::remove_xattr(slot, path, now, cas)
+        })
+    }
+
+    async fn list_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let mut inner = self.lock();
+        let map = inner.bucket(bucket);
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
+            _ => std::ops::Bound::Included(prefix.to_string()),
+        };
+        Ok(map
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
+        let mut inner = self.lock();
+        let n = inner
+            .bucket(bucket)
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count();
+        u64::try_from(n).map_err(|e| StoreError::Permanent(e.to_string()))
+    }
+}

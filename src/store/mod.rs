@@ -1,0 +1,173 @@
+//! The store contract: the Couchbase-shaped single-document primitives the
+//! crediting protocol is built from. No SDK or SQL type crosses this trait.
+//!
+//! Semantics every implementation must have (pinned by [`contract`]):
+//! - every successful mutation gives the document a new CAS, never reused;
+//! - `get_and_lock` locks a document for a time the store enforces: a
+//!   second lock, and any write without the lock's CAS, fail with
+//!   [`StoreError::Locked`]; a plain `get` still reads it but returns
+//!   [`LOCKED_CAS`], which allows no write; a write with the lock's CAS
+//!   succeeds and releases the lock; the lock lapses by itself;
+//! - a lapsed lock leaves the CAS as it was, so the lock's CAS still
+//!   works until someone else writes or locks;
+//! - `insert` fails with `Exists` when the key exists (locked or not).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub mod contract;
+pub mod faulty;
+pub mod memory;
+pub mod open;
+pub mod sqlite;
+mod xattr;
+
+pub use open::{open, OpenMode};
+
+/// A document's compare-and-swap value.
+pub type Cas = u64;
+
+/// The CAS a plain read of a locked document returns: it matches no write.
+pub const LOCKED_CAS: Cas = u64::MAX;
+
+/// The two buckets ledgerd uses, named by role; the store maps them to
+/// the configured bucket names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// `action:` and `failed:` documents.
+    Queue,
+    /// `balance:` and `tx:` documents.
+    Ledger,
+}
+
+/// A document body and its CAS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    /// The body bytes, exactly as written.
+    pub body: Vec<u8>,
+    /// The CAS at the time of the read.
+    pub cas: Cas,
+}
+
+/// A document body, some of its xattrs and its CAS, read atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocWithXattrs {
+    /// The body bytes.
+    pub body: Vec<u8>,
+    /// The value at each requested path, `None` where absent.
+    pub xattrs: Vec<Option<Value>>,
+    /// The CAS at the time of the read.
+    pub cas: Cas,
+}
+
+/// How [`Store::write_with_xattrs`] treats an existing document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Create the document; fail with `Exists` if it is there.
+    Insert,
+    /// Change the document only if its CAS is still this one.
+    Replace(Cas),
+}
+
+/// What went wrong with a store operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The document does not exist.
+    #[error("document not found")]
+    NotFound,
+    /// The document already exists.
+    #[error("document already exists")]
+    Exists,
+    /// The document changed since the CAS was read.
+    #[error("CAS mismatch")]
+    CasMismatch,
+    /// The document is locked by someone else.
+    #[error("document is locked")]
+    Locked,
+    /// A write may or may not have happened (e.g. a timeout after sending).
+    #[error("ambiguous outcome: {0}")]
+    Ambiguous(String),
+    /// The operation did not happen and may work if tried again.
+    #[error("transient error: {0}")]
+    Transient(String),
+    /// The operation did not happen and will not work if tried again.
+    #[error("permanent error: {0}")]
+    Permanent(String),
+}
+
+impl StoreError {
+    /// The one place that decides which errors are worth retrying as they
+    /// are. `NotFound`, `Exists`, `CasMismatch` and `Locked` are answers
+    /// the caller acts on, not failures.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Ambiguous(_) | StoreError::Transient(_))
+    }
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The single-document operations ledgerd needs from a store.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// A description for logs, with no secrets (e.g. `sqlite://ledgerd.db`).
+    fn describe(&self) -> String;
+
+    /// Creates whatever the store needs (tables, buckets, indexes). Idempotent.
+    async fn init(&self) -> StoreResult<()>;
+
+    /// Reads a document.
+    async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc>;
+
+    /// Reads a document's body and the xattrs at `paths`, atomically.
+    async fn get_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        paths: &[&str],
+    ) -> StoreResult<DocWithXattrs>;
+
+    /// Reads and locks a document for `lock` (rounded up to whole seconds by
+    /// stores that count in seconds). Fails with `Locked` if it is locked.
+    async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc>;
+
+    /// Releases a lock taken with `get_and_lock`; `cas` is the lock's CAS.
+    async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()>;
+
+    /// Creates a document; fails with `Exists` if the key exists.
+    async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas>;
+
+    /// Replaces a document's body if its CAS is still `cas`.
+    async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas>;
+
+    /// Removes a document, under `cas` when given.
+    async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()>;
+
+    /// Writes a body and sets xattr paths in ONE atomic mutation.
+    async fn write_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        body: &[u8],
+        xattrs: &[(&str, Value)],
+        mode: WriteMode,
+    ) -> StoreResult<Cas>;
+
+    /// Removes one xattr path; `Ok(false)` if the path was absent.
+    async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool>;
+
+    /// Up to `limit` keys starting with `prefix` and greater than `after`,
+    /// in ascending byte order.
+    async fn list_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+
+    /// How many keys start with `prefix`.
+    async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64>;
+}

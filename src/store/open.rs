@@ -1,0 +1,38 @@
+//! Choosing a store from its URL.
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use super::sqlite::OpenMode;
+use super::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError};
+use crate::config::Settings;
+
+/// Opens the store named by `settings.store`.
+pub fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
+    let url = settings.store.as_str();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(StoreError::Permanent(
+                "store URL sqlite:// needs a file path, e.g. sqlite://ledgerd.db".into(),
+            ));
+        }
+        let store = SqliteStore::open(
+            Path::new(path),
+            &settings.queue_bucket,
+            &settings.ledger_bucket,
+            mode,
+        )?;
+        return Ok(Arc::new(store));
+    }
+    if url == "memory://" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    if url.starts_with("couchbase://") || url.starts_with("couchbases://") {
+        return Err(StoreError::Permanent(
+            "the Couchbase store is not part of this build yet; use sqlite://PATH".into(),
+        ));
+    }
+    Err(StoreError::Permanent(format!(
+        "unknown store URL {url:?}: expected sqlite://PATH, memory:// or couchbase://HOST"
+    )))
+}

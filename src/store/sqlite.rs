@@ -1,0 +1,407 @@
+//! The embedded store: one SQLite file, safe for several processes at once.
+//!
+//! Every mutation is one short `BEGIN IMMEDIATE` transaction that reads the
+//! row, applies the shared document model (`xattr.rs`) and writes it back,
+//! so SQLite's write lock makes each operation atomic across processes.
+//! WAL mode lets readers proceed while one writer commits; `synchronous =
+//! FULL` makes every committed write durable before it is acknowledged.
+//! Lock expiry is judged by SQLite's clock (`julianday('now')`), the same
+//! for every process on the machine.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
+
+use super::xattr::{self, Entry, Slot};
+use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+
+/// How long a connection waits for another process's write lock.
+const BUSY_TIMEOUT_MS: u64 = 10_000;
+/// Idle connections kept for reuse.
+const POOL_IDLE_MAX: usize = 16;
+/// SQLite's clock in Unix milliseconds.
+const NOW_MS_SQL: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS docs (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    xattrs TEXT NOT NULL,
+    cas INTEGER NOT NULL,
+    lock_until_ms INTEGER,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cas_seq (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT OR IGNORE INTO cas_seq (id, value) VALUES (1, 0);
+";
+
+/// Whether opening may create a new database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file and its tables if absent.
+    Create,
+    /// The file must already exist (commands that only read).
+    Existing,
+}
+
+/// A store in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    buckets: Arc<(String, String)>,
+    // A std Mutex: held only to push or pop a connection, never across await.
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn sql_error(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
+        {
+            StoreError::Transient(e.to_string())
+        }
+        _ => StoreError::Permanent(e.to_string()),
+    }
+}
+
+fn i64_of(cas: Cas) -> StoreResult<i64> {
+    i64::try_from(cas).map_err(|_| StoreError::CasMismatch)
+}
+
+fn connect(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path).map_err(sql_error)?;
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+        .map_err(sql_error)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql_error)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql_error)?;
+    Ok(conn)
+}
+
+/// The key range `[prefix, upper)` of an ASCII prefix.
+fn prefix_range(prefix: &str) -> StoreResult<(String, String)> {
+    if !prefix.is_ascii() {
+        return Err(StoreError::Permanent(format!(
+            "key prefix {prefix:?} is not ASCII"
+        )));
+    }
+    let mut upper = prefix.as_bytes().to_vec();
+    match upper.last_mut() {
+        Some(b) if *b < 0x7f => *b += 1,
+        // An empty prefix (or one ending in DEL) has no ASCII successor: use
+        // a bound above every valid UTF-8 key.
+        _ => return Ok((prefix.to_string(), format!("{prefix}\u{10FFFF}"))),
+    }
+    let upper = String::from_utf8(upper).map_err(|e| StoreError::Permanent(e.to_string()))?;
+    Ok((prefix.to_string(), upper))
+}
+
+fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<(Slot, u64)> {
+    let sql = format!("SELECT body, xattrs, cas, lock_until_ms, {NOW_MS_SQL} FROM docs WHERE bucket = ?1 AND key = ?2");
+    let row = conn
+        .query_row(&sql, params![bucket, key], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .optional()
+        .map_err(sql_error)?;
+    let Some((body, xattrs, cas, lock_until_ms, now)) = row else {
+        let now: i64 = conn
+            .query_row(&format!("SELECT {NOW_MS_SQL}"), [], |r| r.get(0))
+            .map_err(sql_error)?;
+        return Ok((None, u64::try_from(now).unwrap_or(0)));
+    };
+    let xattrs: Value = serde_json::from_str(&xattrs).map_err(|e| {
+        StoreError::Permanent(format!("stored xattrs of {key:?} are not JSON: {e}"))
+    })?;
+    let entry = Entry {
+        body,
+        xattrs,
+        cas: u64::try_from(cas).unwrap_or(0),
+        lock_until_ms: lock_until_ms.map(|l| u64::try_from(l).unwrap_or(0)),
+    };
+    Ok((Some(entry), u64::try_from(now).unwrap_or(0)))
+}
+
+fn save(conn: &Connection, bucket: &str, key: &str, slot: &Slot) -> StoreResult<()> {
+    match slot {
+        None => conn
+            .execute("DELETE FROM docs WHERE bucket = ?1 AND key = ?2", params![bucket, key])
+            .map(|_| ()),
+        Some(e) => conn
+            .execute(
+                "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, xattrs = excluded.xattrs,
+                 cas = excluded.cas, lock_until_ms = excluded.lock_until_ms",
+                params![
+                    bucket,
+                    key,
+                    e.body,
+                    e.xattrs.to_string(),
+                    i64_of(e.cas)?,
+                    e.lock_until_ms.map(|l| i64::try_from(l).unwrap_or(i64::MAX))
+                ],
+            )
+            .map(|_| ()),
+    }
+    .map_err(sql_error)
+}
+
+/// One atomic read-modify-write of a document under SQLite's write lock.
+fn mutate<T>(
+    conn: &mut Connection,
+    bucket: &str,
+    key: &str,
+    op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error)?;
+    let new_cas: i64 = tx
+        .query_row(
+            "UPDATE cas_seq SET value = value + 1 WHERE id = 1 RETURNING value",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_error)?;
+    let (mut slot, now) = load(&tx, bucket, key)?;
+    let before = slot.clone();
+    // On error the transaction is dropped, which rolls it back.
+    let out = op(&mut slot, now, u64::try_from(new_cas).unwrap_or(0))?;
+    if slot != before {
+        save(&tx, bucket, key, &slot)?;
+    }
+    tx.commit().map_err(sql_error)?;
+    Ok(out)
+}
+
+impl SqliteStore {
+    /// Opens (or with [`OpenMode::Create`] creates) the database at `path`.
+    pub fn open(
+        path: &Path,
+        queue_bucket: &str,
+        ledger_bucket: &str,
+        mode: OpenMode,
+    ) -> StoreResult<Self> {
+        if mode == OpenMode::Existing && !path.exists() {
+            return Err(StoreError::Permanent(format!(
+                "no store at {} (create it with `ledgerd init`, or point --store at an existing one)",
+                path.display()
+            )));
+        }
+        let conn = connect(path)?;
+        conn.execute_batch(SCHEMA).map_err(sql_error)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            buckets: Arc::new((queue_bucket.to_string(), ledger_bucket.to_string())),
+            pool: Arc::new(Mutex::new(vec![conn])),
+        })
+    }
+
+    fn bucket_name(&self, bucket: Bucket) -> String {
+        match bucket {
+            Bucket::Queue => self.buckets.0.clone(),
+            Bucket::Ledger => self.buckets.1.clone(),
+        }
+    }
+
+    /// Runs blocking SQLite work on a pooled connection off the async threads.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let pool = self.pool.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let taken = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut conn = match taken {
+                Some(c) => c,
+                None => connect(&path)?,
+            };
+            let out = work(&mut conn);
+            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < POOL_IDLE_MAX {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+    }
+
+    async fn mutate<T: Send + 'static>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (bucket, key) = (self.bucket_name(bucket), key.to_string());
+        self.run(move |conn| mutate(conn, &bucket, &key, op)).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        op: impl FnOnce(&Slot, u64) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (bucket, key) = (self.bucket_name(bucket), key.to_string());
+        self.run(move |conn| {
+            let (slot, now) = load(conn, &bucket, &key)?;
+            op(&slot, now)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    async fn init(&self) -> StoreResult<()> {
+        self.run(|conn| conn.execute_batch(SCHEMA).map_err(sql_error))
+            .await
+    }
+
+    async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
+        self.read(bucket, key, |slot, now| xattr::get(slot, now))
+            .await
+    }
+
+    async fn get_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        paths: &[&str],
+    ) -> StoreResult<DocWithXattrs> {
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        self.read(bucket, key, move |slot, now| {
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            xattr::get_with_xattrs(slot, &refs, now)
+        })
+        .await
+    }
+
+    async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
+        self.mutate(bucket, key, move |slot, now, cas| {
+            xattr::get_and_lock(slot, lock, now, cas)
+        })
+        .await
+    }
+
+    async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
+        self.mutate(bucket, key, move |slot, now, _| {
+            xattr::unlock(slot, cas, now)
+        })
+        .await
+    }
+
+    async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
+        let body = body.to_vec();
+        self.mutate(bucket, key, move |slot, _, cas| {
+            xattr::insert(slot, &body, cas)
+        })
+        .await
+    }
+
+    async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
+        let body = body.to_vec();
+        self.mutate(bucket, key, move |slot, now, new| {
+            xattr::replace(slot, &body, cas, now, new)
+        })
+        .await
+    }
+
+    async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
+        self.mutate(bucket, key, move |slot, now, _| {
+            xattr::remove(slot, cas, now)
+        })
+        .await
+    }
+
+    async fn write_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        body: &[u8],
+        xattrs: &[(&str, Value)],
+        mode: WriteMode,
+    ) -> StoreResult<Cas> {
+        let body = body.to_vec();
+        let xattrs: Vec<(String, Value)> = xattrs
+            .iter()
+            .map(|(p, v)| (p.to_string(), v.clone()))
+            .collect();
+        self.mutate(bucket, key, move |slot, now, cas| {
+            let refs: Vec<(&str, Value)> = xattrs
+                .iter()
+                .map(|(p, v)| (p.as_str(), v.clone()))
+                .collect();
+            xattr::write_with_xattrs(slot, &body, &refs, mode, now, cas)
+        })
+        .await
+    }
+
+    async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
+        let path = path.to_string();
+        self.mutate(bucket, key, move |slot, now, cas| {
+            xattr::remove_xattr(slot, &path, now, cas)
+        })
+        .await
+    }
+
+    async fn list_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let (lower, upper) = prefix_range(prefix)?;
+        let bucket = self.bucket_name(bucket);
+        let after = after.unwrap_or("").to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3 AND key > ?4 ORDER BY key LIMIT ?5",
+                )
+                .map_err(sql_error)?;
+            let rows = stmt
+                .query_map(params![bucket, lower, upper, after, limit], |r| r.get::<_, String>(0))
+                .map_err(sql_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
+        let (lower, upper) = prefix_range(prefix)?;
+        let bucket = self.bucket_name(bucket);
+        self.run(move |conn| {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3",
+                    params![bucket, lower, upper],
+                    |r| r.get(0),
+                )
+                .map_err(sql_error)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+}

@@ -1,0 +1,257 @@
+//! The document model shared by the memory and SQLite stores: one
+//! document's state, and every contract operation as a function over it.
+//! Both stores apply these same functions, so their semantics cannot drift
+//! apart; they differ only in where the state lives and what time it is.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::{Cas, Doc, DocWithXattrs, StoreError, StoreResult, WriteMode, LOCKED_CAS};
+
+/// One stored document.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub body: Vec<u8>,
+    /// A JSON object; paths are dotted (`ledger.applied.m…`).
+    pub xattrs: Value,
+    pub cas: Cas,
+    /// Until when (store time, ms) the document is locked, if ever locked.
+    pub lock_until_ms: Option<u64>,
+}
+
+/// A document slot: `None` when the key does not exist.
+pub(crate) type Slot = Option<Entry>;
+
+impl Entry {
+    fn new(body: &[u8], cas: Cas) -> Self {
+        Self {
+            body: body.to_vec(),
+            xattrs: Value::Object(Map::new()),
+            cas,
+            lock_until_ms: None,
+        }
+    }
+
+    fn locked(&self, now_ms: u64) -> bool {
+        self.lock_until_ms.is_some_and(|until| now_ms < until)
+    }
+
+    /// May a write with `cas` (or none) change this document now?
+    fn check_write(&self, cas: Option<Cas>, now_ms: u64) -> StoreResult<()> {
+        if self.locked(now_ms) {
+            return match cas {
+                Some(c) if c == self.cas => Ok(()),
+                _ => Err(StoreError::Locked),
+            };
+        }
+        match cas {
+            Some(c) if c != self.cas => Err(StoreError::CasMismatch),
+            _ => Ok(()),
+        }
+    }
+
+    fn commit(&mut self, new_cas: Cas) -> Cas {
+        self.cas = new_cas;
+        self.lock_until_ms = None;
+        new_cas
+    }
+}
+
+fn existing(slot: &Slot) -> StoreResult<&Entry> {
+    slot.as_ref().ok_or(StoreError::NotFound)
+}
+
+fn existing_mut(slot: &mut Slot) -> StoreResult<&mut Entry> {
+    slot.as_mut().ok_or(StoreError::NotFound)
+}
+
+pub(crate) fn get(slot: &Slot, now_ms: u64) -> StoreResult<Doc> {
+    let e = existing(slot)?;
+    let cas = if e.locked(now_ms) { LOCKED_CAS } else { e.cas };
+    Ok(Doc {
+        body: e.body.clone(),
+        cas,
+    })
+}
+
+pub(crate) fn get_with_xattrs(
+    slot: &Slot,
+    paths: &[&str],
+    now_ms: u64,
+) -> StoreResult<DocWithXattrs> {
+    let doc = get(slot, now_ms)?;
+    let e = existing(slot)?;
+    let xattrs = paths
+        .iter()
+        .map(|p| get_path(&e.xattrs, p).cloned())
+        .collect();
+    Ok(DocWithXattrs {
+        body: doc.body,
+        xattrs,
+        cas: doc.cas,
+    })
+}
+
+pub(crate) fn get_and_lock(
+    slot: &mut Slot,
+    lock: Duration,
+    now_ms: u64,
+    new_cas: Cas,
+) -> StoreResult<Doc> {
+    let e = existing_mut(slot)?;
+    if e.locked(now_ms) {
+        return Err(StoreError::Locked);
+    }
+    let lock_ms = u64::try_from(lock.as_millis()).unwrap_or(u64::MAX);
+    e.cas = new_cas;
+    e.lock_until_ms = Some(now_ms.saturating_add(lock_ms));
+    Ok(Doc {
+        body: e.body.clone(),
+        cas: new_cas,
+    })
+}
+
+pub(crate) fn unlock(slot: &mut Slot, cas: Cas, now_ms: u64) -> StoreResult<()> {
+    let e = existing_mut(slot)?;
+    if !e.locked(now_ms) || e.cas != cas {
+        return Err(StoreError::CasMismatch);
+    }
+    e.lock_until_ms = None;
+    Ok(())
+}
+
+pub(crate) fn insert(slot: &mut Slot, body: &[u8], new_cas: Cas) -> StoreResult<Cas> {
+    if slot.is_some() {
+        return Err(StoreError::Exists);
+    }
+    *slot = Some(Entry::new(body, new_cas));
+    Ok(new_cas)
+}
+
+pub(crate) fn replace(
+    slot: &mut Slot,
+    body: &[u8],
+    cas: Cas,
+    now_ms: u64,
+    new_cas: Cas,
+) -> StoreResult<Cas> {
+    let e = existing_mut(slot)?;
+    e.check_write(Some(cas), now_ms)?;
+    // A full-body replace drops user xattrs, as Couchbase does.
+    e.body = body.to_vec();
+    e.xattrs = Value::Object(Map::new());
+    Ok(e.commit(new_cas))
+}
+
+pub(crate) fn remove(slot: &mut Slot, cas: Option<Cas>, now_ms: u64) -> StoreResult<()> {
+    existing(slot)?.check_write(cas, now_ms)?;
+    *slot = None;
+    Ok(())
+}
+
+pub(crate) fn write_with_xattrs(
+    slot: &mut Slot,
+    body: &[u8],
+    xattrs: &[(&str, Value)],
+    mode: WriteMode,
+    now_ms: u64,
+    new_cas: Cas,
+) -> StoreResult<Cas> {
+    let mut next = match mode {
+        WriteMode::Insert => {
+            if slot.is_some() {
+                return Err(StoreError::Exists);
+            }
+            Entry::new(body, new_cas)
+        }
+        WriteMode::Replace(cas) => {
+            let e = existing(slot)?;
+            e.check_write(Some(cas), now_ms)?;
+            let mut next = e.clone();
+            next.body = body.to_vec();
+            next
+        }
+    };
+    for (path, value) in xattrs {
+        set_path(&mut next.xattrs, path, value.clone())?;
+    }
+    next.commit(new_cas);
+    *slot = Some(next);
+    Ok(new_cas)
+}
+
+pub(crate) fn remove_xattr(
+    slot: &mut Slot,
+    path: &str,
+    now_ms: u64,
+    new_cas: Cas,
+) -> StoreResult<bool> {
+    let e = existing_mut(slot)?;
+    e.check_write(None, now_ms)?;
+    if !remove_path(&mut e.xattrs, path) {
+        return Ok(false);
+    }
+    e.commit(new_cas);
+    Ok(true)
+}
+
+fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(root, |node, part| node.as_object()?.get(part))
+}
+
+fn set_path(root: &mut Value, path: &str, value: Value) -> StoreResult<()> {
+    let mismatch = || StoreError::Permanent(format!("xattr path {path:?} crosses a non-object"));
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().filter(|p| !p.is_empty()).ok_or_else(mismatch)?;
+    let mut node = root;
+    for part in parts {
+        let map = node.as_object_mut().ok_or_else(mismatch)?;
+        node = map
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    node.as_object_mut()
+        .ok_or_else(mismatch)?
+        .insert(last.to_string(), value);
+    Ok(())
+}
+
+fn remove_path(root: &mut Value, path: &str) -> bool {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return false;
+    };
+    let mut node = root;
+    for part in parts {
+        match node.as_object_mut().and_then(|m| m.get_mut(part)) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    node.as_object_mut().and_then(|m| m.remove(last)).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_nest_and_unnest() {
+        let mut root = json!({});
+        set_path(&mut root, "ledger.applied.m1", json!(1)).expect("set");
+        set_path(&mut root, "ledger.applied.m2", json!(2)).expect("set");
+        assert_eq!(
+            get_path(&root, "ledger.applied"),
+            Some(&json!({"m1": 1, "m2": 2}))
+        );
+        assert!(remove_path(&mut root, "ledger.applied.m1"));
+        assert!(!remove_path(&mut root, "ledger.applied.m1"));
+        assert!(!remove_path(&mut root, "nope.x"));
+        assert_eq!(get_path(&root, "ledger.applied.m2"), Some(&json!(2)));
+        let mut scalar = json!({"a": 5});
+        assert!(set_path(&mut scalar, "a.b", json!(1)).is_err());
+    }
+}
