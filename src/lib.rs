@@ -11,5 +11,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod protocol;
 pub mod store;
 pub mod telemetry;

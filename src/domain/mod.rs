@@ -5,6 +5,7 @@ pub mod action;
 pub mod decimal;
 pub mod keys;
 pub mod split;
+pub mod time;
 pub mod units;
 
 pub use action::{plan_action, ActionError, Credit, Mode, Plan};

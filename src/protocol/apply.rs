@@ -1,0 +1,293 @@
+//! Step 4 (apply each credit exactly once) and step 7 (prune markers).
+
+use futures::future::join_all;
+use serde_json::Value;
+
+use super::records::{marker_value, now_ms, TxRecord, TxState};
+use super::{backoff, read_tx, retry, ProtocolError, Result};
+use crate::domain::keys::{balance_key, marker_path, MARKERS_XATTR};
+use crate::domain::{Credit, Units};
+use crate::store::{Bucket, Cas, Store, StoreError, WriteMode};
+
+/// Leftover markers of other actions older than this are worth checking
+/// (a heuristic for work only: pruning still requires a completed record).
+const FOREIGN_MARKER_AGE_MS_MIN: u64 = 60_000;
+/// Most leftover markers one action checks for pruning.
+const FOREIGN_MARKERS_CHECKED_MAX: usize = 4;
+
+/// A wallet as read before crediting it.
+#[derive(Debug, Clone)]
+pub(crate) enum WalletRead {
+    /// No `balance:<hash>` document.
+    Absent,
+    /// A valid balance.
+    Present {
+        balance: Units,
+        cas: Cas,
+        /// This action's marker is on the wallet: the credit is applied.
+        marked: bool,
+        /// Old markers of other actions: `(xattr path, action id)`.
+        stale: Vec<(String, String)>,
+    },
+    /// The document exists but is not a valid balance.
+    Invalid(String),
+}
+
+impl WalletRead {
+    /// Why this wallet cannot take `credit`, if it cannot.
+    pub(crate) fn precheck(&self, credit: &Credit) -> Option<String> {
+        match self {
+            WalletRead::Absent | WalletRead::Present { marked: true, .. } => None,
+            WalletRead::Invalid(reason) => Some(reason.clone()),
+            WalletRead::Present { balance, .. } => {
+                balance.checked_add(credit.units).is_none().then(|| {
+                    format!(
+                        "wallet {:?}: crediting {} would exceed the total supply",
+                        credit.hash, credit.units
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// How applying an action's credits ended.
+pub(crate) enum Applied {
+    /// Every credit carries this action's marker.
+    Done,
+    /// The record turned `completed`: another worker finished the action.
+    CompletedElsewhere,
+    /// A wallet is invalid; the action must wait.
+    Blocked(String),
+}
+
+async fn read_wallet(store: &dyn Store, marker: &str, hash: &str) -> Result<WalletRead> {
+    let key = balance_key(hash);
+    let doc = match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(WalletRead::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    let balance = match Units::parse_balance(&doc.body) {
+        Ok(b) => b,
+        Err(e) => {
+            let shown = String::from_utf8_lossy(&doc.body[..doc.body.len().min(40)]).into_owned();
+            return Ok(WalletRead::Invalid(format!(
+                "wallet {key} is not a valid balance ({e}): {shown:?}"
+            )));
+        }
+    };
+    let own = &marker[MARKERS_XATTR.len() + 1..];
+    let markers = doc.xattrs.first().cloned().flatten().unwrap_or(Value::Null);
+    let marked = markers.get(own).is_some();
+    let cutoff = now_ms().saturating_sub(FOREIGN_MARKER_AGE_MS_MIN);
+    let stale = markers
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(name, v)| {
+                    *name != own
+                        && v.get("at_ms")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|at| at < cutoff)
+                })
+                .filter_map(|(name, v)| {
+                    Some((
+                        format!("{MARKERS_XATTR}.{name}"),
+                        v.get("tx")?.as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(WalletRead::Present {
+        balance,
+        cas: doc.cas,
+        marked,
+        stale,
+    })
+}
+
+/// Reads the wallets of `credits` in parallel.
+pub(crate) async fn read_wallets(
+    store: &dyn Store,
+    id: &str,
+    credits: &[&Credit],
+) -> Result<Vec<WalletRead>> {
+    let marker = marker_path(id);
+    join_all(credits.iter().map(|c| read_wallet(store, &marker, &c.hash)))
+        .await
+        .into_iter()
+        .collect()
+}
+
+enum Write {
+    Done,
+    Retry,
+    Blocked(String),
+}
+
+/// One attempt at one credit, from a read of its wallet.
+async fn write_credit(
+    store: &dyn Store,
+    id: &str,
+    marker: &str,
+    credit: &Credit,
+    read: &WalletRead,
+) -> Result<Write> {
+    if let Some(reason) = read.precheck(credit) {
+        return Ok(Write::Blocked(reason));
+    }
+    let key = balance_key(&credit.hash);
+    let value = marker_value(id, credit.units, now_ms());
+    let result = match read {
+        WalletRead::Present { marked: true, .. } => return Ok(Write::Done),
+        WalletRead::Absent => {
+            let body = credit.units.get().to_string();
+            store
+                .write_with_xattrs(
+                    Bucket::Ledger,
+                    &key,
+                    body.as_bytes(),
+                    &[(marker, value)],
+                    WriteMode::Insert,
+                )
+                .await
+        }
+        WalletRead::Present { balance, cas, .. } => {
+            // precheck() refused any sum above the supply.
+            let next = balance.checked_add(credit.units).unwrap_or(Units::SUPPLY);
+            let body = next.get().to_string();
+            store
+                .write_with_xattrs(
+                    Bucket::Ledger,
+                    &key,
+                    body.as_bytes(),
+                    &[(marker, value)],
+                    WriteMode::Replace(*cas),
+                )
+                .await
+        }
+        WalletRead::Invalid(reason) => return Ok(Write::Blocked(reason.clone())),
+    };
+    match result {
+        Ok(_) => Ok(Write::Done),
+        // Someone else changed or created the wallet, or we do not know
+        // whether our write landed: read again; the marker tells.
+        Err(
+            StoreError::Exists
+            | StoreError::CasMismatch
+            | StoreError::NotFound
+            | StoreError::Locked,
+        ) => Ok(Write::Retry),
+        Err(e) if e.is_retryable() => Ok(Write::Retry),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Step 4: applies every credit of a committed record exactly once.
+///
+/// `prefetched` are wallet reads made before this worker's own insert of
+/// the record; they are safe to write under. Any other read is followed by
+/// a read of the record: a marker is pruned only after the record is
+/// completed, so "no marker" read before "still committed" means not applied.
+pub(crate) async fn apply_credits(
+    store: &dyn Store,
+    id: &str,
+    tx: &TxRecord,
+    prefetched: Option<Vec<WalletRead>>,
+    rounds_max: u32,
+) -> Result<(Applied, Vec<(String, String, String)>)> {
+    let marker = marker_path(id);
+    let mut pending: Vec<&Credit> = tx.credits.iter().collect();
+    let mut reads = prefetched;
+    let mut stale = Vec::new();
+    for round in 0..rounds_max {
+        let current = match reads.take() {
+            Some(r) => r,
+            None => {
+                let r = read_wallets(store, id, &pending).await?;
+                match read_tx(store, id).await? {
+                    Some((t, _)) if t.state == TxState::Committed => {}
+                    Some(_) => return Ok((Applied::CompletedElsewhere, stale)),
+                    None => {
+                        return Err(ProtocolError::CorruptRecord(format!(
+                            "tx:{id} vanished while applying"
+                        )))
+                    }
+                }
+                r
+            }
+        };
+        for (credit, read) in pending.iter().zip(&current) {
+            if let WalletRead::Present { stale: s, .. } = read {
+                stale.extend(
+                    s.iter()
+                        .map(|(path, tx)| (credit.hash.clone(), path.clone(), tx.clone())),
+                );
+            }
+        }
+        let writes = join_all(
+            pending
+                .iter()
+                .zip(&current)
+                .map(|(c, r)| write_credit(store, id, &marker, c, r)),
+        )
+        .await;
+        let mut next = Vec::new();
+        for (credit, write) in pending.iter().zip(writes) {
+            match write? {
+                Write::Done => {}
+                Write::Retry => next.push(*credit),
+                Write::Blocked(reason) => return Ok((Applied::Blocked(reason), stale)),
+            }
+        }
+        if next.is_empty() {
+            return Ok((Applied::Done, stale));
+        }
+        pending = next;
+        tokio::time::sleep(backoff(round)).await;
+    }
+    Err(ProtocolError::Contention(rounds_max))
+}
+
+/// Step 7: removes this action's markers, and checks a few old markers of
+/// other actions (left by a crash between steps 6 and 7). Best effort:
+/// a marker left behind is harmless and is pruned by a later pass.
+pub(crate) async fn prune_markers(
+    store: &dyn Store,
+    id: &str,
+    tx: &TxRecord,
+    stale: &[(String, String, String)],
+) {
+    let marker = marker_path(id);
+    join_all(tx.credits.iter().map(|c| {
+        let key = balance_key(&c.hash);
+        let marker = marker.clone();
+        async move { store.remove_xattr(Bucket::Ledger, &key, &marker).await }
+    }))
+    .await;
+    for (hash, path, other) in stale.iter().take(FOREIGN_MARKERS_CHECKED_MAX) {
+        prune_if_completed(store, hash, path, other).await;
+    }
+}
+
+/// Removes a marker if its action's record is completed.
+pub(crate) async fn prune_if_completed(
+    store: &dyn Store,
+    hash: &str,
+    path: &str,
+    action_id: &str,
+) -> bool {
+    match read_tx(store, action_id).await {
+        Ok(Some((t, _))) if t.state == TxState::Completed => {
+            matches!(
+                store
+                    .remove_xattr(Bucket::Ledger, &balance_key(hash), path)
+                    .await,
+                Ok(true)
+            )
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,430 @@
+//! The crediting protocol (see the README, "How an action is credited"):
+//! claim → look up `tx:<id>` → commit → apply → complete → remove → prune.
+//!
+//! Written once, against [`Store`]. Safety rests on three facts, never on
+//! clocks: inserting `tx:<id>` is the single commit point; a wallet write
+//! carries the action's marker in the same atomic mutation as the new
+//! balance, under the CAS of the read that saw no marker; and a marker is
+//! only ever pruned after the record is `completed`, so "no marker, record
+//! still committed" (read in that order) proves a credit is not applied.
+
+mod apply;
+pub mod records;
+mod sweep;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, tx_key};
+use crate::domain::{plan_action, Plan};
+use crate::store::{Bucket, Cas, Doc, Store, StoreError};
+use apply::{apply_credits, prune_markers, Applied};
+use records::{failed_doc, failed_original, TxRecord, TxState};
+pub use sweep::sweep_markers;
+
+/// Times a single-document step is retried on ambiguous or transient errors
+/// before the attempt gives up (the action is then retried later).
+const STEP_ATTEMPTS_MAX: u32 = 6;
+
+/// Tuning of one action's processing.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lock time of the claim.
+    pub lease: Duration,
+    /// Rounds of wallet writes before giving up on contention for now.
+    pub apply_rounds_max: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            apply_rounds_max: 32,
+        }
+    }
+}
+
+/// Why an action was not claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Another worker holds its lock.
+    Busy,
+    /// It is no longer in the queue.
+    Gone,
+    /// Its body changed while we held it; it will be read afresh.
+    Changed,
+}
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its credits are applied and it is removed from the queue.
+    Completed {
+        /// Wallets credited.
+        credits: usize,
+        /// Units credited in all.
+        units: u64,
+    },
+    /// It was already completed earlier; it is removed, nothing credited.
+    Duplicate,
+    /// It was rejected and preserved as `failed:<id>`.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// It cannot proceed now (a wallet is invalid); it stays queued.
+    Blocked {
+        /// Why.
+        reason: String,
+    },
+    /// It was not claimed.
+    Skipped(Skip),
+}
+
+/// A failure that leaves the action queued for another attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A transaction record is unreadable or inconsistent.
+    #[error("{0}")]
+    CorruptRecord(String),
+    /// Wallet writes kept conflicting; the attempt gave up for now.
+    #[error("wallet contention: credits not settled after {0} rounds")]
+    Contention(u32),
+}
+
+impl ProtocolError {
+    /// True when trying the action again soon may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProtocolError::Store(e) => e.is_retryable(),
+            ProtocolError::CorruptRecord(_) => false,
+            ProtocolError::Contention(_) => true,
+        }
+    }
+}
+
+/// Result of the protocol's steps.
+pub type Result<T> = std::result::Result<T, ProtocolError>;
+
+/// Claims `action:<id>` and takes it as far as it can go (steps 2–7).
+pub async fn process_action(store: &dyn Store, id: &str, opts: &Options) -> Result<Outcome> {
+    let key = action_key(id);
+    let claimed = match store.get_and_lock(Bucket::Queue, &key, opts.lease).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(Outcome::Skipped(Skip::Gone)),
+        Err(StoreError::Locked) => return Ok(Outcome::Skipped(Skip::Busy)),
+        Err(e) => return Err(e.into()),
+    };
+    let result = process_claimed(store, id, &claimed, opts).await;
+    if !matches!(
+        result,
+        Ok(Outcome::Completed { .. }
+            | Outcome::Duplicate
+            | Outcome::Failed { .. }
+            | Outcome::Skipped(_))
+    ) {
+        // Release the claim so the next attempt need not wait out the lease.
+        // Best effort: a lapsed or lost lock is harmless.
+        let _ = store.unlock(Bucket::Queue, &key, claimed.cas).await;
+    }
+    result
+}
+
+async fn process_claimed(
+    store: &dyn Store,
+    id: &str,
+    claimed: &Doc,
+    opts: &Options,
+) -> Result<Outcome> {
+    if let Err(e) = check_action_id(id) {
+        return reject(store, id, claimed, &format!("action id {e}")).await;
+    }
+    let (tx, tx_cas, prefetched, was_completed) = match read_tx(store, id).await? {
+        Some((tx, cas)) => {
+            let done = tx.state == TxState::Completed;
+            (tx, cas, None, done)
+        }
+        None => {
+            let plan = match plan_action(&claimed.body) {
+                Ok(plan) => plan,
+                Err(e) => return reject(store, id, claimed, &e.to_string()).await,
+            };
+            match commit(store, id, &plan).await? {
+                Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
+                Commit::Recorded {
+                    tx,
+                    cas,
+                    prefetched,
+                } => (tx, cas, prefetched, false),
+            }
+        }
+    };
+    let mut stale = Vec::new();
+    if tx.state == TxState::Committed {
+        let (applied, seen) =
+            apply_credits(store, id, &tx, prefetched, opts.apply_rounds_max).await?;
+        stale = seen;
+        match applied {
+            Applied::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
+            Applied::Done | Applied::CompletedElsewhere => {}
+        }
+        complete(store, id, &tx, tx_cas).await?;
+    }
+    let removed = finish(store, id, claimed, &tx).await?;
+    prune_markers(store, id, &tx, &stale).await;
+    Ok(match removed {
+        Some(outcome) => outcome,
+        None if was_completed => Outcome::Duplicate,
+        None => Outcome::Completed {
+            credits: tx.credits.len(),
+            units: tx.total_units.get(),
+        },
+    })
+}
+
+/// Reads `tx:<id>` with its CAS, checking the record.
+pub(crate) async fn read_tx(store: &dyn Store, id: &str) -> Result<Option<(TxRecord, Cas)>> {
+    let key = tx_key(id);
+    let doc = match retry(|| store.get(Bucket::Ledger, &key)).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let tx = TxRecord::parse(id, &doc.body)
+        .map_err(|e| ProtocolError::CorruptRecord(format!("tx:{id}: {e}")))?;
+    Ok(Some((tx, doc.cas)))
+}
+
+enum Commit {
+    Blocked(String),
+    Recorded {
+        tx: TxRecord,
+        cas: Cas,
+        prefetched: Option<Vec<apply::WalletRead>>,
+    },
+}
+
+/// Step 3: pre-check the wallets, then insert the record (the commit point).
+async fn commit(store: &dyn Store, id: &str, plan: &Plan) -> Result<Commit> {
+    let reads = apply::read_wallets(store, id, &plan.credits.iter().collect::<Vec<_>>()).await?;
+    for (credit, read) in plan.credits.iter().zip(&reads) {
+        if let Some(reason) = read.precheck(credit) {
+            return Ok(Commit::Blocked(reason));
+        }
+    }
+    let tx = TxRecord::committed(id, plan);
+    let (key, body) = (tx_key(id), tx.to_bytes());
+    let outcome = retry(|| store.insert(Bucket::Ledger, &key, &body)).await;
+    match outcome {
+        // Our insert made the record after our reads, so nobody can have
+        // applied (let alone pruned) a credit before them: the reads stand.
+        Ok(cas) => Ok(Commit::Recorded {
+            tx,
+            cas,
+            prefetched: Some(reads),
+        }),
+        // Another worker committed first (or our insert was ambiguous):
+        // continue with whatever record exists, reading wallets afresh.
+        Err(StoreError::Exists) | Err(StoreError::Ambiguous(_)) => {
+            match read_tx(store, id).await? {
+                Some((tx, cas)) => Ok(Commit::Recorded {
+                    tx,
+                    cas,
+                    prefetched: None,
+                }),
+                None => Err(StoreError::Transient(
+                    "transaction record not visible after insert".into(),
+                )
+                .into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Step 5: mark the record completed (one write when nothing interferes).
+async fn complete(store: &dyn Store, id: &str, tx: &TxRecord, mut cas: Cas) -> Result<()> {
+    let mut done = tx.clone();
+    done.state = TxState::Completed;
+    done.completed_at = Some(crate::domain::time::rfc3339_from_unix_ms(records::now_ms()));
+    for _ in 0..STEP_ATTEMPTS_MAX {
+        match store
+            .replace(Bucket::Ledger, &tx_key(id), &done.to_bytes(), cas)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StoreError::CasMismatch) => {}
+            Err(e) if e.is_retryable() => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Someone else (or our own ambiguous write) changed it: look again.
+        match read_tx(store, id).await? {
+            Some((current, _)) if current.state == TxState::Completed => return Ok(()),
+            Some((_, current_cas)) => cas = current_cas,
+            None => {
+                return Err(ProtocolError::CorruptRecord(format!(
+                    "tx:{id} vanished before completion"
+                )))
+            }
+        }
+    }
+    Err(StoreError::Transient(format!("could not complete tx:{id}")).into())
+}
+
+/// Step 6: remove the action, or preserve it as failed if its body is not
+/// the one the record was made from. Returns an outcome when it differs
+/// from a plain completion.
+async fn finish(
+    store: &dyn Store,
+    id: &str,
+    claimed: &Doc,
+    tx: &TxRecord,
+) -> Result<Option<Outcome>> {
+    let mut current = claimed.clone();
+    for _ in 0..STEP_ATTEMPTS_MAX {
+        if sha256_hex(&current.body) != tx.digest {
+            let reason = format!(
+                "conflicting duplicate: action {id:?} was already credited from a different body (digest {})",
+                tx.digest
+            );
+            return reject(store, id, &current, &reason).await.map(Some);
+        }
+        match remove_action(store, id, &current).await? {
+            Removal::Done => return Ok(None),
+            Removal::Changed(doc) => current = doc,
+        }
+    }
+    Ok(Some(Outcome::Skipped(Skip::Changed)))
+}
+
+enum Removal {
+    /// The action is gone, or another worker holds it (and will find the record).
+    Done,
+    /// The body was rewritten; here it is, locked by us.
+    Changed(Doc),
+}
+
+/// Removes `action:<id>` if it still holds `claimed.body`.
+async fn remove_action(store: &dyn Store, id: &str, claimed: &Doc) -> Result<Removal> {
+    let key = action_key(id);
+    match retry(|| store.remove(Bucket::Queue, &key, Some(claimed.cas))).await {
+        Ok(()) | Err(StoreError::NotFound) | Err(StoreError::Locked) => return Ok(Removal::Done),
+        Err(StoreError::CasMismatch) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Our lock lapsed and the document changed: lock it again and look.
+    let doc = match store
+        .get_and_lock(Bucket::Queue, &key, Duration::from_secs(30))
+        .await
+    {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) | Err(StoreError::Locked) => return Ok(Removal::Done),
+        Err(e) => return Err(e.into()),
+    };
+    if doc.body == claimed.body {
+        return match retry(|| store.remove(Bucket::Queue, &key, Some(doc.cas))).await {
+            Ok(()) | Err(StoreError::NotFound) | Err(StoreError::Locked) => Ok(Removal::Done),
+            Err(StoreError::CasMismatch) => Ok(Removal::Done),
+            Err(e) => Err(e.into()),
+        };
+    }
+    Ok(Removal::Changed(doc))
+}
+
+/// Preserves a rejected action as `failed:<id>`, then removes it.
+async fn reject(store: &dyn Store, id: &str, claimed: &Doc, reason: &str) -> Result<Outcome> {
+    let key = failed_key(id);
+    let mut written = false;
+    for _ in 0..STEP_ATTEMPTS_MAX {
+        let existing = match retry(|| store.get(Bucket::Queue, &key)).await {
+            Ok(doc) => Some(doc),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let result = match &existing {
+            None => {
+                store
+                    .insert(
+                        Bucket::Queue,
+                        &key,
+                        &failed_doc(id, &claimed.body, reason, None),
+                    )
+                    .await
+            }
+            Some(doc) => {
+                let prev: Value = serde_json::from_slice(&doc.body).unwrap_or_else(|_| {
+                    serde_json::json!({"unreadable_failed_doc": String::from_utf8_lossy(&doc.body)})
+                });
+                if failed_original(&prev).as_deref() == Some(&claimed.body[..]) {
+                    // Written by an earlier attempt that crashed before removing.
+                    written = true;
+                    break;
+                }
+                store
+                    .replace(
+                        Bucket::Queue,
+                        &key,
+                        &failed_doc(id, &claimed.body, reason, Some(prev)),
+                        doc.cas,
+                    )
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => {
+                written = true;
+                break;
+            }
+            Err(StoreError::Exists | StoreError::CasMismatch) => continue,
+            Err(e) if e.is_retryable() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !written {
+        return Err(StoreError::Transient(format!("could not write {key}")).into());
+    }
+    Ok(match remove_action(store, id, claimed).await? {
+        Removal::Done => Outcome::Failed {
+            reason: reason.to_string(),
+        },
+        // Rewritten since we read it: the new body gets its own turn.
+        Removal::Changed(doc) => {
+            let _ = store.unlock(Bucket::Queue, &action_key(id), doc.cas).await;
+            Outcome::Skipped(Skip::Changed)
+        }
+    })
+}
+
+/// Runs an idempotent single-document step again on transient errors. Writes
+/// that are not idempotent handle `Ambiguous` themselves, so only reads
+/// and removals (whose repetition is safe) come through here.
+async fn retry<T, F, Fut>(mut op: F) -> std::result::Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(StoreError::Transient(_)) if attempt + 1 < STEP_ATTEMPTS_MAX => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    use rand::Rng;
+    let cap_ms: u64 = 5u64.saturating_mul(1 << attempt.min(8)).min(1_000);
+    Duration::from_millis(rand::thread_rng().gen_range(1..=cap_ms))
+}
+
+#[cfg(test)]
+mod tests;

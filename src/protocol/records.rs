@@ -1,0 +1,183 @@
+//! The documents the protocol writes: transaction records, failed
+//! documents and idempotency markers, with their checks.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::domain::time::rfc3339_from_unix_ms;
+use crate::domain::{Credit, Mode, Plan, Units};
+
+/// Where a transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxState {
+    /// The plan is fixed; credits may be partly applied.
+    Committed,
+    /// Every credit is applied.
+    Completed,
+}
+
+/// `tx:<id>`: the plan of one action, fixed at the commit point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    /// The action id.
+    pub action_id: String,
+    /// SHA-256 of the action body the plan was made from.
+    pub digest: String,
+    /// How the body was read.
+    pub mode: Mode,
+    /// Credits in hash order.
+    pub credits: Vec<Credit>,
+    /// Sum of the credits.
+    pub total_units: Units,
+    /// Committed or completed.
+    pub state: TxState,
+    /// When the record was committed (informational).
+    pub created_at: String,
+    /// When the credits were all applied (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+/// Unix milliseconds now, for informational timestamps.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl TxRecord {
+    /// A committed record of `plan`.
+    pub fn committed(action_id: &str, plan: &Plan) -> Self {
+        Self {
+            action_id: action_id.to_string(),
+            digest: plan.digest.clone(),
+            mode: plan.mode,
+            credits: plan.credits.clone(),
+            total_units: plan.total,
+            state: TxState::Committed,
+            created_at: rfc3339_from_unix_ms(now_ms()),
+            completed_at: None,
+        }
+    }
+
+    /// Parses a stored record and checks what must hold of any record.
+    pub fn parse(action_id: &str, body: &[u8]) -> Result<Self, String> {
+        let tx: TxRecord = serde_json::from_slice(body)
+            .map_err(|e| format!("transaction record is not valid: {e}"))?;
+        if tx.action_id != action_id {
+            return Err(format!(
+                "transaction record names action {:?}",
+                tx.action_id
+            ));
+        }
+        if tx.credits.is_empty() || tx.credits.iter().any(|c| c.units == Units::ZERO) {
+            return Err("transaction record has an empty or zero credit".into());
+        }
+        if !tx.credits.windows(2).all(|w| w[0].hash < w[1].hash) {
+            return Err("transaction record credits are not in strict hash order".into());
+        }
+        let sum: u128 = tx.credits.iter().map(|c| u128::from(c.units.get())).sum();
+        if sum != u128::from(tx.total_units.get()) {
+            return Err("transaction record credits do not add up to its total".into());
+        }
+        Ok(tx)
+    }
+
+    /// The body to store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The value of an idempotency marker: whose credit it is, and when it was
+/// written (used only to decide when a leftover is worth checking).
+pub fn marker_value(action_id: &str, units: Units, at_ms: u64) -> Value {
+    json!({"tx": action_id, "units": units.get(), "at_ms": at_ms})
+}
+
+/// The body of `failed:<id>`: the original bytes and why they were rejected.
+/// A body that is not UTF-8 is kept as `original_base64`. An earlier failure
+/// of the same id is kept under `previous`, so nothing is overwritten.
+pub fn failed_doc(
+    action_id: &str,
+    original: &[u8],
+    reason: &str,
+    previous: Option<Value>,
+) -> Vec<u8> {
+    let mut doc = json!({
+        "id": action_id,
+        "reason": reason,
+        "failed_at": rfc3339_from_unix_ms(now_ms()),
+    });
+    match std::str::from_utf8(original) {
+        Ok(text) => doc["original"] = json!(text),
+        Err(_) => {
+            doc["original_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(original))
+        }
+    }
+    if let Some(prev) = previous {
+        let mut chain = prev
+            .get("previous")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut prev = prev;
+        if let Some(obj) = prev.as_object_mut() {
+            obj.remove("previous");
+        }
+        chain.push(prev);
+        doc["previous"] = Value::Array(chain);
+    }
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+/// The original bytes recorded in a failed document.
+pub fn failed_original(doc: &Value) -> Option<Vec<u8>> {
+    if let Some(text) = doc.get("original").and_then(Value::as_str) {
+        return Some(text.as_bytes().to_vec());
+    }
+    let b64 = doc.get("original_base64").and_then(Value::as_str)?;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::plan_action;
+
+    #[test]
+    fn records_round_trip_and_are_checked() {
+        let plan = plan_action(br#"{"beneficiaries":{"b":1,"a":"0.5"}}"#).expect("valid");
+        let tx = TxRecord::committed("x", &plan);
+        assert_eq!(TxRecord::parse("x", &tx.to_bytes()), Ok(tx.clone()));
+        assert!(TxRecord::parse("y", &tx.to_bytes()).is_err());
+        let mut bad = tx.clone();
+        bad.total_units = Units::new(1).expect("valid");
+        assert!(TxRecord::parse("x", &bad.to_bytes()).is_err());
+        let mut bad = tx;
+        bad.credits.reverse();
+        assert!(TxRecord::parse("x", &bad.to_bytes()).is_err());
+        assert!(TxRecord::parse("x", b"{").is_err());
+    }
+
+    #[test]
+    fn failed_documents_keep_the_original_bytes() {
+        let doc: Value =
+            serde_json::from_slice(&failed_doc("a", b"not json", "bad", None)).expect("json");
+        assert_eq!(failed_original(&doc), Some(b"not json".to_vec()));
+        let doc: Value =
+            serde_json::from_slice(&failed_doc("a", b"\xff\x00", "bad", None)).expect("json");
+        assert_eq!(failed_original(&doc), Some(b"\xff\x00".to_vec()));
+        let again: Value =
+            serde_json::from_slice(&failed_doc("a", b"2", "worse", Some(doc))).expect("json");
+        assert_eq!(again["previous"][0]["original_base64"], "/wA=");
+        assert_eq!(again["reason"], "worse");
+    }
+}

@@ -1,0 +1,519 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::records::{TxRecord, TxState};
+use super::*;
+use crate::domain::keys::{balance_key, MARKERS_XATTR};
+use crate::store::faulty::{Fault, FaultyStore, OpKind};
+use crate::store::memory::{Clock, MemoryStore};
+
+const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;
+const SPLIT: &str =
+    r#"{"reward":"1","beneficiaries":{"a":33.33333333,"b":33.33333333,"c":33.33333334}}"#;
+
+struct World {
+    store: MemoryStore,
+    clock: Arc<AtomicU64>,
+}
+
+impl World {
+    fn new() -> Self {
+        let (clock, handle) = Clock::manual();
+        Self {
+            store: MemoryStore::with_clock(clock),
+            clock: handle,
+        }
+    }
+
+    async fn enqueue(&self, id: &str, body: &str) {
+        self.store
+            .insert(Bucket::Queue, &action_key(id), body.as_bytes())
+            .await
+            .expect("enqueue");
+    }
+
+    async fn set_balance(&self, hash: &str, body: &str) {
+        let key = balance_key(hash);
+        let _ = self.store.remove(Bucket::Ledger, &key, None).await;
+        self.store
+            .insert(Bucket::Ledger, &key, body.as_bytes())
+            .await
+            .expect("set balance");
+    }
+
+    fn balance(&self, hash: &str) -> Option<u64> {
+        self.store
+            .snapshot(Bucket::Ledger)
+            .into_iter()
+            .find(|(k, _)| *k == balance_key(hash))
+            .map(|(_, body)| {
+                String::from_utf8(body)
+                    .expect("utf8")
+                    .parse()
+                    .expect("integer")
+            })
+    }
+
+    fn has(&self, bucket: Bucket, key: &str) -> bool {
+        self.store.snapshot(bucket).iter().any(|(k, _)| k == key)
+    }
+
+    fn tx(&self, id: &str) -> Option<TxRecord> {
+        let (_, body) = self
+            .store
+            .snapshot(Bucket::Ledger)
+            .into_iter()
+            .find(|(k, _)| *k == tx_key(id))?;
+        Some(TxRecord::parse(id, &body).expect("valid record"))
+    }
+
+    fn markers(&self) -> usize {
+        self.store
+            .snapshot(Bucket::Ledger)
+            .iter()
+            .filter_map(|(k, _)| self.store.xattrs(Bucket::Ledger, k))
+            .map(|x| {
+                x.pointer("/ledger/applied")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len())
+            })
+            .sum()
+    }
+
+    /// Lets every lock lapse.
+    fn lapse_locks(&self) {
+        self.clock.fetch_add(60_000, Ordering::SeqCst);
+    }
+
+    async fn process(&self, id: &str) -> Result<Outcome> {
+        process_action(&self.store, id, &Options::default()).await
+    }
+}
+
+fn arc(store: &MemoryStore) -> Arc<dyn Store> {
+    Arc::new(store.clone())
+}
+
+#[tokio::test]
+async fn credits_exactly_and_removes_the_action_last() {
+    let w = World::new();
+    w.set_balance("a", "100").await;
+    w.enqueue("1", BODY).await;
+    let outcome = w.process("1").await.expect("processes");
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            credits: 3,
+            units: 179_000_001
+        }
+    );
+    assert_eq!(w.balance("a"), Some(150_000_100));
+    assert_eq!(w.balance("b"), Some(29_000_000));
+    assert_eq!(w.balance("c"), Some(1));
+    assert!(!w.has(Bucket::Queue, &action_key("1")));
+    assert_eq!(w.tx("1").expect("record").state, TxState::Completed);
+    assert_eq!(w.markers(), 0, "markers pruned");
+}
+
+#[tokio::test]
+async fn split_mode_credits_sum_to_the_reward() {
+    let w = World::new();
+    w.enqueue("s", SPLIT).await;
+    w.process("s").await.expect("processes");
+    let total: u64 = ["a", "b", "c"]
+        .iter()
+        .map(|h| w.balance(h).expect("credited"))
+        .sum();
+    assert_eq!(total, 100_000_000);
+}
+
+/// Counts the store operations of one undisturbed run.
+async fn ops_of_a_clean_run(body: &str) -> u64 {
+    let w = World::new();
+    w.set_balance("a", "7").await;
+    w.enqueue("1", body).await;
+    let counting = FaultyStore::new(arc(&w.store), Box::new(|_, _, _| Fault::Pass));
+    process_action(&counting, "1", &Options::default())
+        .await
+        .expect("processes");
+    counting.ops()
+}
+
+/// Whatever a crashed worker left, a fresh worker finishes with exact results.
+async fn recovers_from(w: &World, id: &str, expected: &[(&str, u64)]) {
+    w.lapse_locks();
+    let outcome = w.process(id).await.expect("recovery processes");
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Completed { .. } | Outcome::Duplicate | Outcome::Skipped(Skip::Gone)
+        ),
+        "{outcome:?}"
+    );
+    for (hash, units) in expected {
+        assert_eq!(w.balance(hash), Some(*units), "wallet {hash}");
+    }
+    assert!(!w.has(Bucket::Queue, &action_key(id)), "action removed");
+    assert_eq!(w.tx(id).expect("record").state, TxState::Completed);
+    sweep_markers(&w.store).await.expect("sweep");
+    assert_eq!(w.markers(), 0);
+}
+
+#[tokio::test]
+async fn a_crash_before_any_operation_is_recovered_exactly() {
+    let expected = [("a", 150_000_007), ("b", 29_000_000), ("c", 1)];
+    let total = ops_of_a_clean_run(BODY).await;
+    assert!(total >= 10, "the happy path has {total} operations");
+    for crash_at in 0..=total {
+        let w = World::new();
+        w.set_balance("a", "7").await;
+        w.enqueue("1", BODY).await;
+        let dying = FaultyStore::crash_after(arc(&w.store), crash_at);
+        let _ = process_action(&dying, "1", &Options::default()).await;
+        recovers_from(&w, "1", &expected).await;
+    }
+}
+
+#[tokio::test]
+async fn an_ambiguous_failure_after_any_operation_is_recovered_exactly() {
+    let expected = [("a", 150_000_007), ("b", 29_000_000), ("c", 1)];
+    let total = ops_of_a_clean_run(BODY).await;
+    for fail_at in 0..total {
+        let w = World::new();
+        w.set_balance("a", "7").await;
+        w.enqueue("1", BODY).await;
+        // The operation runs, then reports an ambiguous error; the worker
+        // carries on, then a second worker also runs.
+        let store = FaultyStore::new(
+            arc(&w.store),
+            Box::new(move |seq, kind, _| {
+                if seq == fail_at && kind.is_write() {
+                    Fault::FailAfter(StoreError::Ambiguous("injected timeout".into()))
+                } else if seq == fail_at {
+                    Fault::FailBefore(StoreError::Transient("injected".into()))
+                } else {
+                    Fault::Pass
+                }
+            }),
+        );
+        let _ = process_action(&store, "1", &Options::default()).await;
+        recovers_from(&w, "1", &expected).await;
+    }
+}
+
+#[tokio::test]
+async fn two_workers_racing_on_every_step_credit_once() {
+    // Worker 1 stops dead after k operations while holding its lock; the
+    // lock lapses; worker 2 runs to the end; then worker 1's twin resumes
+    // from the same point with stale reads: nothing may be credited twice.
+    let expected = [("a", 150_000_007), ("b", 29_000_000), ("c", 1)];
+    let total = ops_of_a_clean_run(BODY).await;
+    for k in 0..total {
+        let w = World::new();
+        w.set_balance("a", "7").await;
+        w.enqueue("1", BODY).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let slow = Arc::new(SlowStore {
+            inner: arc(&w.store),
+            pause_at: k,
+            seq: AtomicU64::new(0),
+            gate: gate.clone(),
+        });
+        let slow_task = {
+            let slow = slow.clone();
+            tokio::spawn(
+                async move { process_action(slow.as_ref(), "1", &Options::default()).await },
+            )
+        };
+        // Let worker 1 reach its pause point.
+        while slow.seq.load(Ordering::SeqCst) < k && !slow_task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        w.lapse_locks();
+        let _ = w.process("1").await.expect("worker 2");
+        gate.add_permits(1_000);
+        let _ = slow_task.await.expect("worker 1 joins");
+        recovers_from(&w, "1", &expected).await;
+    }
+}
+
+/// A store that blocks at operation `pause_at` until the gate opens.
+struct SlowStore {
+    inner: Arc<dyn Store>,
+    pause_at: u64,
+    seq: AtomicU64,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl SlowStore {
+    async fn step(&self) {
+        if self.seq.fetch_add(1, Ordering::SeqCst) == self.pause_at {
+            let _ = self.gate.acquire().await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SlowStore {
+    fn describe(&self) -> String {
+        "slow".into()
+    }
+    async fn init(&self) -> crate::store::StoreResult<()> {
+        Ok(())
+    }
+    async fn get(&self, b: Bucket, k: &str) -> crate::store::StoreResult<Doc> {
+        self.step().await;
+        self.inner.get(b, k).await
+    }
+    async fn get_with_xattrs(
+        &self,
+        b: Bucket,
+        k: &str,
+        p: &[&str],
+    ) -> crate::store::StoreResult<crate::store::DocWithXattrs> {
+        self.step().await;
+        self.inner.get_with_xattrs(b, k, p).await
+    }
+    async fn get_and_lock(
+        &self,
+        b: Bucket,
+        k: &str,
+        l: Duration,
+    ) -> crate::store::StoreResult<Doc> {
+        self.step().await;
+        self.inner.get_and_lock(b, k, l).await
+    }
+    async fn unlock(&self, b: Bucket, k: &str, c: Cas) -> crate::store::StoreResult<()> {
+        self.step().await;
+        self.inner.unlock(b, k, c).await
+    }
+    async fn insert(&self, b: Bucket, k: &str, body: &[u8]) -> crate::store::StoreResult<Cas> {
+        self.step().await;
+        self.inner.insert(b, k, body).await
+    }
+    async fn replace(
+        &self,
+        b: Bucket,
+        k: &str,
+        body: &[u8],
+        c: Cas,
+    ) -> crate::store::StoreResult<Cas> {
+        self.step().await;
+        self.inner.replace(b, k, body, c).await
+    }
+    async fn remove(&self, b: Bucket, k: &str, c: Option<Cas>) -> crate::store::StoreResult<()> {
+        self.step().await;
+        self.inner.remove(b, k, c).await
+    }
+    async fn write_with_xattrs(
+        &self,
+        b: Bucket,
+        k: &str,
+        body: &[u8],
+        x: &[(&str, Value)],
+        m: crate::store::WriteMode,
+    ) -> crate::store::StoreResult<Cas> {
+        self.step().await;
+        self.inner.write_with_xattrs(b, k, body, x, m).await
+    }
+    async fn remove_xattr(&self, b: Bucket, k: &str, p: &str) -> crate::store::StoreResult<bool> {
+        self.step().await;
+        self.inner.remove_xattr(b, k, p).await
+    }
+    async fn list_keys(
+        &self,
+        b: Bucket,
+        p: &str,
+        a: Option<&str>,
+        l: usize,
+    ) -> crate::store::StoreResult<Vec<String>> {
+        self.inner.list_keys(b, p, a, l).await
+    }
+    async fn count_keys(&self, b: Bucket, p: &str) -> crate::store::StoreResult<u64> {
+        self.inner.count_keys(b, p).await
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_credits_nothing_more() {
+    let w = World::new();
+    w.enqueue("1", BODY).await;
+    w.process("1").await.expect("first");
+    w.enqueue("1", BODY).await;
+    assert_eq!(w.process("1").await.expect("again"), Outcome::Duplicate);
+    assert_eq!(w.balance("a"), Some(150_000_000));
+    assert!(!w.has(Bucket::Queue, &action_key("1")));
+
+    // The same id with another body is preserved as a conflicting duplicate.
+    w.enqueue("1", SPLIT).await;
+    let outcome = w.process("1").await.expect("conflict");
+    assert!(
+        matches!(&outcome, Outcome::Failed { reason } if reason.starts_with("conflicting duplicate")),
+        "{outcome:?}"
+    );
+    assert_eq!(w.balance("a"), Some(150_000_000));
+    let failed = w
+        .store
+        .get(Bucket::Queue, &failed_key("1"))
+        .await
+        .expect("failed doc");
+    let doc: Value = serde_json::from_slice(&failed.body).expect("json");
+    assert_eq!(doc["original"], SPLIT);
+}
+
+#[tokio::test]
+async fn invalid_actions_are_preserved_with_their_bytes_and_reason() {
+    let w = World::new();
+    w.enqueue("bad", r#"{"beneficiaries":{"a":0.000000001}}"#)
+        .await;
+    w.store
+        .insert(Bucket::Queue, &action_key("bin"), b"\xff\xfe")
+        .await
+        .expect("insert");
+    let outcome = w.process("bad").await.expect("processes");
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            reason: "beneficiary \"a\": share \"0.000000001\" has more than 8 decimal places"
+                .into()
+        }
+    );
+    assert!(matches!(
+        w.process("bin").await.expect("processes"),
+        Outcome::Failed { .. }
+    ));
+    assert!(!w.has(Bucket::Queue, &action_key("bad")));
+    let doc: Value = serde_json::from_slice(
+        &w.store
+            .get(Bucket::Queue, &failed_key("bad"))
+            .await
+            .expect("kept")
+            .body,
+    )
+    .expect("json");
+    assert_eq!(doc["original"], r#"{"beneficiaries":{"a":0.000000001}}"#);
+    let doc: Value = serde_json::from_slice(
+        &w.store
+            .get(Bucket::Queue, &failed_key("bin"))
+            .await
+            .expect("kept")
+            .body,
+    )
+    .expect("json");
+    assert_eq!(doc["original_base64"], "//4=");
+    assert!(w.tx("bad").is_none(), "nothing committed");
+}
+
+#[tokio::test]
+async fn a_corrupt_wallet_blocks_only_its_action() {
+    let w = World::new();
+    w.set_balance("b", "\"twelve\"").await;
+    w.enqueue("1", BODY).await;
+    w.enqueue("2", r#"{"beneficiaries":{"z":1}}"#).await;
+    let outcome = w.process("1").await.expect("processes");
+    assert!(
+        matches!(&outcome, Outcome::Blocked { reason } if reason.contains("balance:b")),
+        "{outcome:?}"
+    );
+    assert!(w.has(Bucket::Queue, &action_key("1")), "kept in the queue");
+    assert_eq!(
+        w.balance("a"),
+        None,
+        "nothing credited before the commit point"
+    );
+    assert!(matches!(
+        w.process("2").await.expect("other"),
+        Outcome::Completed { .. }
+    ));
+    // Unlocked at once: no need to wait for the lease after a fix.
+    w.set_balance("b", "5").await;
+    assert!(matches!(
+        w.process("1").await.expect("retry"),
+        Outcome::Completed { .. }
+    ));
+    assert_eq!(w.balance("b"), Some(29_000_005));
+}
+
+#[tokio::test]
+async fn a_wallet_corrupted_after_the_commit_point_blocks_until_fixed() {
+    let w = World::new();
+    w.set_balance("c", "10").await;
+    w.enqueue("1", BODY).await;
+    // Commit, then stop before any wallet write.
+    let crash = FaultyStore::new(
+        arc(&w.store),
+        Box::new(|_, kind, _| {
+            if kind == OpKind::WriteWithXattrs {
+                Fault::FailBefore(StoreError::Permanent("crash".into()))
+            } else {
+                Fault::Pass
+            }
+        }),
+    );
+    let _ = process_action(&crash, "1", &Options::default()).await;
+    assert_eq!(w.tx("1").expect("committed").state, TxState::Committed);
+    w.set_balance("c", "-3").await;
+    w.lapse_locks();
+    assert!(matches!(
+        w.process("1").await.expect("blocked"),
+        Outcome::Blocked { .. }
+    ));
+    assert_eq!(
+        w.tx("1").expect("still committed").state,
+        TxState::Committed
+    );
+    w.set_balance("c", "3").await;
+    assert!(matches!(
+        w.process("1").await.expect("resumes"),
+        Outcome::Completed { .. }
+    ));
+    assert_eq!(
+        (w.balance("a"), w.balance("b"), w.balance("c")),
+        (Some(150_000_000), Some(29_000_000), Some(4))
+    );
+}
+
+#[tokio::test]
+async fn a_locked_action_is_skipped() {
+    let w = World::new();
+    w.enqueue("1", BODY).await;
+    let held = w
+        .store
+        .get_and_lock(Bucket::Queue, &action_key("1"), Duration::from_secs(10))
+        .await
+        .expect("lock");
+    assert_eq!(w.process("1").await, Ok(Outcome::Skipped(Skip::Busy)));
+    assert_eq!(w.process("nope").await, Ok(Outcome::Skipped(Skip::Gone)));
+    w.store
+        .unlock(Bucket::Queue, &action_key("1"), held.cas)
+        .await
+        .expect("unlock");
+    assert!(matches!(
+        w.process("1").await.expect("processes"),
+        Outcome::Completed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_wallet_at_the_supply_is_not_overflowed() {
+    let w = World::new();
+    w.set_balance("a", "9999999999999999999").await;
+    w.enqueue("1", r#"{"beneficiaries":{"a":"0.00000001"}}"#)
+        .await;
+    assert!(matches!(
+        w.process("1").await.expect("fits"),
+        Outcome::Completed { .. }
+    ));
+    assert_eq!(w.balance("a"), Some(10_000_000_000_000_000_000));
+    w.enqueue("2", r#"{"beneficiaries":{"a":"0.00000001"}}"#)
+        .await;
+    let outcome = w.process("2").await.expect("processes");
+    assert!(
+        matches!(&outcome, Outcome::Blocked { reason } if reason.contains("total supply")),
+        "{outcome:?}"
+    );
+    assert_eq!(w.balance("a"), Some(10_000_000_000_000_000_000));
+    let _ = MARKERS_XATTR;
+}
