@@ -14,3 +14,4 @@ pub mod domain;
 pub mod protocol;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

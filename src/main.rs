@@ -3,10 +3,12 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use ledgerd::cli::{Cli, Command};
 use ledgerd::commands::{self, Exit};
 use ledgerd::config::Settings;
+use ledgerd::store::{open, OpenMode};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,11 +22,15 @@ fn main() -> ExitCode {
     let filter = match (&cli.global.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => level.clone(),
         (None, Ok(env)) if !env.is_empty() => env,
+        // The demo prints its own summary; its workers' logs would drown it.
+        _ if matches!(cli.command, Command::Demo(_)) => "warn".to_string(),
         _ => settings.log_level.clone(),
     };
     ledgerd::telemetry::init(&filter, settings.log_format);
     match dispatch(cli.command, settings) {
         Ok(exit) => ExitCode::from(exit.code()),
+        // A reader that went away (`ledgerd balances | head`) is not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "command failed");
             eprintln!("ledgerd: {e:#}");
@@ -33,12 +39,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command, _settings: Settings) -> anyhow::Result<Exit> {
-    match command {
-        Command::Plan => commands::plan::run(std::io::stdin().lock(), std::io::stdout().lock()),
-        other => {
-            eprintln!("ledgerd: {other:?} is not implemented yet");
-            Ok(Exit::NotImplemented)
-        }
+fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
+    if let Command::Plan = command {
+        return commands::plan::run(std::io::stdin().lock(), std::io::stdout().lock());
     }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let existing = || open(&settings, OpenMode::Existing).context("opening the store");
+        let mut stdout = std::io::stdout();
+        match command {
+            Command::Plan => unreachable!("handled above"),
+            Command::Init => commands::run::init(&settings).await,
+            Command::Run(args) => commands::run::run(&settings, args.exit_when_idle).await,
+            Command::Enqueue => {
+                let store = open(&settings, OpenMode::Create).context("opening the store")?;
+                commands::enqueue::run(store, tokio::io::stdin()).await
+            }
+            Command::Balance { hashes } => {
+                commands::inspect::balance(existing()?.as_ref(), &hashes, stdout).await
+            }
+            Command::Balances => {
+                commands::inspect::balances(existing()?.as_ref(), &mut stdout).await
+            }
+            Command::Failed => commands::inspect::failed(existing()?.as_ref(), &mut stdout).await,
+            Command::Status { json } => {
+                commands::inspect::status(existing()?.as_ref(), json, stdout).await
+            }
+            Command::Demo(args) => commands::demo::run(args.actions, args.workers).await,
+        }
+    })
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

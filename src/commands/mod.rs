@@ -1,7 +1,11 @@
 //! The application layer: one function per subcommand. Errors here are
 //! `anyhow` with context, because they end at the user's terminal.
 
+pub mod demo;
+pub mod enqueue;
+pub mod inspect;
 pub mod plan;
+pub mod run;
 
 /// What a command tells the process to exit with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

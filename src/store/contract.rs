@@ -373,9 +373,7 @@ pub async fn keys_list_in_pages(h: &dyn Harness) {
     for k in &keys {
         ok!(s.insert(Bucket::Queue, k, b"1").await);
     }
-    ok!(s
-        .insert(Bucket::Queue, &format!("{prefix}"), b"the prefix itself")
-        .await);
+    ok!(s.insert(Bucket::Queue, &prefix, b"the prefix itself").await);
     ok!(s
         .insert(
             Bucket::Queue,

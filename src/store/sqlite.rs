@@ -278,8 +278,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
-        self.read(bucket, key, |slot, now| xattr::get(slot, now))
-            .await
+        self.read(bucket, key, xattr::get).await
     }
 
     async fn get_with_xattrs(

@@ -1,0 +1,159 @@
+//! Read-only views: `balance`, `balances`, `failed`, `status`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use super::Exit;
+use crate::domain::keys::{balance_key, ACTION_PREFIX, BALANCE_PREFIX, FAILED_PREFIX, TX_PREFIX};
+use crate::domain::Units;
+use crate::store::{Bucket, Store, StoreError};
+
+/// Keys read per page when listing.
+const LIST_PAGE_SIZE: usize = 500;
+
+/// Pages through the keys under a prefix.
+struct Keys<'a> {
+    store: &'a dyn Store,
+    bucket: Bucket,
+    prefix: &'static str,
+    after: Option<String>,
+}
+
+impl<'a> Keys<'a> {
+    fn new(store: &'a dyn Store, bucket: Bucket, prefix: &'static str) -> Self {
+        Self {
+            store,
+            bucket,
+            prefix,
+            after: None,
+        }
+    }
+
+    /// The next page, or `None` at the end.
+    async fn next_page(&mut self) -> anyhow::Result<Option<Vec<String>>> {
+        let page = self
+            .store
+            .list_keys(
+                self.bucket,
+                self.prefix,
+                self.after.as_deref(),
+                LIST_PAGE_SIZE,
+            )
+            .await
+            .context("listing keys")?;
+        self.after = page.last().cloned();
+        Ok(if page.is_empty() { None } else { Some(page) })
+    }
+}
+
+/// Reads a document that may have vanished since it was listed.
+async fn read(store: &dyn Store, bucket: Bucket, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    match store.get(bucket, key).await {
+        Ok(doc) => Ok(Some(doc.body)),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e).context(format!("reading {key}")),
+    }
+}
+
+/// `ledgerd balance HASH…`: the human form.
+pub async fn balance(
+    store: &dyn Store,
+    hashes: &[String],
+    mut out: impl Write,
+) -> anyhow::Result<Exit> {
+    let mut exit = Exit::Success;
+    for hash in hashes {
+        match store.get(Bucket::Ledger, &balance_key(hash)).await {
+            Ok(doc) => match Units::parse_balance(&doc.body) {
+                Ok(units) => writeln!(
+                    out,
+                    "{hash}  {} tokens  ({} units)",
+                    units.to_tokens_string(),
+                    units.get()
+                )?,
+                Err(e) => {
+                    writeln!(out, "{hash}  INVALID balance document: {e}")?;
+                    exit = Exit::Rejected;
+                }
+            },
+            Err(StoreError::NotFound) => writeln!(out, "{hash}  no balance (0 tokens)")?,
+            Err(e) => return Err(e).context(format!("reading {}", balance_key(hash))),
+        }
+    }
+    Ok(exit)
+}
+
+/// `ledgerd balances`: JSON Lines sorted by hash.
+pub async fn balances(store: &dyn Store, out: &mut (dyn Write + Send)) -> anyhow::Result<Exit> {
+    let mut exit = Exit::Success;
+    let mut keys = Keys::new(store, Bucket::Ledger, BALANCE_PREFIX);
+    while let Some(page) = keys.next_page().await? {
+        for key in page {
+            let Some(body) = read(store, Bucket::Ledger, &key).await? else {
+                continue;
+            };
+            let hash = &key[BALANCE_PREFIX.len()..];
+            let line = match Units::parse_balance(&body) {
+                Ok(u) => json!({"hash": hash, "units": u.get(), "tokens": u.to_tokens_string()}),
+                Err(e) => {
+                    exit = Exit::Rejected;
+                    json!({"hash": hash, "error": format!("invalid balance document: {e}")})
+                }
+            };
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(exit)
+}
+
+/// `ledgerd failed`: JSON Lines of rejected actions.
+pub async fn failed(store: &dyn Store, out: &mut (dyn Write + Send)) -> anyhow::Result<Exit> {
+    let mut keys = Keys::new(store, Bucket::Queue, FAILED_PREFIX);
+    while let Some(page) = keys.next_page().await? {
+        for key in page {
+            let Some(body) = read(store, Bucket::Queue, &key).await? else {
+                continue;
+            };
+            let stored: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let reason = stored.get("reason").cloned().unwrap_or(Value::Null);
+            let mut line = json!({"id": &key[FAILED_PREFIX.len()..], "reason": reason});
+            for field in ["original", "original_base64"] {
+                if let Some(v) = stored.get(field) {
+                    line[field] = v.clone();
+                }
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(Exit::Success)
+}
+
+/// `ledgerd status`: document counts.
+pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> anyhow::Result<Exit> {
+    let count = |bucket, prefix: &'static str| async move {
+        store
+            .count_keys(bucket, prefix)
+            .await
+            .with_context(|| format!("counting {prefix} documents"))
+    };
+    let queued = count(Bucket::Queue, ACTION_PREFIX).await?;
+    let failed = count(Bucket::Queue, FAILED_PREFIX).await?;
+    let transactions = count(Bucket::Ledger, TX_PREFIX).await?;
+    let wallets = count(Bucket::Ledger, BALANCE_PREFIX).await?;
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            json!({"queued": queued, "failed": failed, "transactions": transactions, "wallets": wallets})
+        )?;
+    } else {
+        writeln!(out, "store         {}", store.describe())?;
+        writeln!(out, "queued        {queued}")?;
+        writeln!(out, "failed        {failed}")?;
+        writeln!(out, "transactions  {transactions}")?;
+        writeln!(out, "wallets       {wallets}")?;
+    }
+    Ok(Exit::Success)
+}

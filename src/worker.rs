@@ -1,0 +1,325 @@
+//! The worker: discovers queued actions, runs the protocol on up to
+//! `concurrency` of them at once, and stops cleanly when told to.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::domain::keys::ACTION_PREFIX;
+use crate::protocol::{self, process_action, Outcome, ProtocolError};
+use crate::store::{Bucket, Store};
+
+/// First pause after a pass that found nothing to do.
+const IDLE_BACKOFF_MS_MIN: u64 = 20;
+/// First delay before retrying an action that was blocked or failed.
+const RETRY_DELAY_MS_MIN: u64 = 1_000;
+/// Longest delay before retrying an action that was blocked or failed.
+const RETRY_DELAY_MS_MAX: u64 = 60_000;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Actions worked on at once.
+    pub concurrency: usize,
+    /// Lock time of a claim.
+    pub lease: Duration,
+    /// Keys read per discovery query.
+    pub page_size: usize,
+    /// Longest pause between passes when idle.
+    pub idle_backoff_max: Duration,
+    /// Exit once a full pass claims nothing and nothing is in flight.
+    pub exit_when_idle: bool,
+    /// How long in-flight actions may run on after shutdown is requested.
+    pub shutdown_grace: Duration,
+}
+
+/// What a worker did, by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Actions credited and removed.
+    pub completed: u64,
+    /// Duplicate deliveries removed without credit.
+    pub duplicates: u64,
+    /// Actions rejected into `failed:`.
+    pub failed: u64,
+    /// Attempts that found a wallet blocking the action.
+    pub blocked: u64,
+    /// Attempts that ended in an error (the action stays queued).
+    pub errors: u64,
+    /// Units credited.
+    pub units: u128,
+}
+
+type Finished = (String, Result<Outcome, ProtocolError>, Duration);
+
+struct Loop {
+    store: Arc<dyn Store>,
+    cfg: WorkerConfig,
+    opts: protocol::Options,
+    tasks: JoinSet<Finished>,
+    in_flight: HashSet<String>,
+    /// Actions to leave alone until the instant given, with their attempt count.
+    deferred: HashMap<String, (Instant, u32)>,
+    claims_this_pass: u64,
+    stats: RunStats,
+}
+
+/// Runs until `shutdown` completes (or, with `exit_when_idle`, the queue is idle).
+pub async fn run(
+    store: Arc<dyn Store>,
+    cfg: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> RunStats {
+    let opts = protocol::Options {
+        lease: cfg.lease,
+        ..protocol::Options::default()
+    };
+    let mut w = Loop {
+        store,
+        cfg,
+        opts,
+        tasks: JoinSet::new(),
+        in_flight: HashSet::new(),
+        deferred: HashMap::new(),
+        claims_this_pass: 0,
+        stats: RunStats::default(),
+    };
+    tokio::pin!(shutdown);
+    tracing::info!(
+        store = w.store.describe(),
+        concurrency = w.cfg.concurrency,
+        lease_ms = w.cfg.lease.as_millis() as u64,
+        "worker started"
+    );
+    tokio::select! {
+        _ = &mut shutdown => tracing::info!("shutdown requested: no new claims"),
+        _ = w.discover() => {}
+    }
+    w.drain_within_grace().await;
+    tracing::info!(
+        completed = w.stats.completed,
+        duplicates = w.stats.duplicates,
+        failed = w.stats.failed,
+        blocked = w.stats.blocked,
+        errors = w.stats.errors,
+        "worker stopped"
+    );
+    w.stats
+}
+
+impl Loop {
+    /// Passes over the queue until idle (with `exit_when_idle`) or forever.
+    async fn discover(&mut self) {
+        let semaphore = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let mut cursor: Option<String> = None;
+        let mut idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
+        let mut list_attempt = 0;
+        loop {
+            self.reap();
+            let page = match self
+                .store
+                .list_keys(
+                    Bucket::Queue,
+                    ACTION_PREFIX,
+                    cursor.as_deref(),
+                    self.cfg.page_size,
+                )
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    list_attempt += 1;
+                    tracing::warn!(error = %e, "discovery failed; retrying");
+                    tokio::time::sleep(
+                        protocol::backoff(list_attempt).max(Duration::from_millis(100)),
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            list_attempt = 0;
+            let Some(last) = page.last().cloned() else {
+                // End of a pass: settle everything it started, then decide.
+                while let Some(done) = self.tasks.join_next().await {
+                    self.record(done);
+                }
+                let claimed = std::mem::take(&mut self.claims_this_pass);
+                if claimed == 0 {
+                    if self.cfg.exit_when_idle {
+                        tracing::info!(deferred = self.deferred.len(), "queue idle: exiting");
+                        return;
+                    }
+                    tokio::time::sleep(idle).await;
+                    idle = (idle * 2).min(self.cfg.idle_backoff_max);
+                } else {
+                    idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
+                }
+                cursor = None;
+                continue;
+            };
+            cursor = Some(last);
+            let mut ids: Vec<String> = page
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(ACTION_PREFIX).map(str::to_string))
+                .collect();
+            // Shuffle so that processes reading the same page rarely collide.
+            ids.shuffle(&mut rand::thread_rng());
+            let now = Instant::now();
+            for id in ids {
+                if self.in_flight.contains(&id)
+                    || self
+                        .deferred
+                        .get(&id)
+                        .is_some_and(|(until, _)| *until > now)
+                {
+                    continue;
+                }
+                let Ok(permit) = semaphore.clone().acquire_owned().await else {
+                    return;
+                };
+                self.reap();
+                self.in_flight.insert(id.clone());
+                let (store, opts) = (self.store.clone(), self.opts.clone());
+                self.tasks.spawn(async move {
+                    let _permit = permit;
+                    let started = Instant::now();
+                    let result = process_action(store.as_ref(), &id, &opts).await;
+                    (id, result, started.elapsed())
+                });
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            self.record(done);
+        }
+    }
+
+    fn record(&mut self, done: Result<Finished, tokio::task::JoinError>) {
+        let (id, result, elapsed) = match done {
+            Ok(finished) => finished,
+            Err(e) => {
+                // A panic in the protocol is a bug; the action stays queued.
+                tracing::error!(error = %e, "action task failed");
+                self.stats.errors += 1;
+                return;
+            }
+        };
+        self.in_flight.remove(&id);
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(Outcome::Skipped(why)) => {
+                tracing::debug!(action = id, outcome = "skipped", why = ?why, "action skipped");
+                return;
+            }
+            Ok(Outcome::Completed { credits, units }) => {
+                self.stats.completed += 1;
+                self.stats.units += u128::from(*units);
+                tracing::info!(
+                    action = id,
+                    outcome = "completed",
+                    credits,
+                    units,
+                    duration_ms,
+                    "action done"
+                );
+            }
+            Ok(Outcome::Duplicate) => {
+                self.stats.duplicates += 1;
+                tracing::info!(
+                    action = id,
+                    outcome = "duplicate",
+                    credits = 0,
+                    duration_ms,
+                    "action done"
+                );
+            }
+            Ok(Outcome::Failed { reason }) => {
+                self.stats.failed += 1;
+                tracing::warn!(
+                    action = id,
+                    outcome = "failed",
+                    reason,
+                    duration_ms,
+                    "action rejected into failed:"
+                );
+            }
+            Ok(Outcome::Blocked { reason }) => {
+                self.stats.blocked += 1;
+                tracing::error!(
+                    action = id,
+                    outcome = "blocked",
+                    reason,
+                    duration_ms,
+                    "action blocked; will retry"
+                );
+            }
+            Err(e) => {
+                self.stats.errors += 1;
+                tracing::warn!(action = id, outcome = "error", error = %e, retryable = e.is_retryable(), duration_ms, "action attempt failed; will retry");
+            }
+        }
+        self.claims_this_pass += 1;
+        if matches!(result, Ok(Outcome::Blocked { .. }) | Err(_)) {
+            let attempts = self.deferred.get(&id).map_or(0, |(_, n)| *n) + 1;
+            let delay_ms = RETRY_DELAY_MS_MIN
+                .saturating_mul(1 << attempts.min(6))
+                .min(RETRY_DELAY_MS_MAX);
+            self.deferred.insert(
+                id,
+                (Instant::now() + Duration::from_millis(delay_ms), attempts),
+            );
+        } else {
+            self.deferred.remove(&id);
+        }
+    }
+
+    /// Lets in-flight actions finish within the grace period, then abandons
+    /// the rest (their locks lapse; the protocol resumes them elsewhere).
+    async fn drain_within_grace(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_grace;
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(done)) => self.record(done),
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        abandoned = self.tasks.len(),
+                        "grace period over: abandoning in-flight actions"
+                    );
+                    self.tasks.abort_all();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,239 @@
+//! The command-line contract, through the real binary.
+
+mod common;
+
+use common::{balances, json_lines, stderr, stdout, Scratch};
+
+#[test]
+fn plan_prints_exact_units() {
+    let s = Scratch::new();
+    let out = s.run(&["plan"], r#"{"beneficiaries":[{"a":0.29},{"b":"1.15"}]}"#);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = &json_lines(&out)[0];
+    assert_eq!(plan["mode"], "amount");
+    assert_eq!(plan["credits"][0]["units"], 29_000_000u64);
+    assert_eq!(plan["credits"][1]["units"], 115_000_000u64);
+    assert_eq!(plan["credits"][1]["tokens"], "1.15000000");
+    assert_eq!(plan["total_units"], 144_000_000u64);
+    assert!(stdout(&out).starts_with(
+        r#"{"mode":"amount","credits":[{"hash":"a","units":29000000,"tokens":"0.29000000"}"#
+    ));
+}
+
+#[test]
+fn plan_rejects_with_a_reason_and_exit_1() {
+    let s = Scratch::new();
+    let out = s.run(&["plan"], r#"{"beneficiaries":{"a":1,"a":2}}"#);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        json_lines(&out)[0]["error"],
+        "duplicate key \"a\" in \"beneficiaries\""
+    );
+    let out = s.run(&["plan"], "\u{0}\u{1}garbage");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(json_lines(&out)[0]["error"]
+        .as_str()
+        .expect("error")
+        .starts_with("body is not valid JSON"));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    let s = Scratch::new();
+    for cmd in [
+        "init", "run", "enqueue", "plan", "balance", "balances", "failed", "status", "demo",
+    ] {
+        let out = s.run(&[cmd, "--help"], "");
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(
+            stdout(&out).contains("Usage: ledgerd"),
+            "{cmd}: {}",
+            stdout(&out)
+        );
+    }
+    let out = s.run(&["--help"], "");
+    assert!(stdout(&out).contains("LEDGERD_STORE"));
+}
+
+#[test]
+fn bad_configuration_fails_at_start_naming_the_key() {
+    let s = Scratch::new();
+    let out = s.run_with(
+        {
+            let mut c = s.cmd(&["status"]);
+            c.env("LEDGERD_CONCURRENCY", "lots");
+            c
+        },
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("concurrency"), "{}", stderr(&out));
+
+    std::fs::write(
+        s.path().join("ledgerd.toml"),
+        "lease_ms = 15000\nleas_ms = 3\n",
+    )
+    .expect("write");
+    let out = s.run(&["--config", "ledgerd.toml", "status"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown key `leas_ms`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = s.run(&["run", "--lease-ms", "60000"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lease_ms"), "{}", stderr(&out));
+
+    let out = s.run(&["--store", "postgres://x", "init"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown store URL"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn reading_a_store_that_does_not_exist_is_a_clear_error() {
+    let s = Scratch::new();
+    let out = s.run(&["balances"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no store at ledgerd.db"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s.db().exists(), "a read must not create a store");
+}
+
+#[test]
+fn enqueue_run_and_inspect() {
+    let s = Scratch::new();
+    assert!(s.run(&["init"], "").status.success());
+    let input = [
+        r#"{"id":"c1","doc":{"beneficiaries":[{"a":0.29},{"b":"1.15"}]}}"#,
+        r#"{"id":"c2","doc":{"reward":"10","beneficiaries":{"a":50,"c":"25"}}}"#,
+        r#"{"id":"c3","doc":{"beneficiaries":{"a":100.000000001}}}"#,
+        r#"{"id":"c4","raw":"not json"}"#,
+        "",
+        "this line is broken",
+        r#"{"id":"c1","doc":{"beneficiaries":{"zzz":1}}}"#,
+    ]
+    .join("\n");
+    let out = s.run(&["enqueue"], &input);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a bad line makes enqueue exit 1"
+    );
+    assert_eq!(stdout(&out).trim(), r#"{"enqueued":4,"skipped":1}"#);
+    assert!(stderr(&out).contains("line 6:"), "{}", stderr(&out));
+
+    let out = s.run(&["status", "--json"], "");
+    assert_eq!(
+        json_lines(&out)[0],
+        serde_json::json!({"queued":4,"failed":0,"transactions":0,"wallets":0})
+    );
+
+    let out = s.run(&["run", "--exit-when-idle"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // One JSON log line per action, with its outcome.
+    let logs: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("action").is_some())
+        .collect();
+    assert_eq!(logs.len(), 4, "{}", stderr(&out));
+    assert!(logs
+        .iter()
+        .all(|l| l.get("outcome").is_some() && l.get("duration_ms").is_some()));
+
+    let got = balances(&s);
+    assert_eq!(got.get("a"), Some(&529_000_000));
+    assert_eq!(got.get("b"), Some(&115_000_000));
+    assert_eq!(got.get("c"), Some(&250_000_000));
+
+    let failed = json_lines(&s.run(&["failed"], ""));
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[0]["id"], "c3");
+    // The body is kept byte for byte: no float ever touched it.
+    assert_eq!(
+        failed[0]["original"],
+        r#"{"beneficiaries":{"a":100.000000001}}"#
+    );
+    assert_eq!(
+        failed[0]["reason"],
+        "beneficiary \"a\": share \"100.000000001\" has more than 8 decimal places"
+    );
+    assert_eq!(failed[1]["original"], "not json");
+
+    let out = s.run(&["status", "--json"], "");
+    assert_eq!(
+        json_lines(&out)[0],
+        serde_json::json!({"queued":0,"failed":2,"transactions":2,"wallets":3})
+    );
+
+    let out = s.run(&["balance", "a", "nobody"], "");
+    assert!(
+        stdout(&out).contains("a  5.29000000 tokens  (529000000 units)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("nobody  no balance"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_duplicate_delivery_credits_nothing_more() {
+    let s = Scratch::new();
+    let line = r#"{"id":"once","doc":{"beneficiaries":{"w":"12.5"}}}"#;
+    s.run(&["enqueue"], line);
+    assert!(s.run(&["run", "--exit-when-idle"], "").status.success());
+    assert_eq!(balances(&s).get("w"), Some(&1_250_000_000));
+    // Delivered again after completion: removed, nothing credited.
+    assert_eq!(
+        stdout(&s.run(&["enqueue"], line)).trim(),
+        r#"{"enqueued":1,"skipped":0}"#
+    );
+    let out = s.run(&["run", "--exit-when-idle"], "");
+    assert!(
+        stderr(&out).contains(r#""outcome":"duplicate""#),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(balances(&s).get("w"), Some(&1_250_000_000));
+    let status = json_lines(&s.run(&["status", "--json"], ""));
+    assert_eq!(status[0]["queued"], 0);
+    assert_eq!(status[0]["failed"], 0);
+}
+
+#[test]
+fn environment_and_flags_choose_the_store() {
+    let s = Scratch::new();
+    let mut cmd = s.cmd(&["enqueue"]);
+    cmd.env("LEDGERD_STORE", "sqlite://other.db");
+    s.run_with(cmd, r#"{"id":"x","doc":{"beneficiaries":{"w":1}}}"#);
+    assert!(s.path().join("other.db").exists());
+    assert!(!s.db().exists());
+    let out = s.run(&["--store", "sqlite://other.db", "status", "--json"], "");
+    assert_eq!(json_lines(&out)[0]["queued"], 1);
+}
+
+#[test]
+fn demo_runs_and_cleans_up() {
+    let s = Scratch::new();
+    let out = s.run(&["demo", "--actions", "60", "--workers", "2"], "");
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("every balance equals the sum of its accepted actions: yes"),
+        "{text}"
+    );
+    assert!(text.contains("queue         0 actions left"), "{text}");
+    assert!(!s.db().exists());
+}
