@@ -1,7 +1,12 @@
 //! ledgerd credits click rewards to token balances exactly once.
 //!
 //! Layout:
-//! - [`domain`]: money, keys, action parsing and split math; pure (no async, no I/O).
+//! - [`domain`]: money, keys, action parsing and split math; pure code.
+//! - [`store`]: the store trait (Couchbase-shaped single-document
+//!   operations), its memory and SQLite implementations, the contract suite
+//!   every implementation passes, and a fault-injecting wrapper.
+//! - [`protocol`]: the crediting protocol, written once against the trait.
+//! - [`worker`]: discovery, concurrency, retries and graceful shutdown.
 //! - [`config`]: layered, typed settings.
 //! - [`telemetry`]: logging set-up.
 //! - [`cli`]: the command line.

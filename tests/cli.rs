@@ -237,3 +237,41 @@ fn demo_runs_and_cleans_up() {
     assert!(text.contains("queue         0 actions left"), "{text}");
     assert!(!s.db().exists());
 }
+
+#[test]
+fn sigterm_stops_the_worker_cleanly() {
+    let s = Scratch::new();
+    s.run(
+        &["enqueue"],
+        r#"{"id":"t1","doc":{"beneficiaries":{"w":1}}}"#,
+    );
+    let child = s
+        .cmd(&["run", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    // Wait until the queued action is done, then ask the worker to stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while balances(&s).get("w") != Some(&100_000_000) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("exit");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("shutdown requested"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("worker stopped"), "{}", stderr(&out));
+}

@@ -1,5 +1,5 @@
 //! The pure core: amounts, keys, action parsing and split math.
-//! No async, no I/O and no store types live here.
+//! Pure code only: no I/O, no runtime and no store types live here.
 
 pub mod action;
 pub mod decimal;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::xattr::{self, Slot};
+use super::model::{self, Slot};
 use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
 /// Where the memory store reads the time for lock expiry.
@@ -40,13 +40,13 @@ impl Clock {
 
 #[derive(Default)]
 struct Inner {
-    queue: BTreeMap<String, xattr::Entry>,
-    ledger: BTreeMap<String, xattr::Entry>,
+    queue: BTreeMap<String, model::Entry>,
+    ledger: BTreeMap<String, model::Entry>,
     last_cas: Cas,
 }
 
 impl Inner {
-    fn bucket(&mut self, bucket: Bucket) -> &mut BTreeMap<String, xattr::Entry> {
+    fn bucket(&mut self, bucket: Bucket) -> &mut BTreeMap<String, model::Entry> {
         match bucket {
             Bucket::Queue => &mut self.queue,
             Bucket::Ledger => &mut self.ledger,
@@ -138,7 +138,7 @@ impl Store for MemoryStore {
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        xattr::get(&inner.bucket(bucket).get(key).cloned(), now)
+        model::get(&inner.bucket(bucket).get(key).cloned(), now)
     }
 
     async fn get_with_xattrs(
@@ -149,38 +149,38 @@ impl Store for MemoryStore {
     ) -> StoreResult<DocWithXattrs> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        xattr::get_with_xattrs(&inner.bucket(bucket).get(key).cloned(), paths, now)
+        model::get_with_xattrs(&inner.bucket(bucket).get(key).cloned(), paths, now)
     }
 
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
         let now = self.clock.now_ms();
         self.lock().with_slot(bucket, key, |slot, cas| {
-            xattr::get_and_lock(slot, lock, now, cas)
+            model::get_and_lock(slot, lock, now, cas)
         })
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, _| xattr::unlock(slot, cas, now))
+            .with_slot(bucket, key, |slot, _| model::unlock(slot, cas, now))
     }
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
         self.lock()
-            .with_slot(bucket, key, |slot, cas| xattr::insert(slot, body, cas))
+            .with_slot(bucket, key, |slot, cas| model::insert(slot, body, cas))
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
         self.lock().with_slot(bucket, key, |slot, new| {
-            xattr::replace(slot, body, cas, now, new)
+            model::replace(slot, body, cas, now, new)
         })
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, _| xattr::remove(slot, cas, now))
+            .with_slot(bucket, key, |slot, _| model::remove(slot, cas, now))
     }
 
     async fn write_with_xattrs(
@@ -193,14 +193,14 @@ impl Store for MemoryStore {
     ) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
         self.lock().with_slot(bucket, key, |slot, cas| {
-            xattr::write_with_xattrs(slot, body, xattrs, mode, now, cas)
+            model::write_with_xattrs(slot, body, xattrs, mode, now, cas)
         })
     }
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
         let now = self.clock.now_ms();
         self.lock().with_slot(bucket, key, |slot, cas| {
-            xattr::remove_xattr(slot, path, now, cas)
+            model::remove_xattr(slot, path, now, cas)
         })
     }
 

@@ -20,9 +20,9 @@ use serde_json::Value;
 pub mod contract;
 pub mod faulty;
 pub mod memory;
+mod model;
 pub mod open;
 pub mod sqlite;
-mod xattr;
 
 pub use open::{open, OpenMode};
 

@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file, safe for several processes at once.
 //!
 //! Every mutation is one short `BEGIN IMMEDIATE` transaction that reads the
-//! row, applies the shared document model (`xattr.rs`) and writes it back,
+//! row, applies the shared document model (`model.rs`) and writes it back,
 //! so SQLite's write lock makes each operation atomic across processes.
 //! WAL mode lets readers proceed while one writer commits; `synchronous =
 //! FULL` makes every committed write durable before it is acknowledged.
@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
 
-use super::xattr::{self, Entry, Slot};
+use super::model::{self, Entry, Slot};
 use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
 /// How long a connection waits for another process's write lock.
@@ -278,7 +278,7 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
-        self.read(bucket, key, xattr::get).await
+        self.read(bucket, key, model::get).await
     }
 
     async fn get_with_xattrs(
@@ -290,21 +290,21 @@ impl Store for SqliteStore {
         let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
         self.read(bucket, key, move |slot, now| {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-            xattr::get_with_xattrs(slot, &refs, now)
+            model::get_with_xattrs(slot, &refs, now)
         })
         .await
     }
 
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
         self.mutate(bucket, key, move |slot, now, cas| {
-            xattr::get_and_lock(slot, lock, now, cas)
+            model::get_and_lock(slot, lock, now, cas)
         })
         .await
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
         self.mutate(bucket, key, move |slot, now, _| {
-            xattr::unlock(slot, cas, now)
+            model::unlock(slot, cas, now)
         })
         .await
     }
@@ -312,7 +312,7 @@ impl Store for SqliteStore {
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
         let body = body.to_vec();
         self.mutate(bucket, key, move |slot, _, cas| {
-            xattr::insert(slot, &body, cas)
+            model::insert(slot, &body, cas)
         })
         .await
     }
@@ -320,14 +320,14 @@ impl Store for SqliteStore {
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
         let body = body.to_vec();
         self.mutate(bucket, key, move |slot, now, new| {
-            xattr::replace(slot, &body, cas, now, new)
+            model::replace(slot, &body, cas, now, new)
         })
         .await
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
         self.mutate(bucket, key, move |slot, now, _| {
-            xattr::remove(slot, cas, now)
+            model::remove(slot, cas, now)
         })
         .await
     }
@@ -350,7 +350,7 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|(p, v)| (p.as_str(), v.clone()))
                 .collect();
-            xattr::write_with_xattrs(slot, &body, &refs, mode, now, cas)
+            model::write_with_xattrs(slot, &body, &refs, mode, now, cas)
         })
         .await
     }
@@ -358,7 +358,7 @@ impl Store for SqliteStore {
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
         let path = path.to_string();
         self.mutate(bucket, key, move |slot, now, cas| {
-            xattr::remove_xattr(slot, &path, now, cas)
+            model::remove_xattr(slot, &path, now, cas)
         })
         .await
     }
