@@ -17,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod protocol;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ledgerd::cli::{Cli, Command};
+use ledgerd::cli::{Cli, Command, SabotageArg};
 use ledgerd::commands::{self, Exit};
 use ledgerd::config::Settings;
+use ledgerd::sim::Sabotage;
 use ledgerd::store::{open, OpenMode};
 
 fn main() -> ExitCode {
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
         (Some(level), _) => level.clone(),
         (None, Ok(env)) if !env.is_empty() => env,
         // The demo prints its own summary; its workers' logs would drown it.
-        _ if matches!(cli.command, Command::Demo(_)) => "warn".to_string(),
+        _ if matches!(cli.command, Command::Demo(_) | Command::Simulate(_)) => "warn".to_string(),
         _ => settings.log_level.clone(),
     };
     ledgerd::telemetry::init(&filter, settings.log_format);
@@ -43,12 +44,23 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
     if let Command::Plan = command {
         return commands::plan::run(std::io::stdin().lock(), std::io::stdout().lock());
     }
+    if let Command::Simulate(args) = &command {
+        let sabotage = match args.sabotage {
+            SabotageArg::None => Sabotage::None,
+            SabotageArg::SkipMarkerCheck => Sabotage::SkipMarkerCheck,
+            SabotageArg::RemoveOnClaim => Sabotage::RemoveOnClaim,
+        };
+        let out = std::io::stdout().lock();
+        return commands::simulate::run(
+            args.seeds, args.from, args.seed, args.trace, sabotage, out,
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let existing = || open(&settings, OpenMode::Existing).context("opening the store");
         let mut stdout = std::io::stdout();
         match command {
-            Command::Plan => unreachable!("handled above"),
+            Command::Plan | Command::Simulate(_) => unreachable!("handled above"),
             Command::Init => commands::run::init(&settings).await,
             Command::Run(args) => commands::run::run(&settings, args.exit_when_idle).await,
             Command::Enqueue => {

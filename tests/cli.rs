@@ -275,3 +275,38 @@ fn sigterm_stops_the_worker_cleanly() {
     );
     assert!(stderr(&out).contains("worker stopped"), "{}", stderr(&out));
 }
+
+#[test]
+fn simulate_passes_and_catches_sabotage() {
+    let s = Scratch::new();
+    let out = s.run(&["simulate", "--seeds", "20"], "");
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("20 seeds (0..20), 0 with violations"),
+        "{}",
+        stdout(&out)
+    );
+    let out = s.run(
+        &[
+            "simulate",
+            "--seeds",
+            "30",
+            "--sabotage",
+            "skip-marker-check",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("replay with: ledgerd simulate --seed"),
+        "{}",
+        stdout(&out)
+    );
+    let out = s.run(&["simulate", "--seed", "7", "--trace"], "");
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("producer delivers"),
+        "{}",
+        stdout(&out)
+    );
+}

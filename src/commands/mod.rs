@@ -6,6 +6,7 @@ pub mod enqueue;
 pub mod inspect;
 pub mod plan;
 pub mod run;
+pub mod simulate;
 
 /// What a command tells the process to exit with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -419,11 +419,27 @@ where
     }
 }
 
+thread_local! {
+    /// The jitter source of this thread: entropy unless seeded, so that the
+    /// simulator (one thread, one seed) replays exactly.
+    static JITTER: std::cell::RefCell<Option<rand::rngs::StdRng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this thread's backoff jitter a function of `seed`.
+pub fn seed_jitter(seed: u64) {
+    use rand::SeedableRng;
+    JITTER.with(|j| *j.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
+}
+
 /// Capped exponential backoff with full jitter.
 pub fn backoff(attempt: u32) -> Duration {
     use rand::Rng;
     let cap_ms: u64 = 5u64.saturating_mul(1 << attempt.min(8)).min(1_000);
-    Duration::from_millis(rand::thread_rng().gen_range(1..=cap_ms))
+    let ms = JITTER.with(|j| match j.borrow_mut().as_mut() {
+        Some(rng) => rng.gen_range(1..=cap_ms),
+        None => rand::thread_rng().gen_range(1..=cap_ms),
+    });
+    Duration::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The documents the protocol writes: transaction records, failed
 //! documents and idempotency markers, with their checks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -42,8 +44,22 @@ pub struct TxRecord {
     pub completed_at: Option<String>,
 }
 
-/// Unix milliseconds now, for informational timestamps.
+thread_local! {
+    /// A virtual clock replacing the wall clock on this thread (the simulator).
+    static VIRTUAL_CLOCK: std::cell::RefCell<Option<Arc<AtomicU64>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes [`now_ms`] read `clock` on this thread (or the wall clock with `None`).
+pub fn use_virtual_clock(clock: Option<Arc<AtomicU64>>) {
+    VIRTUAL_CLOCK.with(|c| *c.borrow_mut() = clock);
+}
+
+/// Unix milliseconds now, for informational timestamps and marker ages.
 pub fn now_ms() -> u64 {
+    if let Some(ms) = VIRTUAL_CLOCK.with(|c| c.borrow().as_ref().map(|a| a.load(Ordering::SeqCst)))
+    {
+        return ms;
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
