@@ -81,7 +81,23 @@ pub struct Settings {
     pub couchbase_durability: String,
     /// Deadline of every Couchbase key-value operation.
     pub kv_timeout_ms: u64,
+    /// Deadline of every SQL++ query (discovery, counts, index management).
+    pub query_timeout_ms: u64,
+    /// How long connecting to Couchbase may take.
+    pub couchbase_connect_timeout_ms: u64,
+    /// RAM quota of each bucket `ledgerd init` creates.
+    pub couchbase_bucket_ram_mb: u64,
+    /// Replicas of each bucket `ledgerd init` creates.
+    pub couchbase_bucket_replicas: u32,
 }
+
+/// Couchbase durability levels accepted in `couchbase_durability`.
+pub const DURABILITY_LEVELS: &[&str] = &[
+    "majority",
+    "majority_and_persist_active",
+    "persist_to_majority",
+    "none",
+];
 
 /// Keys a config file may contain: the fields of [`Settings`].
 const KEYS: &[&str] = &[
@@ -99,6 +115,10 @@ const KEYS: &[&str] = &[
     "couchbase_password",
     "couchbase_durability",
     "kv_timeout_ms",
+    "query_timeout_ms",
+    "couchbase_connect_timeout_ms",
+    "couchbase_bucket_ram_mb",
+    "couchbase_bucket_replicas",
 ];
 
 /// Why settings could not be loaded.
@@ -143,7 +163,11 @@ impl Settings {
             .set_default("log_level", "info")?
             .set_default("log_format", "auto")?
             .set_default("couchbase_durability", "majority")?
-            .set_default("kv_timeout_ms", 2_500)?;
+            .set_default("kv_timeout_ms", 2_500)?
+            .set_default("query_timeout_ms", 10_000)?
+            .set_default("couchbase_connect_timeout_ms", 15_000)?
+            .set_default("couchbase_bucket_ram_mb", 256)?
+            .set_default("couchbase_bucket_replicas", 1)?;
         if let Some(path) = file {
             check_file_keys(path)?;
             builder = builder.add_source(config::File::from(path).required(true));
@@ -186,8 +210,36 @@ impl Settings {
         if self.idle_backoff_ms_max == 0 {
             return invalid("idle_backoff_ms_max", "must be at least 1".into());
         }
-        if self.kv_timeout_ms == 0 {
-            return invalid("kv_timeout_ms", "must be at least 1".into());
+        for (key, ms) in [
+            ("kv_timeout_ms", self.kv_timeout_ms),
+            ("query_timeout_ms", self.query_timeout_ms),
+            (
+                "couchbase_connect_timeout_ms",
+                self.couchbase_connect_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if !DURABILITY_LEVELS.contains(&self.couchbase_durability.as_str()) {
+            return invalid(
+                "couchbase_durability",
+                format!(
+                    "must be one of {}, got {:?}",
+                    DURABILITY_LEVELS.join(", "),
+                    self.couchbase_durability
+                ),
+            );
+        }
+        if self.couchbase_bucket_ram_mb < 100 {
+            return invalid(
+                "couchbase_bucket_ram_mb",
+                "must be at least 100 (Couchbase's minimum)".into(),
+            );
+        }
+        if self.couchbase_bucket_replicas > 3 {
+            return invalid("couchbase_bucket_replicas", "must be 0 to 3".into());
         }
         for (key, name) in [
             ("queue_bucket", &self.queue_bucket),

@@ -57,25 +57,33 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let existing = || open(&settings, OpenMode::Existing).context("opening the store");
+        let existing = || async {
+            open(&settings, OpenMode::Existing)
+                .await
+                .context("opening the store")
+        };
         let mut stdout = std::io::stdout();
         match command {
             Command::Plan | Command::Simulate(_) => unreachable!("handled above"),
             Command::Init => commands::run::init(&settings).await,
             Command::Run(args) => commands::run::run(&settings, args.exit_when_idle).await,
             Command::Enqueue => {
-                let store = open(&settings, OpenMode::Create).context("opening the store")?;
+                let store = open(&settings, OpenMode::Create)
+                    .await
+                    .context("opening the store")?;
                 commands::enqueue::run(store, tokio::io::stdin()).await
             }
             Command::Balance { hashes } => {
-                commands::inspect::balance(existing()?.as_ref(), &hashes, stdout).await
+                commands::inspect::balance(existing().await?.as_ref(), &hashes, stdout).await
             }
             Command::Balances => {
-                commands::inspect::balances(existing()?.as_ref(), &mut stdout).await
+                commands::inspect::balances(existing().await?.as_ref(), &mut stdout).await
             }
-            Command::Failed => commands::inspect::failed(existing()?.as_ref(), &mut stdout).await,
+            Command::Failed => {
+                commands::inspect::failed(existing().await?.as_ref(), &mut stdout).await
+            }
             Command::Status { json } => {
-                commands::inspect::status(existing()?.as_ref(), json, stdout).await
+                commands::inspect::status(existing().await?.as_ref(), json, stdout).await
             }
             Command::Demo(args) => commands::demo::run(args.actions, args.workers).await,
         }

@@ -10,6 +10,14 @@ use crate::config::LogFormat;
 /// output). `filter` is an `EnvFilter` directive such as `info` or
 /// `ledgerd=debug`; an invalid one falls back to `info` with a warning.
 pub fn init(filter: &str, format: LogFormat) {
+    // A bare level keeps the Couchbase SDK's own chatter at WARN; a full
+    // directive (`info,couchbase=debug`) is taken as written.
+    let filter = if filter.contains('=') || filter.contains(',') {
+        filter.to_string()
+    } else {
+        format!("{filter},couchbase=warn,couchbase_core=warn")
+    };
+    let filter = filter.as_str();
     let (env_filter, bad_filter) = match EnvFilter::try_new(filter) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e.to_string())),

@@ -11,7 +11,9 @@ use crate::worker::{self, WorkerConfig};
 
 /// Creates what the store needs.
 pub async fn init(settings: &Settings) -> anyhow::Result<Exit> {
-    let store = open(settings, OpenMode::Create).context("opening the store")?;
+    let store = open(settings, OpenMode::Create)
+        .await
+        .context("opening the store")?;
     store.init().await.context("initialising the store")?;
     println!("initialised {}", store.describe());
     Ok(Exit::Success)
@@ -31,7 +33,9 @@ pub fn worker_config(settings: &Settings, exit_when_idle: bool) -> WorkerConfig 
 
 /// Runs the worker until SIGINT/SIGTERM (or idle, with `exit_when_idle`).
 pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Exit> {
-    let store = open(settings, OpenMode::Create).context("opening the store")?;
+    let store = open(settings, OpenMode::Create)
+        .await
+        .context("opening the store")?;
     store.init().await.context("initialising the store")?;
     worker::run(
         store,

@@ -385,6 +385,14 @@ pub async fn keys_list_in_pages(h: &dyn Harness) {
         .insert(Bucket::Ledger, &format!("{prefix}other-bucket"), b"1")
         .await);
     keys.insert(0, prefix.clone());
+    // Listing may trail writes (Couchbase answers from an index): wait
+    // until the index has caught up before checking the pages.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ok!(s.count_keys(Bucket::Queue, &prefix).await) < 26
+        && std::time::Instant::now() < deadline
+    {
+        h.advance(Duration::from_millis(200)).await;
+    }
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {

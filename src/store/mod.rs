@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub mod contract;
+pub mod couchbase;
 pub mod faulty;
 pub mod memory;
 mod model;

@@ -3,12 +3,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::couchbase::CouchbaseStore;
 pub use super::sqlite::OpenMode;
 use super::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError};
 use crate::config::Settings;
 
-/// Opens the store named by `settings.store`.
-pub fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the store named by `settings.store` (connecting, for Couchbase).
+pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.store.as_str();
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
@@ -28,9 +29,7 @@ pub fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>, Store
         return Ok(Arc::new(MemoryStore::new()));
     }
     if url.starts_with("couchbase://") || url.starts_with("couchbases://") {
-        return Err(StoreError::Permanent(
-            "the Couchbase store is not part of this build yet; use sqlite://PATH".into(),
-        ));
+        return Ok(Arc::new(CouchbaseStore::connect(settings).await?));
     }
     Err(StoreError::Permanent(format!(
         "unknown store URL {url:?}: expected sqlite://PATH, memory:// or couchbase://HOST"

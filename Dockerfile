@@ -1,0 +1,18 @@
+# ledgerd: build in the Rust image, run as a non-root user in a slim image.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin ledgerd
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --create-home --home-dir /var/lib/ledgerd ledgerd
+COPY --from=build /src/target/release/ledgerd /usr/local/bin/ledgerd
+USER ledgerd
+WORKDIR /var/lib/ledgerd
+ENV LEDGERD_LOG_FORMAT=json
+ENTRYPOINT ["ledgerd"]
+CMD ["run"]

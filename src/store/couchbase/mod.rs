@@ -1,0 +1,517 @@
+//! The Couchbase store, on the official SDK: key-value operations,
+//! sub-document lookups and mutations with xattrs, CAS, get-and-lock and
+//! durability levels; SQL++ only for discovery, listing and counts.
+//!
+//! Facts about the SDK this adapter is built around:
+//! - it puts no deadline on key-value operations (a locked document, an
+//!   unknown bucket or a wrong password can block forever), so every call is
+//!   wrapped in `kv_timeout_ms`; a lapsed deadline on a write is "ambiguous";
+//! - a sub-document insert on an existing document reports a CAS mismatch,
+//!   which means "exists" when the call carried no CAS (see `errors.rs`);
+//! - writes to a locked document are retried until the lock lapses by the
+//!   default strategy, so every call uses one that surfaces "locked" at once.
+
+pub mod errors;
+mod init;
+pub mod statements;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use couchbase::authenticator::PasswordAuthenticator;
+use couchbase::cluster::Cluster;
+use couchbase::collection::Collection;
+use couchbase::durability_level::DurabilityLevel;
+use couchbase::options::cluster_options::ClusterOptions;
+use couchbase::options::kv_options::{
+    GetAndLockOptions, GetOptions, InsertOptions, LookupInOptions, MutateInOptions, RemoveOptions,
+    ReplaceOptions, StoreSemantics, UnlockOptions,
+};
+use couchbase::options::query_options::{QueryOptions, ScanConsistency};
+use couchbase::retry::RetryStrategy;
+use couchbase::subdoc::lookup_in_specs::{GetSpecOptions, LookupInSpec};
+use couchbase::subdoc::mutate_in_specs::{MutateInSpec, RemoveSpecOptions, UpsertSpecOptions};
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use crate::config::Settings;
+use errors::{deadline_error, map_error, Call, FailFastOnLock};
+
+/// Longest lock Couchbase grants.
+const LOCK_SECS_MAX: u64 = 30;
+
+/// The durability level named in settings.
+pub fn durability(name: &str) -> Result<DurabilityLevel, StoreError> {
+    match name {
+        "majority" => Ok(DurabilityLevel::MAJORITY),
+        "majority_and_persist_active" => Ok(DurabilityLevel::MAJORITY_AND_PERSIST_ACTIVE),
+        "persist_to_majority" => Ok(DurabilityLevel::PERSIST_TO_MAJORITY),
+        "none" => Ok(DurabilityLevel::NONE),
+        other => Err(StoreError::Permanent(format!(
+            "unknown durability level {other:?}"
+        ))),
+    }
+}
+
+/// A lock time in whole seconds, as Couchbase counts them: rounded up, 1 to 30.
+pub fn lock_time(lock: Duration) -> Duration {
+    let secs = lock.as_millis().div_ceil(1000);
+    Duration::from_secs(
+        u64::try_from(secs)
+            .unwrap_or(LOCK_SECS_MAX)
+            .clamp(1, LOCK_SECS_MAX),
+    )
+}
+
+/// Couchbase's flags for a body: JSON when it parses as JSON, else binary.
+fn flags_for(body: &[u8]) -> u32 {
+    let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    let encoded = if json {
+        couchbase::transcoding::raw_json::encode(&body).map(|(_, f)| f)
+    } else {
+        couchbase::transcoding::raw_binary::encode(body).map(|(_, f)| f)
+    };
+    encoded.unwrap_or(0)
+}
+
+/// The store on a Couchbase cluster.
+pub struct CouchbaseStore {
+    cluster: Cluster,
+    queue: Collection,
+    ledger: Collection,
+    names: (String, String),
+    url: String,
+    durability: DurabilityLevel,
+    kv_timeout: Duration,
+    query_timeout: Duration,
+    retry: Arc<dyn RetryStrategy>,
+    lock_retry: Arc<dyn RetryStrategy>,
+    bucket_ram_mb: u64,
+    bucket_replicas: u32,
+}
+
+impl CouchbaseStore {
+    /// Connects with the settings' URL, credentials and bucket names.
+    pub async fn connect(settings: &Settings) -> StoreResult<Self> {
+        let durability_level = durability(&settings.couchbase_durability)?;
+        if durability_level == DurabilityLevel::NONE {
+            tracing::warn!("couchbase_durability = none: a node failure can lose acknowledged credits; use it only for single-node development");
+        }
+        let username = settings.couchbase_username.clone().unwrap_or_default();
+        let password = settings
+            .couchbase_password
+            .as_ref()
+            .map(|s| s.expose().to_string())
+            .unwrap_or_default();
+        if username.is_empty() {
+            return Err(StoreError::Permanent(
+                "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME"
+                    .into(),
+            ));
+        }
+        let retry = FailFastOnLock::shared();
+        let options = ClusterOptions::new(PasswordAuthenticator::new(username, password).into())
+            .default_retry_strategy(retry.clone());
+        let connect_timeout = Duration::from_millis(settings.couchbase_connect_timeout_ms);
+        let cluster =
+            match tokio::time::timeout(connect_timeout, Cluster::connect(&settings.store, options))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    return Err(StoreError::Permanent(format!(
+                        "connecting to {}: {e}",
+                        redact(&settings.store)
+                    )))
+                }
+                Err(_) => {
+                    return Err(StoreError::Permanent(format!(
+                        "connecting to {}: no answer within {} ms (address, credentials or TLS?)",
+                        redact(&settings.store),
+                        settings.couchbase_connect_timeout_ms
+                    )))
+                }
+            };
+        Ok(Self {
+            queue: cluster
+                .bucket(settings.queue_bucket.clone())
+                .default_collection(),
+            ledger: cluster
+                .bucket(settings.ledger_bucket.clone())
+                .default_collection(),
+            cluster,
+            names: (
+                settings.queue_bucket.clone(),
+                settings.ledger_bucket.clone(),
+            ),
+            url: redact(&settings.store),
+            durability: durability_level,
+            kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
+            query_timeout: Duration::from_millis(settings.query_timeout_ms),
+            retry,
+            lock_retry: FailFastOnLock::for_lock_attempts(),
+            bucket_ram_mb: settings.couchbase_bucket_ram_mb,
+            bucket_replicas: settings.couchbase_bucket_replicas,
+        })
+    }
+
+    fn collection(&self, bucket: Bucket) -> &Collection {
+        match bucket {
+            Bucket::Queue => &self.queue,
+            Bucket::Ledger => &self.ledger,
+        }
+    }
+
+    fn bucket_name(&self, bucket: Bucket) -> &str {
+        match bucket {
+            Bucket::Queue => &self.names.0,
+            Bucket::Ledger => &self.names.1,
+        }
+    }
+
+    /// Runs one key-value call under the deadline and maps its error.
+    async fn kv<T>(
+        &self,
+        call: Call,
+        what: &str,
+        fut: impl Future<Output = couchbase::error::Result<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.kv_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_error(&e, call)),
+            Err(_) => Err(deadline_error(
+                call,
+                what,
+                self.kv_timeout.as_millis() as u64,
+            )),
+        }
+    }
+
+    /// Runs a SQL++ statement with named parameters and collects its rows.
+    async fn query<T: DeserializeOwned>(
+        &self,
+        statement: String,
+        params: &[(&str, Value)],
+    ) -> StoreResult<Vec<T>> {
+        let mut options = QueryOptions::new()
+            .scan_consistency(ScanConsistency::NotBounded)
+            .server_timeout(self.query_timeout)
+            .retry_strategy(self.retry.clone());
+        for (name, value) in params {
+            options = options
+                .add_named_parameter(*name, value)
+                .map_err(|e| StoreError::Permanent(e.to_string()))?;
+        }
+        let run = async {
+            let mut result = self.cluster.query(statement.clone(), options).await?;
+            result.rows::<T>().try_collect::<Vec<T>>().await
+        };
+        match tokio::time::timeout(self.query_timeout, run).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(map_error(&e, Call::Read)),
+            Err(_) => Err(deadline_error(
+                Call::Read,
+                "query",
+                self.query_timeout.as_millis() as u64,
+            )),
+        }
+    }
+}
+
+/// The URL without any user information, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for CouchbaseStore {
+    fn describe(&self) -> String {
+        format!(
+            "{} (buckets {} and {})",
+            self.url, self.names.0, self.names.1
+        )
+    }
+
+    async fn init(&self) -> StoreResult<()> {
+        init::run(self).await
+    }
+
+    async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
+        let options = GetOptions::new().retry_strategy(self.retry.clone());
+        let r = self
+            .kv(Call::Read, "get", self.collection(bucket).get(key, options))
+            .await?;
+        Ok(Doc {
+            body: r.content_as_raw().0.to_vec(),
+            cas: r.cas(),
+        })
+    }
+
+    async fn get_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        paths: &[&str],
+    ) -> StoreResult<DocWithXattrs> {
+        // Xattr lookups must come before body lookups.
+        let mut specs: Vec<LookupInSpec> = paths
+            .iter()
+            .map(|p| LookupInSpec::get(*p, GetSpecOptions::new().xattr(true)))
+            .collect();
+        specs.push(LookupInSpec::get("", None));
+        let options = LookupInOptions::new().retry_strategy(self.retry.clone());
+        let r = self
+            .kv(
+                Call::Read,
+                "lookup_in",
+                self.collection(bucket).lookup_in(key, &specs, options),
+            )
+            .await?;
+        let mut xattrs = Vec::with_capacity(paths.len());
+        for i in 0..paths.len() {
+            let present = r.exists(i).map_err(|e| map_error(&e, Call::Read))?;
+            xattrs.push(if present {
+                Some(
+                    r.content_as::<Value>(i)
+                        .map_err(|e| map_error(&e, Call::Read))?,
+                )
+            } else {
+                None
+            });
+        }
+        let body = r
+            .content_as_raw(paths.len())
+            .map_err(|e| map_error(&e, Call::Read))?
+            .to_vec();
+        Ok(DocWithXattrs {
+            body,
+            xattrs,
+            cas: r.cas(),
+        })
+    }
+
+    async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
+        let options = GetAndLockOptions::new().retry_strategy(self.lock_retry.clone());
+        // A lapsed deadline here may have taken a lock we never learn of: it
+        // lapses by itself, so the call is treated as a read that failed.
+        let r = self
+            .kv(
+                Call::Read,
+                "get_and_lock",
+                self.collection(bucket)
+                    .get_and_lock(key, lock_time(lock), options),
+            )
+            .await?;
+        Ok(Doc {
+            body: r.content_as_raw().0.to_vec(),
+            cas: r.cas(),
+        })
+    }
+
+    async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
+        let options = UnlockOptions::new().retry_strategy(self.retry.clone());
+        self.kv(
+            Call::WriteWithCas,
+            "unlock",
+            self.collection(bucket).unlock(key, cas, options),
+        )
+        .await
+    }
+
+    async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
+        let options = InsertOptions::new()
+            .durability_level(self.durability.clone())
+            .retry_strategy(self.retry.clone());
+        let r = self
+            .kv(
+                Call::Write,
+                "insert",
+                self.collection(bucket)
+                    .insert_raw(key, body, flags_for(body), options),
+            )
+            .await?;
+        Ok(r.cas())
+    }
+
+    async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
+        let options = ReplaceOptions::new()
+            .cas(cas)
+            .durability_level(self.durability.clone())
+            .retry_strategy(self.retry.clone());
+        let r = self
+            .kv(
+                Call::WriteWithCas,
+                "replace",
+                self.collection(bucket)
+                    .replace_raw(key, body, flags_for(body), options),
+            )
+            .await?;
+        Ok(r.cas())
+    }
+
+    async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
+        let mut options = RemoveOptions::new()
+            .durability_level(self.durability.clone())
+            .retry_strategy(self.retry.clone());
+        let call = match cas {
+            Some(c) => {
+                options = options.cas(c);
+                Call::WriteWithCas
+            }
+            None => Call::Write,
+        };
+        self.kv(call, "remove", self.collection(bucket).remove(key, options))
+            .await
+            .map(|_| ())
+    }
+
+    async fn write_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        body: &[u8],
+        xattrs: &[(&str, Value)],
+        mode: WriteMode,
+    ) -> StoreResult<Cas> {
+        // Xattr mutations first, then the whole body (an empty path is a
+        // full-document set): one atomic mutation.
+        let mut specs: Vec<MutateInSpec> = xattrs
+            .iter()
+            .map(|(path, value)| {
+                let bytes = serde_json::to_vec(value).unwrap_or_default();
+                MutateInSpec::upsert_raw(
+                    *path,
+                    bytes,
+                    UpsertSpecOptions::new().xattr(true).create_path(true),
+                )
+            })
+            .collect();
+        specs.push(MutateInSpec::replace_raw("", body.to_vec(), None));
+        let mut options = MutateInOptions::new()
+            .durability_level(self.durability.clone())
+            .retry_strategy(self.retry.clone());
+        let call = match mode {
+            WriteMode::Insert => {
+                options = options.store_semantics(StoreSemantics::Insert);
+                Call::Write
+            }
+            WriteMode::Replace(cas) => {
+                options = options.store_semantics(StoreSemantics::Replace).cas(cas);
+                Call::WriteWithCas
+            }
+        };
+        let r = self
+            .kv(
+                call,
+                "mutate_in",
+                self.collection(bucket).mutate_in(key, &specs, options),
+            )
+            .await?;
+        Ok(r.cas())
+    }
+
+    async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
+        let specs = [MutateInSpec::remove(
+            path,
+            RemoveSpecOptions::new().xattr(true),
+        )];
+        let options = MutateInOptions::new()
+            .durability_level(self.durability.clone())
+            .retry_strategy(self.retry.clone());
+        let call = self.collection(bucket).mutate_in(key, &specs, options);
+        match tokio::time::timeout(self.kv_timeout, call).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if matches!(e.kind(), couchbase::error::ErrorKind::PathNotFound) => {
+                Ok(false)
+            }
+            Ok(Err(e)) => Err(map_error(&e, Call::Write)),
+            Err(_) => Err(deadline_error(
+                Call::Write,
+                "mutate_in",
+                self.kv_timeout.as_millis() as u64,
+            )),
+        }
+    }
+
+    async fn list_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let statement = statements::list_keys(self.bucket_name(bucket), prefix);
+        let params = [
+            ("after", Value::from(after.unwrap_or(""))),
+            ("limit", Value::from(limit as u64)),
+        ];
+        self.query::<String>(statement, &params).await
+    }
+
+    async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
+        let statement = statements::count_keys(self.bucket_name(bucket), prefix);
+        Ok(self
+            .query::<u64>(statement, &[])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_are_whole_seconds_up_to_30() {
+        assert_eq!(lock_time(Duration::from_millis(1)), Duration::from_secs(1));
+        assert_eq!(
+            lock_time(Duration::from_millis(1_000)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            lock_time(Duration::from_millis(1_001)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            lock_time(Duration::from_millis(15_000)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(lock_time(Duration::from_secs(90)), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn durability_names() {
+        assert_eq!(durability("majority"), Ok(DurabilityLevel::MAJORITY));
+        assert_eq!(durability("none"), Ok(DurabilityLevel::NONE));
+        assert!(durability("most").is_err());
+        for name in crate::config::DURABILITY_LEVELS {
+            assert!(durability(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(redact("couchbase://user:pw@db1,db2"), "couchbase://db1,db2");
+        assert_eq!(
+            redact("couchbases://db.example.com"),
+            "couchbases://db.example.com"
+        );
+    }
+
+    #[test]
+    fn bodies_are_flagged_by_content() {
+        assert_ne!(flags_for(b"{\"a\":1}"), flags_for(b"\xff not json"));
+        assert_eq!(flags_for(b"12"), flags_for(b"{}"));
+    }
+}

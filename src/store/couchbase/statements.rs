@@ -1,0 +1,174 @@
+//! Every SQL++ statement ledgerd sends, in one place.
+//!
+//! Discovery and listing are range scans on `META().id`, served by covering
+//! GSI indexes: only the id is read, never a document. The queue has a
+//! partial index over `action:` keys alone, so the hot discovery path scans
+//! live actions and nothing else; each bucket also has an index over every
+//! id for the other prefixes (`failed:`, `balance:`, `tx:`). Prefixes are
+//! ledgerd's own constants; they are still escaped.
+
+/// Name of the partial index over queued actions.
+pub const INDEX_QUEUE_ACTIONS: &str = "ix_ledgerd_queue_action";
+/// Name of the index over every id in the queue bucket.
+pub const INDEX_QUEUE_IDS: &str = "ix_ledgerd_queue_id";
+/// Name of the index over every id in the ledger bucket.
+pub const INDEX_LEDGER_IDS: &str = "ix_ledgerd_ledger_id";
+
+/// A bucket name as a SQL++ identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A string as a SQL++ literal.
+pub fn literal(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The index definitions: `(bucket, index name, statement)`, all deferred.
+pub fn create_indexes(queue: &str, ledger: &str) -> Vec<(String, &'static str, String)> {
+    let defer = r#"WITH {"defer_build": true}"#;
+    vec![
+        (
+            queue.to_string(),
+            INDEX_QUEUE_ACTIONS,
+            format!(
+                "CREATE INDEX {INDEX_QUEUE_ACTIONS} IF NOT EXISTS ON {}(META().id) WHERE META().id LIKE \"action:%\" {defer}",
+                ident(queue)
+            ),
+        ),
+        (
+            queue.to_string(),
+            INDEX_QUEUE_IDS,
+            format!("CREATE INDEX {INDEX_QUEUE_IDS} IF NOT EXISTS ON {}(META().id) {defer}", ident(queue)),
+        ),
+        (
+            ledger.to_string(),
+            INDEX_LEDGER_IDS,
+            format!("CREATE INDEX {INDEX_LEDGER_IDS} IF NOT EXISTS ON {}(META().id) {defer}", ident(ledger)),
+        ),
+    ]
+}
+
+/// Names of a bucket's indexes still waiting to be built.
+pub fn deferred_indexes() -> &'static str {
+    "SELECT RAW name FROM system:indexes WHERE keyspace_id = $bucket AND state = \"deferred\""
+}
+
+/// States of a bucket's ledgerd indexes.
+pub fn index_states() -> &'static str {
+    "SELECT RAW state FROM system:indexes WHERE keyspace_id = $bucket AND name LIKE \"ix_ledgerd_%\""
+}
+
+/// Builds the named deferred indexes of a bucket in one pass.
+pub fn build_indexes(bucket: &str, names: &[String]) -> String {
+    let list: Vec<String> = names.iter().map(|n| ident(n)).collect();
+    format!("BUILD INDEX ON {}({})", ident(bucket), list.join(", "))
+}
+
+/// The key range of a prefix: `[prefix, upper)`, for ASCII prefixes.
+fn upper_bound(prefix: &str) -> String {
+    let mut upper = prefix.to_string();
+    match upper.pop() {
+        Some(last) if (last as u32) < 0x7f => {
+            upper.push(char::from_u32(last as u32 + 1).unwrap_or('\u{10FFFF}'))
+        }
+        Some(last) => {
+            upper.push(last);
+            upper.push('\u{10FFFF}');
+        }
+        None => upper.push('\u{10FFFF}'),
+    }
+    upper
+}
+
+/// A `LIKE` pattern matching ids that start with `prefix` (backslash escapes).
+fn like_prefix(prefix: &str) -> String {
+    format!(
+        "{}%",
+        prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
+/// Up to `$limit` ids under `prefix` after `$after`, in order. The literal
+/// `LIKE` lets the planner choose the partial index for `action:`.
+pub fn list_keys(bucket: &str, prefix: &str) -> String {
+    format!(
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE {} AND META().id >= {} AND META().id < {} \
+         AND META().id > $after ORDER BY META().id LIMIT $limit",
+        ident(bucket),
+        literal(&like_prefix(prefix)),
+        literal(prefix),
+        literal(&upper_bound(prefix)),
+    )
+}
+
+/// How many ids start with `prefix`.
+pub fn count_keys(bucket: &str, prefix: &str) -> String {
+    format!(
+        "SELECT RAW COUNT(*) FROM {} WHERE META().id LIKE {} AND META().id >= {} AND META().id < {}",
+        ident(bucket),
+        literal(&like_prefix(prefix)),
+        literal(prefix),
+        literal(&upper_bound(prefix)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_uses_the_partial_index_predicate() {
+        assert_eq!(
+            list_keys("queue", "action:"),
+            "SELECT RAW META().id FROM `queue` WHERE META().id LIKE \"action:%\" AND META().id >= \"action:\" \
+             AND META().id < \"action;\" AND META().id > $after ORDER BY META().id LIMIT $limit"
+        );
+        assert_eq!(
+            count_keys("ledger", "balance:"),
+            "SELECT RAW COUNT(*) FROM `ledger` WHERE META().id LIKE \"balance:%\" AND META().id >= \"balance:\" AND META().id < \"balance;\""
+        );
+    }
+
+    #[test]
+    fn index_definitions() {
+        let all = create_indexes("queue", "ledger");
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[0].2,
+            "CREATE INDEX ix_ledgerd_queue_action IF NOT EXISTS ON `queue`(META().id) WHERE META().id LIKE \"action:%\" WITH {\"defer_build\": true}"
+        );
+        assert_eq!(all[2].0, "ledger");
+        assert_eq!(
+            build_indexes("queue", &["a".into(), "b".into()]),
+            "BUILD INDEX ON `queue`(`a`, `b`)"
+        );
+    }
+
+    #[test]
+    fn the_published_index_file_matches_what_init_runs() {
+        let mut text = String::new();
+        for (_, _, statement) in create_indexes("queue", "ledger") {
+            text.push_str(&statement);
+            text.push_str(";\n");
+        }
+        text.push_str(&build_indexes(
+            "queue",
+            &[INDEX_QUEUE_ACTIONS.into(), INDEX_QUEUE_IDS.into()],
+        ));
+        text.push_str(";\n");
+        text.push_str(&build_indexes("ledger", &[INDEX_LEDGER_IDS.into()]));
+        text.push_str(";\n");
+        assert_eq!(include_str!("../../../couchbase-init/indexes.n1ql"), text);
+    }
+
+    #[test]
+    fn names_and_strings_are_escaped() {
+        assert_eq!(ident("we`ird"), "`we``ird`");
+        assert_eq!(literal("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert!(list_keys("q", "ct_1%:").contains(r#"LIKE "ct\\_1\\%:%""#));
+    }
+}
