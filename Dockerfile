@@ -7,12 +7,17 @@ RUN cargo build --release --locked --bin ledgerd
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --create-home --home-dir /var/lib/ledgerd ledgerd
 COPY --from=build /src/target/release/ledgerd /usr/local/bin/ledgerd
 USER ledgerd
 WORKDIR /var/lib/ledgerd
-ENV LEDGERD_LOG_FORMAT=json
+ENV LEDGERD_LOG_FORMAT=json \
+    LEDGERD_METRICS_ADDR=0.0.0.0:9464
+EXPOSE 9464
+# Liveness: the process answers. (Readiness, /readyz, is for orchestrators.)
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD curl -fsS -o /dev/null http://127.0.0.1:9464/healthz || exit 1
 ENTRYPOINT ["ledgerd"]
 CMD ["run"]

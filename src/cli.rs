@@ -71,8 +71,36 @@ pub enum Command {
     },
     /// Print every balance as JSON Lines sorted by hash: {"hash","units","tokens"}.
     Balances,
-    /// Print every rejected action as JSON Lines: {"id","reason","original"}.
-    Failed,
+    /// Print every rejected action as JSON Lines: {"id","reason","original"};
+    /// or requeue or purge some.
+    Failed {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        action: Option<FailedAction>,
+    },
+    /// Recompute every wallet from the transaction records and compare it
+    /// with its balance; exit 1 on any mismatch.
+    ///
+    /// A wallet is expected to hold its opening balance (see --snapshot) plus
+    /// every completed credit, plus the credits of actions in progress whose
+    /// marker is already on it. On a live system an action finishing during
+    /// the audit can show as a passing mismatch: run it again.
+    Audit {
+        /// Record what each wallet holds beyond its credits as the opening
+        /// balances (for a ledger that started with balances from elsewhere).
+        #[arg(long)]
+        snapshot: bool,
+    },
+    /// Show one transaction record.
+    Tx {
+        /// Action id.
+        id: String,
+    },
+    /// List a wallet's credits as JSON Lines (reads every transaction record).
+    History {
+        /// Wallet hash.
+        hash: String,
+    },
     /// Print document counts: queued, failed, transactions, wallets.
     Status {
         /// Print one JSON object instead of text.
@@ -122,6 +150,26 @@ pub enum SabotageArg {
     RemoveOnClaim,
 }
 
+/// `ledgerd failed` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FailedAction {
+    /// Put failed actions back in the queue (their original bytes, or --doc).
+    Requeue {
+        /// Action ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// A file with a corrected body to queue instead (one id only).
+        #[arg(long, value_name = "FILE")]
+        doc: Option<PathBuf>,
+    },
+    /// Delete failed actions for good.
+    Purge {
+        /// Action ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
 /// Options of `ledgerd run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -135,6 +183,13 @@ pub struct RunArgs {
     /// nothing is in flight (for batch jobs and tests).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Where to serve /metrics, /healthz and /readyz (default 127.0.0.1:9464), or `off`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Time in-flight actions get to finish after SIGTERM/SIGINT (default 10000).
+    /// A second signal exits at once.
+    #[arg(long, value_name = "MS")]
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 /// Options of `ledgerd demo`.
@@ -173,6 +228,12 @@ impl Cli {
             if let Some(ms) = run.lease_ms {
                 out.push(("lease_ms", ms.to_string()));
             }
+            if let Some(addr) = &run.metrics_addr {
+                out.push(("metrics_addr", addr.clone()));
+            }
+            if let Some(ms) = run.shutdown_grace_ms {
+                out.push(("shutdown_grace_ms", ms.to_string()));
+            }
         }
         out
     }
@@ -190,20 +251,10 @@ mod tests {
 
     #[test]
     fn flags_become_overrides() {
-        let cli = Cli::parse_from([
-            "ledgerd",
-            "--store",
-            "memory://",
-            "run",
-            "--lease-ms",
-            "2000",
-        ]);
+        let cli = Cli::parse_from(["ledgerd", "--store", "memory://", "run", "--lease-ms", "2000"]);
         assert_eq!(
             cli.overrides(),
-            vec![
-                ("store", "memory://".to_string()),
-                ("lease_ms", "2000".to_string())
-            ]
+            vec![("store", "memory://".to_string()), ("lease_ms", "2000".to_string())]
         );
     }
 }

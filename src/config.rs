@@ -85,6 +85,8 @@ pub struct Settings {
     pub query_timeout_ms: u64,
     /// How long connecting to Couchbase may take.
     pub couchbase_connect_timeout_ms: u64,
+    /// Address of the metrics and health listener, or `off`.
+    pub metrics_addr: String,
     /// RAM quota of each bucket `ledgerd init` creates.
     pub couchbase_bucket_ram_mb: u64,
     /// Replicas of each bucket `ledgerd init` creates.
@@ -92,12 +94,7 @@ pub struct Settings {
 }
 
 /// Couchbase durability levels accepted in `couchbase_durability`.
-pub const DURABILITY_LEVELS: &[&str] = &[
-    "majority",
-    "majority_and_persist_active",
-    "persist_to_majority",
-    "none",
-];
+pub const DURABILITY_LEVELS: &[&str] = &["majority", "majority_and_persist_active", "persist_to_majority", "none"];
 
 /// Keys a config file may contain: the fields of [`Settings`].
 const KEYS: &[&str] = &[
@@ -119,6 +116,7 @@ const KEYS: &[&str] = &[
     "couchbase_connect_timeout_ms",
     "couchbase_bucket_ram_mb",
     "couchbase_bucket_replicas",
+    "metrics_addr",
 ];
 
 /// Why settings could not be loaded.
@@ -167,7 +165,8 @@ impl Settings {
             .set_default("query_timeout_ms", 10_000)?
             .set_default("couchbase_connect_timeout_ms", 15_000)?
             .set_default("couchbase_bucket_ram_mb", 256)?
-            .set_default("couchbase_bucket_replicas", 1)?;
+            .set_default("couchbase_bucket_replicas", 1)?
+            .set_default("metrics_addr", "127.0.0.1:9464")?;
         if let Some(path) = file {
             check_file_keys(path)?;
             builder = builder.add_source(config::File::from(path).required(true));
@@ -192,10 +191,7 @@ impl Settings {
         if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&self.lease_ms) {
             return invalid(
                 "lease_ms",
-                format!(
-                    "must be {LEASE_MS_MIN} to {LEASE_MS_MAX}, got {}",
-                    self.lease_ms
-                ),
+                format!("must be {LEASE_MS_MIN} to {LEASE_MS_MAX}, got {}", self.lease_ms),
             );
         }
         if !(1..=DISCOVERY_PAGE_SIZE_MAX).contains(&self.discovery_page_size) {
@@ -213,10 +209,7 @@ impl Settings {
         for (key, ms) in [
             ("kv_timeout_ms", self.kv_timeout_ms),
             ("query_timeout_ms", self.query_timeout_ms),
-            (
-                "couchbase_connect_timeout_ms",
-                self.couchbase_connect_timeout_ms,
-            ),
+            ("couchbase_connect_timeout_ms", self.couchbase_connect_timeout_ms),
         ] {
             if ms == 0 {
                 return invalid(key, "must be at least 1".into());
@@ -238,6 +231,15 @@ impl Settings {
                 "must be at least 100 (Couchbase's minimum)".into(),
             );
         }
+        if self.metrics_addr != "off" && self.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "metrics_addr",
+                format!(
+                    "must be HOST:PORT (e.g. 0.0.0.0:9464) or off, got {:?}",
+                    self.metrics_addr
+                ),
+            );
+        }
         if self.couchbase_bucket_replicas > 3 {
             return invalid("couchbase_bucket_replicas", "must be 0 to 3".into());
         }
@@ -247,9 +249,7 @@ impl Settings {
         ] {
             if name.is_empty()
                 || name.len() > 100
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.%".contains(c))
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.%".contains(c))
             {
                 return invalid(key, format!("{name:?} is not a valid bucket name"));
             }
@@ -284,10 +284,7 @@ mod tests {
     use std::io::Write;
 
     fn file(text: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::Builder::new()
-            .suffix(".toml")
-            .tempfile()
-            .expect("temp file");
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
         f.write_all(text.as_bytes()).expect("write");
         f
     }
@@ -306,14 +303,10 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let f = file("concurency = 4\n");
-        let err = Settings::load(Some(f.path()), &[])
-            .expect_err("typo")
-            .to_string();
+        let err = Settings::load(Some(f.path()), &[]).expect_err("typo").to_string();
         assert!(err.contains("unknown key `concurency`"), "{err}");
         let f = file("concurrency = \"many\"\n");
-        let err = Settings::load(Some(f.path()), &[])
-            .expect_err("bad type")
-            .to_string();
+        let err = Settings::load(Some(f.path()), &[]).expect_err("bad type").to_string();
         assert!(err.contains("concurrency"), "{err}");
         let err = Settings::load(None, &[("lease_ms", "60000".into())])
             .expect_err("range")

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod ops;
 pub mod protocol;
 pub mod sim;
 pub mod store;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ledgerd::cli::{Cli, Command, SabotageArg};
+use ledgerd::cli::{Cli, Command, FailedAction, SabotageArg};
 use ledgerd::commands::{self, Exit};
 use ledgerd::config::Settings;
 use ledgerd::sim::Sabotage;
@@ -24,7 +24,9 @@ fn main() -> ExitCode {
         (Some(level), _) => level.clone(),
         (None, Ok(env)) if !env.is_empty() => env,
         // The demo prints its own summary; its workers' logs would drown it.
-        _ if matches!(cli.command, Command::Demo(_) | Command::Simulate(_)) => "warn".to_string(),
+        _ if matches!(cli.command, Command::Demo(_)) => "warn".to_string(),
+        // The simulated workers' warnings are the faults it injects.
+        _ if matches!(cli.command, Command::Simulate(_)) => "error".to_string(),
         _ => settings.log_level.clone(),
     };
     ledgerd::telemetry::init(&filter, settings.log_format);
@@ -51,40 +53,44 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             SabotageArg::RemoveOnClaim => Sabotage::RemoveOnClaim,
         };
         let out = std::io::stdout().lock();
-        return commands::simulate::run(
-            args.seeds, args.from, args.seed, args.trace, sabotage, out,
-        );
+        return commands::simulate::run(args.seeds, args.from, args.seed, args.trace, sabotage, out);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let existing = || async {
-            open(&settings, OpenMode::Existing)
-                .await
-                .context("opening the store")
-        };
+        let existing = || async { open(&settings, OpenMode::Existing).await.context("opening the store") };
         let mut stdout = std::io::stdout();
         match command {
             Command::Plan | Command::Simulate(_) => unreachable!("handled above"),
             Command::Init => commands::run::init(&settings).await,
             Command::Run(args) => commands::run::run(&settings, args.exit_when_idle).await,
             Command::Enqueue => {
-                let store = open(&settings, OpenMode::Create)
-                    .await
-                    .context("opening the store")?;
+                let store = open(&settings, OpenMode::Create).await.context("opening the store")?;
                 commands::enqueue::run(store, tokio::io::stdin()).await
             }
             Command::Balance { hashes } => {
                 commands::inspect::balance(existing().await?.as_ref(), &hashes, stdout).await
             }
-            Command::Balances => {
-                commands::inspect::balances(existing().await?.as_ref(), &mut stdout).await
-            }
-            Command::Failed => {
+            Command::Balances => commands::inspect::balances(existing().await?.as_ref(), &mut stdout).await,
+            Command::Failed { action: None } => {
                 commands::inspect::failed(existing().await?.as_ref(), &mut stdout).await
             }
-            Command::Status { json } => {
-                commands::inspect::status(existing().await?.as_ref(), json, stdout).await
+            Command::Failed {
+                action: Some(FailedAction::Requeue { ids, doc }),
+            } => {
+                let replacement = match doc {
+                    Some(path) => Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?),
+                    None => None,
+                };
+                commands::failed::requeue(existing().await?.as_ref(), &ids, replacement, stdout).await
             }
+            Command::Failed {
+                action: Some(FailedAction::Purge { ids }),
+            } => commands::failed::purge(existing().await?.as_ref(), &ids, stdout).await,
+            Command::Audit { snapshot: false } => commands::audit::audit(existing().await?.as_ref(), stdout).await,
+            Command::Audit { snapshot: true } => commands::audit::snapshot(existing().await?.as_ref(), stdout).await,
+            Command::Tx { id } => commands::audit::tx(existing().await?.as_ref(), &id, stdout).await,
+            Command::History { hash } => commands::audit::history(existing().await?.as_ref(), &hash, stdout).await,
+            Command::Status { json } => commands::inspect::status(existing().await?.as_ref(), json, stdout).await,
             Command::Demo(args) => commands::demo::run(args.actions, args.workers).await,
         }
     })

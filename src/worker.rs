@@ -11,7 +11,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::domain::keys::ACTION_PREFIX;
-use crate::protocol::{self, process_action, Outcome, ProtocolError};
+use crate::ops::metrics as m;
+use crate::protocol::{self, process_action, Outcome, ProtocolError, Skip};
 use crate::store::{Bucket, Store};
 
 /// First pause after a pass that found nothing to do.
@@ -70,11 +71,7 @@ struct Loop {
 }
 
 /// Runs until `shutdown` completes (or, with `exit_when_idle`, the queue is idle).
-pub async fn run(
-    store: Arc<dyn Store>,
-    cfg: WorkerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> RunStats {
+pub async fn run(store: Arc<dyn Store>, cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> RunStats {
     let opts = protocol::Options {
         lease: cfg.lease,
         ..protocol::Options::default()
@@ -121,24 +118,18 @@ impl Loop {
         let mut list_attempt = 0;
         loop {
             self.reap();
-            let page = match self
+            let listed = Instant::now();
+            let page = self
                 .store
-                .list_keys(
-                    Bucket::Queue,
-                    ACTION_PREFIX,
-                    cursor.as_deref(),
-                    self.cfg.page_size,
-                )
-                .await
-            {
+                .list_keys(Bucket::Queue, ACTION_PREFIX, cursor.as_deref(), self.cfg.page_size)
+                .await;
+            metrics::histogram!(m::DISCOVERY_SECONDS).record(listed.elapsed().as_secs_f64());
+            let page = match page {
                 Ok(page) => page,
                 Err(e) => {
                     list_attempt += 1;
                     tracing::warn!(error = %e, "discovery failed; retrying");
-                    tokio::time::sleep(
-                        protocol::backoff(list_attempt).max(Duration::from_millis(100)),
-                    )
-                    .await;
+                    tokio::time::sleep(protocol::backoff(list_attempt).max(Duration::from_millis(100))).await;
                     continue;
                 }
             };
@@ -171,12 +162,7 @@ impl Loop {
             ids.shuffle(&mut rand::thread_rng());
             let now = Instant::now();
             for id in ids {
-                if self.in_flight.contains(&id)
-                    || self
-                        .deferred
-                        .get(&id)
-                        .is_some_and(|(until, _)| *until > now)
-                {
+                if self.in_flight.contains(&id) || self.deferred.get(&id).is_some_and(|(until, _)| *until > now) {
                     continue;
                 }
                 let Ok(permit) = semaphore.clone().acquire_owned().await else {
@@ -184,6 +170,7 @@ impl Loop {
                 };
                 self.reap();
                 self.in_flight.insert(id.clone());
+                metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
                 let (store, opts) = (self.store.clone(), self.opts.clone());
                 self.tasks.spawn(async move {
                     let _permit = permit;
@@ -212,15 +199,23 @@ impl Loop {
             }
         };
         self.in_flight.remove(&id);
+        metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
+        metrics::counter!(m::ACTIONS, "outcome" => outcome_label(&result)).increment(1);
         let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match &result {
             Ok(Outcome::Skipped(why)) => {
+                if *why == Skip::Busy {
+                    metrics::counter!(m::CLAIM_CONFLICTS).increment(1);
+                }
                 tracing::debug!(action = id, outcome = "skipped", why = ?why, "action skipped");
                 return;
             }
             Ok(Outcome::Completed { credits, units }) => {
                 self.stats.completed += 1;
                 self.stats.units += u128::from(*units);
+                metrics::counter!(m::CREDITS).increment(*credits as u64);
+                metrics::counter!(m::UNITS).increment(*units);
+                metrics::histogram!(m::ACTION_SECONDS).record(elapsed.as_secs_f64());
                 tracing::info!(
                     action = id,
                     outcome = "completed",
@@ -271,10 +266,8 @@ impl Loop {
             let delay_ms = RETRY_DELAY_MS_MIN
                 .saturating_mul(1 << attempts.min(6))
                 .min(RETRY_DELAY_MS_MAX);
-            self.deferred.insert(
-                id,
-                (Instant::now() + Duration::from_millis(delay_ms), attempts),
-            );
+            self.deferred
+                .insert(id, (Instant::now() + Duration::from_millis(delay_ms), attempts));
         } else {
             self.deferred.remove(&id);
         }
@@ -298,6 +291,18 @@ impl Loop {
                 }
             }
         }
+    }
+}
+
+/// The `outcome` label of an attempt.
+fn outcome_label(result: &Result<Outcome, ProtocolError>) -> &'static str {
+    match result {
+        Ok(Outcome::Completed { .. }) => "completed",
+        Ok(Outcome::Duplicate) => "duplicate",
+        Ok(Outcome::Failed { .. }) => "failed",
+        Ok(Outcome::Blocked { .. }) => "blocked",
+        Ok(Outcome::Skipped(_)) => "skipped",
+        Err(_) => "error",
     }
 }
 

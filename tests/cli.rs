@@ -15,9 +15,9 @@ fn plan_prints_exact_units() {
     assert_eq!(plan["credits"][1]["units"], 115_000_000u64);
     assert_eq!(plan["credits"][1]["tokens"], "1.15000000");
     assert_eq!(plan["total_units"], 144_000_000u64);
-    assert!(stdout(&out).starts_with(
-        r#"{"mode":"amount","credits":[{"hash":"a","units":29000000,"tokens":"0.29000000"}"#
-    ));
+    assert!(
+        stdout(&out).starts_with(r#"{"mode":"amount","credits":[{"hash":"a","units":29000000,"tokens":"0.29000000"}"#)
+    );
 }
 
 #[test]
@@ -25,10 +25,7 @@ fn plan_rejects_with_a_reason_and_exit_1() {
     let s = Scratch::new();
     let out = s.run(&["plan"], r#"{"beneficiaries":{"a":1,"a":2}}"#);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        json_lines(&out)[0]["error"],
-        "duplicate key \"a\" in \"beneficiaries\""
-    );
+    assert_eq!(json_lines(&out)[0]["error"], "duplicate key \"a\" in \"beneficiaries\"");
     let out = s.run(&["plan"], "\u{0}\u{1}garbage");
     assert_eq!(out.status.code(), Some(1));
     assert!(json_lines(&out)[0]["error"]
@@ -45,11 +42,7 @@ fn every_subcommand_has_help() {
     ] {
         let out = s.run(&[cmd, "--help"], "");
         assert!(out.status.success(), "{cmd} --help");
-        assert!(
-            stdout(&out).contains("Usage: ledgerd"),
-            "{cmd}: {}",
-            stdout(&out)
-        );
+        assert!(stdout(&out).contains("Usage: ledgerd"), "{cmd}: {}", stdout(&out));
     }
     let out = s.run(&["--help"], "");
     assert!(stdout(&out).contains("LEDGERD_STORE"));
@@ -69,18 +62,10 @@ fn bad_configuration_fails_at_start_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("concurrency"), "{}", stderr(&out));
 
-    std::fs::write(
-        s.path().join("ledgerd.toml"),
-        "lease_ms = 15000\nleas_ms = 3\n",
-    )
-    .expect("write");
+    std::fs::write(s.path().join("ledgerd.toml"), "lease_ms = 15000\nleas_ms = 3\n").expect("write");
     let out = s.run(&["--config", "ledgerd.toml", "status"], "");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown key `leas_ms`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("unknown key `leas_ms`"), "{}", stderr(&out));
 
     let out = s.run(&["run", "--lease-ms", "60000"], "");
     assert_eq!(out.status.code(), Some(2));
@@ -88,11 +73,7 @@ fn bad_configuration_fails_at_start_naming_the_key() {
 
     let out = s.run(&["--store", "postgres://x", "init"], "");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("unknown store URL"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("unknown store URL"), "{}", stderr(&out));
 }
 
 #[test]
@@ -100,11 +81,7 @@ fn reading_a_store_that_does_not_exist_is_a_clear_error() {
     let s = Scratch::new();
     let out = s.run(&["balances"], "");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no store at ledgerd.db"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no store at ledgerd.db"), "{}", stderr(&out));
     assert!(!s.db().exists(), "a read must not create a store");
 }
 
@@ -123,11 +100,7 @@ fn enqueue_run_and_inspect() {
     ]
     .join("\n");
     let out = s.run(&["enqueue"], &input);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a bad line makes enqueue exit 1"
-    );
+    assert_eq!(out.status.code(), Some(1), "a bad line makes enqueue exit 1");
     assert_eq!(stdout(&out).trim(), r#"{"enqueued":4,"skipped":1}"#);
     assert!(stderr(&out).contains("line 6:"), "{}", stderr(&out));
 
@@ -159,10 +132,7 @@ fn enqueue_run_and_inspect() {
     assert_eq!(failed.len(), 2);
     assert_eq!(failed[0]["id"], "c3");
     // The body is kept byte for byte: no float ever touched it.
-    assert_eq!(
-        failed[0]["original"],
-        r#"{"beneficiaries":{"a":100.000000001}}"#
-    );
+    assert_eq!(failed[0]["original"], r#"{"beneficiaries":{"a":100.000000001}}"#);
     assert_eq!(
         failed[0]["reason"],
         "beneficiary \"a\": share \"100.000000001\" has more than 8 decimal places"
@@ -181,11 +151,7 @@ fn enqueue_run_and_inspect() {
         "{}",
         stdout(&out)
     );
-    assert!(
-        stdout(&out).contains("nobody  no balance"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("nobody  no balance"), "{}", stdout(&out));
 }
 
 #[test]
@@ -201,11 +167,7 @@ fn a_duplicate_delivery_credits_nothing_more() {
         r#"{"enqueued":1,"skipped":0}"#
     );
     let out = s.run(&["run", "--exit-when-idle"], "");
-    assert!(
-        stderr(&out).contains(r#""outcome":"duplicate""#),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(r#""outcome":"duplicate""#), "{}", stderr(&out));
     assert_eq!(balances(&s).get("w"), Some(&1_250_000_000));
     let status = json_lines(&s.run(&["status", "--json"], ""));
     assert_eq!(status[0]["queued"], 0);
@@ -241,10 +203,7 @@ fn demo_runs_and_cleans_up() {
 #[test]
 fn sigterm_stops_the_worker_cleanly() {
     let s = Scratch::new();
-    s.run(
-        &["enqueue"],
-        r#"{"id":"t1","doc":{"beneficiaries":{"w":1}}}"#,
-    );
+    s.run(&["enqueue"], r#"{"id":"t1","doc":{"beneficiaries":{"w":1}}}"#);
     let child = s
         .cmd(&["run", "--log-format", "json"])
         .stdout(std::process::Stdio::null())
@@ -254,10 +213,7 @@ fn sigterm_stops_the_worker_cleanly() {
     // Wait until the queued action is done, then ask the worker to stop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while balances(&s).get("w") != Some(&100_000_000) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker made no progress"
-        );
+        assert!(std::time::Instant::now() < deadline, "worker made no progress");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let pid = child.id().to_string();
@@ -268,11 +224,7 @@ fn sigterm_stops_the_worker_cleanly() {
     assert!(kill.success());
     let out = child.wait_with_output().expect("exit");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("shutdown requested"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("shutdown requested"), "{}", stderr(&out));
     assert!(stderr(&out).contains("worker stopped"), "{}", stderr(&out));
 }
 
@@ -286,16 +238,7 @@ fn simulate_passes_and_catches_sabotage() {
         "{}",
         stdout(&out)
     );
-    let out = s.run(
-        &[
-            "simulate",
-            "--seeds",
-            "30",
-            "--sabotage",
-            "skip-marker-check",
-        ],
-        "",
-    );
+    let out = s.run(&["simulate", "--seeds", "30", "--sabotage", "skip-marker-check"], "");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stdout(&out).contains("replay with: ledgerd simulate --seed"),
@@ -304,9 +247,5 @@ fn simulate_passes_and_catches_sabotage() {
     );
     let out = s.run(&["simulate", "--seed", "7", "--trace"], "");
     assert!(out.status.success());
-    assert!(
-        stdout(&out).contains("producer delivers"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("producer delivers"), "{}", stdout(&out));
 }

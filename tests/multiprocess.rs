@@ -46,10 +46,7 @@ fn workload() -> Workload {
         let doc = match i % 25 {
             0 => {
                 invalid.insert(id.clone());
-                format!(
-                    r#"{{"beneficiaries":{{"{}":"0.000000001"}}}}"#,
-                    wallet(&mut rng)
-                )
+                format!(r#"{{"beneficiaries":{{"{}":"0.000000001"}}}}"#, wallet(&mut rng))
             }
             1 => {
                 // Split mode with shares that divide exactly: 25% and 75% of 4k units.
@@ -58,11 +55,7 @@ fn workload() -> Workload {
                 *expected.entry(a.clone()).or_default() += reward_units / 4;
                 *expected.entry(b.clone()).or_default() += reward_units / 4 * 3;
                 valid += 1;
-                let reward = format!(
-                    "{}.{:08}",
-                    reward_units / 100_000_000,
-                    reward_units % 100_000_000
-                );
+                let reward = format!("{}.{:08}", reward_units / 100_000_000, reward_units % 100_000_000);
                 format!(
                     r#"{{"reward":"{reward}","beneficiaries":[{{"hash":"{a}","share":25}},{{"hash":"{b}","share":"75"}}]}}"#
                 )
@@ -159,11 +152,7 @@ fn killed_and_restarted_processes_credit_every_action_exactly_once() {
     assert!(last.status.success(), "{}", stderr(&last));
 
     assert_eq!(queued(&s), 0, "the queue is drained");
-    assert_eq!(
-        balances(&s),
-        w.expected,
-        "every wallet holds exactly its total"
-    );
+    assert_eq!(balances(&s), w.expected, "every wallet holds exactly its total");
     let failed: BTreeSet<String> = json_lines(&s.run(&["failed"], ""))
         .iter()
         .map(|f| f["id"].as_str().expect("id").to_string())

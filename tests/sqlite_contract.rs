@@ -25,13 +25,8 @@ impl Harness for SqliteHarness {
 
 async fn harness() -> Option<SqliteHarness> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(
-        &dir.path().join("contract.db"),
-        "queue",
-        "ledger",
-        OpenMode::Create,
-    )
-    .expect("open sqlite");
+    let store =
+        SqliteStore::open(&dir.path().join("contract.db"), "queue", "ledger", OpenMode::Create).expect("open sqlite");
     Some(SqliteHarness { store, _dir: dir })
 }
 
@@ -57,11 +52,6 @@ async fn a_second_handle_on_the_same_file_sees_the_same_documents() {
             .await,
         Err(ledgerd::store::StoreError::Locked)
     );
-    let missing = SqliteStore::open(
-        &dir.path().join("nope.db"),
-        "queue",
-        "ledger",
-        OpenMode::Existing,
-    );
+    let missing = SqliteStore::open(&dir.path().join("nope.db"), "queue", "ledger", OpenMode::Existing);
     assert!(missing.is_err());
 }

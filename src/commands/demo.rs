@@ -56,8 +56,7 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
     let workers = workers.clamp(1, DEMO_WORKERS_MAX);
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let path = dir.path().join("demo.db");
-    let store = SqliteStore::open(&path, "queue", "ledger", OpenMode::Create)
-        .context("creating the demo store")?;
+    let store = SqliteStore::open(&path, "queue", "ledger", OpenMode::Create).context("creating the demo store")?;
     println!("ledgerd demo: {actions} actions into a temporary store, {workers} workers");
 
     // Generate, and work out independently what every wallet should end with.
@@ -71,11 +70,7 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
             }
         }
         store
-            .insert(
-                Bucket::Queue,
-                &action_key(&format!("demo-{i:05}")),
-                text.as_bytes(),
-            )
+            .insert(Bucket::Queue, &action_key(&format!("demo-{i:05}")), text.as_bytes())
             .await?;
     }
 
@@ -90,17 +85,8 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
     };
     let mut runs = Vec::new();
     for _ in 0..workers {
-        let handle: Arc<dyn Store> = Arc::new(SqliteStore::open(
-            &path,
-            "queue",
-            "ledger",
-            OpenMode::Existing,
-        )?);
-        runs.push(worker::run(
-            handle,
-            cfg.clone(),
-            std::future::pending::<()>(),
-        ));
+        let handle: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, "queue", "ledger", OpenMode::Existing)?);
+        runs.push(worker::run(handle, cfg.clone(), std::future::pending::<()>()));
     }
     let stats = futures::future::join_all(runs).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -113,12 +99,8 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
     );
     println!("completed     {completed}");
     println!("failed        {failed}, preserved with their reasons, e.g.:");
-    for key in store
-        .list_keys(Bucket::Queue, FAILED_PREFIX, None, 4)
-        .await?
-    {
-        let doc: serde_json::Value =
-            serde_json::from_slice(&store.get(Bucket::Queue, &key).await?.body)?;
+    for key in store.list_keys(Bucket::Queue, FAILED_PREFIX, None, 4).await? {
+        let doc: serde_json::Value = serde_json::from_slice(&store.get(Bucket::Queue, &key).await?.body)?;
         println!("  {key}: {}", doc["reason"].as_str().unwrap_or("?"));
     }
 

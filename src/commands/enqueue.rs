@@ -29,8 +29,7 @@ struct Line<'a> {
 
 /// What one line asks for: the id and the exact body bytes.
 fn parse_line(line: &str) -> Result<(String, Vec<u8>), String> {
-    let parsed: Line<'_> =
-        serde_json::from_str(line).map_err(|e| format!("not a valid line: {e}"))?;
+    let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| format!("not a valid line: {e}"))?;
     check_action_id(&parsed.id).map_err(|e| format!("id {:?} {e}", parsed.id))?;
     let body = match (parsed.doc, parsed.raw) {
         (Some(doc), None) => doc.get().as_bytes().to_vec(),
@@ -72,12 +71,7 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
     let results: Vec<_> = stream::iter(jobs)
         .map(|(number, (id, body))| {
             let store = store.clone();
-            async move {
-                (
-                    number,
-                    store.insert(Bucket::Queue, &action_key(&id), &body).await,
-                )
-            }
+            async move { (number, store.insert(Bucket::Queue, &action_key(&id), &body).await) }
         })
         .buffer_unordered(ENQUEUE_CONCURRENCY)
         .collect()
@@ -93,15 +87,8 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
             }
         }
     }
-    println!(
-        "{}",
-        serde_json::json!({"enqueued": enqueued, "skipped": skipped})
-    );
-    Ok(if bad == 0 {
-        Exit::Success
-    } else {
-        Exit::Rejected
-    })
+    println!("{}", serde_json::json!({"enqueued": enqueued, "skipped": skipped}));
+    Ok(if bad == 0 { Exit::Success } else { Exit::Rejected })
 }
 
 #[cfg(test)]
@@ -110,8 +97,7 @@ mod tests {
 
     #[test]
     fn lines_keep_the_exact_bytes() {
-        let (id, body) = parse_line(r#"{"id":"a1","doc":{"beneficiaries":{"x":100.000000001}}}"#)
-            .expect("valid");
+        let (id, body) = parse_line(r#"{"id":"a1","doc":{"beneficiaries":{"x":100.000000001}}}"#).expect("valid");
         assert_eq!(id, "a1");
         assert_eq!(body, br#"{"beneficiaries":{"x":100.000000001}}"#);
         let (_, body) = parse_line(r#"{"id":"a2","raw":"not json \u00ff"}"#).expect("valid");

@@ -14,7 +14,7 @@ use crate::store::{Bucket, Store, StoreError};
 const LIST_PAGE_SIZE: usize = 500;
 
 /// Pages through the keys under a prefix.
-struct Keys<'a> {
+pub(crate) struct Keys<'a> {
     store: &'a dyn Store,
     bucket: Bucket,
     prefix: &'static str,
@@ -22,7 +22,7 @@ struct Keys<'a> {
 }
 
 impl<'a> Keys<'a> {
-    fn new(store: &'a dyn Store, bucket: Bucket, prefix: &'static str) -> Self {
+    pub(crate) fn new(store: &'a dyn Store, bucket: Bucket, prefix: &'static str) -> Self {
         Self {
             store,
             bucket,
@@ -32,15 +32,10 @@ impl<'a> Keys<'a> {
     }
 
     /// The next page, or `None` at the end.
-    async fn next_page(&mut self) -> anyhow::Result<Option<Vec<String>>> {
+    pub(crate) async fn next_page(&mut self) -> anyhow::Result<Option<Vec<String>>> {
         let page = self
             .store
-            .list_keys(
-                self.bucket,
-                self.prefix,
-                self.after.as_deref(),
-                LIST_PAGE_SIZE,
-            )
+            .list_keys(self.bucket, self.prefix, self.after.as_deref(), LIST_PAGE_SIZE)
             .await
             .context("listing keys")?;
         self.after = page.last().cloned();
@@ -58,11 +53,7 @@ async fn read(store: &dyn Store, bucket: Bucket, key: &str) -> anyhow::Result<Op
 }
 
 /// `ledgerd balance HASH…`: the human form.
-pub async fn balance(
-    store: &dyn Store,
-    hashes: &[String],
-    mut out: impl Write,
-) -> anyhow::Result<Exit> {
+pub async fn balance(store: &dyn Store, hashes: &[String], mut out: impl Write) -> anyhow::Result<Exit> {
     let mut exit = Exit::Success;
     for hash in hashes {
         match store.get(Bucket::Ledger, &balance_key(hash)).await {

@@ -1,8 +1,10 @@
 //! The application layer: one function per subcommand. Errors here are
 //! `anyhow` with context, because they end at the user's terminal.
 
+pub mod audit;
 pub mod demo;
 pub mod enqueue;
+pub mod failed;
 pub mod inspect;
 pub mod plan;
 pub mod run;

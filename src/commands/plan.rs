@@ -77,11 +77,7 @@ mod tests {
     #[test]
     fn prints_the_plan_or_the_error() {
         let mut out = Vec::new();
-        let exit = run(
-            &br#"{"beneficiaries":[{"a":0.29},{"b":"1.15"}]}"#[..],
-            &mut out,
-        )
-        .expect("runs");
+        let exit = run(&br#"{"beneficiaries":[{"a":0.29},{"b":"1.15"}]}"#[..], &mut out).expect("runs");
         assert_eq!(exit, Exit::Success);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["credits"][0]["units"], 29_000_000);

@@ -1,19 +1,20 @@
 //! `ledgerd init` and `ledgerd run`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use super::Exit;
 use crate::config::Settings;
-use crate::store::{open, OpenMode};
+use crate::ops::{http, metrics};
+use crate::store::hooked::Hooked;
+use crate::store::{open, OpenMode, Store};
 use crate::worker::{self, WorkerConfig};
 
 /// Creates what the store needs.
 pub async fn init(settings: &Settings) -> anyhow::Result<Exit> {
-    let store = open(settings, OpenMode::Create)
-        .await
-        .context("opening the store")?;
+    let store = open(settings, OpenMode::Create).await.context("opening the store")?;
     store.init().await.context("initialising the store")?;
     println!("initialised {}", store.describe());
     Ok(Exit::Success)
@@ -31,17 +32,65 @@ pub fn worker_config(settings: &Settings, exit_when_idle: bool) -> WorkerConfig 
     }
 }
 
-/// Runs the worker until SIGINT/SIGTERM (or idle, with `exit_when_idle`).
+/// The first SIGTERM/SIGINT stops claiming; a second one exits at once
+/// (still safe: whatever was in flight is finished by the next worker).
+async fn shutdown_requested() {
+    worker::shutdown_signal().await;
+    tokio::spawn(async {
+        worker::shutdown_signal().await;
+        eprintln!("ledgerd: second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+/// Starts the metrics and health listener unless `metrics_addr` is `off`.
+/// An address already in use (a second worker on the same host) is not
+/// fatal: the worker runs without a listener and says so.
+async fn serve_ops(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<bool> {
+    if settings.metrics_addr == "off" {
+        return Ok(false);
+    }
+    let listener = match tokio::net::TcpListener::bind(&settings.metrics_addr).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                addr = settings.metrics_addr,
+                "metrics address in use (another worker on this host?): running without /metrics; give each worker its own --metrics-addr"
+            );
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("listening on metrics_addr {}", settings.metrics_addr)),
+    };
+    let handle = metrics::install()
+        .map_err(anyhow::Error::msg)
+        .context("installing the metrics recorder")?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(http::serve(
+        listener,
+        http::Endpoints { metrics: handle, store },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(true)
+}
+
+/// Runs the worker until SIGINT/SIGTERM (or idle, with `exit_when_idle`),
+/// serving metrics and health on `metrics_addr` unless it is `off`.
 pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Exit> {
-    let store = open(settings, OpenMode::Create)
-        .await
-        .context("opening the store")?;
+    let store = open(settings, OpenMode::Create).await.context("opening the store")?;
     store.init().await.context("initialising the store")?;
-    worker::run(
-        store,
-        worker_config(settings, exit_when_idle),
-        worker::shutdown_signal(),
-    )
-    .await;
+    let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
+    let store: Arc<dyn Store> = if serve_ops(settings, store.clone(), listener_stopped).await? {
+        Arc::new(Hooked::new(store, metrics::StoreMetrics))
+    } else {
+        store
+    };
+    worker::run(store, worker_config(settings, exit_when_idle), shutdown_requested()).await;
+    let _ = stop_listener.send(());
     Ok(Exit::Success)
 }

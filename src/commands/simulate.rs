@@ -77,10 +77,7 @@ pub fn run(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
     let secs = started.elapsed().as_secs_f64();
     if let Some(first) = failures.iter().min_by_key(|r| r.seed) {

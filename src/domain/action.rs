@@ -171,13 +171,9 @@ fn kind(raw: &RawValue) -> &'static str {
 
 fn entries<'a>(raw: &'a RawValue, place: &str) -> Result<Entries<'a>, ActionError> {
     if !raw.get().starts_with('{') {
-        return Err(ActionError::Shape(format!(
-            "{place} is {}, not an object",
-            kind(raw)
-        )));
+        return Err(ActionError::Shape(format!("{place} is {}, not an object", kind(raw))));
     }
-    let entries: Entries<'a> =
-        serde_json::from_str(raw.get()).map_err(|e| ActionError::Json(e.to_string()))?;
+    let entries: Entries<'a> = serde_json::from_str(raw.get()).map_err(|e| ActionError::Json(e.to_string()))?;
     let mut seen = HashSet::with_capacity(entries.0.len());
     for (key, _) in &entries.0 {
         if !seen.insert(key.as_str()) {
@@ -198,10 +194,7 @@ fn decimal_text(raw: &RawValue) -> Result<(String, bool), String> {
             .map(|s| (s, false))
             .map_err(|e| format!("is not a valid string: {e}")),
         Some(b'-' | b'0'..=b'9') => Ok((text.to_string(), true)),
-        _ => Err(format!(
-            "must be a number or a decimal string, not {}",
-            kind(raw)
-        )),
+        _ => Err(format!("must be a number or a decimal string, not {}", kind(raw))),
     }
 }
 
@@ -217,8 +210,7 @@ fn beneficiary_entries(raw: &RawValue) -> Result<Vec<(String, &RawValue)>, Actio
             kind(raw)
         )));
     }
-    let items: Vec<&RawValue> =
-        serde_json::from_str(text).map_err(|e| ActionError::Json(e.to_string()))?;
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| ActionError::Json(e.to_string()))?;
     if items.len() > BENEFICIARIES_MAX {
         return Err(ActionError::TooManyBeneficiaries(items.len()));
     }
@@ -226,18 +218,13 @@ fn beneficiary_entries(raw: &RawValue) -> Result<Vec<(String, &RawValue)>, Actio
     for (i, item) in items.into_iter().enumerate() {
         let place = format!("beneficiaries[{i}]");
         let mut fields = entries(item, &place)?.0;
-        let is_named = fields.len() == 2
-            && fields.iter().any(|(k, _)| k == "hash")
-            && fields.iter().any(|(k, _)| k == "share");
+        let is_named =
+            fields.len() == 2 && fields.iter().any(|(k, _)| k == "hash") && fields.iter().any(|(k, _)| k == "share");
         if is_named {
             fields.sort_by(|a, b| a.0.cmp(&b.0));
             let hash_raw = fields[0].1;
-            let hash: String = serde_json::from_str(hash_raw.get()).map_err(|_| {
-                ActionError::Shape(format!(
-                    "{place}: \"hash\" is {}, not a string",
-                    kind(hash_raw)
-                ))
-            })?;
+            let hash: String = serde_json::from_str(hash_raw.get())
+                .map_err(|_| ActionError::Shape(format!("{place}: \"hash\" is {}, not a string", kind(hash_raw))))?;
             out.push((hash, fields[1].1));
         } else if fields.len() == 1 && fields[0].0 != "hash" && fields[0].0 != "share" {
             out.extend(fields);
@@ -262,12 +249,10 @@ fn parse_share(hash: &str, raw: &RawValue) -> Result<u128, ActionError> {
     if value.is_negative() || value.is_zero() {
         return Err(err("must be greater than 0".into()));
     }
-    value
-        .to_scaled(TOKEN_DECIMALS, SHARE_SCALE_FULL)
-        .map_err(|e| match e {
-            super::decimal::ScaleError::TooLarge => err("is more than 100".into()),
-            other => err(other.to_string()),
-        })
+    value.to_scaled(TOKEN_DECIMALS, SHARE_SCALE_FULL).map_err(|e| match e {
+        super::decimal::ScaleError::TooLarge => err("is more than 100".into()),
+        other => err(other.to_string()),
+    })
 }
 
 fn parse_reward(raw: &RawValue) -> Result<Units, ActionError> {
@@ -277,9 +262,7 @@ fn parse_reward(raw: &RawValue) -> Result<Units, ActionError> {
     };
     let (text, allow_exponent) = decimal_text(raw).map_err(err)?;
     let units = Units::parse_tokens(&text, allow_exponent).map_err(|e| match e {
-        AmountError::Scale(super::decimal::ScaleError::TooLarge) => {
-            err(AmountError::AboveSupply.to_string())
-        }
+        AmountError::Scale(super::decimal::ScaleError::TooLarge) => err(AmountError::AboveSupply.to_string()),
         other => err(other.to_string()),
     })?;
     if units == Units::ZERO {
@@ -293,10 +276,8 @@ pub fn plan_action(body: &[u8]) -> Result<Plan, ActionError> {
     if body.len() > ACTION_BYTES_MAX {
         return Err(ActionError::TooLarge(body.len()));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| ActionError::Json(format!("body is not UTF-8: {e}")))?;
-    let root: &RawValue =
-        serde_json::from_str(text).map_err(|e| ActionError::Json(e.to_string()))?;
+    let text = std::str::from_utf8(body).map_err(|e| ActionError::Json(format!("body is not UTF-8: {e}")))?;
+    let root: &RawValue = serde_json::from_str(text).map_err(|e| ActionError::Json(e.to_string()))?;
     if !root.get().starts_with('{') {
         return Err(ActionError::NotAnObject);
     }
@@ -353,10 +334,7 @@ fn amount_credits(shares: BTreeMap<String, u128>) -> Result<Vec<Credit>, ActionE
         .collect()
 }
 
-fn split_credits(
-    reward: Units,
-    shares: BTreeMap<String, u128>,
-) -> Result<Vec<Credit>, ActionError> {
+fn split_credits(reward: Units, shares: BTreeMap<String, u128>) -> Result<Vec<Credit>, ActionError> {
     let list: Vec<(String, u128)> = shares.into_iter().collect();
     let sum: u128 = list.iter().map(|(_, s)| s).sum();
     if sum > SHARE_SCALE_FULL {
@@ -364,10 +342,7 @@ fn split_credits(
         let frac = sum % 100_000_000;
         let percent = format!("{whole}.{frac:08}");
         return Err(ActionError::SharesAbove100(
-            percent
-                .trim_end_matches('0')
-                .trim_end_matches('.')
-                .to_string(),
+            percent.trim_end_matches('0').trim_end_matches('.').to_string(),
         ));
     }
     let amounts = split(reward, &list);

@@ -3,12 +3,7 @@ use proptest::prelude::*;
 
 fn units_of(body: &str) -> Result<Vec<(String, u64)>, String> {
     plan_action(body.as_bytes())
-        .map(|p| {
-            p.credits
-                .into_iter()
-                .map(|c| (c.hash, c.units.get()))
-                .collect()
-        })
+        .map(|p| p.credits.into_iter().map(|c| (c.hash, c.units.get())).collect())
         .map_err(|e| e.to_string())
 }
 
@@ -75,9 +70,7 @@ fn the_example_from_the_readme() {
 fn all_three_shapes_give_the_same_plan() {
     let object = plan_action(br#"{"beneficiaries":{"b":"2","a":1}}"#).expect("object");
     let single = plan_action(br#"{"beneficiaries":[{"b":"2"},{"a":1}]}"#).expect("single");
-    let named =
-        plan_action(br#"{"beneficiaries":[{"hash":"b","share":"2"},{"share":1,"hash":"a"}]}"#)
-            .expect("named");
+    let named = plan_action(br#"{"beneficiaries":[{"hash":"b","share":"2"},{"share":1,"hash":"a"}]}"#).expect("named");
     assert_eq!(object.credits, single.credits);
     assert_eq!(object.credits, named.credits);
     assert_eq!(object.credits[0].hash, "a");
@@ -124,18 +117,48 @@ fn bad_bodies_and_hashes_are_rejected() {
     let table = [
         ("[]".to_string(), "body is not a JSON object".to_string()),
         ("\"x\"".into(), "body is not a JSON object".into()),
-        ("{".into(), "body is not valid JSON: EOF while parsing an object at line 1 column 1".into()),
+        (
+            "{".into(),
+            "body is not valid JSON: EOF while parsing an object at line 1 column 1".into(),
+        ),
         ("{}".into(), "missing \"beneficiaries\"".into()),
         (r#"{"beneficiaries":[]}"#.into(), "\"beneficiaries\" is empty".into()),
         (r#"{"beneficiaries":{}}"#.into(), "\"beneficiaries\" is empty".into()),
-        (r#"{"beneficiaries":5}"#.into(), "\"beneficiaries\" is a number, not an object or an array".into()),
-        (r#"{"beneficiaries":[5]}"#.into(), "beneficiaries[0] is a number, not an object".into()),
-        (r#"{"beneficiaries":[{"a":1,"b":2}]}"#.into(), "beneficiaries[0]: expected {\"<hash>\": share} or {\"hash\": \"<hash>\", \"share\": share}".into()),
-        (r#"{"beneficiaries":[{"hash":"a"}]}"#.into(), "beneficiaries[0]: expected {\"<hash>\": share} or {\"hash\": \"<hash>\", \"share\": share}".into()),
-        (r#"{"beneficiaries":[{"hash":7,"share":1}]}"#.into(), "beneficiaries[0]: \"hash\" is a number, not a string".into()),
-        (r#"{"beneficiaries":{"":1}}"#.into(), "beneficiary \"\": hash is empty".into()),
-        (format!(r#"{{"beneficiaries":{{"{long_hash}":1}}}}"#), format!("beneficiary \"{}\"… (300 characters): hash makes the key 308 bytes long, more than 250", "h".repeat(40))),
-        (r#"{"beneficiaries":{"a\u0001b":1}}"#.into(), "beneficiary \"a\\u{1}b\": hash contains a control character".into()),
+        (
+            r#"{"beneficiaries":5}"#.into(),
+            "\"beneficiaries\" is a number, not an object or an array".into(),
+        ),
+        (
+            r#"{"beneficiaries":[5]}"#.into(),
+            "beneficiaries[0] is a number, not an object".into(),
+        ),
+        (
+            r#"{"beneficiaries":[{"a":1,"b":2}]}"#.into(),
+            "beneficiaries[0]: expected {\"<hash>\": share} or {\"hash\": \"<hash>\", \"share\": share}".into(),
+        ),
+        (
+            r#"{"beneficiaries":[{"hash":"a"}]}"#.into(),
+            "beneficiaries[0]: expected {\"<hash>\": share} or {\"hash\": \"<hash>\", \"share\": share}".into(),
+        ),
+        (
+            r#"{"beneficiaries":[{"hash":7,"share":1}]}"#.into(),
+            "beneficiaries[0]: \"hash\" is a number, not a string".into(),
+        ),
+        (
+            r#"{"beneficiaries":{"":1}}"#.into(),
+            "beneficiary \"\": hash is empty".into(),
+        ),
+        (
+            format!(r#"{{"beneficiaries":{{"{long_hash}":1}}}}"#),
+            format!(
+                "beneficiary \"{}\"… (300 characters): hash makes the key 308 bytes long, more than 250",
+                "h".repeat(40)
+            ),
+        ),
+        (
+            r#"{"beneficiaries":{"a\u0001b":1}}"#.into(),
+            "beneficiary \"a\\u{1}b\": hash contains a control character".into(),
+        ),
     ];
     for (body, reason) in table {
         assert_eq!(units_of(&body), Err(reason), "{body}");
@@ -160,16 +183,14 @@ fn extra_fields_are_ignored() {
 
 #[test]
 fn split_mode() {
-    let plan = plan_action(br#"{"reward":"10","beneficiaries":{"a":50,"b":"25","c":12.5}}"#)
-        .expect("valid");
+    let plan = plan_action(br#"{"reward":"10","beneficiaries":{"a":50,"b":"25","c":12.5}}"#).expect("valid");
     assert_eq!(plan.mode, Mode::Split);
     let units: Vec<u64> = plan.credits.iter().map(|c| c.units.get()).collect();
     assert_eq!(units, vec![500_000_000, 250_000_000, 125_000_000]);
     assert_eq!(plan.total.get(), 875_000_000);
 
     // Repeated hashes are summed before the split.
-    let plan = plan_action(br#"{"reward":1,"beneficiaries":[{"a":30},{"a":20},{"b":50}]}"#)
-        .expect("valid");
+    let plan = plan_action(br#"{"reward":1,"beneficiaries":[{"a":30},{"a":20},{"b":50}]}"#).expect("valid");
     let units: Vec<u64> = plan.credits.iter().map(|c| c.units.get()).collect();
     assert_eq!(units, vec![50_000_000, 50_000_000]);
 
@@ -182,10 +203,7 @@ fn split_mode() {
             r#"{"reward":0,"beneficiaries":{"a":1}}"#,
             "reward \"0\" must be greater than 0",
         ),
-        (
-            r#"{"reward":-5,"beneficiaries":{"a":1}}"#,
-            "reward \"-5\" is negative",
-        ),
+        (r#"{"reward":-5,"beneficiaries":{"a":1}}"#, "reward \"-5\" is negative"),
         (
             r#"{"reward":null,"beneficiaries":{"a":1}}"#,
             "reward \"null\" must be a number or a decimal string, not null",
@@ -210,8 +228,7 @@ fn split_mode() {
 
 #[test]
 fn a_reward_as_large_as_the_supply_splits_exactly() {
-    let plan =
-        plan_action(br#"{"reward":"100000000000","beneficiaries":{"a":100}}"#).expect("valid");
+    let plan = plan_action(br#"{"reward":"100000000000","beneficiaries":{"a":100}}"#).expect("valid");
     assert_eq!(plan.total, Units::SUPPLY);
 }
 

@@ -114,11 +114,7 @@ impl ExactDecimal {
     }
 
     fn normalise(negative: bool, int_digits: &[u8], frac_digits: &[u8], exponent: i64) -> Self {
-        let mut digits: Vec<u8> = int_digits
-            .iter()
-            .chain(frac_digits)
-            .map(|d| d - b'0')
-            .collect();
+        let mut digits: Vec<u8> = int_digits.iter().chain(frac_digits).map(|d| d - b'0').collect();
         // The value is digits × 10^(exponent - frac_len).
         let frac_len = i64::try_from(frac_digits.len()).unwrap_or(i64::MAX);
         let mut exponent = exponent.saturating_sub(frac_len);
@@ -232,15 +228,8 @@ mod tests {
         for bad in [
             "", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1.2.3", " 1", "1 ", "0x10", "NaN", "1_0",
         ] {
-            assert_eq!(
-                ExactDecimal::parse(bad, true),
-                Err(DecimalError::Syntax),
-                "{bad:?}"
-            );
+            assert_eq!(ExactDecimal::parse(bad, true), Err(DecimalError::Syntax), "{bad:?}");
         }
-        assert_eq!(
-            ExactDecimal::parse("1e2", false),
-            Err(DecimalError::ExponentInString)
-        );
+        assert_eq!(ExactDecimal::parse("1e2", false), Err(DecimalError::ExponentInString));
     }
 }

@@ -103,10 +103,7 @@ mod tests {
         assert_eq!(check_hash("a\u{7}b"), Err(KeyError::ControlCharacter));
         assert_eq!(check_hash("a\nb"), Err(KeyError::ControlCharacter));
         assert_eq!(check_hash(&"h".repeat(242)), Ok(()));
-        assert_eq!(
-            check_hash(&"h".repeat(243)),
-            Err(KeyError::TooLong { key_bytes: 251 })
-        );
+        assert_eq!(check_hash(&"h".repeat(243)), Err(KeyError::TooLong { key_bytes: 251 }));
         assert_eq!(check_action_id(&"i".repeat(243)), Ok(()));
         assert!(check_action_id(&"i".repeat(244)).is_err());
         assert_eq!(check_hash("wallet é ✓"), Ok(()));
@@ -116,9 +113,7 @@ mod tests {
     fn marker_paths_are_plain_and_distinct() {
         let a = marker_path("a.b[0]\"");
         assert!(a.starts_with("ledger.applied.m"));
-        assert!(a["ledger.applied.".len()..]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric()));
+        assert!(a["ledger.applied.".len()..].chars().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(marker_path("1"), marker_path("2"));
         assert_eq!(
             sha256_hex(b""),

@@ -38,12 +38,8 @@ pub fn split(reward: Units, shares: &[(String, u128)]) -> Vec<Units> {
     }
     let floors: u128 = amounts.iter().sum();
     let leftover = total - floors;
-    remainders
-        .sort_by(|(ra, ia), (rb, ib)| rb.cmp(ra).then_with(|| shares[*ia].0.cmp(&shares[*ib].0)));
-    for (_, i) in remainders
-        .iter()
-        .take(usize::try_from(leftover).unwrap_or(usize::MAX))
-    {
+    remainders.sort_by(|(ra, ia), (rb, ib)| rb.cmp(ra).then_with(|| shares[*ia].0.cmp(&shares[*ib].0)));
+    for (_, i) in remainders.iter().take(usize::try_from(leftover).unwrap_or(usize::MAX)) {
         amounts[*i] += 1;
     }
     amounts
@@ -74,10 +70,7 @@ mod tests {
             &shares(&[("c", third), ("a", third), ("b", third)]),
         );
         // total = floor(100 × 99.99999999 / 100) = 99: 33 each, no leftover.
-        assert_eq!(
-            out.iter().map(|u| u.get()).collect::<Vec<_>>(),
-            vec![33, 33, 33]
-        );
+        assert_eq!(out.iter().map(|u| u.get()).collect::<Vec<_>>(), vec![33, 33, 33]);
         let out = split(
             Units::new(1000).expect("valid"),
             &shares(&[("c", third), ("a", third), ("b", third)]),
@@ -93,10 +86,7 @@ mod tests {
             ]),
         );
         // 5, 2.5, 2.5: one leftover unit goes to "a" (equal remainders).
-        assert_eq!(
-            out.iter().map(|u| u.get()).collect::<Vec<_>>(),
-            vec![5, 3, 2]
-        );
+        assert_eq!(out.iter().map(|u| u.get()).collect::<Vec<_>>(), vec![5, 3, 2]);
     }
 
     proptest! {

@@ -32,13 +32,7 @@ mod tests {
     #[test]
     fn known_instants() {
         assert_eq!(rfc3339_from_unix_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339_from_unix_ms(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-        assert_eq!(
-            rfc3339_from_unix_ms(1_795_375_211_123),
-            "2026-11-22T19:20:11.123Z"
-        );
+        assert_eq!(rfc3339_from_unix_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_from_unix_ms(1_795_375_211_123), "2026-11-22T19:20:11.123Z");
     }
 }

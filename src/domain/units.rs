@@ -15,9 +15,7 @@ pub const UNITS_PER_TOKEN: u64 = 100_000_000;
 pub const TOTAL_SUPPLY_UNITS: u64 = 10_000_000_000_000_000_000;
 
 /// An amount of tokens in base units, never above the total supply.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u64", into = "u64")]
 pub struct Units(u64);
 
@@ -84,11 +82,7 @@ impl Units {
 
     /// The exact token amount with all 8 decimals, e.g. `"0.29000000"`.
     pub fn to_tokens_string(self) -> String {
-        format!(
-            "{}.{:08}",
-            self.0 / UNITS_PER_TOKEN,
-            self.0 % UNITS_PER_TOKEN
-        )
+        format!("{}.{:08}", self.0 / UNITS_PER_TOKEN, self.0 % UNITS_PER_TOKEN)
     }
 }
 
@@ -120,10 +114,7 @@ mod tests {
     fn supply_does_not_fit_i64() {
         assert!(TOTAL_SUPPLY_UNITS > i64::MAX as u64);
         assert_eq!(Units::SUPPLY.to_tokens_string(), "100000000000.00000000");
-        assert_eq!(
-            Units::new(TOTAL_SUPPLY_UNITS + 1),
-            Err(AmountError::AboveSupply)
-        );
+        assert_eq!(Units::new(TOTAL_SUPPLY_UNITS + 1), Err(AmountError::AboveSupply));
     }
 
     #[test]
@@ -144,10 +135,7 @@ mod tests {
     #[test]
     fn balances_are_bare_integers() {
         assert_eq!(Units::parse_balance(b"0"), Ok(Units(0)));
-        assert_eq!(
-            Units::parse_balance(b"10000000000000000000"),
-            Ok(Units::SUPPLY)
-        );
+        assert_eq!(Units::parse_balance(b"10000000000000000000"), Ok(Units::SUPPLY));
         assert_eq!(Units::parse_balance(b" 42\n"), Ok(Units(42)));
         for bad in [
             &b""[..],

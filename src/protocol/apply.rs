@@ -4,9 +4,10 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use super::records::{marker_value, now_ms, TxRecord, TxState};
-use super::{backoff, read_tx, retry, ProtocolError, Result};
+use super::{backoff, count_retry, read_tx, retry, ProtocolError, Result};
 use crate::domain::keys::{balance_key, marker_path, MARKERS_XATTR};
 use crate::domain::{Credit, Units};
+use crate::ops::metrics::result_label;
 use crate::store::{Bucket, Cas, Store, StoreError, WriteMode};
 
 /// Leftover markers of other actions older than this are worth checking
@@ -39,14 +40,12 @@ impl WalletRead {
         match self {
             WalletRead::Absent | WalletRead::Present { marked: true, .. } => None,
             WalletRead::Invalid(reason) => Some(reason.clone()),
-            WalletRead::Present { balance, .. } => {
-                balance.checked_add(credit.units).is_none().then(|| {
-                    format!(
-                        "wallet {:?}: crediting {} would exceed the total supply",
-                        credit.hash, credit.units
-                    )
-                })
-            }
+            WalletRead::Present { balance, .. } => balance.checked_add(credit.units).is_none().then(|| {
+                format!(
+                    "wallet {:?}: crediting {} would exceed the total supply",
+                    credit.hash, credit.units
+                )
+            }),
         }
     }
 }
@@ -86,17 +85,9 @@ async fn read_wallet(store: &dyn Store, marker: &str, hash: &str) -> Result<Wall
         .map(|m| {
             m.iter()
                 .filter(|(name, v)| {
-                    *name != own
-                        && v.get("at_ms")
-                            .and_then(Value::as_u64)
-                            .is_some_and(|at| at < cutoff)
+                    *name != own && v.get("at_ms").and_then(Value::as_u64).is_some_and(|at| at < cutoff)
                 })
-                .filter_map(|(name, v)| {
-                    Some((
-                        format!("{MARKERS_XATTR}.{name}"),
-                        v.get("tx")?.as_str()?.to_string(),
-                    ))
-                })
+                .filter_map(|(name, v)| Some((format!("{MARKERS_XATTR}.{name}"), v.get("tx")?.as_str()?.to_string())))
                 .collect()
         })
         .unwrap_or_default();
@@ -109,11 +100,7 @@ async fn read_wallet(store: &dyn Store, marker: &str, hash: &str) -> Result<Wall
 }
 
 /// Reads the wallets of `credits` in parallel.
-pub(crate) async fn read_wallets(
-    store: &dyn Store,
-    id: &str,
-    credits: &[&Credit],
-) -> Result<Vec<WalletRead>> {
+pub(crate) async fn read_wallets(store: &dyn Store, id: &str, credits: &[&Credit]) -> Result<Vec<WalletRead>> {
     let marker = marker_path(id);
     join_all(credits.iter().map(|c| read_wallet(store, &marker, &c.hash)))
         .await
@@ -128,13 +115,7 @@ enum Write {
 }
 
 /// One attempt at one credit, from a read of its wallet.
-async fn write_credit(
-    store: &dyn Store,
-    id: &str,
-    marker: &str,
-    credit: &Credit,
-    read: &WalletRead,
-) -> Result<Write> {
+async fn write_credit(store: &dyn Store, id: &str, marker: &str, credit: &Credit, read: &WalletRead) -> Result<Write> {
     if let Some(reason) = read.precheck(credit) {
         return Ok(Write::Blocked(reason));
     }
@@ -174,13 +155,14 @@ async fn write_credit(
         Ok(_) => Ok(Write::Done),
         // Someone else changed or created the wallet, or we do not know
         // whether our write landed: read again; the marker tells.
-        Err(
-            StoreError::Exists
-            | StoreError::CasMismatch
-            | StoreError::NotFound
-            | StoreError::Locked,
-        ) => Ok(Write::Retry),
-        Err(e) if e.is_retryable() => Ok(Write::Retry),
+        Err(e @ (StoreError::Exists | StoreError::CasMismatch | StoreError::NotFound | StoreError::Locked)) => {
+            count_retry(result_label(Some(&e)));
+            Ok(Write::Retry)
+        }
+        Err(e) if e.is_retryable() => {
+            count_retry(result_label(Some(&e)));
+            Ok(Write::Retry)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -210,11 +192,7 @@ pub(crate) async fn apply_credits(
                 match read_tx(store, id).await? {
                     Some((t, _)) if t.state == TxState::Committed => {}
                     Some(_) => return Ok((Applied::CompletedElsewhere, stale)),
-                    None => {
-                        return Err(ProtocolError::CorruptRecord(format!(
-                            "tx:{id} vanished while applying"
-                        )))
-                    }
+                    None => return Err(ProtocolError::CorruptRecord(format!("tx:{id} vanished while applying"))),
                 }
                 r
             }
@@ -254,12 +232,7 @@ pub(crate) async fn apply_credits(
 /// Step 7: removes this action's markers, and checks a few old markers of
 /// other actions (left by a crash between steps 6 and 7). Best effort:
 /// a marker left behind is harmless and is pruned by a later pass.
-pub(crate) async fn prune_markers(
-    store: &dyn Store,
-    id: &str,
-    tx: &TxRecord,
-    stale: &[(String, String, String)],
-) {
+pub(crate) async fn prune_markers(store: &dyn Store, id: &str, tx: &TxRecord, stale: &[(String, String, String)]) {
     let marker = marker_path(id);
     join_all(tx.credits.iter().map(|c| {
         let key = balance_key(&c.hash);
@@ -273,18 +246,11 @@ pub(crate) async fn prune_markers(
 }
 
 /// Removes a marker if its action's record is completed.
-pub(crate) async fn prune_if_completed(
-    store: &dyn Store,
-    hash: &str,
-    path: &str,
-    action_id: &str,
-) -> bool {
+pub(crate) async fn prune_if_completed(store: &dyn Store, hash: &str, path: &str, action_id: &str) -> bool {
     match read_tx(store, action_id).await {
         Ok(Some((t, _))) if t.state == TxState::Completed => {
             matches!(
-                store
-                    .remove_xattr(Bucket::Ledger, &balance_key(hash), path)
-                    .await,
+                store.remove_xattr(Bucket::Ledger, &balance_key(hash), path).await,
                 Ok(true)
             )
         }

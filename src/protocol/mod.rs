@@ -9,6 +9,7 @@
 //! still committed" (read in that order) proves a credit is not applied.
 
 mod apply;
+mod claim;
 pub mod records;
 mod sweep;
 
@@ -20,6 +21,7 @@ use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, t
 use crate::domain::{plan_action, Plan};
 use crate::store::{Bucket, Cas, Doc, Store, StoreError};
 use apply::{apply_credits, prune_markers, Applied};
+use claim::Claim;
 use records::{failed_doc, failed_original, TxRecord, TxState};
 pub use sweep::sweep_markers;
 
@@ -119,29 +121,26 @@ pub async fn process_action(store: &dyn Store, id: &str, opts: &Options) -> Resu
         Err(StoreError::Locked) => return Ok(Outcome::Skipped(Skip::Busy)),
         Err(e) => return Err(e.into()),
     };
-    let result = process_claimed(store, id, &claimed, opts).await;
+    let claim = Claim::new(claimed);
+    let result = tokio::select! {
+        biased;
+        result = process_claimed(store, id, &claim, opts) => result,
+        never = claim::renew(store, &key, &claim, opts.lease) => match never {},
+    };
     if !matches!(
         result,
-        Ok(Outcome::Completed { .. }
-            | Outcome::Duplicate
-            | Outcome::Failed { .. }
-            | Outcome::Skipped(_))
+        Ok(Outcome::Completed { .. } | Outcome::Duplicate | Outcome::Failed { .. } | Outcome::Skipped(_))
     ) {
         // Release the claim so the next attempt need not wait out the lease.
         // Best effort: a lapsed or lost lock is harmless.
-        let _ = store.unlock(Bucket::Queue, &key, claimed.cas).await;
+        let _ = store.unlock(Bucket::Queue, &key, claim.cas()).await;
     }
     result
 }
 
-async fn process_claimed(
-    store: &dyn Store,
-    id: &str,
-    claimed: &Doc,
-    opts: &Options,
-) -> Result<Outcome> {
+async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Options) -> Result<Outcome> {
     if let Err(e) = check_action_id(id) {
-        return reject(store, id, claimed, &format!("action id {e}")).await;
+        return reject(store, id, claim, &format!("action id {e}")).await;
     }
     let (tx, tx_cas, prefetched, was_completed) = match read_tx(store, id).await? {
         Some((tx, cas)) => {
@@ -149,24 +148,19 @@ async fn process_claimed(
             (tx, cas, None, done)
         }
         None => {
-            let plan = match plan_action(&claimed.body) {
+            let plan = match plan_action(&claim.body) {
                 Ok(plan) => plan,
-                Err(e) => return reject(store, id, claimed, &e.to_string()).await,
+                Err(e) => return reject(store, id, claim, &e.to_string()).await,
             };
             match commit(store, id, &plan).await? {
                 Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
-                Commit::Recorded {
-                    tx,
-                    cas,
-                    prefetched,
-                } => (tx, cas, prefetched, false),
+                Commit::Recorded { tx, cas, prefetched } => (tx, cas, prefetched, false),
             }
         }
     };
     let mut stale = Vec::new();
     if tx.state == TxState::Committed {
-        let (applied, seen) =
-            apply_credits(store, id, &tx, prefetched, opts.apply_rounds_max).await?;
+        let (applied, seen) = apply_credits(store, id, &tx, prefetched, opts.apply_rounds_max).await?;
         stale = seen;
         match applied {
             Applied::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
@@ -174,7 +168,7 @@ async fn process_claimed(
         }
         complete(store, id, &tx, tx_cas).await?;
     }
-    let removed = finish(store, id, claimed, &tx).await?;
+    let removed = finish(store, id, claim, &tx).await?;
     prune_markers(store, id, &tx, &stale).await;
     Ok(match removed {
         Some(outcome) => outcome,
@@ -194,8 +188,7 @@ pub(crate) async fn read_tx(store: &dyn Store, id: &str) -> Result<Option<(TxRec
         Err(StoreError::NotFound) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let tx = TxRecord::parse(id, &doc.body)
-        .map_err(|e| ProtocolError::CorruptRecord(format!("tx:{id}: {e}")))?;
+    let tx = TxRecord::parse(id, &doc.body).map_err(|e| ProtocolError::CorruptRecord(format!("tx:{id}: {e}")))?;
     Ok(Some((tx, doc.cas)))
 }
 
@@ -229,19 +222,14 @@ async fn commit(store: &dyn Store, id: &str, plan: &Plan) -> Result<Commit> {
         }),
         // Another worker committed first (or our insert was ambiguous):
         // continue with whatever record exists, reading wallets afresh.
-        Err(StoreError::Exists) | Err(StoreError::Ambiguous(_)) => {
-            match read_tx(store, id).await? {
-                Some((tx, cas)) => Ok(Commit::Recorded {
-                    tx,
-                    cas,
-                    prefetched: None,
-                }),
-                None => Err(StoreError::Transient(
-                    "transaction record not visible after insert".into(),
-                )
-                .into()),
-            }
-        }
+        Err(StoreError::Exists) | Err(StoreError::Ambiguous(_)) => match read_tx(store, id).await? {
+            Some((tx, cas)) => Ok(Commit::Recorded {
+                tx,
+                cas,
+                prefetched: None,
+            }),
+            None => Err(StoreError::Transient("transaction record not visible after insert".into()).into()),
+        },
         Err(e) => Err(e.into()),
     }
 }
@@ -252,10 +240,7 @@ async fn complete(store: &dyn Store, id: &str, tx: &TxRecord, mut cas: Cas) -> R
     done.state = TxState::Completed;
     done.completed_at = Some(crate::domain::time::rfc3339_from_unix_ms(records::now_ms()));
     for _ in 0..STEP_ATTEMPTS_MAX {
-        match store
-            .replace(Bucket::Ledger, &tx_key(id), &done.to_bytes(), cas)
-            .await
-        {
+        match store.replace(Bucket::Ledger, &tx_key(id), &done.to_bytes(), cas).await {
             Ok(_) => return Ok(()),
             Err(StoreError::CasMismatch) => {}
             Err(e) if e.is_retryable() => {}
@@ -278,24 +263,21 @@ async fn complete(store: &dyn Store, id: &str, tx: &TxRecord, mut cas: Cas) -> R
 /// Step 6: remove the action, or preserve it as failed if its body is not
 /// the one the record was made from. Returns an outcome when it differs
 /// from a plain completion.
-async fn finish(
-    store: &dyn Store,
-    id: &str,
-    claimed: &Doc,
-    tx: &TxRecord,
-) -> Result<Option<Outcome>> {
-    let mut current = claimed.clone();
+async fn finish(store: &dyn Store, id: &str, claim: &Claim, tx: &TxRecord) -> Result<Option<Outcome>> {
+    // After a rewrite we hold the new body under a lock of our own.
+    let mut relocked: Option<Claim> = None;
     for _ in 0..STEP_ATTEMPTS_MAX {
+        let current = relocked.as_ref().unwrap_or(claim);
         if sha256_hex(&current.body) != tx.digest {
             let reason = format!(
                 "conflicting duplicate: action {id:?} was already credited from a different body (digest {})",
                 tx.digest
             );
-            return reject(store, id, &current, &reason).await.map(Some);
+            return reject(store, id, current, &reason).await.map(Some);
         }
-        match remove_action(store, id, &current).await? {
+        match remove_action(store, id, current).await? {
             Removal::Done => return Ok(None),
-            Removal::Changed(doc) => current = doc,
+            Removal::Changed(doc) => relocked = Some(Claim::new(doc)),
         }
     }
     Ok(Some(Outcome::Skipped(Skip::Changed)))
@@ -308,24 +290,21 @@ enum Removal {
     Changed(Doc),
 }
 
-/// Removes `action:<id>` if it still holds `claimed.body`.
-async fn remove_action(store: &dyn Store, id: &str, claimed: &Doc) -> Result<Removal> {
+/// Removes `action:<id>` if it still holds the claimed body.
+async fn remove_action(store: &dyn Store, id: &str, claim: &Claim) -> Result<Removal> {
     let key = action_key(id);
-    match retry(|| store.remove(Bucket::Queue, &key, Some(claimed.cas))).await {
+    match retry(|| store.remove(Bucket::Queue, &key, Some(claim.cas()))).await {
         Ok(()) | Err(StoreError::NotFound) | Err(StoreError::Locked) => return Ok(Removal::Done),
         Err(StoreError::CasMismatch) => {}
         Err(e) => return Err(e.into()),
     }
     // Our lock lapsed and the document changed: lock it again and look.
-    let doc = match store
-        .get_and_lock(Bucket::Queue, &key, Duration::from_secs(30))
-        .await
-    {
+    let doc = match store.get_and_lock(Bucket::Queue, &key, Duration::from_secs(30)).await {
         Ok(doc) => doc,
         Err(StoreError::NotFound) | Err(StoreError::Locked) => return Ok(Removal::Done),
         Err(e) => return Err(e.into()),
     };
-    if doc.body == claimed.body {
+    if doc.body == claim.body {
         return match retry(|| store.remove(Bucket::Queue, &key, Some(doc.cas))).await {
             Ok(()) | Err(StoreError::NotFound) | Err(StoreError::Locked) => Ok(Removal::Done),
             Err(StoreError::CasMismatch) => Ok(Removal::Done),
@@ -336,7 +315,7 @@ async fn remove_action(store: &dyn Store, id: &str, claimed: &Doc) -> Result<Rem
 }
 
 /// Preserves a rejected action as `failed:<id>`, then removes it.
-async fn reject(store: &dyn Store, id: &str, claimed: &Doc, reason: &str) -> Result<Outcome> {
+async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Result<Outcome> {
     let key = failed_key(id);
     let mut written = false;
     for _ in 0..STEP_ATTEMPTS_MAX {
@@ -348,18 +327,14 @@ async fn reject(store: &dyn Store, id: &str, claimed: &Doc, reason: &str) -> Res
         let result = match &existing {
             None => {
                 store
-                    .insert(
-                        Bucket::Queue,
-                        &key,
-                        &failed_doc(id, &claimed.body, reason, None),
-                    )
+                    .insert(Bucket::Queue, &key, &failed_doc(id, &claim.body, reason, None))
                     .await
             }
             Some(doc) => {
-                let prev: Value = serde_json::from_slice(&doc.body).unwrap_or_else(|_| {
-                    serde_json::json!({"unreadable_failed_doc": String::from_utf8_lossy(&doc.body)})
-                });
-                if failed_original(&prev).as_deref() == Some(&claimed.body[..]) {
+                let prev: Value = serde_json::from_slice(&doc.body).unwrap_or_else(
+                    |_| serde_json::json!({"unreadable_failed_doc": String::from_utf8_lossy(&doc.body)}),
+                );
+                if failed_original(&prev).as_deref() == Some(&claim.body[..]) {
                     // Written by an earlier attempt that crashed before removing.
                     written = true;
                     break;
@@ -368,7 +343,7 @@ async fn reject(store: &dyn Store, id: &str, claimed: &Doc, reason: &str) -> Res
                     .replace(
                         Bucket::Queue,
                         &key,
-                        &failed_doc(id, &claimed.body, reason, Some(prev)),
+                        &failed_doc(id, &claim.body, reason, Some(prev)),
                         doc.cas,
                     )
                     .await
@@ -387,7 +362,7 @@ async fn reject(store: &dyn Store, id: &str, claimed: &Doc, reason: &str) -> Res
     if !written {
         return Err(StoreError::Transient(format!("could not write {key}")).into());
     }
-    Ok(match remove_action(store, id, claimed).await? {
+    Ok(match remove_action(store, id, claim).await? {
         Removal::Done => Outcome::Failed {
             reason: reason.to_string(),
         },
@@ -412,6 +387,7 @@ where
         match op().await {
             Err(StoreError::Transient(_)) if attempt + 1 < STEP_ATTEMPTS_MAX => {
                 attempt += 1;
+                count_retry("transient");
                 tokio::time::sleep(backoff(attempt)).await;
             }
             other => return other,
@@ -429,6 +405,11 @@ thread_local! {
 pub fn seed_jitter(seed: u64) {
     use rand::SeedableRng;
     JITTER.with(|j| *j.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
+}
+
+/// Counts one retried step, by the kind of error that caused it.
+pub(crate) fn count_retry(kind: &'static str) {
+    metrics::counter!(crate::ops::metrics::RETRIES, "kind" => kind).increment(1);
 }
 
 /// Capped exponential backoff with full jitter.

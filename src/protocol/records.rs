@@ -56,8 +56,7 @@ pub fn use_virtual_clock(clock: Option<Arc<AtomicU64>>) {
 
 /// Unix milliseconds now, for informational timestamps and marker ages.
 pub fn now_ms() -> u64 {
-    if let Some(ms) = VIRTUAL_CLOCK.with(|c| c.borrow().as_ref().map(|a| a.load(Ordering::SeqCst)))
-    {
+    if let Some(ms) = VIRTUAL_CLOCK.with(|c| c.borrow().as_ref().map(|a| a.load(Ordering::SeqCst))) {
         return ms;
     }
     SystemTime::now()
@@ -83,13 +82,9 @@ impl TxRecord {
 
     /// Parses a stored record and checks what must hold of any record.
     pub fn parse(action_id: &str, body: &[u8]) -> Result<Self, String> {
-        let tx: TxRecord = serde_json::from_slice(body)
-            .map_err(|e| format!("transaction record is not valid: {e}"))?;
+        let tx: TxRecord = serde_json::from_slice(body).map_err(|e| format!("transaction record is not valid: {e}"))?;
         if tx.action_id != action_id {
-            return Err(format!(
-                "transaction record names action {:?}",
-                tx.action_id
-            ));
+            return Err(format!("transaction record names action {:?}", tx.action_id));
         }
         if tx.credits.is_empty() || tx.credits.iter().any(|c| c.units == Units::ZERO) {
             return Err("transaction record has an empty or zero credit".into());
@@ -120,12 +115,7 @@ pub fn marker_value(action_id: &str, units: Units, at_ms: u64) -> Value {
 /// The body of `failed:<id>`: the original bytes and why they were rejected.
 /// A body that is not UTF-8 is kept as `original_base64`. An earlier failure
 /// of the same id is kept under `previous`, so nothing is overwritten.
-pub fn failed_doc(
-    action_id: &str,
-    original: &[u8],
-    reason: &str,
-    previous: Option<Value>,
-) -> Vec<u8> {
+pub fn failed_doc(action_id: &str, original: &[u8], reason: &str, previous: Option<Value>) -> Vec<u8> {
     let mut doc = json!({
         "id": action_id,
         "reason": reason,
@@ -133,10 +123,7 @@ pub fn failed_doc(
     });
     match std::str::from_utf8(original) {
         Ok(text) => doc["original"] = json!(text),
-        Err(_) => {
-            doc["original_base64"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(original))
-        }
+        Err(_) => doc["original_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(original)),
     }
     if let Some(prev) = previous {
         let mut chain = prev
@@ -185,14 +172,11 @@ mod tests {
 
     #[test]
     fn failed_documents_keep_the_original_bytes() {
-        let doc: Value =
-            serde_json::from_slice(&failed_doc("a", b"not json", "bad", None)).expect("json");
+        let doc: Value = serde_json::from_slice(&failed_doc("a", b"not json", "bad", None)).expect("json");
         assert_eq!(failed_original(&doc), Some(b"not json".to_vec()));
-        let doc: Value =
-            serde_json::from_slice(&failed_doc("a", b"\xff\x00", "bad", None)).expect("json");
+        let doc: Value = serde_json::from_slice(&failed_doc("a", b"\xff\x00", "bad", None)).expect("json");
         assert_eq!(failed_original(&doc), Some(b"\xff\x00".to_vec()));
-        let again: Value =
-            serde_json::from_slice(&failed_doc("a", b"2", "worse", Some(doc))).expect("json");
+        let again: Value = serde_json::from_slice(&failed_doc("a", b"2", "worse", Some(doc))).expect("json");
         assert_eq!(again["previous"][0]["original_base64"], "/wA=");
         assert_eq!(again["reason"], "worse");
     }

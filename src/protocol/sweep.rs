@@ -17,21 +17,13 @@ pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
     let mut after: Option<String> = None;
     loop {
         let page = store
-            .list_keys(
-                Bucket::Ledger,
-                BALANCE_PREFIX,
-                after.as_deref(),
-                SWEEP_PAGE_SIZE,
-            )
+            .list_keys(Bucket::Ledger, BALANCE_PREFIX, after.as_deref(), SWEEP_PAGE_SIZE)
             .await?;
         let Some(last) = page.last().cloned() else {
             return Ok(removed);
         };
         for key in &page {
-            let doc = match store
-                .get_with_xattrs(Bucket::Ledger, key, &[MARKERS_XATTR])
-                .await
-            {
+            let doc = match store.get_with_xattrs(Bucket::Ledger, key, &[MARKERS_XATTR]).await {
                 Ok(doc) => doc,
                 Err(StoreError::NotFound) => continue,
                 Err(e) => return Err(e.into()),
@@ -44,8 +36,7 @@ pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
                 let Some(action) = value.get("tx").and_then(Value::as_str) else {
                     continue;
                 };
-                if prune_if_completed(store, hash, &format!("{MARKERS_XATTR}.{name}"), action).await
-                {
+                if prune_if_completed(store, hash, &format!("{MARKERS_XATTR}.{name}"), action).await {
                     removed += 1;
                 }
             }

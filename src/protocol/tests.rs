@@ -10,8 +10,7 @@ use crate::store::faulty::{Fault, FaultyStore, OpKind};
 use crate::store::memory::{Clock, MemoryStore};
 
 const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;
-const SPLIT: &str =
-    r#"{"reward":"1","beneficiaries":{"a":33.33333333,"b":33.33333333,"c":33.33333334}}"#;
+const SPLIT: &str = r#"{"reward":"1","beneficiaries":{"a":33.33333333,"b":33.33333333,"c":33.33333334}}"#;
 
 struct World {
     store: MemoryStore,
@@ -48,12 +47,7 @@ impl World {
             .snapshot(Bucket::Ledger)
             .into_iter()
             .find(|(k, _)| *k == balance_key(hash))
-            .map(|(_, body)| {
-                String::from_utf8(body)
-                    .expect("utf8")
-                    .parse()
-                    .expect("integer")
-            })
+            .map(|(_, body)| String::from_utf8(body).expect("utf8").parse().expect("integer"))
     }
 
     fn has(&self, bucket: Bucket, key: &str) -> bool {
@@ -122,10 +116,7 @@ async fn split_mode_credits_sum_to_the_reward() {
     let w = World::new();
     w.enqueue("s", SPLIT).await;
     w.process("s").await.expect("processes");
-    let total: u64 = ["a", "b", "c"]
-        .iter()
-        .map(|h| w.balance(h).expect("credited"))
-        .sum();
+    let total: u64 = ["a", "b", "c"].iter().map(|h| w.balance(h).expect("credited")).sum();
     assert_eq!(total, 100_000_000);
 }
 
@@ -134,7 +125,7 @@ async fn ops_of_a_clean_run(body: &str) -> u64 {
     let w = World::new();
     w.set_balance("a", "7").await;
     w.enqueue("1", body).await;
-    let counting = FaultyStore::new(arc(&w.store), Box::new(|_, _, _| Fault::Pass));
+    let counting = FaultyStore::with_plan(arc(&w.store), Box::new(|_, _, _| Fault::Pass));
     process_action(&counting, "1", &Options::default())
         .await
         .expect("processes");
@@ -188,7 +179,7 @@ async fn an_ambiguous_failure_after_any_operation_is_recovered_exactly() {
         w.enqueue("1", BODY).await;
         // The operation runs, then reports an ambiguous error; the worker
         // carries on, then a second worker also runs.
-        let store = FaultyStore::new(
+        let store = FaultyStore::with_plan(
             arc(&w.store),
             Box::new(move |seq, kind, _| {
                 if seq == fail_at && kind.is_write() {
@@ -225,9 +216,7 @@ async fn two_workers_racing_on_every_step_credit_once() {
         });
         let slow_task = {
             let slow = slow.clone();
-            tokio::spawn(
-                async move { process_action(slow.as_ref(), "1", &Options::default()).await },
-            )
+            tokio::spawn(async move { process_action(slow.as_ref(), "1", &Options::default()).await })
         };
         // Let worker 1 reach its pause point.
         while slow.seq.load(Ordering::SeqCst) < k && !slow_task.is_finished() {
@@ -265,6 +254,9 @@ impl Store for SlowStore {
     async fn init(&self) -> crate::store::StoreResult<()> {
         Ok(())
     }
+    async fn ping(&self) -> crate::store::StoreResult<()> {
+        Ok(())
+    }
     async fn get(&self, b: Bucket, k: &str) -> crate::store::StoreResult<Doc> {
         self.step().await;
         self.inner.get(b, k).await
@@ -278,12 +270,7 @@ impl Store for SlowStore {
         self.step().await;
         self.inner.get_with_xattrs(b, k, p).await
     }
-    async fn get_and_lock(
-        &self,
-        b: Bucket,
-        k: &str,
-        l: Duration,
-    ) -> crate::store::StoreResult<Doc> {
+    async fn get_and_lock(&self, b: Bucket, k: &str, l: Duration) -> crate::store::StoreResult<Doc> {
         self.step().await;
         self.inner.get_and_lock(b, k, l).await
     }
@@ -295,13 +282,7 @@ impl Store for SlowStore {
         self.step().await;
         self.inner.insert(b, k, body).await
     }
-    async fn replace(
-        &self,
-        b: Bucket,
-        k: &str,
-        body: &[u8],
-        c: Cas,
-    ) -> crate::store::StoreResult<Cas> {
+    async fn replace(&self, b: Bucket, k: &str, body: &[u8], c: Cas) -> crate::store::StoreResult<Cas> {
         self.step().await;
         self.inner.replace(b, k, body, c).await
     }
@@ -324,13 +305,7 @@ impl Store for SlowStore {
         self.step().await;
         self.inner.remove_xattr(b, k, p).await
     }
-    async fn list_keys(
-        &self,
-        b: Bucket,
-        p: &str,
-        a: Option<&str>,
-        l: usize,
-    ) -> crate::store::StoreResult<Vec<String>> {
+    async fn list_keys(&self, b: Bucket, p: &str, a: Option<&str>, l: usize) -> crate::store::StoreResult<Vec<String>> {
         self.inner.list_keys(b, p, a, l).await
     }
     async fn count_keys(&self, b: Bucket, p: &str) -> crate::store::StoreResult<u64> {
@@ -356,11 +331,7 @@ async fn a_duplicate_delivery_credits_nothing_more() {
         "{outcome:?}"
     );
     assert_eq!(w.balance("a"), Some(150_000_000));
-    let failed = w
-        .store
-        .get(Bucket::Queue, &failed_key("1"))
-        .await
-        .expect("failed doc");
+    let failed = w.store.get(Bucket::Queue, &failed_key("1")).await.expect("failed doc");
     let doc: Value = serde_json::from_slice(&failed.body).expect("json");
     assert_eq!(doc["original"], SPLIT);
 }
@@ -368,8 +339,7 @@ async fn a_duplicate_delivery_credits_nothing_more() {
 #[tokio::test]
 async fn invalid_actions_are_preserved_with_their_bytes_and_reason() {
     let w = World::new();
-    w.enqueue("bad", r#"{"beneficiaries":{"a":0.000000001}}"#)
-        .await;
+    w.enqueue("bad", r#"{"beneficiaries":{"a":0.000000001}}"#).await;
     w.store
         .insert(Bucket::Queue, &action_key("bin"), b"\xff\xfe")
         .await
@@ -378,8 +348,7 @@ async fn invalid_actions_are_preserved_with_their_bytes_and_reason() {
     assert_eq!(
         outcome,
         Outcome::Failed {
-            reason: "beneficiary \"a\": share \"0.000000001\" has more than 8 decimal places"
-                .into()
+            reason: "beneficiary \"a\": share \"0.000000001\" has more than 8 decimal places".into()
         }
     );
     assert!(matches!(
@@ -387,23 +356,11 @@ async fn invalid_actions_are_preserved_with_their_bytes_and_reason() {
         Outcome::Failed { .. }
     ));
     assert!(!w.has(Bucket::Queue, &action_key("bad")));
-    let doc: Value = serde_json::from_slice(
-        &w.store
-            .get(Bucket::Queue, &failed_key("bad"))
-            .await
-            .expect("kept")
-            .body,
-    )
-    .expect("json");
+    let doc: Value = serde_json::from_slice(&w.store.get(Bucket::Queue, &failed_key("bad")).await.expect("kept").body)
+        .expect("json");
     assert_eq!(doc["original"], r#"{"beneficiaries":{"a":0.000000001}}"#);
-    let doc: Value = serde_json::from_slice(
-        &w.store
-            .get(Bucket::Queue, &failed_key("bin"))
-            .await
-            .expect("kept")
-            .body,
-    )
-    .expect("json");
+    let doc: Value = serde_json::from_slice(&w.store.get(Bucket::Queue, &failed_key("bin")).await.expect("kept").body)
+        .expect("json");
     assert_eq!(doc["original_base64"], "//4=");
     assert!(w.tx("bad").is_none(), "nothing committed");
 }
@@ -420,11 +377,7 @@ async fn a_corrupt_wallet_blocks_only_its_action() {
         "{outcome:?}"
     );
     assert!(w.has(Bucket::Queue, &action_key("1")), "kept in the queue");
-    assert_eq!(
-        w.balance("a"),
-        None,
-        "nothing credited before the commit point"
-    );
+    assert_eq!(w.balance("a"), None, "nothing credited before the commit point");
     assert!(matches!(
         w.process("2").await.expect("other"),
         Outcome::Completed { .. }
@@ -444,7 +397,7 @@ async fn a_wallet_corrupted_after_the_commit_point_blocks_until_fixed() {
     w.set_balance("c", "10").await;
     w.enqueue("1", BODY).await;
     // Commit, then stop before any wallet write.
-    let crash = FaultyStore::new(
+    let crash = FaultyStore::with_plan(
         arc(&w.store),
         Box::new(|_, kind, _| {
             if kind == OpKind::WriteWithXattrs {
@@ -462,10 +415,7 @@ async fn a_wallet_corrupted_after_the_commit_point_blocks_until_fixed() {
         w.process("1").await.expect("blocked"),
         Outcome::Blocked { .. }
     ));
-    assert_eq!(
-        w.tx("1").expect("still committed").state,
-        TxState::Committed
-    );
+    assert_eq!(w.tx("1").expect("still committed").state, TxState::Committed);
     w.set_balance("c", "3").await;
     assert!(matches!(
         w.process("1").await.expect("resumes"),
@@ -502,15 +452,10 @@ async fn a_locked_action_is_skipped() {
 async fn a_wallet_at_the_supply_is_not_overflowed() {
     let w = World::new();
     w.set_balance("a", "9999999999999999999").await;
-    w.enqueue("1", r#"{"beneficiaries":{"a":"0.00000001"}}"#)
-        .await;
-    assert!(matches!(
-        w.process("1").await.expect("fits"),
-        Outcome::Completed { .. }
-    ));
+    w.enqueue("1", r#"{"beneficiaries":{"a":"0.00000001"}}"#).await;
+    assert!(matches!(w.process("1").await.expect("fits"), Outcome::Completed { .. }));
     assert_eq!(w.balance("a"), Some(10_000_000_000_000_000_000));
-    w.enqueue("2", r#"{"beneficiaries":{"a":"0.00000001"}}"#)
-        .await;
+    w.enqueue("2", r#"{"beneficiaries":{"a":"0.00000001"}}"#).await;
     let outcome = w.process("2").await.expect("processes");
     assert!(
         matches!(&outcome, Outcome::Blocked { reason } if reason.contains("total supply")),

@@ -38,12 +38,7 @@ fn failed_bodies(store: &MemoryStore, id: &str) -> Vec<Vec<u8>> {
     };
     let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut out: Vec<Vec<u8>> = failed_original(&doc).into_iter().collect();
-    for prev in doc
-        .get("previous")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for prev in doc.get("previous").and_then(Value::as_array).into_iter().flatten() {
         out.extend(failed_original(prev));
     }
     out
@@ -94,38 +89,24 @@ pub fn check(store: &MemoryStore, facts: &Facts<'_>) -> Vec<String> {
         if queued.is_some() {
             match facts.blocked.get(id) {
                 Some(reason)
-                    if facts
-                        .corrupted
-                        .iter()
-                        .any(|h| reason.contains(&format!("balance:{h}")))
+                    if facts.corrupted.iter().any(|h| reason.contains(&format!("balance:{h}")))
                         || reason.contains("total supply") => {}
-                Some(reason) => {
-                    bad.push(format!("action {id} blocked for no good reason: {reason}"))
-                }
-                None => bad.push(format!(
-                    "action {id} is still queued and not reported as blocked"
-                )),
+                Some(reason) => bad.push(format!("action {id} blocked for no good reason: {reason}")),
+                None => bad.push(format!("action {id} is still queued and not reported as blocked")),
             }
         }
     }
 
     // Balances: the opening balance plus each completed record once, plus
     // the marked credits of records still committed (blocked part-way).
-    let mut oracle: BTreeMap<String, u128> = facts
-        .initial
-        .iter()
-        .map(|(h, u)| (h.clone(), u128::from(*u)))
-        .collect();
+    let mut oracle: BTreeMap<String, u128> = facts.initial.iter().map(|(h, u)| (h.clone(), u128::from(*u))).collect();
     for (id, tx) in &records {
         let marker = crate::domain::keys::marker_path(id);
         for c in &tx.credits {
             let marked = || {
                 store
                     .xattrs(Bucket::Ledger, &crate::domain::keys::balance_key(&c.hash))
-                    .and_then(|x| {
-                        x.pointer(&format!("/{}", marker.replace('.', "/")))
-                            .cloned()
-                    })
+                    .and_then(|x| x.pointer(&format!("/{}", marker.replace('.', "/"))).cloned())
                     .is_some()
             };
             if tx.state == TxState::Completed || marked() {
@@ -145,27 +126,17 @@ pub fn check(store: &MemoryStore, facts: &Facts<'_>) -> Vec<String> {
         let want = oracle.get(hash).copied().unwrap_or(0);
         match Units::parse_balance(&body) {
             Ok(got) if u128::from(got.get()) == want => {}
-            Ok(got) => bad.push(format!(
-                "wallet {hash}: balance {} units, expected {want}",
-                got.get()
-            )),
+            Ok(got) => bad.push(format!("wallet {hash}: balance {} units, expected {want}", got.get())),
             Err(e) => bad.push(format!("wallet {hash}: not a valid balance: {e}")),
         }
         // After the sweep, only markers of records still committed remain.
         let markers = store
             .xattrs(Bucket::Ledger, &key)
             .and_then(|x| x.pointer("/ledger/applied").cloned());
-        for (name, value) in markers
-            .as_ref()
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
+        for (name, value) in markers.as_ref().and_then(Value::as_object).into_iter().flatten() {
             let action = value.get("tx").and_then(Value::as_str).unwrap_or("?");
             if records.get(action).map(|t| t.state) != Some(TxState::Committed) {
-                bad.push(format!(
-                    "wallet {hash}: marker {name} of {action} left after the sweep"
-                ));
+                bad.push(format!("wallet {hash}: marker {name} of {action} left after the sweep"));
             }
         }
     }

@@ -113,11 +113,7 @@ impl Run {
                     } else {
                         fresh
                     };
-                    if inner
-                        .insert(Bucket::Queue, &key, body.as_bytes())
-                        .await
-                        .is_ok()
-                    {
+                    if inner.insert(Bucket::Queue, &key, body.as_bytes()).await.is_ok() {
                         self.deliver(id, body.as_bytes(), false);
                     }
                 }
@@ -143,10 +139,7 @@ impl Run {
             return;
         }
         tokio::time::sleep(Duration::from_millis(self.shared.gen_range(0..60))).await;
-        let hash = format!(
-            "h{}",
-            self.shared.gen_range(0..workload::HOT_WALLETS as u64)
-        );
+        let hash = format!("h{}", self.shared.gen_range(0..workload::HOT_WALLETS as u64));
         let key = balance_key(&hash);
         let inner = &self.shared.inner;
         let done = match inner.get(Bucket::Ledger, &key).await {
@@ -154,17 +147,11 @@ impl Run {
                 .replace(Bucket::Ledger, &key, b"\"corrupt\"", doc.cas)
                 .await
                 .is_ok(),
-            Err(_) => inner
-                .insert(Bucket::Ledger, &key, b"\"corrupt\"")
-                .await
-                .is_ok(),
+            Err(_) => inner.insert(Bucket::Ledger, &key, b"\"corrupt\"").await.is_ok(),
         };
         if done {
             self.shared.trace(format!("chaos corrupts {key}"));
-            self.corrupted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(hash);
+            self.corrupted.lock().unwrap_or_else(|p| p.into_inner()).insert(hash);
         }
     }
 
@@ -173,10 +160,7 @@ impl Run {
     async fn work(&self, store: &SimStore, passes: usize, record_blocked: bool) -> bool {
         let mut progress = false;
         for _ in 0..passes {
-            let keys = match store
-                .list_keys(Bucket::Queue, ACTION_PREFIX, None, 100)
-                .await
-            {
+            let keys = match store.list_keys(Bucket::Queue, ACTION_PREFIX, None, 100).await {
                 Ok(keys) => keys,
                 Err(_) => continue,
             };
@@ -193,13 +177,10 @@ impl Run {
             }
             progress = false;
             for pair in ids.chunks(2) {
-                let results = futures::future::join_all(
-                    pair.iter().map(|id| process_action(store, id, &self.opts)),
-                )
-                .await;
+                let results =
+                    futures::future::join_all(pair.iter().map(|id| process_action(store, id, &self.opts))).await;
                 for (id, result) in pair.iter().zip(results) {
-                    self.shared
-                        .trace(format!("{} {id}: {result:?}", store.describe()));
+                    self.shared.trace(format!("{} {id}: {result:?}", store.describe()));
                     match result {
                         Ok(Outcome::Blocked { reason }) if record_blocked => {
                             self.blocked
@@ -207,9 +188,7 @@ impl Run {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .insert(id.clone(), reason);
                         }
-                        Ok(
-                            Outcome::Completed { .. } | Outcome::Duplicate | Outcome::Failed { .. },
-                        ) => progress = true,
+                        Ok(Outcome::Completed { .. } | Outcome::Duplicate | Outcome::Failed { .. }) => progress = true,
                         _ => {}
                     }
                 }
@@ -252,11 +231,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
     let inner = MemoryStore::with_clock(clock);
     for (hash, units) in &work.initial {
         let _ = inner
-            .insert(
-                Bucket::Ledger,
-                &balance_key(hash),
-                units.to_string().as_bytes(),
-            )
+            .insert(Bucket::Ledger, &balance_key(hash), units.to_string().as_bytes())
             .await;
     }
     let shared = Arc::new(Shared {
@@ -312,47 +287,24 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
     // Quiesce: every lock lapses, then one clean worker settles what it can.
     handle.fetch_add(60_000, std::sync::atomic::Ordering::SeqCst);
     let recovery = SimStore::new(shared.clone(), "recovery".into(), false, None);
-    run.blocked
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
+    run.blocked.lock().unwrap_or_else(|p| p.into_inner()).clear();
     run.work(&recovery, RECOVERY_PASSES_MAX, true).await;
     if let Err(e) = protocol::sweep_markers(&recovery).await {
         shared.violation(format!("the marker sweep failed: {e}"));
     }
 
-    let deliveries = run
-        .deliveries
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let corrupted = run
-        .corrupted
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let blocked = run
-        .blocked
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let deliveries = run.deliveries.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let corrupted = run.corrupted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let blocked = run.blocked.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let facts = Facts {
         initial: &work.initial,
         deliveries: &deliveries,
         corrupted: &corrupted,
         blocked: &blocked,
     };
-    let mut violations = shared
-        .violations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut violations = shared.violations.lock().unwrap_or_else(|p| p.into_inner()).clone();
     violations.extend(checker::check(&inner, &facts));
-    let trace = shared
-        .trace
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let trace = shared.trace.lock().unwrap_or_else(|p| p.into_inner()).clone();
     protocol::records::use_virtual_clock(None);
     Report {
         seed,

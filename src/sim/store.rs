@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::domain::keys::{failed_key, tx_key, ACTION_PREFIX};
 use crate::protocol::records::{TxRecord, TxState};
-use crate::store::faulty::OpKind;
+use crate::store::hooked::OpKind;
 use crate::store::memory::MemoryStore;
 use crate::store::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
@@ -59,33 +59,20 @@ pub struct Shared {
 
 impl Shared {
     pub(crate) fn roll(&self, below_per_mille: u32) -> bool {
-        self.rng
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .gen_range(0..1000)
-            < below_per_mille
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).gen_range(0..1000) < below_per_mille
     }
 
     pub(crate) fn gen_range(&self, range: std::ops::Range<u64>) -> u64 {
-        self.rng
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .gen_range(range)
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).gen_range(range)
     }
 
     pub(crate) fn trace(&self, line: String) {
-        self.trace
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        self.trace.lock().unwrap_or_else(|p| p.into_inner()).push(line);
     }
 
     pub(crate) fn violation(&self, line: String) {
         self.trace(format!("VIOLATION {line}"));
-        self.violations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(line);
+        self.violations.lock().unwrap_or_else(|p| p.into_inner()).push(line);
     }
 
     /// Checks, as `action:<id>` is removed, that its credits are committed
@@ -99,13 +86,10 @@ impl Shared {
             .peek(Bucket::Ledger, &tx_key(id))
             .and_then(|b| TxRecord::parse(id, &b).ok())
             .is_some_and(|tx| tx.state == TxState::Completed);
-        let preserved = self
-            .inner
-            .peek(Bucket::Queue, &failed_key(id))
-            .is_some_and(|b| {
-                let doc: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                crate::protocol::records::failed_original(&doc).as_deref() == Some(removed_body)
-            });
+        let preserved = self.inner.peek(Bucket::Queue, &failed_key(id)).is_some_and(|b| {
+            let doc: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+            crate::protocol::records::failed_original(&doc).as_deref() == Some(removed_body)
+        });
         if !completed && !preserved {
             self.violation(format!(
                 "{key} removed before its credits were completed or it was preserved"
@@ -153,10 +137,7 @@ impl SimStore {
                 std::future::pending::<()>().await;
             }
             if s.roll(FAULTS.transient) {
-                s.trace(format!(
-                    "{} {kind:?} {key} -> injected transient",
-                    self.name
-                ));
+                s.trace(format!("{} {kind:?} {key} -> injected transient", self.name));
                 return Err(StoreError::Transient("injected".into()));
             }
             if kind.is_write() && s.roll(FAULTS.ambiguous_lost) {
@@ -187,15 +168,12 @@ impl SimStore {
         let shown: String = shown.chars().take(120).collect();
         match lie {
             Some(e) => {
-                self.shared.trace(format!(
-                    "{} {kind:?} {key} -> {shown}, reported as {e}",
-                    self.name
-                ));
+                self.shared
+                    .trace(format!("{} {kind:?} {key} -> {shown}, reported as {e}", self.name));
                 Err(e)
             }
             None => {
-                self.shared
-                    .trace(format!("{} {kind:?} {key} -> {shown}", self.name));
+                self.shared.trace(format!("{} {kind:?} {key} -> {shown}", self.name));
                 result
             }
         }
@@ -264,20 +242,13 @@ impl Store for SimStore {
     async fn init(&self) -> StoreResult<()> {
         Ok(())
     }
-    async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
-        op!(
-            self,
-            OpKind::Get,
-            key,
-            self.shared.inner.get(bucket, key).await
-        )
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
     }
-    async fn get_with_xattrs(
-        &self,
-        bucket: Bucket,
-        key: &str,
-        paths: &[&str],
-    ) -> StoreResult<DocWithXattrs> {
+    async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
+        op!(self, OpKind::Get, key, self.shared.inner.get(bucket, key).await)
+    }
+    async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs> {
         op!(self, OpKind::GetWithXattrs, key, {
             let mut r = self.shared.inner.get_with_xattrs(bucket, key, paths).await;
             if self.shared.sabotage == Sabotage::SkipMarkerCheck {
@@ -369,10 +340,7 @@ impl Store for SimStore {
             self,
             OpKind::ListKeys,
             prefix,
-            self.shared
-                .inner
-                .list_keys(bucket, prefix, after, limit)
-                .await
+            self.shared.inner.list_keys(bucket, prefix, after, limit).await
         )
     }
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {

@@ -18,10 +18,7 @@ fn explain(report: &Report) -> String {
         report.seed,
         report.violations,
         replay_command(report.seed),
-        tail.iter()
-            .map(|l| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
+        tail.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
     )
 }
 

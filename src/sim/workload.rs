@@ -74,10 +74,7 @@ pub fn body(rng: &mut StdRng) -> String {
             ));
         }
         let reward = amount_text(rng, reward);
-        return format!(
-            r#"{{"reward":{reward},"beneficiaries":[{}]}}"#,
-            entries.join(",")
-        );
+        return format!(r#"{{"reward":{reward},"beneficiaries":[{}]}}"#, entries.join(","));
     }
     let n = rng.gen_range(1..=4);
     let entries: Vec<String> = (0..n)
@@ -103,16 +100,11 @@ pub fn generate(rng: &mut StdRng) -> Workload {
                 );
             }
             _ => {
-                initial.insert(
-                    format!("h{i}"),
-                    rng.gen_range(0..=1_000_000 * UNITS_PER_TOKEN),
-                );
+                initial.insert(format!("h{i}"), rng.gen_range(0..=1_000_000 * UNITS_PER_TOKEN));
             }
         }
     }
     let count = rng.gen_range(8..=24);
-    let actions = (0..count)
-        .map(|i| (format!("a{i:03}"), body(rng)))
-        .collect();
+    let actions = (0..count).map(|i| (format!("a{i:03}"), body(rng))).collect();
     Workload { initial, actions }
 }

@@ -64,30 +64,19 @@ pub async fn insert_is_exclusive(h: &dyn Harness) {
     let s = h.store();
     let key = fresh("ins");
     ok!(s.insert(Bucket::Ledger, &key, b"1").await);
-    assert_eq!(
-        s.insert(Bucket::Ledger, &key, b"2").await,
-        Err(StoreError::Exists)
-    );
+    assert_eq!(s.insert(Bucket::Ledger, &key, b"2").await, Err(StoreError::Exists));
     assert_eq!(ok!(s.get(Bucket::Ledger, &key).await).body, b"1");
 
     let key = fresh("race");
     let results = futures_join(8, |i| {
         let key = key.clone();
-        async move {
-            (
-                i,
-                s.insert(Bucket::Ledger, &key, i.to_string().as_bytes())
-                    .await,
-            )
-        }
+        async move { (i, s.insert(Bucket::Ledger, &key, i.to_string().as_bytes()).await) }
     })
     .await;
     let winners: Vec<_> = results.iter().filter(|(_, r)| r.is_ok()).collect();
     assert_eq!(winners.len(), 1, "{results:?}");
     assert!(
-        results
-            .iter()
-            .all(|(_, r)| r.is_ok() || *r == Err(StoreError::Exists)),
+        results.iter().all(|(_, r)| r.is_ok() || *r == Err(StoreError::Exists)),
         "{results:?}"
     );
     let stored = ok!(s.get(Bucket::Ledger, &key).await).body;
@@ -112,30 +101,18 @@ pub async fn cas_guards_writes(h: &dyn Harness) {
 
     let results = futures_join(8, |i| {
         let key = key.clone();
-        async move {
-            s.replace(Bucket::Ledger, &key, i.to_string().as_bytes(), cas2)
-                .await
-        }
+        async move { s.replace(Bucket::Ledger, &key, i.to_string().as_bytes(), cas2).await }
     })
     .await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(
-        results
-            .iter()
-            .all(|r| r.is_ok() || *r == Err(StoreError::CasMismatch)),
+        results.iter().all(|r| r.is_ok() || *r == Err(StoreError::CasMismatch)),
         "{results:?}"
     );
 
     ok!(s.remove(Bucket::Ledger, &key, None).await);
     assert_eq!(s.get(Bucket::Ledger, &key).await, Err(StoreError::NotFound));
-    assert_eq!(
-        s.remove(Bucket::Ledger, &key, None).await,
-        Err(StoreError::NotFound)
-    );
+    assert_eq!(s.remove(Bucket::Ledger, &key, None).await, Err(StoreError::NotFound));
     assert_eq!(
         s.replace(Bucket::Ledger, &key, b"x", cas2).await,
         Err(StoreError::NotFound)
@@ -163,10 +140,7 @@ pub async fn locks_exclude_others(h: &dyn Harness) {
     );
     let read = ok!(s.get(Bucket::Queue, &key).await);
     assert_eq!(read.body, b"body");
-    assert_eq!(
-        read.cas, LOCKED_CAS,
-        "a plain read of a locked document hides its CAS"
-    );
+    assert_eq!(read.cas, LOCKED_CAS, "a plain read of a locked document hides its CAS");
     assert_eq!(
         s.replace(Bucket::Queue, &key, b"x", read.cas).await,
         Err(StoreError::Locked)
@@ -175,14 +149,8 @@ pub async fn locks_exclude_others(h: &dyn Harness) {
         s.replace(Bucket::Queue, &key, b"x", cas0).await,
         Err(StoreError::Locked)
     );
-    assert_eq!(
-        s.remove(Bucket::Queue, &key, None).await,
-        Err(StoreError::Locked)
-    );
-    assert_eq!(
-        s.insert(Bucket::Queue, &key, b"x").await,
-        Err(StoreError::Exists)
-    );
+    assert_eq!(s.remove(Bucket::Queue, &key, None).await, Err(StoreError::Locked));
+    assert_eq!(s.insert(Bucket::Queue, &key, b"x").await, Err(StoreError::Exists));
     let write = s
         .write_with_xattrs(
             Bucket::Queue,
@@ -280,10 +248,7 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
     let read = ok!(s.get_with_xattrs(Bucket::Ledger, &key, &paths).await);
     assert_eq!(read.body, b"5");
     assert_eq!(read.cas, cas);
-    assert_eq!(
-        read.xattrs,
-        vec![Some(json!({"u": 5})), Some(json!({"m1": {"u": 5}}))]
-    );
+    assert_eq!(read.xattrs, vec![Some(json!({"u": 5})), Some(json!({"m1": {"u": 5}}))]);
     assert_eq!(
         ok!(s.get(Bucket::Ledger, &key).await).body,
         b"5",
@@ -314,20 +279,11 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
         .get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied", "nope"])
         .await);
     assert_eq!(read.body, b"8");
-    assert_eq!(
-        read.xattrs,
-        vec![Some(json!({"m1": {"u": 5}, "m2": 3})), None]
-    );
+    assert_eq!(read.xattrs, vec![Some(json!({"m1": {"u": 5}, "m2": 3})), None]);
 
-    assert!(ok!(s
-        .remove_xattr(Bucket::Ledger, &key, "ledger.applied.m1")
-        .await));
-    assert!(!ok!(s
-        .remove_xattr(Bucket::Ledger, &key, "ledger.applied.m1")
-        .await));
-    let read = ok!(s
-        .get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied"])
-        .await);
+    assert!(ok!(s.remove_xattr(Bucket::Ledger, &key, "ledger.applied.m1").await));
+    assert!(!ok!(s.remove_xattr(Bucket::Ledger, &key, "ledger.applied.m1").await));
+    let read = ok!(s.get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied"]).await);
     assert_eq!(read.body, b"8");
     assert_eq!(read.xattrs, vec![Some(json!({"m2": 3}))]);
     assert_eq!(
@@ -352,15 +308,9 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
         }
     })
     .await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(
-        results
-            .iter()
-            .all(|r| r.is_ok() || *r == Err(StoreError::Exists)),
+        results.iter().all(|r| r.is_ok() || *r == Err(StoreError::Exists)),
         "{results:?}"
     );
 }
@@ -375,30 +325,20 @@ pub async fn keys_list_in_pages(h: &dyn Harness) {
     }
     ok!(s.insert(Bucket::Queue, &prefix, b"the prefix itself").await);
     ok!(s
-        .insert(
-            Bucket::Queue,
-            &format!("{}x", &prefix[..prefix.len() - 1]),
-            b"outside"
-        )
+        .insert(Bucket::Queue, &format!("{}x", &prefix[..prefix.len() - 1]), b"outside")
         .await);
-    ok!(s
-        .insert(Bucket::Ledger, &format!("{prefix}other-bucket"), b"1")
-        .await);
+    ok!(s.insert(Bucket::Ledger, &format!("{prefix}other-bucket"), b"1").await);
     keys.insert(0, prefix.clone());
     // Listing may trail writes (Couchbase answers from an index): wait
     // until the index has caught up before checking the pages.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while ok!(s.count_keys(Bucket::Queue, &prefix).await) < 26
-        && std::time::Instant::now() < deadline
-    {
+    while ok!(s.count_keys(Bucket::Queue, &prefix).await) < 26 && std::time::Instant::now() < deadline {
         h.advance(Duration::from_millis(200)).await;
     }
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = ok!(s
-            .list_keys(Bucket::Queue, &prefix, after.as_deref(), 10)
-            .await);
+        let page = ok!(s.list_keys(Bucket::Queue, &prefix, after.as_deref(), 10).await);
         assert!(page.len() <= 10);
         if page.is_empty() {
             break;
@@ -415,10 +355,7 @@ pub async fn keys_list_in_pages(h: &dyn Harness) {
 }
 
 /// Runs `n` copies of a future concurrently and collects their results.
-async fn futures_join<T, Fut: std::future::Future<Output = T>>(
-    n: u64,
-    make: impl Fn(u64) -> Fut,
-) -> Vec<T> {
+async fn futures_join<T, Fut: std::future::Future<Output = T>>(n: u64, make: impl Fn(u64) -> Fut) -> Vec<T> {
     futures::future::join_all((0..n).map(make)).await
 }
 
@@ -460,10 +397,8 @@ mod memory_contract {
             &self.0
         }
         async fn advance(&self, by: Duration) {
-            self.1.fetch_add(
-                u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
-                Ordering::SeqCst,
-            );
+            self.1
+                .fetch_add(u64::try_from(by.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
         }
     }
 

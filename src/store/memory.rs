@@ -96,9 +96,7 @@ impl MemoryStore {
 
     // A std Mutex, not a tokio one: no await happens while it is held.
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Every document of a bucket as `(key, body)`, for checkers and tests.
@@ -117,10 +115,7 @@ impl MemoryStore {
 
     /// The whole xattr object of one document, for checkers and tests.
     pub fn xattrs(&self, bucket: Bucket, key: &str) -> Option<Value> {
-        self.lock()
-            .bucket(bucket)
-            .get(key)
-            .map(|e| e.xattrs.clone())
+        self.lock().bucket(bucket).get(key).map(|e| e.xattrs.clone())
     }
 }
 
@@ -140,18 +135,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
         model::get(&inner.bucket(bucket).get(key).cloned(), now)
     }
 
-    async fn get_with_xattrs(
-        &self,
-        bucket: Bucket,
-        key: &str,
-        paths: &[&str],
-    ) -> StoreResult<DocWithXattrs> {
+    async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
         model::get_with_xattrs(&inner.bucket(bucket).get(key).cloned(), paths, now)
@@ -159,9 +153,8 @@ impl Store for MemoryStore {
 
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
         let now = self.clock.now_ms();
-        self.lock().with_slot(bucket, key, |slot, cas| {
-            model::get_and_lock(slot, lock, now, cas)
-        })
+        self.lock()
+            .with_slot(bucket, key, |slot, cas| model::get_and_lock(slot, lock, now, cas))
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
@@ -177,9 +170,8 @@ impl Store for MemoryStore {
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
-        self.lock().with_slot(bucket, key, |slot, new| {
-            model::replace(slot, body, cas, now, new)
-        })
+        self.lock()
+            .with_slot(bucket, key, |slot, new| model::replace(slot, body, cas, now, new))
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
@@ -204,9 +196,8 @@ impl Store for MemoryStore {
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
         let now = self.clock.now_ms();
-        self.lock().with_slot(bucket, key, |slot, cas| {
-            model::remove_xattr(slot, path, now, cas)
-        })
+        self.lock()
+            .with_slot(bucket, key, |slot, cas| model::remove_xattr(slot, path, now, cas))
     }
 
     async fn list_keys(

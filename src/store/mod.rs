@@ -20,6 +20,7 @@ use serde_json::Value;
 pub mod contract;
 pub mod couchbase;
 pub mod faulty;
+pub mod hooked;
 pub mod memory;
 mod model;
 pub mod open;
@@ -119,16 +120,14 @@ pub trait Store: Send + Sync {
     /// Creates whatever the store needs (tables, buckets, indexes). Idempotent.
     async fn init(&self) -> StoreResult<()>;
 
+    /// Checks that the store answers and its buckets exist (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+
     /// Reads a document.
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc>;
 
     /// Reads a document's body and the xattrs at `paths`, atomically.
-    async fn get_with_xattrs(
-        &self,
-        bucket: Bucket,
-        key: &str,
-        paths: &[&str],
-    ) -> StoreResult<DocWithXattrs>;
+    async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs>;
 
     /// Reads and locks a document for `lock` (rounded up to whole seconds by
     /// stores that count in seconds). Fails with `Locked` if it is locked.

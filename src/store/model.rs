@@ -75,17 +75,10 @@ pub(crate) fn get(slot: &Slot, now_ms: u64) -> StoreResult<Doc> {
     })
 }
 
-pub(crate) fn get_with_xattrs(
-    slot: &Slot,
-    paths: &[&str],
-    now_ms: u64,
-) -> StoreResult<DocWithXattrs> {
+pub(crate) fn get_with_xattrs(slot: &Slot, paths: &[&str], now_ms: u64) -> StoreResult<DocWithXattrs> {
     let doc = get(slot, now_ms)?;
     let e = existing(slot)?;
-    let xattrs = paths
-        .iter()
-        .map(|p| get_path(&e.xattrs, p).cloned())
-        .collect();
+    let xattrs = paths.iter().map(|p| get_path(&e.xattrs, p).cloned()).collect();
     Ok(DocWithXattrs {
         body: doc.body,
         xattrs,
@@ -93,12 +86,7 @@ pub(crate) fn get_with_xattrs(
     })
 }
 
-pub(crate) fn get_and_lock(
-    slot: &mut Slot,
-    lock: Duration,
-    now_ms: u64,
-    new_cas: Cas,
-) -> StoreResult<Doc> {
+pub(crate) fn get_and_lock(slot: &mut Slot, lock: Duration, now_ms: u64, new_cas: Cas) -> StoreResult<Doc> {
     let e = existing_mut(slot)?;
     if e.locked(now_ms) {
         return Err(StoreError::Locked);
@@ -129,13 +117,7 @@ pub(crate) fn insert(slot: &mut Slot, body: &[u8], new_cas: Cas) -> StoreResult<
     Ok(new_cas)
 }
 
-pub(crate) fn replace(
-    slot: &mut Slot,
-    body: &[u8],
-    cas: Cas,
-    now_ms: u64,
-    new_cas: Cas,
-) -> StoreResult<Cas> {
+pub(crate) fn replace(slot: &mut Slot, body: &[u8], cas: Cas, now_ms: u64, new_cas: Cas) -> StoreResult<Cas> {
     let e = existing_mut(slot)?;
     e.check_write(Some(cas), now_ms)?;
     // A full-body replace drops user xattrs, as Couchbase does.
@@ -181,12 +163,7 @@ pub(crate) fn write_with_xattrs(
     Ok(new_cas)
 }
 
-pub(crate) fn remove_xattr(
-    slot: &mut Slot,
-    path: &str,
-    now_ms: u64,
-    new_cas: Cas,
-) -> StoreResult<bool> {
+pub(crate) fn remove_xattr(slot: &mut Slot, path: &str, now_ms: u64, new_cas: Cas) -> StoreResult<bool> {
     let e = existing_mut(slot)?;
     e.check_write(None, now_ms)?;
     if !remove_path(&mut e.xattrs, path) {
@@ -197,8 +174,7 @@ pub(crate) fn remove_xattr(
 }
 
 fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.')
-        .try_fold(root, |node, part| node.as_object()?.get(part))
+    path.split('.').try_fold(root, |node, part| node.as_object()?.get(part))
 }
 
 fn set_path(root: &mut Value, path: &str, value: Value) -> StoreResult<()> {
@@ -208,9 +184,7 @@ fn set_path(root: &mut Value, path: &str, value: Value) -> StoreResult<()> {
     let mut node = root;
     for part in parts {
         let map = node.as_object_mut().ok_or_else(mismatch)?;
-        node = map
-            .entry(part.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
+        node = map.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
     }
     node.as_object_mut()
         .ok_or_else(mismatch)?
@@ -243,10 +217,7 @@ mod tests {
         let mut root = json!({});
         set_path(&mut root, "ledger.applied.m1", json!(1)).expect("set");
         set_path(&mut root, "ledger.applied.m2", json!(2)).expect("set");
-        assert_eq!(
-            get_path(&root, "ledger.applied"),
-            Some(&json!({"m1": 1, "m2": 2}))
-        );
+        assert_eq!(get_path(&root, "ledger.applied"), Some(&json!({"m1": 1, "m2": 2})));
         assert!(remove_path(&mut root, "ledger.applied.m1"));
         assert!(!remove_path(&mut root, "ledger.applied.m1"));
         assert!(!remove_path(&mut root, "nope.x"));

@@ -17,12 +17,7 @@ pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>,
                 "store URL sqlite:// needs a file path, e.g. sqlite://ledgerd.db".into(),
             ));
         }
-        let store = SqliteStore::open(
-            Path::new(path),
-            &settings.queue_bucket,
-            &settings.ledger_bucket,
-            mode,
-        )?;
+        let store = SqliteStore::open(Path::new(path), &settings.queue_bucket, &settings.ledger_bucket, mode)?;
         return Ok(Arc::new(store));
     }
     if url == "memory://" {

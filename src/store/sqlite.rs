@@ -78,19 +78,15 @@ fn connect(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(sql_error)?;
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .map_err(sql_error)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(sql_error)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sql_error)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_error)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(sql_error)?;
     Ok(conn)
 }
 
 /// The key range `[prefix, upper)` of an ASCII prefix.
 fn prefix_range(prefix: &str) -> StoreResult<(String, String)> {
     if !prefix.is_ascii() {
-        return Err(StoreError::Permanent(format!(
-            "key prefix {prefix:?} is not ASCII"
-        )));
+        return Err(StoreError::Permanent(format!("key prefix {prefix:?} is not ASCII")));
     }
     let mut upper = prefix.as_bytes().to_vec();
     match upper.last_mut() {
@@ -103,12 +99,20 @@ fn prefix_range(prefix: &str) -> StoreResult<(String, String)> {
     Ok((prefix.to_string(), upper))
 }
 
+/// A body as bytes, whether it was stored as a BLOB or, by another tool, as TEXT.
+fn body_bytes(value: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<Vec<u8>> {
+    match value {
+        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => Ok(b.to_vec()),
+        other => Err(rusqlite::Error::InvalidColumnType(0, "body".into(), other.data_type())),
+    }
+}
+
 fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<(Slot, u64)> {
     let sql = format!("SELECT body, xattrs, cas, lock_until_ms, {NOW_MS_SQL} FROM docs WHERE bucket = ?1 AND key = ?2");
     let row = conn
         .query_row(&sql, params![bucket, key], |r| {
             Ok((
-                r.get::<_, Vec<u8>>(0)?,
+                body_bytes(r.get_ref(0)?)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, Option<i64>>(3)?,
@@ -123,9 +127,8 @@ fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<(Slot, u64)> 
             .map_err(sql_error)?;
         return Ok((None, u64::try_from(now).unwrap_or(0)));
     };
-    let xattrs: Value = serde_json::from_str(&xattrs).map_err(|e| {
-        StoreError::Permanent(format!("stored xattrs of {key:?} are not JSON: {e}"))
-    })?;
+    let xattrs: Value = serde_json::from_str(&xattrs)
+        .map_err(|e| StoreError::Permanent(format!("stored xattrs of {key:?} are not JSON: {e}")))?;
     let entry = Entry {
         body,
         xattrs,
@@ -189,12 +192,7 @@ fn mutate<T>(
 
 impl SqliteStore {
     /// Opens (or with [`OpenMode::Create`] creates) the database at `path`.
-    pub fn open(
-        path: &Path,
-        queue_bucket: &str,
-        ledger_bucket: &str,
-        mode: OpenMode,
-    ) -> StoreResult<Self> {
+    pub fn open(path: &Path, queue_bucket: &str, ledger_bucket: &str, mode: OpenMode) -> StoreResult<Self> {
         if mode == OpenMode::Existing && !path.exists() {
             return Err(StoreError::Permanent(format!(
                 "no store at {} (create it with `ledgerd init`, or point --store at an existing one)",
@@ -273,20 +271,31 @@ impl Store for SqliteStore {
     }
 
     async fn init(&self) -> StoreResult<()> {
-        self.run(|conn| conn.execute_batch(SCHEMA).map_err(sql_error))
-            .await
+        self.run(|conn| conn.execute_batch(SCHEMA).map_err(sql_error)).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        // A fresh connection, not a pooled one: an open handle keeps working
+        // on a file that has been deleted underneath it.
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            if !path.exists() {
+                return Err(StoreError::Permanent(format!("{} is gone", path.display())));
+            }
+            let conn = connect(&path)?;
+            conn.query_row("SELECT value FROM cas_seq WHERE id = 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(sql_error)
+        })
+        .await
+        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
         self.read(bucket, key, model::get).await
     }
 
-    async fn get_with_xattrs(
-        &self,
-        bucket: Bucket,
-        key: &str,
-        paths: &[&str],
-    ) -> StoreResult<DocWithXattrs> {
+    async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs> {
         let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
         self.read(bucket, key, move |slot, now| {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
@@ -303,18 +312,14 @@ impl Store for SqliteStore {
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
-        self.mutate(bucket, key, move |slot, now, _| {
-            model::unlock(slot, cas, now)
-        })
-        .await
+        self.mutate(bucket, key, move |slot, now, _| model::unlock(slot, cas, now))
+            .await
     }
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
         let body = body.to_vec();
-        self.mutate(bucket, key, move |slot, _, cas| {
-            model::insert(slot, &body, cas)
-        })
-        .await
+        self.mutate(bucket, key, move |slot, _, cas| model::insert(slot, &body, cas))
+            .await
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
@@ -326,10 +331,8 @@ impl Store for SqliteStore {
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
-        self.mutate(bucket, key, move |slot, now, _| {
-            model::remove(slot, cas, now)
-        })
-        .await
+        self.mutate(bucket, key, move |slot, now, _| model::remove(slot, cas, now))
+            .await
     }
 
     async fn write_with_xattrs(
@@ -341,15 +344,9 @@ impl Store for SqliteStore {
         mode: WriteMode,
     ) -> StoreResult<Cas> {
         let body = body.to_vec();
-        let xattrs: Vec<(String, Value)> = xattrs
-            .iter()
-            .map(|(p, v)| (p.to_string(), v.clone()))
-            .collect();
+        let xattrs: Vec<(String, Value)> = xattrs.iter().map(|(p, v)| (p.to_string(), v.clone())).collect();
         self.mutate(bucket, key, move |slot, now, cas| {
-            let refs: Vec<(&str, Value)> = xattrs
-                .iter()
-                .map(|(p, v)| (p.as_str(), v.clone()))
-                .collect();
+            let refs: Vec<(&str, Value)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
             model::write_with_xattrs(slot, &body, &refs, mode, now, cas)
         })
         .await

@@ -16,8 +16,7 @@ use ledgerd::worker::{self, WorkerConfig};
 
 /// Settings for a test cluster: `url`, credentials, and test bucket names.
 pub fn settings(url: &str, username: &str, password: &str) -> Settings {
-    let durability =
-        std::env::var("LEDGERD_TEST_COUCHBASE_DURABILITY").unwrap_or_else(|_| "majority".into());
+    let durability = std::env::var("LEDGERD_TEST_COUCHBASE_DURABILITY").unwrap_or_else(|_| "majority".into());
     let overrides = vec![
         ("store", url.to_string()),
         ("couchbase_username", username.to_string()),
@@ -38,18 +37,14 @@ pub fn settings_from_env() -> Option<Settings> {
         eprintln!("skipping: LEDGERD_TEST_COUCHBASE_URL is not set (no Couchbase to test against)");
         return None;
     };
-    let user =
-        std::env::var("LEDGERD_TEST_COUCHBASE_USERNAME").unwrap_or_else(|_| "Administrator".into());
-    let pass =
-        std::env::var("LEDGERD_TEST_COUCHBASE_PASSWORD").unwrap_or_else(|_| "password".into());
+    let user = std::env::var("LEDGERD_TEST_COUCHBASE_USERNAME").unwrap_or_else(|_| "Administrator".into());
+    let pass = std::env::var("LEDGERD_TEST_COUCHBASE_PASSWORD").unwrap_or_else(|_| "password".into());
     Some(settings(&url, &user, &pass))
 }
 
 /// A connected store with its buckets and indexes in place.
 pub async fn ready_store(settings: &Settings) -> CouchbaseStore {
-    let store = CouchbaseStore::connect(settings)
-        .await
-        .expect("connect to Couchbase");
+    let store = CouchbaseStore::connect(settings).await.expect("connect to Couchbase");
     store.init().await.expect("ledgerd init on Couchbase");
     store
 }
@@ -103,13 +98,8 @@ pub async fn end_to_end(settings: &Settings) {
     for _round in 0..20 {
         let mut runs = Vec::new();
         for _ in 0..3 {
-            let handle: Arc<dyn Store> =
-                Arc::new(CouchbaseStore::connect(settings).await.expect("connect"));
-            runs.push(worker::run(
-                handle,
-                cfg.clone(),
-                std::future::pending::<()>(),
-            ));
+            let handle: Arc<dyn Store> = Arc::new(CouchbaseStore::connect(settings).await.expect("connect"));
+            runs.push(worker::run(handle, cfg.clone(), std::future::pending::<()>()));
         }
         futures::future::join_all(runs).await;
         let mut left = 0;

@@ -32,9 +32,7 @@ impl Scratch {
     /// `ledgerd ARGS` in the scratch directory, with no LEDGERD_* from outside.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ledgerd"));
-        cmd.args(args)
-            .current_dir(self.path())
-            .env_remove("RUST_LOG");
+        cmd.args(args).current_dir(self.path()).env_remove("RUST_LOG");
         for (key, _) in std::env::vars() {
             if key.starts_with("LEDGERD_") {
                 cmd.env_remove(key);

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use couchbase::error::{Error, ErrorKind};
-use couchbase::retry::{
-    BestEffortRetryStrategy, RetryAction, RetryReason, RetryRequest, RetryStrategy,
-};
+use couchbase::retry::{BestEffortRetryStrategy, RetryAction, RetryReason, RetryRequest, RetryStrategy};
 
 use crate::store::StoreError;
 
@@ -124,10 +122,7 @@ mod tests {
             map_error(&err(ErrorKind::DocumentExists), Call::Write),
             StoreError::Exists
         );
-        assert_eq!(
-            map_error(&err(ErrorKind::CasMismatch), Call::Write),
-            StoreError::Exists
-        );
+        assert_eq!(map_error(&err(ErrorKind::CasMismatch), Call::Write), StoreError::Exists);
         assert_eq!(
             map_error(&err(ErrorKind::CasMismatch), Call::WriteWithCas),
             StoreError::CasMismatch
@@ -165,17 +160,12 @@ mod tests {
             StoreError::Permanent(_)
         ));
         let impossible = map_error(&err(ErrorKind::DurabilityImpossible), Call::Write);
-        assert!(
-            matches!(&impossible, StoreError::Permanent(m) if m.contains("couchbase_durability"))
-        );
+        assert!(matches!(&impossible, StoreError::Permanent(m) if m.contains("couchbase_durability")));
     }
 
     #[test]
     fn deadlines_are_ambiguous_only_for_writes() {
-        assert!(matches!(
-            deadline_error(Call::Read, "get", 5),
-            StoreError::Transient(_)
-        ));
+        assert!(matches!(deadline_error(Call::Read, "get", 5), StoreError::Transient(_)));
         assert!(matches!(
             deadline_error(Call::Write, "insert", 5),
             StoreError::Ambiguous(_)

@@ -42,27 +42,16 @@ async fn ensure_bucket(store: &CouchbaseStore, name: &str) -> StoreResult<()> {
                 ),
                 // Another `init` created it first.
                 Err(e) if matches!(e.kind(), ErrorKind::BucketExists) => {}
-                Err(e) => {
-                    return Err(StoreError::Permanent(format!(
-                        "creating bucket {name}: {e}"
-                    )))
-                }
+                Err(e) => return Err(StoreError::Permanent(format!("creating bucket {name}: {e}"))),
             }
         }
-        Err(e) => {
-            return Err(StoreError::Permanent(format!(
-                "looking up bucket {name}: {e}"
-            )))
-        }
+        Err(e) => return Err(StoreError::Permanent(format!("looking up bucket {name}: {e}"))),
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(READY_WAIT_MS_MAX);
     let bucket = store.cluster.bucket(name.to_string());
     loop {
-        let ready = tokio::time::timeout(
-            Duration::from_millis(READY_POLL_MS * 10),
-            bucket.wait_until_ready(None),
-        )
-        .await;
+        let ready =
+            tokio::time::timeout(Duration::from_millis(READY_POLL_MS * 10), bucket.wait_until_ready(None)).await;
         if matches!(ready, Ok(Ok(()))) {
             return Ok(());
         }
@@ -85,9 +74,7 @@ async fn ensure_indexes(store: &CouchbaseStore) -> StoreResult<()> {
     // Deferred indexes of one bucket build together, in one scan of its data.
     for bucket in [store.names.0.clone(), store.names.1.clone()] {
         let params = [("bucket", Value::from(bucket.clone()))];
-        let deferred: Vec<String> = store
-            .query(statements::deferred_indexes().to_string(), &params)
-            .await?;
+        let deferred: Vec<String> = store.query(statements::deferred_indexes().to_string(), &params).await?;
         if !deferred.is_empty() {
             store
                 .query::<Value>(statements::build_indexes(&bucket, &deferred), &[])
@@ -96,9 +83,7 @@ async fn ensure_indexes(store: &CouchbaseStore) -> StoreResult<()> {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(READY_WAIT_MS_MAX);
         loop {
-            let states: Vec<String> = store
-                .query(statements::index_states().to_string(), &params)
-                .await?;
+            let states: Vec<String> = store.query(statements::index_states().to_string(), &params).await?;
             if !states.is_empty() && states.iter().all(|s| s == "online") {
                 break;
             }

@@ -26,8 +26,8 @@ use couchbase::collection::Collection;
 use couchbase::durability_level::DurabilityLevel;
 use couchbase::options::cluster_options::ClusterOptions;
 use couchbase::options::kv_options::{
-    GetAndLockOptions, GetOptions, InsertOptions, LookupInOptions, MutateInOptions, RemoveOptions,
-    ReplaceOptions, StoreSemantics, UnlockOptions,
+    GetAndLockOptions, GetOptions, InsertOptions, LookupInOptions, MutateInOptions, RemoveOptions, ReplaceOptions,
+    StoreSemantics, UnlockOptions,
 };
 use couchbase::options::query_options::{QueryOptions, ScanConsistency};
 use couchbase::retry::RetryStrategy;
@@ -51,20 +51,14 @@ pub fn durability(name: &str) -> Result<DurabilityLevel, StoreError> {
         "majority_and_persist_active" => Ok(DurabilityLevel::MAJORITY_AND_PERSIST_ACTIVE),
         "persist_to_majority" => Ok(DurabilityLevel::PERSIST_TO_MAJORITY),
         "none" => Ok(DurabilityLevel::NONE),
-        other => Err(StoreError::Permanent(format!(
-            "unknown durability level {other:?}"
-        ))),
+        other => Err(StoreError::Permanent(format!("unknown durability level {other:?}"))),
     }
 }
 
 /// A lock time in whole seconds, as Couchbase counts them: rounded up, 1 to 30.
 pub fn lock_time(lock: Duration) -> Duration {
     let secs = lock.as_millis().div_ceil(1000);
-    Duration::from_secs(
-        u64::try_from(secs)
-            .unwrap_or(LOCK_SECS_MAX)
-            .clamp(1, LOCK_SECS_MAX),
-    )
+    Duration::from_secs(u64::try_from(secs).unwrap_or(LOCK_SECS_MAX).clamp(1, LOCK_SECS_MAX))
 }
 
 /// Couchbase's flags for a body: JSON when it parses as JSON, else binary.
@@ -109,45 +103,34 @@ impl CouchbaseStore {
             .unwrap_or_default();
         if username.is_empty() {
             return Err(StoreError::Permanent(
-                "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME"
-                    .into(),
+                "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME".into(),
             ));
         }
         let retry = FailFastOnLock::shared();
         let options = ClusterOptions::new(PasswordAuthenticator::new(username, password).into())
             .default_retry_strategy(retry.clone());
         let connect_timeout = Duration::from_millis(settings.couchbase_connect_timeout_ms);
-        let cluster =
-            match tokio::time::timeout(connect_timeout, Cluster::connect(&settings.store, options))
-                .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    return Err(StoreError::Permanent(format!(
-                        "connecting to {}: {e}",
-                        redact(&settings.store)
-                    )))
-                }
-                Err(_) => {
-                    return Err(StoreError::Permanent(format!(
-                        "connecting to {}: no answer within {} ms (address, credentials or TLS?)",
-                        redact(&settings.store),
-                        settings.couchbase_connect_timeout_ms
-                    )))
-                }
-            };
+        let cluster = match tokio::time::timeout(connect_timeout, Cluster::connect(&settings.store, options)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(StoreError::Permanent(format!(
+                    "connecting to {}: {e}",
+                    redact(&settings.store)
+                )))
+            }
+            Err(_) => {
+                return Err(StoreError::Permanent(format!(
+                    "connecting to {}: no answer within {} ms (address, credentials or TLS?)",
+                    redact(&settings.store),
+                    settings.couchbase_connect_timeout_ms
+                )))
+            }
+        };
         Ok(Self {
-            queue: cluster
-                .bucket(settings.queue_bucket.clone())
-                .default_collection(),
-            ledger: cluster
-                .bucket(settings.ledger_bucket.clone())
-                .default_collection(),
+            queue: cluster.bucket(settings.queue_bucket.clone()).default_collection(),
+            ledger: cluster.bucket(settings.ledger_bucket.clone()).default_collection(),
             cluster,
-            names: (
-                settings.queue_bucket.clone(),
-                settings.ledger_bucket.clone(),
-            ),
+            names: (settings.queue_bucket.clone(), settings.ledger_bucket.clone()),
             url: redact(&settings.store),
             durability: durability_level,
             kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
@@ -183,20 +166,12 @@ impl CouchbaseStore {
         match tokio::time::timeout(self.kv_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_error(&e, call)),
-            Err(_) => Err(deadline_error(
-                call,
-                what,
-                self.kv_timeout.as_millis() as u64,
-            )),
+            Err(_) => Err(deadline_error(call, what, self.kv_timeout.as_millis() as u64)),
         }
     }
 
     /// Runs a SQL++ statement with named parameters and collects its rows.
-    async fn query<T: DeserializeOwned>(
-        &self,
-        statement: String,
-        params: &[(&str, Value)],
-    ) -> StoreResult<Vec<T>> {
+    async fn query<T: DeserializeOwned>(&self, statement: String, params: &[(&str, Value)]) -> StoreResult<Vec<T>> {
         let mut options = QueryOptions::new()
             .scan_consistency(ScanConsistency::NotBounded)
             .server_timeout(self.query_timeout)
@@ -235,14 +210,23 @@ fn redact(url: &str) -> String {
 #[async_trait]
 impl Store for CouchbaseStore {
     fn describe(&self) -> String {
-        format!(
-            "{} (buckets {} and {})",
-            self.url, self.names.0, self.names.1
-        )
+        format!("{} (buckets {} and {})", self.url, self.names.0, self.names.1)
     }
 
     async fn init(&self) -> StoreResult<()> {
         init::run(self).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        // A key-value read in each bucket: "not found" proves the cluster
+        // answers and the bucket exists.
+        for bucket in [Bucket::Queue, Bucket::Ledger] {
+            match self.get(bucket, "ledgerd:ping").await {
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
@@ -256,12 +240,7 @@ impl Store for CouchbaseStore {
         })
     }
 
-    async fn get_with_xattrs(
-        &self,
-        bucket: Bucket,
-        key: &str,
-        paths: &[&str],
-    ) -> StoreResult<DocWithXattrs> {
+    async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs> {
         // Xattr lookups must come before body lookups.
         let mut specs: Vec<LookupInSpec> = paths
             .iter()
@@ -280,10 +259,7 @@ impl Store for CouchbaseStore {
         for i in 0..paths.len() {
             let present = r.exists(i).map_err(|e| map_error(&e, Call::Read))?;
             xattrs.push(if present {
-                Some(
-                    r.content_as::<Value>(i)
-                        .map_err(|e| map_error(&e, Call::Read))?,
-                )
+                Some(r.content_as::<Value>(i).map_err(|e| map_error(&e, Call::Read))?)
             } else {
                 None
             });
@@ -307,8 +283,7 @@ impl Store for CouchbaseStore {
             .kv(
                 Call::Read,
                 "get_and_lock",
-                self.collection(bucket)
-                    .get_and_lock(key, lock_time(lock), options),
+                self.collection(bucket).get_and_lock(key, lock_time(lock), options),
             )
             .await?;
         Ok(Doc {
@@ -335,8 +310,7 @@ impl Store for CouchbaseStore {
             .kv(
                 Call::Write,
                 "insert",
-                self.collection(bucket)
-                    .insert_raw(key, body, flags_for(body), options),
+                self.collection(bucket).insert_raw(key, body, flags_for(body), options),
             )
             .await?;
         Ok(r.cas())
@@ -351,8 +325,7 @@ impl Store for CouchbaseStore {
             .kv(
                 Call::WriteWithCas,
                 "replace",
-                self.collection(bucket)
-                    .replace_raw(key, body, flags_for(body), options),
+                self.collection(bucket).replace_raw(key, body, flags_for(body), options),
             )
             .await?;
         Ok(r.cas())
@@ -388,11 +361,7 @@ impl Store for CouchbaseStore {
             .iter()
             .map(|(path, value)| {
                 let bytes = serde_json::to_vec(value).unwrap_or_default();
-                MutateInSpec::upsert_raw(
-                    *path,
-                    bytes,
-                    UpsertSpecOptions::new().xattr(true).create_path(true),
-                )
+                MutateInSpec::upsert_raw(*path, bytes, UpsertSpecOptions::new().xattr(true).create_path(true))
             })
             .collect();
         specs.push(MutateInSpec::replace_raw("", body.to_vec(), None));
@@ -420,19 +389,14 @@ impl Store for CouchbaseStore {
     }
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
-        let specs = [MutateInSpec::remove(
-            path,
-            RemoveSpecOptions::new().xattr(true),
-        )];
+        let specs = [MutateInSpec::remove(path, RemoveSpecOptions::new().xattr(true))];
         let options = MutateInOptions::new()
             .durability_level(self.durability.clone())
             .retry_strategy(self.retry.clone());
         let call = self.collection(bucket).mutate_in(key, &specs, options);
         match tokio::time::timeout(self.kv_timeout, call).await {
             Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) if matches!(e.kind(), couchbase::error::ErrorKind::PathNotFound) => {
-                Ok(false)
-            }
+            Ok(Err(e)) if matches!(e.kind(), couchbase::error::ErrorKind::PathNotFound) => Ok(false),
             Ok(Err(e)) => Err(map_error(&e, Call::Write)),
             Err(_) => Err(deadline_error(
                 Call::Write,
@@ -459,12 +423,7 @@ impl Store for CouchbaseStore {
 
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         let statement = statements::count_keys(self.bucket_name(bucket), prefix);
-        Ok(self
-            .query::<u64>(statement, &[])
-            .await?
-            .first()
-            .copied()
-            .unwrap_or(0))
+        Ok(self.query::<u64>(statement, &[]).await?.first().copied().unwrap_or(0))
     }
 }
 
@@ -475,18 +434,9 @@ mod tests {
     #[test]
     fn locks_are_whole_seconds_up_to_30() {
         assert_eq!(lock_time(Duration::from_millis(1)), Duration::from_secs(1));
-        assert_eq!(
-            lock_time(Duration::from_millis(1_000)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            lock_time(Duration::from_millis(1_001)),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            lock_time(Duration::from_millis(15_000)),
-            Duration::from_secs(15)
-        );
+        assert_eq!(lock_time(Duration::from_millis(1_000)), Duration::from_secs(1));
+        assert_eq!(lock_time(Duration::from_millis(1_001)), Duration::from_secs(2));
+        assert_eq!(lock_time(Duration::from_millis(15_000)), Duration::from_secs(15));
         assert_eq!(lock_time(Duration::from_secs(90)), Duration::from_secs(30));
     }
 
@@ -503,10 +453,7 @@ mod tests {
     #[test]
     fn urls_lose_their_credentials_in_logs() {
         assert_eq!(redact("couchbase://user:pw@db1,db2"), "couchbase://db1,db2");
-        assert_eq!(
-            redact("couchbases://db.example.com"),
-            "couchbases://db.example.com"
-        );
+        assert_eq!(redact("couchbases://db.example.com"), "couchbases://db.example.com");
     }
 
     #[test]

@@ -69,9 +69,7 @@ pub fn build_indexes(bucket: &str, names: &[String]) -> String {
 fn upper_bound(prefix: &str) -> String {
     let mut upper = prefix.to_string();
     match upper.pop() {
-        Some(last) if (last as u32) < 0x7f => {
-            upper.push(char::from_u32(last as u32 + 1).unwrap_or('\u{10FFFF}'))
-        }
+        Some(last) if (last as u32) < 0x7f => upper.push(char::from_u32(last as u32 + 1).unwrap_or('\u{10FFFF}')),
         Some(last) => {
             upper.push(last);
             upper.push('\u{10FFFF}');
@@ -85,10 +83,7 @@ fn upper_bound(prefix: &str) -> String {
 fn like_prefix(prefix: &str) -> String {
     format!(
         "{}%",
-        prefix
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
+        prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
     )
 }
 

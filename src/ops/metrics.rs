@@ -1,0 +1,83 @@
+//! Every metric ledgerd exports, named and described in one place.
+//!
+//! The `metrics` facade records them; `metrics-exporter-prometheus`
+//! renders the Prometheus text format. Without an installed recorder (tests,
+//! `--metrics-addr off`) recording is a no-op.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::store::hooked::{Hook, OpKind};
+use crate::store::StoreError;
+
+/// Actions finished, by `outcome`: completed, duplicate, failed, blocked, error.
+pub const ACTIONS: &str = "ledgerd_actions_total";
+/// Wallet credits applied (one per wallet per completed action).
+pub const CREDITS: &str = "ledgerd_credits_total";
+/// Units credited.
+pub const UNITS: &str = "ledgerd_units_credited_total";
+/// Claims refused because another worker held the action.
+pub const CLAIM_CONFLICTS: &str = "ledgerd_claim_conflicts_total";
+/// Steps retried inside the protocol, by error `kind`.
+pub const RETRIES: &str = "ledgerd_retries_total";
+/// Actions being worked on now.
+pub const IN_FLIGHT: &str = "ledgerd_in_flight_actions";
+/// Time to read one page of the queue.
+pub const DISCOVERY_SECONDS: &str = "ledgerd_discovery_seconds";
+/// Time from claim to outcome, per action.
+pub const ACTION_SECONDS: &str = "ledgerd_action_seconds";
+/// Store operations, by `op` and `result`.
+pub const STORE_OPS: &str = "ledgerd_store_operations_total";
+/// Lease renewals, by `result`: renewed, lost.
+pub const LEASE_RENEWALS: &str = "ledgerd_lease_renewals_total";
+
+/// Histogram buckets in seconds, from 1 ms to 30 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the Prometheus recorder for this process and describes every metric.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(SECONDS_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe_counter!(ACTIONS, "Actions finished, by outcome.");
+    describe_counter!(CREDITS, "Wallet credits applied.");
+    describe_counter!(UNITS, "Units credited.");
+    describe_counter!(
+        CLAIM_CONFLICTS,
+        "Claims refused because another worker held the action."
+    );
+    describe_counter!(RETRIES, "Protocol steps retried, by error kind.");
+    describe_gauge!(IN_FLIGHT, "Actions being worked on now.");
+    describe_histogram!(DISCOVERY_SECONDS, Unit::Seconds, "Time to read one page of the queue.");
+    describe_histogram!(ACTION_SECONDS, Unit::Seconds, "Time from claim to outcome, per action.");
+    describe_counter!(STORE_OPS, "Store operations, by op and result.");
+    describe_counter!(LEASE_RENEWALS, "Lease renewals, by result.");
+    Ok(handle)
+}
+
+/// The label value of a store result.
+pub fn result_label(error: Option<&StoreError>) -> &'static str {
+    match error {
+        None => "ok",
+        Some(StoreError::NotFound) => "not_found",
+        Some(StoreError::Exists) => "exists",
+        Some(StoreError::CasMismatch) => "cas_mismatch",
+        Some(StoreError::Locked) => "locked",
+        Some(StoreError::Ambiguous(_)) => "ambiguous",
+        Some(StoreError::Transient(_)) => "transient",
+        Some(StoreError::Permanent(_)) => "permanent",
+    }
+}
+
+/// Counts every store operation by kind and result.
+pub struct StoreMetrics;
+
+impl Hook for StoreMetrics {
+    fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
+        metrics::counter!(STORE_OPS, "op" => kind.name(), "result" => result_label(error)).increment(1);
+    }
+}

@@ -1,0 +1,198 @@
+//! A store wrapper that calls a hook around every operation: the one
+//! mechanism behind fault injection (`faulty.rs`) and metrics (`ops`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+
+/// Which operation is about to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// `get`.
+    Get,
+    /// `get_with_xattrs`.
+    GetWithXattrs,
+    /// `get_and_lock`.
+    GetAndLock,
+    /// `unlock`.
+    Unlock,
+    /// `insert`.
+    Insert,
+    /// `replace`.
+    Replace,
+    /// `remove`.
+    Remove,
+    /// `write_with_xattrs`.
+    WriteWithXattrs,
+    /// `remove_xattr`.
+    RemoveXattr,
+    /// `list_keys`.
+    ListKeys,
+    /// `count_keys`.
+    CountKeys,
+}
+
+impl OpKind {
+    /// True for operations that change a document.
+    pub fn is_write(self) -> bool {
+        !matches!(
+            self,
+            OpKind::Get | OpKind::GetWithXattrs | OpKind::ListKeys | OpKind::CountKeys
+        )
+    }
+
+    /// A short name for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Get => "get",
+            OpKind::GetWithXattrs => "get_with_xattrs",
+            OpKind::GetAndLock => "get_and_lock",
+            OpKind::Unlock => "unlock",
+            OpKind::Insert => "insert",
+            OpKind::Replace => "replace",
+            OpKind::Remove => "remove",
+            OpKind::WriteWithXattrs => "write_with_xattrs",
+            OpKind::RemoveXattr => "remove_xattr",
+            OpKind::ListKeys => "list_keys",
+            OpKind::CountKeys => "count_keys",
+        }
+    }
+}
+
+/// What the wrapper does with one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Run it normally.
+    Pass,
+    /// Fail with this error without running it.
+    FailBefore(StoreError),
+    /// Run it, then report this error instead of its result.
+    FailAfter(StoreError),
+}
+
+/// Called around every operation of a [`Hooked`] store.
+pub trait Hook: Send + Sync {
+    /// Before the operation: run it, or fail it before or after.
+    fn before(&self, _kind: OpKind, _key: &str) -> Fault {
+        Fault::Pass
+    }
+    /// After the operation, with the error reported to the caller, if any.
+    fn after(&self, _kind: OpKind, _key: &str, _error: Option<&StoreError>) {}
+}
+
+/// A store whose every operation passes through a [`Hook`].
+pub struct Hooked<H> {
+    inner: Arc<dyn Store>,
+    /// The hook.
+    pub hook: H,
+}
+
+impl<H: Hook> Hooked<H> {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, hook: H) -> Self {
+        Self { inner, hook }
+    }
+}
+
+macro_rules! hooked {
+    ($self:ident, $kind:expr, $key:expr, $call:expr) => {{
+        let result = match $self.hook.before($kind, $key) {
+            Fault::Pass => $call.await,
+            Fault::FailBefore(e) => Err(e),
+            Fault::FailAfter(e) => {
+                let _ = $call.await;
+                Err(e)
+            }
+        };
+        $self.hook.after($kind, $key, result.as_ref().err());
+        result
+    }};
+}
+
+#[async_trait]
+impl<H: Hook> Store for Hooked<H> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn init(&self) -> StoreResult<()> {
+        self.inner.init().await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
+        hooked!(self, OpKind::Get, key, self.inner.get(bucket, key))
+    }
+    async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs> {
+        hooked!(
+            self,
+            OpKind::GetWithXattrs,
+            key,
+            self.inner.get_with_xattrs(bucket, key, paths)
+        )
+    }
+    async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
+        hooked!(
+            self,
+            OpKind::GetAndLock,
+            key,
+            self.inner.get_and_lock(bucket, key, lock)
+        )
+    }
+    async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
+        hooked!(self, OpKind::Unlock, key, self.inner.unlock(bucket, key, cas))
+    }
+    async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
+        hooked!(self, OpKind::Insert, key, self.inner.insert(bucket, key, body))
+    }
+    async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
+        hooked!(self, OpKind::Replace, key, self.inner.replace(bucket, key, body, cas))
+    }
+    async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
+        hooked!(self, OpKind::Remove, key, self.inner.remove(bucket, key, cas))
+    }
+    async fn write_with_xattrs(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        body: &[u8],
+        xattrs: &[(&str, Value)],
+        mode: WriteMode,
+    ) -> StoreResult<Cas> {
+        hooked!(
+            self,
+            OpKind::WriteWithXattrs,
+            key,
+            self.inner.write_with_xattrs(bucket, key, body, xattrs, mode)
+        )
+    }
+    async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
+        hooked!(
+            self,
+            OpKind::RemoveXattr,
+            key,
+            self.inner.remove_xattr(bucket, key, path)
+        )
+    }
+    async fn list_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        hooked!(
+            self,
+            OpKind::ListKeys,
+            prefix,
+            self.inner.list_keys(bucket, prefix, after, limit)
+        )
+    }
+    async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
+        hooked!(self, OpKind::CountKeys, prefix, self.inner.count_keys(bucket, prefix))
+    }
+}

@@ -1,0 +1,301 @@
+//! Operating ledgerd through the real binary: metrics, health, SIGTERM
+//! mid-run, audit, and requeueing failed actions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{balances, json_lines, stderr, stdout, Scratch};
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `GET path` on the ops listener: (status code, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+/// The value of one sample line of the metrics text.
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn queued(s: &Scratch) -> u64 {
+    json_lines(&s.run(&["status", "--json"], ""))[0]["queued"]
+        .as_u64()
+        .expect("queued")
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+}
+
+/// `count` valid actions crediting a few wallets, and their expected totals.
+fn actions(prefix: &str, count: u64) -> (String, BTreeMap<String, u64>) {
+    let mut lines = String::new();
+    let mut expected = BTreeMap::new();
+    for i in 0..count {
+        let wallet = format!("w{}", i % 5);
+        let units = 1 + i * 7_919;
+        *expected.entry(wallet.clone()).or_insert(0) += units;
+        let tokens = format!("{}.{:08}", units / 100_000_000, units % 100_000_000);
+        lines.push_str(&format!(
+            "{{\"id\":\"{prefix}{i:05}\",\"doc\":{{\"beneficiaries\":{{\"{wallet}\":\"{tokens}\"}}}}}}\n"
+        ));
+    }
+    (lines, expected)
+}
+
+#[test]
+fn metrics_count_what_was_processed_and_readyz_follows_the_store() {
+    let s = Scratch::new();
+    let (mut lines, expected) = actions("m", 40);
+    lines.push_str("{\"id\":\"bad1\",\"raw\":\"not json\"}\n{\"id\":\"bad2\",\"doc\":{\"beneficiaries\":{}}}\n");
+    s.run(&["enqueue"], &lines);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = s
+        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    wait_until("the queue is drained", || queued(&s) == 0);
+    wait_until("the listener answers", || get(port, "/healthz").is_some());
+    let (code, body) = get(port, "/metrics").expect("scrape");
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&body, r#"ledgerd_actions_total{outcome="completed"}"#),
+        Some(40.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, r#"ledgerd_actions_total{outcome="failed"}"#),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "ledgerd_credits_total"), Some(40.0), "{body}");
+    let units: u64 = expected.values().sum();
+    assert_eq!(
+        sample(&body, "ledgerd_units_credited_total"),
+        Some(units as f64),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "ledgerd_in_flight_actions"), Some(0.0), "{body}");
+    assert_eq!(sample(&body, "ledgerd_action_seconds_count"), Some(40.0), "{body}");
+    assert!(sample(
+        &body,
+        r#"ledgerd_store_operations_total{op="get_and_lock",result="ok"}"#
+    )
+    .is_some_and(|n| n >= 42.0));
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));
+    assert_eq!(get(port, "/nope").map(|r| r.0), Some(404));
+
+    // The store goes away: not ready (still alive).
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(s.path().join(format!("ledgerd.db{suffix}")));
+    }
+    let (code, body) = get(port, "/readyz").expect("readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+
+    sigterm(&child);
+    let out = child.wait_with_output().expect("exit");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn sigterm_mid_run_leaves_nothing_half_done() {
+    let s = Scratch::new();
+    let (lines, expected) = actions("t", 1_500);
+    s.run(&["enqueue"], &lines);
+    let child = s
+        .cmd(&[
+            "run",
+            "--concurrency",
+            "8",
+            "--metrics-addr",
+            "off",
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    wait_until("some actions are done", || queued(&s) < 1_400);
+    sigterm(&child);
+    let out = child.wait_with_output().expect("exit");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let left = queued(&s);
+    assert!(left > 0, "the test must stop the worker while work remains");
+
+    // A second run finishes the queue with exact results.
+    let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(queued(&s), 0);
+    assert_eq!(balances(&s), expected);
+    let audit = s.run(&["audit"], "");
+    assert!(audit.status.success(), "{}", stdout(&audit));
+}
+
+#[test]
+fn audit_passes_on_a_clean_run_and_fails_after_tampering() {
+    let s = Scratch::new();
+    let (lines, expected) = actions("a", 30);
+    s.run(&["enqueue"], &lines);
+    assert!(s
+        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
+        .status
+        .success());
+    let out = s.run(&["audit"], "");
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("0 mismatches"), "{}", stdout(&out));
+
+    // Someone adds one unit to a wallet behind ledgerd's back.
+    let wallet = "w3";
+    let units = expected[wallet] + 1;
+    tamper(&s, wallet, &units.to_string());
+    let out = s.run(&["audit"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains(&format!(
+            "MISMATCH {wallet}: balance {units} units, expected {}",
+            expected[wallet]
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn an_opening_snapshot_accounts_for_balances_from_elsewhere() {
+    let s = Scratch::new();
+    s.run(&["init"], "");
+    tamper(&s, "legacy", "500");
+    let out = s.run(&["audit"], "");
+    assert_eq!(out.status.code(), Some(1), "a balance with no credits is a mismatch");
+    let out = s.run(&["audit", "--snapshot"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.run(
+        &["enqueue"],
+        r#"{"id":"x1","doc":{"beneficiaries":{"legacy":"0.00000001"}}}"#,
+    );
+    assert!(s
+        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
+        .status
+        .success());
+    let out = s.run(&["audit"], "");
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(balances(&s).get("legacy"), Some(&501));
+    let again = s.run(&["audit", "--snapshot"], "");
+    assert_eq!(again.status.code(), Some(1), "a snapshot is never overwritten");
+}
+
+#[test]
+fn a_fixed_failed_action_requeued_is_credited_once() {
+    let s = Scratch::new();
+    s.run(
+        &["enqueue"],
+        r#"{"id":"r1","doc":{"beneficiaries":{"w":"0.000000001"}}}"#,
+    );
+    assert!(s
+        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
+        .status
+        .success());
+    assert_eq!(json_lines(&s.run(&["failed"], "")).len(), 1);
+
+    std::fs::write(s.path().join("fixed.json"), r#"{"beneficiaries":{"w":"0.00000001"}}"#).expect("write");
+    let out = s.run(&["failed", "requeue", "r1", "--doc", "fixed.json"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), r#"{"requeued":1}"#);
+    assert!(json_lines(&s.run(&["failed"], "")).is_empty());
+    assert!(s
+        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
+        .status
+        .success());
+    assert_eq!(balances(&s).get("w"), Some(&1));
+
+    // Requeueing again finds nothing; running again credits nothing.
+    let out = s.run(&["failed", "requeue", "r1"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(s
+        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
+        .status
+        .success());
+    assert_eq!(balances(&s).get("w"), Some(&1));
+    let tx = s.run(&["tx", "r1"], "");
+    assert!(stdout(&tx).contains("\"state\": \"completed\""), "{}", stdout(&tx));
+    let history = json_lines(&s.run(&["history", "w"], ""));
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["units"], 1);
+}
+
+#[test]
+fn purge_deletes_failed_actions() {
+    let s = Scratch::new();
+    s.run(&["enqueue"], r#"{"id":"p1","raw":"junk"}"#);
+    assert!(s
+        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
+        .status
+        .success());
+    let out = s.run(&["failed", "purge", "p1", "p2"], "");
+    assert_eq!(out.status.code(), Some(1), "p2 does not exist");
+    assert_eq!(stdout(&out).trim(), r#"{"purged":1}"#);
+    assert!(json_lines(&s.run(&["failed"], "")).is_empty());
+}
+
+/// Overwrites a wallet document behind ledgerd's back.
+fn tamper(s: &Scratch, hash: &str, body: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        use ledgerd::store::sqlite::{OpenMode, SqliteStore};
+        use ledgerd::store::{Bucket, Store};
+        let store = SqliteStore::open(&s.db(), "queue", "ledger", OpenMode::Create).expect("open");
+        let key = format!("balance:{hash}");
+        match store.get(Bucket::Ledger, &key).await {
+            Ok(doc) => store
+                .replace(Bucket::Ledger, &key, body.as_bytes(), doc.cas)
+                .await
+                .map(|_| ()),
+            Err(_) => store.insert(Bucket::Ledger, &key, body.as_bytes()).await.map(|_| ()),
+        }
+        .expect("tamper");
+    });
+}
