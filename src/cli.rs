@@ -117,6 +117,35 @@ pub enum Command {
     /// then checks every balance and action. A failing seed prints the command
     /// that replays it. Touches no real store.
     Simulate(SimulateArgs),
+    /// Measure throughput, latency, store operations and memory on a
+    /// generated workload in a fresh store (a temporary embedded one unless
+    /// --target names another).
+    Bench(BenchArgs),
+}
+
+/// Options of `ledgerd bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workload: uniform (3 wallets of 100,000), hot (one shared wallet + 2), wide (50 wallets).
+    #[arg(long, value_enum, default_value_t = crate::commands::bench::Scenario::Uniform)]
+    pub scenario: crate::commands::bench::Scenario,
+    /// Actions to generate.
+    #[arg(long, default_value_t = 5_000, value_name = "N")]
+    pub actions: u64,
+    /// Actions each worker process works on at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
+    /// Worker processes; with 1 the worker runs in this process and store
+    /// operations are counted.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub processes: usize,
+    /// Store URL to benchmark (must have an empty queue); default: a fresh
+    /// temporary embedded store.
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `ledgerd simulate`.

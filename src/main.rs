@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         (Some(level), _) => level.clone(),
         (None, Ok(env)) if !env.is_empty() => env,
         // The demo prints its own summary; its workers' logs would drown it.
-        _ if matches!(cli.command, Command::Demo(_)) => "warn".to_string(),
+        _ if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) => "warn".to_string(),
         // The simulated workers' warnings are the faults it injects.
         _ if matches!(cli.command, Command::Simulate(_)) => "error".to_string(),
         _ => settings.log_level.clone(),
@@ -92,6 +92,17 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             Command::History { hash } => commands::audit::history(existing().await?.as_ref(), &hash, stdout).await,
             Command::Status { json } => commands::inspect::status(existing().await?.as_ref(), json, stdout).await,
             Command::Demo(args) => commands::demo::run(args.actions, args.workers).await,
+            Command::Bench(args) => {
+                let args = commands::bench::BenchArgs {
+                    scenario: args.scenario,
+                    actions: args.actions.max(1),
+                    concurrency: args.concurrency.clamp(1, ledgerd::config::CONCURRENCY_MAX),
+                    processes: args.processes.clamp(1, 64),
+                    target: args.target,
+                    json: args.json,
+                };
+                commands::bench::run(&settings, args).await
+            }
         }
     })
 }

@@ -54,6 +54,8 @@ pub struct RunStats {
     pub errors: u64,
     /// Units credited.
     pub units: u128,
+    /// Claim-to-completion time of each completed action.
+    pub latencies: Vec<Duration>,
 }
 
 type Finished = (String, Result<Outcome, ProtocolError>, Duration);
@@ -216,6 +218,7 @@ impl Loop {
                 metrics::counter!(m::CREDITS).increment(*credits as u64);
                 metrics::counter!(m::UNITS).increment(*units);
                 metrics::histogram!(m::ACTION_SECONDS).record(elapsed.as_secs_f64());
+                self.stats.latencies.push(elapsed);
                 tracing::info!(
                     action = id,
                     outcome = "completed",

@@ -143,7 +143,7 @@ fn metrics_count_what_was_processed_and_readyz_follows_the_store() {
 #[test]
 fn sigterm_mid_run_leaves_nothing_half_done() {
     let s = Scratch::new();
-    let (lines, expected) = actions("t", 1_500);
+    let (lines, expected) = actions("t", 6_000);
     s.run(&["enqueue"], &lines);
     let child = s
         .cmd(&[
@@ -159,7 +159,7 @@ fn sigterm_mid_run_leaves_nothing_half_done() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
-    wait_until("some actions are done", || queued(&s) < 1_400);
+    wait_until("some actions are done", || queued(&s) < 5_900);
     sigterm(&child);
     let out = child.wait_with_output().expect("exit");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

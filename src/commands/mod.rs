@@ -2,6 +2,7 @@
 //! `anyhow` with context, because they end at the user's terminal.
 
 pub mod audit;
+pub mod bench;
 pub mod demo;
 pub mod enqueue;
 pub mod failed;

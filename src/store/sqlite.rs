@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::model::{self, Entry, Slot};
@@ -21,6 +21,8 @@ use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, Wri
 
 /// How long a connection waits for another process's write lock.
 const BUSY_TIMEOUT_MS: u64 = 10_000;
+/// Most mutations committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 512;
 /// Idle connections kept for reuse.
 const POOL_IDLE_MAX: usize = 16;
 /// SQLite's clock in Unix milliseconds.
@@ -56,6 +58,8 @@ pub struct SqliteStore {
     buckets: Arc<(String, String)>,
     // A std Mutex: held only to push or pop a connection, never across await.
     pool: Arc<Mutex<Vec<Connection>>>,
+    /// Where mutations go (see `writer_loop`); the thread ends with the last handle.
+    writer: Arc<Mutex<std::sync::mpsc::Sender<Job>>>,
 }
 
 fn sql_error(e: rusqlite::Error) -> StoreError {
@@ -162,32 +166,84 @@ fn save(conn: &Connection, bucket: &str, key: &str, slot: &Slot) -> StoreResult<
     .map_err(sql_error)
 }
 
-/// One atomic read-modify-write of a document under SQLite's write lock.
-fn mutate<T>(
-    conn: &mut Connection,
+/// One read-modify-write of a document, inside the writer's open
+/// transaction. A failed operation writes nothing (the CAS sequence may
+/// advance, which is harmless: CAS values only need to be unique).
+fn apply_mutation<T>(
+    conn: &Connection,
     bucket: &str,
     key: &str,
     op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+    let new_cas: i64 = conn
+        .prepare_cached("UPDATE cas_seq SET value = value + 1 WHERE id = 1 RETURNING value")
+        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
         .map_err(sql_error)?;
-    let new_cas: i64 = tx
-        .query_row(
-            "UPDATE cas_seq SET value = value + 1 WHERE id = 1 RETURNING value",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(sql_error)?;
-    let (mut slot, now) = load(&tx, bucket, key)?;
+    let (mut slot, now) = load(conn, bucket, key)?;
     let before = slot.clone();
-    // On error the transaction is dropped, which rolls it back.
     let out = op(&mut slot, now, u64::try_from(new_cas).unwrap_or(0))?;
     if slot != before {
-        save(&tx, bucket, key, &slot)?;
+        save(conn, bucket, key, &slot)?;
     }
-    tx.commit().map_err(sql_error)?;
     Ok(out)
+}
+
+/// Answers one caller once the fate of its batch is known.
+type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A mutation for the writer: applied to the open transaction (`Some`), or
+/// not applied at all (`None`); it returns how to answer its caller.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
+
+/// Group commit: one thread per store handle takes every mutation waiting,
+/// applies them in order inside ONE `BEGIN IMMEDIATE` transaction, commits
+/// (one fsync for the batch), and only then answers each caller. Every
+/// answer still means "durably committed"; the order is a valid serial
+/// order; and other processes still see one writer at a time.
+fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = sql_error(e);
+            for job in batch {
+                job(None)(Err(e.clone()));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut rolled_back = false;
+        for job in batch {
+            if rolled_back {
+                job(None)(Err(StoreError::Transient(
+                    "not applied: SQLite rolled the batch back".into(),
+                )));
+                continue;
+            }
+            answers.push(job(Some(&conn)));
+            // An I/O or full-disk error makes SQLite roll the whole
+            // transaction back by itself: nothing in it was applied.
+            rolled_back = conn.is_autocommit();
+        }
+        let outcome = if rolled_back {
+            Err(StoreError::Transient(
+                "not applied: SQLite rolled the batch back".into(),
+            ))
+        } else {
+            conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                // A failed COMMIT may or may not have reached the disk.
+                StoreError::Ambiguous(format!("commit failed: {e}"))
+            })
+        };
+        for answer in answers {
+            answer(outcome.clone());
+        }
+    }
 }
 
 impl SqliteStore {
@@ -201,10 +257,17 @@ impl SqliteStore {
         }
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
+        let writer_conn = connect(path)?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ledgerd-sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, queue))
+            .map_err(|e| StoreError::Permanent(format!("starting the SQLite writer: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
             buckets: Arc::new((queue_bucket.to_string(), ledger_bucket.to_string())),
             pool: Arc::new(Mutex::new(vec![conn])),
+            writer: Arc::new(Mutex::new(jobs)),
         })
     }
 
@@ -246,7 +309,24 @@ impl SqliteStore {
         op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
-        self.run(move |conn| mutate(conn, &bucket, &key, op)).await
+        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let result = match conn {
+                Some(conn) => apply_mutation(conn, &bucket, &key, op),
+                None => Err(StoreError::Transient("not applied".into())),
+            };
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = answer.send(committed.and(result));
+            })
+        });
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?
     }
 
     async fn read<T: Send + 'static>(

@@ -1,0 +1,288 @@
+//! `ledgerd bench`: generate a workload into a fresh store, run workers,
+//! and measure throughput, latency, store operations and memory.
+
+use std::io::IsTerminal;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::stream::{self, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::Exit;
+use crate::config::Settings;
+use crate::domain::keys::{action_key, ACTION_PREFIX};
+use crate::store::hooked::{Hook, Hooked, OpKind};
+use crate::store::{open, Bucket, OpenMode, Store, StoreError};
+use crate::worker::{self, WorkerConfig};
+
+/// Wallets the `uniform` scenario draws from.
+const UNIFORM_WALLETS: u64 = 100_000;
+/// Inserts written at once while generating.
+const GENERATE_CONCURRENCY: usize = 64;
+
+/// The workload shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// 3 beneficiaries drawn from a large wallet population.
+    Uniform,
+    /// Every action credits one shared wallet plus 2 others.
+    Hot,
+    /// 50 beneficiaries per action.
+    Wide,
+}
+
+fn body(scenario: Scenario, rng: &mut StdRng) -> String {
+    let wallet = |rng: &mut StdRng| format!("b{:06}", rng.gen_range(0..UNIFORM_WALLETS));
+    let entries: Vec<String> = match scenario {
+        Scenario::Uniform => (0..3).map(|_| wallet(rng)).collect(),
+        Scenario::Hot => std::iter::once("hot".to_string())
+            .chain((0..2).map(|_| wallet(rng)))
+            .collect(),
+        Scenario::Wide => (0..50).map(|_| wallet(rng)).collect(),
+    };
+    let list: Vec<String> = entries.iter().map(|h| format!(r#"{{"{h}":"0.00001"}}"#)).collect();
+    format!(r#"{{"beneficiaries":[{}]}}"#, list.join(","))
+}
+
+/// Counts store operations by what they cost: reads, writes, conflicts.
+#[derive(Default)]
+struct OpCounter {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+impl Hook for OpCounter {
+    fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
+        let counter = if kind.is_write() { &self.writes } else { &self.reads };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if matches!(
+            error,
+            Some(StoreError::CasMismatch | StoreError::Exists | StoreError::Locked)
+        ) {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[derive(Serialize)]
+struct OpsPerAction {
+    reads: f64,
+    writes: f64,
+    conflicts: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    scenario: Scenario,
+    store: String,
+    actions: u64,
+    actions_per_sec: f64,
+    credits_per_sec: f64,
+    latency_ms: Option<Latency>,
+    store_ops_per_action: Option<OpsPerAction>,
+    peak_rss_bytes: u64,
+}
+
+/// This process's peak resident memory (Linux), else 0.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// What `ledgerd bench` was asked to do.
+pub struct BenchArgs {
+    /// Workload shape.
+    pub scenario: Scenario,
+    /// Actions to generate.
+    pub actions: u64,
+    /// Concurrency of each worker.
+    pub concurrency: usize,
+    /// Worker processes (1 runs the worker in this process and counts its operations).
+    pub processes: usize,
+    /// Store URL; `None` for a fresh embedded store in a temporary directory.
+    pub target: Option<String>,
+    /// Print one JSON object.
+    pub json: bool,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut settings = settings.clone();
+    settings.store = args
+        .target
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    settings.metrics_addr = "off".into();
+    let store = open(&settings, OpenMode::Create)
+        .await
+        .context("opening the bench store")?;
+    store.init().await.context("initialising the bench store")?;
+    if store.count_keys(Bucket::Queue, ACTION_PREFIX).await? > 0 {
+        anyhow::bail!("the bench store already has queued actions; give --target a fresh store");
+    }
+    let mut rng = StdRng::seed_from_u64(1);
+    let bodies: Vec<(String, String)> = (0..args.actions)
+        .map(|i| (format!("bench-{i:08}"), body(args.scenario, &mut rng)))
+        .collect();
+    let credits_per_action = match args.scenario {
+        Scenario::Uniform | Scenario::Hot => 3.0,
+        Scenario::Wide => 50.0,
+    };
+    stream::iter(bodies)
+        .map(|(id, body)| {
+            let store = store.clone();
+            async move { store.insert(Bucket::Queue, &action_key(&id), body.as_bytes()).await }
+        })
+        .buffer_unordered(GENERATE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .context("generating actions")?;
+
+    let progress = show_progress(store.clone(), args.actions);
+    let cfg = WorkerConfig {
+        concurrency: args.concurrency,
+        exit_when_idle: true,
+        ..super::run::worker_config(&settings, true)
+    };
+    let started = Instant::now();
+    let (latencies, ops) = if args.processes <= 1 {
+        let counter = Arc::new(Hooked::new(store.clone(), OpCounter::default()));
+        let stats = worker::run(counter.clone(), cfg, std::future::pending::<()>()).await;
+        (Some(stats.latencies), Some(counter))
+    } else {
+        run_processes(&settings, &args)?;
+        (None, None)
+    };
+    let secs = started.elapsed().as_secs_f64();
+    progress.abort();
+    let left = store.count_keys(Bucket::Queue, ACTION_PREFIX).await?;
+    if left > 0 {
+        anyhow::bail!("{left} actions were not processed");
+    }
+    let done = args.actions as f64;
+    let report = Report {
+        scenario: args.scenario,
+        store: if args.target.is_some() {
+            store.describe()
+        } else {
+            "embedded (sqlite, temporary)".into()
+        },
+        actions: args.actions,
+        actions_per_sec: done / secs,
+        credits_per_sec: done * credits_per_action / secs,
+        latency_ms: latencies.map(|mut l| {
+            l.sort();
+            Latency {
+                p50: percentile(&l, 0.5),
+                p99: percentile(&l, 0.99),
+                max: percentile(&l, 1.0),
+            }
+        }),
+        store_ops_per_action: ops.map(|c| OpsPerAction {
+            reads: c.hook.reads.load(Ordering::Relaxed) as f64 / done,
+            writes: c.hook.writes.load(Ordering::Relaxed) as f64 / done,
+            conflicts: c.hook.conflicts.load(Ordering::Relaxed) as f64 / done,
+        }),
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    print_report(&report, args.json)?;
+    Ok(Exit::Success)
+}
+
+/// Runs `processes` `ledgerd run --exit-when-idle` children on the store.
+fn run_processes(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the ledgerd binary")?;
+    let concurrency = args.concurrency.to_string();
+    let children: Vec<_> = (0..args.processes)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--store",
+                    &settings.store,
+                    "--log-level",
+                    "error",
+                    "run",
+                    "--exit-when-idle",
+                ])
+                .args(["--metrics-addr", "off", "--concurrency", &concurrency])
+                .stdout(Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .context("starting worker processes")?;
+    for mut child in children {
+        let status = child.wait()?;
+        anyhow::ensure!(status.success(), "a worker process failed: {status}");
+    }
+    Ok(())
+}
+
+/// A progress line on a terminal while the queue drains.
+fn show_progress(store: Arc<dyn Store>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(left) = store.count_keys(Bucket::Queue, ACTION_PREFIX).await {
+                let done = total.saturating_sub(left);
+                let width = 30 * done / total.max(1);
+                eprint!(
+                    "\r[{}{}] {done}/{total}",
+                    "#".repeat(width as usize),
+                    ".".repeat(30 - width as usize)
+                );
+            }
+        }
+    })
+}
+
+fn print_report(r: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    eprintln!();
+    println!("scenario        {:?}", r.scenario);
+    println!("store           {}", r.store);
+    println!("actions         {}", r.actions);
+    println!("actions/s       {:.0}", r.actions_per_sec);
+    println!("credits/s       {:.0}", r.credits_per_sec);
+    if let Some(l) = &r.latency_ms {
+        println!("latency ms      p50 {:.1}  p99 {:.1}  max {:.1}", l.p50, l.p99, l.max);
+    }
+    if let Some(o) = &r.store_ops_per_action {
+        println!(
+            "ops/action      reads {:.2}  writes {:.2}  conflicts {:.2}",
+            o.reads, o.writes, o.conflicts
+        );
+    }
+    println!("peak RSS        {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
+    Ok(())
+}
