@@ -180,10 +180,7 @@ fn audit_passes_on_a_clean_run_and_fails_after_tampering() {
     let s = Scratch::new();
     let (lines, expected) = actions("a", 30);
     s.run(&["enqueue"], &lines);
-    assert!(s
-        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
-        .status
-        .success());
+    drain(&s);
     let out = s.run(&["audit"], "");
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("0 mismatches"), "{}", stdout(&out));
@@ -217,10 +214,7 @@ fn an_opening_snapshot_accounts_for_balances_from_elsewhere() {
         &["enqueue"],
         r#"{"id":"x1","doc":{"beneficiaries":{"legacy":"0.00000001"}}}"#,
     );
-    assert!(s
-        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
-        .status
-        .success());
+    drain(&s);
     let out = s.run(&["audit"], "");
     assert!(out.status.success(), "{}", stdout(&out));
     assert_eq!(balances(&s).get("legacy"), Some(&501));
@@ -235,10 +229,7 @@ fn a_fixed_failed_action_requeued_is_credited_once() {
         &["enqueue"],
         r#"{"id":"r1","doc":{"beneficiaries":{"w":"0.000000001"}}}"#,
     );
-    assert!(s
-        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
-        .status
-        .success());
+    drain(&s);
     assert_eq!(json_lines(&s.run(&["failed"], "")).len(), 1);
 
     std::fs::write(s.path().join("fixed.json"), r#"{"beneficiaries":{"w":"0.00000001"}}"#).expect("write");
@@ -246,19 +237,13 @@ fn a_fixed_failed_action_requeued_is_credited_once() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), r#"{"requeued":1}"#);
     assert!(json_lines(&s.run(&["failed"], "")).is_empty());
-    assert!(s
-        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
-        .status
-        .success());
+    drain(&s);
     assert_eq!(balances(&s).get("w"), Some(&1));
 
     // Requeueing again finds nothing; running again credits nothing.
     let out = s.run(&["failed", "requeue", "r1"], "");
     assert_eq!(out.status.code(), Some(1));
-    assert!(s
-        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
-        .status
-        .success());
+    drain(&s);
     assert_eq!(balances(&s).get("w"), Some(&1));
     let tx = s.run(&["tx", "r1"], "");
     assert!(stdout(&tx).contains("\"state\": \"completed\""), "{}", stdout(&tx));
@@ -271,14 +256,17 @@ fn a_fixed_failed_action_requeued_is_credited_once() {
 fn purge_deletes_failed_actions() {
     let s = Scratch::new();
     s.run(&["enqueue"], r#"{"id":"p1","raw":"junk"}"#);
-    assert!(s
-        .run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "")
-        .status
-        .success());
+    drain(&s);
     let out = s.run(&["failed", "purge", "p1", "p2"], "");
     assert_eq!(out.status.code(), Some(1), "p2 does not exist");
     assert_eq!(stdout(&out).trim(), r#"{"purged":1}"#);
     assert!(json_lines(&s.run(&["failed"], "")).is_empty());
+}
+
+/// Runs a worker until the queue is idle.
+fn drain(s: &Scratch) {
+    let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// Overwrites a wallet document behind ledgerd's back.

@@ -58,6 +58,7 @@ struct OpCounter {
     conflicts: AtomicU64,
 }
 
+#[async_trait::async_trait]
 impl Hook for OpCounter {
     fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
         let counter = if kind.is_write() { &self.writes } else { &self.reads };

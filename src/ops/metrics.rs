@@ -76,6 +76,7 @@ pub fn result_label(error: Option<&StoreError>) -> &'static str {
 /// Counts every store operation by kind and result.
 pub struct StoreMetrics;
 
+#[async_trait::async_trait]
 impl Hook for StoreMetrics {
     fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
         metrics::counter!(STORE_OPS, "op" => kind.name(), "result" => result_label(error)).increment(1);

@@ -121,36 +121,21 @@ async fn write_credit(store: &dyn Store, id: &str, marker: &str, credit: &Credit
     }
     let key = balance_key(&credit.hash);
     let value = marker_value(id, credit.units, now_ms());
-    let result = match read {
+    let (next, mode) = match read {
         WalletRead::Present { marked: true, .. } => return Ok(Write::Done),
-        WalletRead::Absent => {
-            let body = credit.units.get().to_string();
-            store
-                .write_with_xattrs(
-                    Bucket::Ledger,
-                    &key,
-                    body.as_bytes(),
-                    &[(marker, value)],
-                    WriteMode::Insert,
-                )
-                .await
-        }
-        WalletRead::Present { balance, cas, .. } => {
-            // precheck() refused any sum above the supply.
-            let next = balance.checked_add(credit.units).unwrap_or(Units::SUPPLY);
-            let body = next.get().to_string();
-            store
-                .write_with_xattrs(
-                    Bucket::Ledger,
-                    &key,
-                    body.as_bytes(),
-                    &[(marker, value)],
-                    WriteMode::Replace(*cas),
-                )
-                .await
-        }
         WalletRead::Invalid(reason) => return Ok(Write::Blocked(reason.clone())),
+        // Created with the units, or replaced under the read's CAS;
+        // precheck() refused any sum above the supply.
+        WalletRead::Absent => (credit.units, WriteMode::Insert),
+        WalletRead::Present { balance, cas, .. } => (
+            balance.checked_add(credit.units).unwrap_or(Units::SUPPLY),
+            WriteMode::Replace(*cas),
+        ),
     };
+    let body = next.get().to_string();
+    let result = store
+        .write_with_xattrs(Bucket::Ledger, &key, body.as_bytes(), &[(marker, value)], mode)
+        .await;
     match result {
         Ok(_) => Ok(Write::Done),
         // Someone else changed or created the wallet, or we do not know

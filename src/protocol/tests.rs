@@ -7,6 +7,7 @@ use super::records::{TxRecord, TxState};
 use super::*;
 use crate::domain::keys::{balance_key, MARKERS_XATTR};
 use crate::store::faulty::{Fault, FaultyStore, OpKind};
+use crate::store::hooked::{Hook, Hooked};
 use crate::store::memory::{Clock, MemoryStore};
 
 const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;
@@ -208,18 +209,18 @@ async fn two_workers_racing_on_every_step_credit_once() {
         w.set_balance("a", "7").await;
         w.enqueue("1", BODY).await;
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let slow = Arc::new(SlowStore {
-            inner: arc(&w.store),
+        let pause = Pause {
             pause_at: k,
             seq: AtomicU64::new(0),
             gate: gate.clone(),
-        });
+        };
+        let slow = Arc::new(Hooked::new(arc(&w.store), pause));
         let slow_task = {
             let slow = slow.clone();
             tokio::spawn(async move { process_action(slow.as_ref(), "1", &Options::default()).await })
         };
         // Let worker 1 reach its pause point.
-        while slow.seq.load(Ordering::SeqCst) < k && !slow_task.is_finished() {
+        while slow.hook.seq.load(Ordering::SeqCst) < k && !slow_task.is_finished() {
             tokio::task::yield_now().await;
         }
         w.lapse_locks();
@@ -230,86 +231,20 @@ async fn two_workers_racing_on_every_step_credit_once() {
     }
 }
 
-/// A store that blocks at operation `pause_at` until the gate opens.
-struct SlowStore {
-    inner: Arc<dyn Store>,
+/// A hook that blocks operation `pause_at` until the gate opens.
+struct Pause {
     pause_at: u64,
     seq: AtomicU64,
     gate: Arc<tokio::sync::Semaphore>,
 }
 
-impl SlowStore {
-    async fn step(&self) {
+#[async_trait::async_trait]
+impl Hook for Pause {
+    async fn before(&self, _kind: OpKind, _key: &str) -> Fault {
         if self.seq.fetch_add(1, Ordering::SeqCst) == self.pause_at {
             let _ = self.gate.acquire().await;
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for SlowStore {
-    fn describe(&self) -> String {
-        "slow".into()
-    }
-    async fn init(&self) -> crate::store::StoreResult<()> {
-        Ok(())
-    }
-    async fn ping(&self) -> crate::store::StoreResult<()> {
-        Ok(())
-    }
-    async fn get(&self, b: Bucket, k: &str) -> crate::store::StoreResult<Doc> {
-        self.step().await;
-        self.inner.get(b, k).await
-    }
-    async fn get_with_xattrs(
-        &self,
-        b: Bucket,
-        k: &str,
-        p: &[&str],
-    ) -> crate::store::StoreResult<crate::store::DocWithXattrs> {
-        self.step().await;
-        self.inner.get_with_xattrs(b, k, p).await
-    }
-    async fn get_and_lock(&self, b: Bucket, k: &str, l: Duration) -> crate::store::StoreResult<Doc> {
-        self.step().await;
-        self.inner.get_and_lock(b, k, l).await
-    }
-    async fn unlock(&self, b: Bucket, k: &str, c: Cas) -> crate::store::StoreResult<()> {
-        self.step().await;
-        self.inner.unlock(b, k, c).await
-    }
-    async fn insert(&self, b: Bucket, k: &str, body: &[u8]) -> crate::store::StoreResult<Cas> {
-        self.step().await;
-        self.inner.insert(b, k, body).await
-    }
-    async fn replace(&self, b: Bucket, k: &str, body: &[u8], c: Cas) -> crate::store::StoreResult<Cas> {
-        self.step().await;
-        self.inner.replace(b, k, body, c).await
-    }
-    async fn remove(&self, b: Bucket, k: &str, c: Option<Cas>) -> crate::store::StoreResult<()> {
-        self.step().await;
-        self.inner.remove(b, k, c).await
-    }
-    async fn write_with_xattrs(
-        &self,
-        b: Bucket,
-        k: &str,
-        body: &[u8],
-        x: &[(&str, Value)],
-        m: crate::store::WriteMode,
-    ) -> crate::store::StoreResult<Cas> {
-        self.step().await;
-        self.inner.write_with_xattrs(b, k, body, x, m).await
-    }
-    async fn remove_xattr(&self, b: Bucket, k: &str, p: &str) -> crate::store::StoreResult<bool> {
-        self.step().await;
-        self.inner.remove_xattr(b, k, p).await
-    }
-    async fn list_keys(&self, b: Bucket, p: &str, a: Option<&str>, l: usize) -> crate::store::StoreResult<Vec<String>> {
-        self.inner.list_keys(b, p, a, l).await
-    }
-    async fn count_keys(&self, b: Bucket, p: &str) -> crate::store::StoreResult<u64> {
-        self.inner.count_keys(b, p).await
+        Fault::Pass
     }
 }
 

@@ -13,8 +13,9 @@ pub type FaultPlan = Box<dyn FnMut(u64, OpKind, &str) -> Fault + Send>;
 /// The hook that consults a [`FaultPlan`] and counts operations.
 pub struct PlanHook(Mutex<(u64, FaultPlan)>);
 
+#[async_trait::async_trait]
 impl Hook for PlanHook {
-    fn before(&self, kind: OpKind, key: &str) -> Fault {
+    async fn before(&self, kind: OpKind, key: &str) -> Fault {
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let seq = guard.0;
         guard.0 += 1;

@@ -75,9 +75,11 @@ pub enum Fault {
 }
 
 /// Called around every operation of a [`Hooked`] store.
+#[async_trait]
 pub trait Hook: Send + Sync {
-    /// Before the operation: run it, or fail it before or after.
-    fn before(&self, _kind: OpKind, _key: &str) -> Fault {
+    /// Before the operation: run it, or fail it before or after. It may
+    /// also wait (tests use that to stop a worker at a chosen point).
+    async fn before(&self, _kind: OpKind, _key: &str) -> Fault {
         Fault::Pass
     }
     /// After the operation, with the error reported to the caller, if any.
@@ -100,7 +102,7 @@ impl<H: Hook> Hooked<H> {
 
 macro_rules! hooked {
     ($self:ident, $kind:expr, $key:expr, $call:expr) => {{
-        let result = match $self.hook.before($kind, $key) {
+        let result = match $self.hook.before($kind, $key).await {
             Fault::Pass => $call.await,
             Fault::FailBefore(e) => Err(e),
             Fault::FailAfter(e) => {
