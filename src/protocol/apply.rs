@@ -4,7 +4,7 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use super::records::{marker_value, now_ms, TxRecord, TxState};
-use super::{backoff, count_retry, read_tx, retry, ProtocolError, Result};
+use super::{backoff, count_retry, read_tx, retry, Options, ProtocolError, RecentlyCompleted, Result};
 use crate::domain::keys::{balance_key, marker_path, MARKERS_XATTR};
 use crate::domain::{Credit, Units};
 use crate::ops::metrics::result_label;
@@ -29,6 +29,8 @@ pub(crate) enum WalletRead {
         marked: bool,
         /// Old markers of other actions: `(xattr path, action id)`.
         stale: Vec<(String, String)>,
+        /// Markers of actions known completed, dropped by the next write.
+        prunable: Vec<String>,
     },
     /// The document exists but is not a valid balance.
     Invalid(String),
@@ -60,7 +62,7 @@ pub(crate) enum Applied {
     Blocked(String),
 }
 
-async fn read_wallet(store: &dyn Store, marker: &str, hash: &str) -> Result<WalletRead> {
+async fn read_wallet(store: &dyn Store, marker: &str, hash: &str, recent: &RecentlyCompleted) -> Result<WalletRead> {
     let key = balance_key(hash);
     let doc = match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
         Ok(doc) => doc,
@@ -80,29 +82,39 @@ async fn read_wallet(store: &dyn Store, marker: &str, hash: &str) -> Result<Wall
     let markers = doc.xattrs.first().cloned().flatten().unwrap_or(Value::Null);
     let marked = markers.get(own).is_some();
     let cutoff = now_ms().saturating_sub(FOREIGN_MARKER_AGE_MS_MIN);
-    let stale = markers
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(name, v)| {
-                    *name != own && v.get("at_ms").and_then(Value::as_u64).is_some_and(|at| at < cutoff)
-                })
-                .filter_map(|(name, v)| Some((format!("{MARKERS_XATTR}.{name}"), v.get("tx")?.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let (mut stale, mut prunable) = (Vec::new(), Vec::new());
+    for (name, v) in markers.as_object().into_iter().flatten() {
+        let Some(action) = v.get("tx").and_then(Value::as_str) else {
+            continue;
+        };
+        let path = format!("{MARKERS_XATTR}.{name}");
+        if name == own {
+            continue;
+        }
+        if recent.contains(action) {
+            prunable.push(path);
+        } else if v.get("at_ms").and_then(Value::as_u64).is_some_and(|at| at < cutoff) {
+            stale.push((path, action.to_string()));
+        }
+    }
     Ok(WalletRead::Present {
         balance,
         cas: doc.cas,
         marked,
         stale,
+        prunable,
     })
 }
 
 /// Reads the wallets of `credits` in parallel.
-pub(crate) async fn read_wallets(store: &dyn Store, id: &str, credits: &[&Credit]) -> Result<Vec<WalletRead>> {
+pub(crate) async fn read_wallets(
+    store: &dyn Store,
+    id: &str,
+    credits: &[&Credit],
+    recent: &RecentlyCompleted,
+) -> Result<Vec<WalletRead>> {
     let marker = marker_path(id);
-    join_all(credits.iter().map(|c| read_wallet(store, &marker, &c.hash)))
+    join_all(credits.iter().map(|c| read_wallet(store, &marker, &c.hash, recent)))
         .await
         .into_iter()
         .collect()
@@ -133,8 +145,14 @@ async fn write_credit(store: &dyn Store, id: &str, marker: &str, credit: &Credit
         ),
     };
     let body = next.get().to_string();
+    // This action's marker, and the removal of markers of actions known
+    // completed (present, as the read under this CAS showed).
+    let mut changes: Vec<(&str, Option<Value>)> = vec![(marker, Some(value))];
+    if let (WalletRead::Present { prunable, .. }, WriteMode::Replace(_)) = (read, mode) {
+        changes.extend(prunable.iter().map(|path| (path.as_str(), None)));
+    }
     let result = store
-        .write_with_xattrs(Bucket::Ledger, &key, body.as_bytes(), &[(marker, value)], mode)
+        .write_with_xattrs(Bucket::Ledger, &key, body.as_bytes(), &changes, mode)
         .await;
     match result {
         Ok(_) => Ok(Write::Done),
@@ -163,8 +181,9 @@ pub(crate) async fn apply_credits(
     id: &str,
     tx: &TxRecord,
     prefetched: Option<Vec<WalletRead>>,
-    rounds_max: u32,
+    opts: &Options,
 ) -> Result<(Applied, Vec<(String, String, String)>)> {
+    let rounds_max = opts.apply_rounds_max;
     let marker = marker_path(id);
     let mut pending: Vec<&Credit> = tx.credits.iter().collect();
     let mut reads = prefetched;
@@ -173,7 +192,7 @@ pub(crate) async fn apply_credits(
         let current = match reads.take() {
             Some(r) => r,
             None => {
-                let r = read_wallets(store, id, &pending).await?;
+                let r = read_wallets(store, id, &pending, &opts.recent).await?;
                 match read_tx(store, id).await? {
                     Some((t, _)) if t.state == TxState::Committed => {}
                     Some(_) => return Ok((Applied::CompletedElsewhere, stale)),
@@ -214,17 +233,13 @@ pub(crate) async fn apply_credits(
     Err(ProtocolError::Contention(rounds_max))
 }
 
-/// Step 7: removes this action's markers, and checks a few old markers of
-/// other actions (left by a crash between steps 6 and 7). Best effort:
-/// a marker left behind is harmless and is pruned by a later pass.
-pub(crate) async fn prune_markers(store: &dyn Store, id: &str, tx: &TxRecord, stale: &[(String, String, String)]) {
-    let marker = marker_path(id);
-    join_all(tx.credits.iter().map(|c| {
-        let key = balance_key(&c.hash);
-        let marker = marker.clone();
-        async move { store.remove_xattr(Bucket::Ledger, &key, &marker).await }
-    }))
-    .await;
+/// Step 7: this action's markers are not removed by extra writes: each goes
+/// with the next write its wallet gets from this process (see
+/// `RecentlyCompleted`). Here, a few OLD markers of other actions seen on
+/// the wallets (their process forgot them, or crashed) are checked and
+/// pruned if their record is completed. Best effort: a marker left behind
+/// is harmless; `sweep_markers` is the full pass.
+pub(crate) async fn prune_markers(store: &dyn Store, stale: &[(String, String, String)]) {
     for (hash, path, other) in stale.iter().take(FOREIGN_MARKERS_CHECKED_MAX) {
         prune_if_completed(store, hash, path, other).await;
     }

@@ -13,6 +13,8 @@ mod claim;
 pub mod records;
 mod sweep;
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -36,6 +38,8 @@ pub struct Options {
     pub lease: Duration,
     /// Rounds of wallet writes before giving up on contention for now.
     pub apply_rounds_max: u32,
+    /// Actions known completed, shared by a process's workers.
+    pub recent: Arc<RecentlyCompleted>,
 }
 
 impl Default for Options {
@@ -43,7 +47,38 @@ impl Default for Options {
         Self {
             lease: Duration::from_secs(15),
             apply_rounds_max: 32,
+            recent: Arc::default(),
         }
+    }
+}
+
+/// Most action ids remembered as completed.
+const RECENT_COMPLETED_MAX: usize = 4_096;
+
+/// Actions this process knows to be completed: their markers may go, and go
+/// in the next write each of their wallets gets anyway (no extra write).
+#[derive(Debug, Default)]
+pub struct RecentlyCompleted(Mutex<(HashSet<String>, VecDeque<String>)>);
+
+impl RecentlyCompleted {
+    /// Remembers that `id`'s record is completed (only ever called after
+    /// reading or writing it so), forgetting the oldest beyond the limit.
+    pub fn insert(&self, id: &str) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, order) = &mut *guard;
+        if set.insert(id.to_string()) {
+            order.push_back(id.to_string());
+            if order.len() > RECENT_COMPLETED_MAX {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether `id` is known completed.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.contains(id)
     }
 }
 
@@ -152,7 +187,7 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
                 Ok(plan) => plan,
                 Err(e) => return reject(store, id, claim, &e.to_string()).await,
             };
-            match commit(store, id, &plan).await? {
+            match commit(store, id, &plan, &opts.recent).await? {
                 Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
                 Commit::Recorded { tx, cas, prefetched } => (tx, cas, prefetched, false),
             }
@@ -160,7 +195,7 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
     };
     let mut stale = Vec::new();
     if tx.state == TxState::Committed {
-        let (applied, seen) = apply_credits(store, id, &tx, prefetched, opts.apply_rounds_max).await?;
+        let (applied, seen) = apply_credits(store, id, &tx, prefetched, opts).await?;
         stale = seen;
         match applied {
             Applied::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
@@ -168,8 +203,11 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
         }
         complete(store, id, &tx, tx_cas).await?;
     }
+    // From here the record is completed: this action's markers may go.
+    opts.recent.insert(id);
+    {}
     let removed = finish(store, id, claim, &tx).await?;
-    prune_markers(store, id, &tx, &stale).await;
+    prune_markers(store, &stale).await;
     Ok(match removed {
         Some(outcome) => outcome,
         None if was_completed => Outcome::Duplicate,
@@ -202,8 +240,8 @@ enum Commit {
 }
 
 /// Step 3: pre-check the wallets, then insert the record (the commit point).
-async fn commit(store: &dyn Store, id: &str, plan: &Plan) -> Result<Commit> {
-    let reads = apply::read_wallets(store, id, &plan.credits.iter().collect::<Vec<_>>()).await?;
+async fn commit(store: &dyn Store, id: &str, plan: &Plan, recent: &RecentlyCompleted) -> Result<Commit> {
+    let reads = apply::read_wallets(store, id, &plan.credits.iter().collect::<Vec<_>>(), recent).await?;
     for (credit, read) in plan.credits.iter().zip(&reads) {
         if let Some(reason) = read.precheck(credit) {
             return Ok(Commit::Blocked(reason));

@@ -250,6 +250,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
         opts: protocol::Options {
             lease: Duration::from_millis(LEASE_MS),
             apply_rounds_max: 8,
+            ..protocol::Options::default()
         },
     });
 

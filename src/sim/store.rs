@@ -308,7 +308,7 @@ impl Store for SimStore {
         bucket: Bucket,
         key: &str,
         body: &[u8],
-        xattrs: &[(&str, Value)],
+        xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas> {
         op!(

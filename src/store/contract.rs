@@ -156,7 +156,7 @@ pub async fn locks_exclude_others(h: &dyn Harness) {
             Bucket::Queue,
             &key,
             b"x",
-            &[("a.b", json!(1))],
+            &[("a.b", Some(json!(1)))],
             WriteMode::Replace(cas0),
         )
         .await;
@@ -231,7 +231,7 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
             Bucket::Ledger,
             &key,
             b"5",
-            &[("ledger.applied.m1", json!({"u": 5}))],
+            &[("ledger.applied.m1", Some(json!({"u": 5})))],
             WriteMode::Insert
         )
         .await);
@@ -240,7 +240,7 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
             Bucket::Ledger,
             &key,
             b"9",
-            &[("ledger.applied.m9", json!(1))],
+            &[("ledger.applied.m9", Some(json!(1)))],
             WriteMode::Insert,
         )
         .await;
@@ -260,7 +260,7 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
             Bucket::Ledger,
             &key,
             b"8",
-            &[("ledger.applied.m2", json!(3))],
+            &[("ledger.applied.m2", Some(json!(3)))],
             WriteMode::Replace(cas + 1),
         )
         .await;
@@ -270,7 +270,7 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
             Bucket::Ledger,
             &key,
             b"8",
-            &[("ledger.applied.m2", json!(3))],
+            &[("ledger.applied.m2", Some(json!(3)))],
             WriteMode::Replace(cas)
         )
         .await);
@@ -291,6 +291,22 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
         Err(StoreError::NotFound)
     );
 
+    // One write can set one path and remove another; removing a path that
+    // is not there fails the whole write and changes nothing.
+    let changes = [("ledger.applied.m3", Some(json!(4))), ("ledger.applied.m2", None)];
+    let cas3 = ok!(s
+        .write_with_xattrs(Bucket::Ledger, &key, b"9", &changes, WriteMode::Replace(read.cas))
+        .await);
+    let read = ok!(s.get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied"]).await);
+    assert_eq!((read.body.as_slice(), read.cas), (&b"9"[..], cas3));
+    assert_eq!(read.xattrs, vec![Some(json!({"m3": 4}))]);
+    let missing = [("ledger.applied.m2", None)];
+    let refused = s
+        .write_with_xattrs(Bucket::Ledger, &key, b"10", &missing, WriteMode::Replace(cas3))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(ok!(s.get(Bucket::Ledger, &key).await).body, b"9");
+
     // Racing inserts with xattrs: exactly one creates the document.
     let key = fresh("xrace");
     let results = futures_join(8, |i| {
@@ -301,7 +317,7 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
                 Bucket::Ledger,
                 &key,
                 b"1",
-                &[(path.as_str(), json!(i))],
+                &[(path.as_str(), Some(json!(i)))],
                 WriteMode::Insert,
             )
             .await

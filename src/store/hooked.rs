@@ -162,7 +162,7 @@ impl<H: Hook> Store for Hooked<H> {
         bucket: Bucket,
         key: &str,
         body: &[u8],
-        xattrs: &[(&str, Value)],
+        xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas> {
         hooked!(

@@ -185,7 +185,7 @@ impl Store for MemoryStore {
         bucket: Bucket,
         key: &str,
         body: &[u8],
-        xattrs: &[(&str, Value)],
+        xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas> {
         let now = self.clock.now_ms();

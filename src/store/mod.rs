@@ -145,13 +145,15 @@ pub trait Store: Send + Sync {
     /// Removes a document, under `cas` when given.
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()>;
 
-    /// Writes a body and sets xattr paths in ONE atomic mutation.
+    /// Writes a body and changes xattr paths in ONE atomic mutation:
+    /// `Some(value)` sets a path, `None` removes one (which must exist, or
+    /// the whole mutation fails).
     async fn write_with_xattrs(
         &self,
         bucket: Bucket,
         key: &str,
         body: &[u8],
-        xattrs: &[(&str, Value)],
+        xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas>;
 

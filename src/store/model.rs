@@ -135,7 +135,7 @@ pub(crate) fn remove(slot: &mut Slot, cas: Option<Cas>, now_ms: u64) -> StoreRes
 pub(crate) fn write_with_xattrs(
     slot: &mut Slot,
     body: &[u8],
-    xattrs: &[(&str, Value)],
+    xattrs: &[(&str, Option<Value>)],
     mode: WriteMode,
     now_ms: u64,
     new_cas: Cas,
@@ -156,7 +156,12 @@ pub(crate) fn write_with_xattrs(
         }
     };
     for (path, value) in xattrs {
-        set_path(&mut next.xattrs, path, value.clone())?;
+        match value {
+            Some(value) => set_path(&mut next.xattrs, path, value.clone())?,
+            None if remove_path(&mut next.xattrs, path) => {}
+            // As Couchbase does: removing a missing path fails the mutation.
+            None => return Err(StoreError::Permanent(format!("xattr path {path:?} not found"))),
+        }
     }
     next.commit(new_cas);
     *slot = Some(next);

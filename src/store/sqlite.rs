@@ -420,13 +420,13 @@ impl Store for SqliteStore {
         bucket: Bucket,
         key: &str,
         body: &[u8],
-        xattrs: &[(&str, Value)],
+        xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas> {
         let body = body.to_vec();
-        let xattrs: Vec<(String, Value)> = xattrs.iter().map(|(p, v)| (p.to_string(), v.clone())).collect();
+        let xattrs: Vec<(String, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.to_string(), v.clone())).collect();
         self.mutate(bucket, key, move |slot, now, cas| {
-            let refs: Vec<(&str, Value)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
+            let refs: Vec<(&str, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
             model::write_with_xattrs(slot, &body, &refs, mode, now, cas)
         })
         .await

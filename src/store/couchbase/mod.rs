@@ -352,16 +352,19 @@ impl Store for CouchbaseStore {
         bucket: Bucket,
         key: &str,
         body: &[u8],
-        xattrs: &[(&str, Value)],
+        xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas> {
         // Xattr mutations first, then the whole body (an empty path is a
         // full-document set): one atomic mutation.
         let mut specs: Vec<MutateInSpec> = xattrs
             .iter()
-            .map(|(path, value)| {
-                let bytes = serde_json::to_vec(value).unwrap_or_default();
-                MutateInSpec::upsert_raw(*path, bytes, UpsertSpecOptions::new().xattr(true).create_path(true))
+            .map(|(path, value)| match value {
+                Some(value) => {
+                    let bytes = serde_json::to_vec(value).unwrap_or_default();
+                    MutateInSpec::upsert_raw(*path, bytes, UpsertSpecOptions::new().xattr(true).create_path(true))
+                }
+                None => MutateInSpec::remove(*path, RemoveSpecOptions::new().xattr(true)),
             })
             .collect();
         specs.push(MutateInSpec::replace_raw("", body.to_vec(), None));
