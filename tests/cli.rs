@@ -38,7 +38,8 @@ fn plan_rejects_with_a_reason_and_exit_1() {
 fn every_subcommand_has_help() {
     let s = Scratch::new();
     for cmd in [
-        "init", "run", "enqueue", "plan", "balance", "balances", "failed", "status", "demo",
+        "init", "run", "enqueue", "plan", "balance", "balances", "failed", "status", "demo", "simulate", "audit", "tx",
+        "history", "bench",
     ] {
         let out = s.run(&[cmd, "--help"], "");
         assert!(out.status.success(), "{cmd} --help");
@@ -248,4 +249,26 @@ fn simulate_passes_and_catches_sabotage() {
     let out = s.run(&["simulate", "--seed", "7", "--trace"], "");
     assert!(out.status.success());
     assert!(stdout(&out).contains("producer delivers"), "{}", stdout(&out));
+}
+
+#[test]
+fn bench_reports_in_the_documented_shape() {
+    let s = Scratch::new();
+    let out = s.run(&["bench", "--actions", "40", "--concurrency", "4", "--json"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["scenario"], "uniform");
+    assert_eq!(r["actions"], 40);
+    assert!(r["actions_per_sec"].as_f64().is_some_and(|x| x > 0.0));
+    assert!(r["credits_per_sec"].as_f64().is_some_and(|x| x > 0.0));
+    for k in ["p50", "p99", "max"] {
+        assert!(r["latency_ms"][k].as_f64().is_some(), "{r}");
+    }
+    // 2N + 5 for N = 3, undisturbed: 4 reads and 7 writes per action.
+    // Reads also include the discovery queries, a fraction per action.
+    let reads = r["store_ops_per_action"]["reads"].as_f64().expect("reads");
+    assert!((4.0..4.5).contains(&reads), "{r}");
+    assert_eq!(r["store_ops_per_action"]["writes"], 7.0, "{r}");
+    assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
+    assert!(!s.db().exists(), "bench uses its own temporary store");
 }
