@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::inspect::Keys;
+use super::inspect::{read, Keys};
 use super::Exit;
 use crate::domain::keys::{balance_key, marker_path, tx_key, BALANCE_PREFIX, TX_PREFIX};
 use crate::domain::Units;
@@ -57,12 +57,10 @@ async fn credited(store: &dyn Store) -> anyhow::Result<(BTreeMap<String, u128>, 
     while let Some(page) = keys.next_page().await? {
         for key in page {
             let id = &key[TX_PREFIX.len()..];
-            let doc = match store.get(Bucket::Ledger, &key).await {
-                Ok(doc) => doc,
-                Err(StoreError::NotFound) => continue,
-                Err(e) => return Err(e).context(format!("reading {key}")),
+            let Some(body) = read(store, Bucket::Ledger, &key).await? else {
+                continue;
             };
-            let tx = TxRecord::parse(id, &doc.body)
+            let tx = TxRecord::parse(id, &body)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| key.clone())?;
             records += 1;
@@ -98,10 +96,8 @@ async fn balances(store: &dyn Store) -> anyhow::Result<BTreeMap<String, Result<u
     let mut keys = Keys::new(store, Bucket::Ledger, BALANCE_PREFIX);
     while let Some(page) = keys.next_page().await? {
         for key in page {
-            let body = match store.get(Bucket::Ledger, &key).await {
-                Ok(doc) => doc.body,
-                Err(StoreError::NotFound) => continue,
-                Err(e) => return Err(e).context(format!("reading {key}")),
+            let Some(body) = read(store, Bucket::Ledger, &key).await? else {
+                continue;
             };
             progress.tick();
             let parsed = Units::parse_balance(&body).map(Units::get).map_err(|e| e.to_string());

@@ -44,7 +44,7 @@ impl<'a> Keys<'a> {
 }
 
 /// Reads a document that may have vanished since it was listed.
-async fn read(store: &dyn Store, bucket: Bucket, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+pub(crate) async fn read(store: &dyn Store, bucket: Bucket, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
     match store.get(bucket, key).await {
         Ok(doc) => Ok(Some(doc.body)),
         Err(StoreError::NotFound) => Ok(None),
