@@ -26,7 +26,19 @@ const GROUP_COMMIT_MAX: usize = 512;
 /// Idle connections kept for reuse.
 const POOL_IDLE_MAX: usize = 16;
 /// SQLite's clock in Unix milliseconds.
-const NOW_MS_SQL: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+macro_rules! now_ms_sql {
+    () => {
+        "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
+    };
+}
+/// One document with the store's time, read on every operation.
+const LOAD_SQL: &str = concat!(
+    "SELECT body, xattrs, cas, lock_until_ms, ",
+    now_ms_sql!(),
+    " FROM docs WHERE bucket = ?1 AND key = ?2"
+);
+/// The store's time alone, when the document does not exist.
+const NOW_SQL: &str = concat!("SELECT ", now_ms_sql!());
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -112,22 +124,26 @@ fn body_bytes(value: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<Vec<u8>>
 }
 
 fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<(Slot, u64)> {
-    let sql = format!("SELECT body, xattrs, cas, lock_until_ms, {NOW_MS_SQL} FROM docs WHERE bucket = ?1 AND key = ?2");
+    // Cached: this runs for every read and every write.
     let row = conn
-        .query_row(&sql, params![bucket, key], |r| {
-            Ok((
-                body_bytes(r.get_ref(0)?)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
+        .prepare_cached(LOAD_SQL)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![bucket, key], |r| {
+                Ok((
+                    body_bytes(r.get_ref(0)?)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
         })
-        .optional()
         .map_err(sql_error)?;
     let Some((body, xattrs, cas, lock_until_ms, now)) = row else {
         let now: i64 = conn
-            .query_row(&format!("SELECT {NOW_MS_SQL}"), [], |r| r.get(0))
+            .prepare_cached(NOW_SQL)
+            .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
             .map_err(sql_error)?;
         return Ok((None, u64::try_from(now).unwrap_or(0)));
     };
