@@ -1,14 +1,16 @@
 //! Step 4 (apply each credit exactly once) and step 7 (prune markers).
 
-use futures::future::join_all;
-use serde_json::Value;
+use std::sync::Arc;
 
-use super::records::{marker_value, now_ms, TxRecord, TxState};
-use super::{backoff, count_retry, read_tx, retry, Options, ProtocolError, RecentlyCompleted, Result};
+use futures::future::join_all;
+use serde_json::{Map, Value};
+
+use super::coalesce::{CreditRequest, Credited};
+use super::records::{now_ms, TxRecord};
+use super::{read_tx, retry, Options, RecentlyCompleted, Result};
 use crate::domain::keys::{balance_key, marker_path, MARKERS_XATTR};
 use crate::domain::{Credit, Units};
-use crate::ops::metrics::result_label;
-use crate::store::{Bucket, Cas, Store, StoreError, WriteMode};
+use crate::store::{Bucket, Cas, Store, StoreError};
 
 /// Leftover markers of other actions older than this are worth checking
 /// (a heuristic for work only: pruning still requires a completed record).
@@ -16,33 +18,55 @@ const FOREIGN_MARKER_AGE_MS_MIN: u64 = 60_000;
 /// Most leftover markers one action checks for pruning.
 const FOREIGN_MARKERS_CHECKED_MAX: usize = 4;
 
-/// A wallet as read before crediting it.
+/// A wallet's state at one moment: its document, or the lack of one.
 #[derive(Debug, Clone)]
-pub(crate) enum WalletRead {
+pub(crate) enum Snapshot {
     /// No `balance:<hash>` document.
     Absent,
     /// A valid balance.
     Present {
+        /// The balance in units.
         balance: Units,
+        /// The CAS of this state: it names the state (a CAS is never reused).
         cas: Cas,
-        /// This action's marker is on the wallet: the credit is applied.
-        marked: bool,
-        /// Old markers of other actions: `(xattr path, action id)`.
-        stale: Vec<(String, String)>,
-        /// Markers of actions known completed, dropped by the next write.
-        prunable: Vec<String>,
+        /// The markers object (`ledger.applied`), by marker name.
+        markers: Arc<Map<String, Value>>,
     },
     /// The document exists but is not a valid balance.
     Invalid(String),
 }
 
-impl WalletRead {
-    /// Why this wallet cannot take `credit`, if it cannot.
-    pub(crate) fn precheck(&self, credit: &Credit) -> Option<String> {
+/// Which state of a wallet was observed: absent, or the state with this CAS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Seen {
+    /// The wallet did not exist.
+    Absent,
+    /// The wallet was in the state with this CAS.
+    Cas(Cas),
+}
+
+impl Snapshot {
+    /// Which state this is, if it is one a credit can be written over.
+    pub(crate) fn seen(&self) -> Option<Seen> {
         match self {
-            WalletRead::Absent | WalletRead::Present { marked: true, .. } => None,
-            WalletRead::Invalid(reason) => Some(reason.clone()),
-            WalletRead::Present { balance, .. } => balance.checked_add(credit.units).is_none().then(|| {
+            Snapshot::Absent => Some(Seen::Absent),
+            Snapshot::Present { cas, .. } => Some(Seen::Cas(*cas)),
+            Snapshot::Invalid(_) => None,
+        }
+    }
+
+    /// Whether the marker named `name` (the part after `ledger.applied.`) is on the wallet.
+    pub(crate) fn has_marker(&self, name: &str) -> bool {
+        matches!(self, Snapshot::Present { markers, .. } if markers.contains_key(name))
+    }
+
+    /// Why this wallet cannot take `credit` (its marker named `own`), if it cannot.
+    pub(crate) fn precheck(&self, credit: &Credit, own: &str) -> Option<String> {
+        match self {
+            Snapshot::Absent => None,
+            Snapshot::Invalid(reason) => Some(reason.clone()),
+            Snapshot::Present { markers, .. } if markers.contains_key(own) => None,
+            Snapshot::Present { balance, .. } => balance.checked_add(credit.units).is_none().then(|| {
                 format!(
                     "wallet {:?}: crediting {} would exceed the total supply",
                     credit.hash, credit.units
@@ -50,6 +74,78 @@ impl WalletRead {
             }),
         }
     }
+
+    /// Markers of other actions worth a look: those of actions this process
+    /// knows completed (`prunable`: dropped by the next write), and old ones
+    /// of unknown actions (`stale`: `(path, action id)`, checked later).
+    pub(crate) fn foreign_markers(&self, recent: &RecentlyCompleted) -> (Vec<String>, Vec<(String, String)>) {
+        let (mut prunable, mut stale) = (Vec::new(), Vec::new());
+        let Snapshot::Present { markers, .. } = self else {
+            return (prunable, stale);
+        };
+        let cutoff = now_ms().saturating_sub(FOREIGN_MARKER_AGE_MS_MIN);
+        for (name, v) in markers.iter() {
+            let Some(action) = v.get("tx").and_then(Value::as_str) else {
+                continue;
+            };
+            let path = format!("{MARKERS_XATTR}.{name}");
+            if recent.contains(action) {
+                prunable.push(path);
+            } else if v.get("at_ms").and_then(Value::as_u64).is_some_and(|at| at < cutoff) {
+                stale.push((path, action.to_string()));
+            }
+        }
+        (prunable, stale)
+    }
+}
+
+/// The marker's name under `ledger.applied` for the marker path `path`.
+pub(crate) fn marker_name(path: &str) -> &str {
+    path.strip_prefix(MARKERS_XATTR)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .unwrap_or(path)
+}
+
+/// Reads one wallet: body, markers and CAS, in one atomic read.
+pub(crate) async fn read_snapshot(store: &dyn Store, hash: &str) -> Result<Snapshot> {
+    let key = balance_key(hash);
+    let doc = match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(Snapshot::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    let balance = match Units::parse_balance(&doc.body) {
+        Ok(b) => b,
+        Err(e) => {
+            let shown = String::from_utf8_lossy(&doc.body[..doc.body.len().min(40)]).into_owned();
+            return Ok(Snapshot::Invalid(format!(
+                "wallet {key} is not a valid balance ({e}): {shown:?}"
+            )));
+        }
+    };
+    let markers = match doc.xattrs.into_iter().next().flatten() {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    Ok(Snapshot::Present {
+        balance,
+        cas: doc.cas,
+        markers: Arc::new(markers),
+    })
+}
+
+/// The wallets of `credits` as this process knows them, reading those it
+/// does not: a state this process wrote itself moments ago stands for a read.
+pub(crate) async fn observe_wallets(store: &dyn Store, credits: &[Credit], opts: &Options) -> Result<Vec<Snapshot>> {
+    join_all(credits.iter().map(|c| async move {
+        match opts.coalescer.peek(&c.hash) {
+            Some(known) => Ok(known),
+            None => read_snapshot(store, &c.hash).await,
+        }
+    }))
+    .await
+    .into_iter()
+    .collect()
 }
 
 /// How applying an action's credits ended.
@@ -62,175 +158,64 @@ pub(crate) enum Applied {
     Blocked(String),
 }
 
-async fn read_wallet(store: &dyn Store, marker: &str, hash: &str, recent: &RecentlyCompleted) -> Result<WalletRead> {
-    let key = balance_key(hash);
-    let doc = match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
-        Ok(doc) => doc,
-        Err(StoreError::NotFound) => return Ok(WalletRead::Absent),
-        Err(e) => return Err(e.into()),
-    };
-    let balance = match Units::parse_balance(&doc.body) {
-        Ok(b) => b,
-        Err(e) => {
-            let shown = String::from_utf8_lossy(&doc.body[..doc.body.len().min(40)]).into_owned();
-            return Ok(WalletRead::Invalid(format!(
-                "wallet {key} is not a valid balance ({e}): {shown:?}"
-            )));
-        }
-    };
-    let own = &marker[MARKERS_XATTR.len() + 1..];
-    let markers = doc.xattrs.first().cloned().flatten().unwrap_or(Value::Null);
-    let marked = markers.get(own).is_some();
-    let cutoff = now_ms().saturating_sub(FOREIGN_MARKER_AGE_MS_MIN);
-    let (mut stale, mut prunable) = (Vec::new(), Vec::new());
-    for (name, v) in markers.as_object().into_iter().flatten() {
-        let Some(action) = v.get("tx").and_then(Value::as_str) else {
-            continue;
-        };
-        let path = format!("{MARKERS_XATTR}.{name}");
-        if name == own {
-            continue;
-        }
-        if recent.contains(action) {
-            prunable.push(path);
-        } else if v.get("at_ms").and_then(Value::as_u64).is_some_and(|at| at < cutoff) {
-            stale.push((path, action.to_string()));
-        }
-    }
-    Ok(WalletRead::Present {
-        balance,
-        cas: doc.cas,
-        marked,
-        stale,
-        prunable,
-    })
-}
-
-/// Reads the wallets of `credits` in parallel.
-pub(crate) async fn read_wallets(
-    store: &dyn Store,
-    id: &str,
-    credits: &[&Credit],
-    recent: &RecentlyCompleted,
-) -> Result<Vec<WalletRead>> {
-    let marker = marker_path(id);
-    join_all(credits.iter().map(|c| read_wallet(store, &marker, &c.hash, recent)))
-        .await
-        .into_iter()
-        .collect()
-}
-
-enum Write {
-    Done,
-    Retry,
-    Blocked(String),
-}
-
-/// One attempt at one credit, from a read of its wallet.
-async fn write_credit(store: &dyn Store, id: &str, marker: &str, credit: &Credit, read: &WalletRead) -> Result<Write> {
-    if let Some(reason) = read.precheck(credit) {
-        return Ok(Write::Blocked(reason));
-    }
-    let key = balance_key(&credit.hash);
-    let value = marker_value(id, credit.units, now_ms());
-    let (next, mode) = match read {
-        WalletRead::Present { marked: true, .. } => return Ok(Write::Done),
-        WalletRead::Invalid(reason) => return Ok(Write::Blocked(reason.clone())),
-        // Created with the units, or replaced under the read's CAS;
-        // precheck() refused any sum above the supply.
-        WalletRead::Absent => (credit.units, WriteMode::Insert),
-        WalletRead::Present { balance, cas, .. } => (
-            balance.checked_add(credit.units).unwrap_or(Units::SUPPLY),
-            WriteMode::Replace(*cas),
-        ),
-    };
-    let body = next.get().to_string();
-    // This action's marker, and the removal of markers of actions known
-    // completed (present, as the read under this CAS showed).
-    let mut changes: Vec<(&str, Option<Value>)> = vec![(marker, Some(value))];
-    if let (WalletRead::Present { prunable, .. }, WriteMode::Replace(_)) = (read, mode) {
-        changes.extend(prunable.iter().map(|path| (path.as_str(), None)));
-    }
-    let result = store
-        .write_with_xattrs(Bucket::Ledger, &key, body.as_bytes(), &changes, mode)
-        .await;
-    match result {
-        Ok(_) => Ok(Write::Done),
-        // Someone else changed or created the wallet, or we do not know
-        // whether our write landed: read again; the marker tells.
-        Err(e @ (StoreError::Exists | StoreError::CasMismatch | StoreError::NotFound | StoreError::Locked)) => {
-            count_retry(result_label(Some(&e)));
-            Ok(Write::Retry)
-        }
-        Err(e) if e.is_retryable() => {
-            count_retry(result_label(Some(&e)));
-            Ok(Write::Retry)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Step 4: applies every credit of a committed record exactly once.
+/// Step 4: applies every credit of a committed record exactly once, all
+/// wallets in parallel, each through the process's coalescer (which folds
+/// credits of concurrent actions to one wallet into one write).
 ///
-/// `prefetched` are wallet reads made before this worker's own insert of
-/// the record; they are safe to write under. Any other read is followed by
-/// a read of the record: a marker is pruned only after the record is
-/// completed, so "no marker" read before "still committed" means not applied.
+/// `observed` are wallet states observed before this worker's own insert
+/// of the record: nothing can have been applied before the record existed,
+/// so a write under such a state (or one this process derived from it by
+/// its own writes alone) needs no further proof. Without one, a write needs
+/// a read of the record after the wallet state was observed: a marker is
+/// pruned only after the record is completed, so "no marker" seen before
+/// "still committed" means not applied.
 pub(crate) async fn apply_credits(
     store: &dyn Store,
     id: &str,
     tx: &TxRecord,
-    prefetched: Option<Vec<WalletRead>>,
+    observed: Option<Vec<Snapshot>>,
     opts: &Options,
 ) -> Result<(Applied, Vec<(String, String, String)>)> {
-    let rounds_max = opts.apply_rounds_max;
     let marker = marker_path(id);
-    let mut pending: Vec<&Credit> = tx.credits.iter().collect();
-    let mut reads = prefetched;
-    let mut stale = Vec::new();
-    for round in 0..rounds_max {
-        let current = match reads.take() {
-            Some(r) => r,
-            None => {
-                let r = read_wallets(store, id, &pending, &opts.recent).await?;
-                match read_tx(store, id).await? {
-                    Some((t, _)) if t.state == TxState::Committed => {}
-                    Some(_) => return Ok((Applied::CompletedElsewhere, stale)),
-                    None => return Err(ProtocolError::CorruptRecord(format!("tx:{id} vanished while applying"))),
+    let mut observed = observed.map(Vec::into_iter);
+    let requests: Vec<CreditRequest> = tx
+        .credits
+        .iter()
+        .map(|credit| CreditRequest {
+            action: id.to_string(),
+            marker: marker.clone(),
+            hash: credit.hash.clone(),
+            units: credit.units,
+            seen: observed.as_mut().and_then(Iterator::next),
+        })
+        .collect();
+    let answers = join_all(requests.into_iter().map(|r| opts.coalescer.credit(store, r, opts))).await;
+    let (mut applied, mut stale, mut failure) = (Applied::Done, Vec::new(), None);
+    for (credit, answer) in tx.credits.iter().zip(answers) {
+        match answer {
+            Ok(Credited::Done { stale: s }) => {
+                stale.extend(s.into_iter().map(|(path, other)| (credit.hash.clone(), path, other)));
+            }
+            Ok(Credited::CompletedElsewhere) => {
+                if matches!(applied, Applied::Done) {
+                    applied = Applied::CompletedElsewhere;
                 }
-                r
             }
-        };
-        for (credit, read) in pending.iter().zip(&current) {
-            if let WalletRead::Present { stale: s, .. } = read {
-                stale.extend(
-                    s.iter()
-                        .map(|(path, tx)| (credit.hash.clone(), path.clone(), tx.clone())),
-                );
+            Ok(Credited::Blocked(reason)) => {
+                if !matches!(applied, Applied::Blocked(_)) {
+                    applied = Applied::Blocked(reason);
+                }
             }
+            Err(e) => failure = failure.or(Some(e)),
         }
-        let writes = join_all(
-            pending
-                .iter()
-                .zip(&current)
-                .map(|(c, r)| write_credit(store, id, &marker, c, r)),
-        )
-        .await;
-        let mut next = Vec::new();
-        for (credit, write) in pending.iter().zip(writes) {
-            match write? {
-                Write::Done => {}
-                Write::Retry => next.push(*credit),
-                Write::Blocked(reason) => return Ok((Applied::Blocked(reason), stale)),
-            }
-        }
-        if next.is_empty() {
-            return Ok((Applied::Done, stale));
-        }
-        pending = next;
-        tokio::time::sleep(backoff(round)).await;
     }
-    Err(ProtocolError::Contention(rounds_max))
+    // A blocked wallet is reported even if another write failed: the action
+    // cannot finish either way, and "blocked" says what to fix.
+    match (applied, failure) {
+        (blocked @ Applied::Blocked(_), _) => Ok((blocked, stale)),
+        (_, Some(e)) => Err(e),
+        (applied, None) => Ok((applied, stale)),
+    }
 }
 
 /// Step 7: this action's markers are not removed by extra writes: each goes
@@ -248,7 +233,7 @@ pub(crate) async fn prune_markers(store: &dyn Store, stale: &[(String, String, S
 /// Removes a marker if its action's record is completed.
 pub(crate) async fn prune_if_completed(store: &dyn Store, hash: &str, path: &str, action_id: &str) -> bool {
     match read_tx(store, action_id).await {
-        Ok(Some((t, _))) if t.state == TxState::Completed => {
+        Ok(Some((t, _))) if t.state == super::records::TxState::Completed => {
             matches!(
                 store.remove_xattr(Bucket::Ledger, &balance_key(hash), path).await,
                 Ok(true)

@@ -10,6 +10,7 @@
 
 mod apply;
 mod claim;
+mod coalesce;
 pub mod records;
 mod sweep;
 
@@ -24,6 +25,7 @@ use crate::domain::{plan_action, Plan};
 use crate::store::{Bucket, Cas, Doc, Store, StoreError};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
+pub use coalesce::Coalescer;
 use records::{failed_doc, failed_original, TxRecord, TxState};
 pub use sweep::sweep_markers;
 
@@ -40,6 +42,8 @@ pub struct Options {
     pub apply_rounds_max: u32,
     /// Actions known completed, shared by a process's workers.
     pub recent: Arc<RecentlyCompleted>,
+    /// Folds concurrent credits to one wallet into one write; one per process.
+    pub coalescer: Arc<Coalescer>,
 }
 
 impl Default for Options {
@@ -48,6 +52,7 @@ impl Default for Options {
             lease: Duration::from_secs(15),
             apply_rounds_max: 32,
             recent: Arc::default(),
+            coalescer: Arc::default(),
         }
     }
 }
@@ -187,7 +192,7 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
                 Ok(plan) => plan,
                 Err(e) => return reject(store, id, claim, &e.to_string()).await,
             };
-            match commit(store, id, &plan, &opts.recent).await? {
+            match commit(store, id, &plan, opts).await? {
                 Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
                 Commit::Recorded { tx, cas, prefetched } => (tx, cas, prefetched, false),
             }
@@ -205,7 +210,6 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
     }
     // From here the record is completed: this action's markers may go.
     opts.recent.insert(id);
-    {}
     let removed = finish(store, id, claim, &tx).await?;
     prune_markers(store, &stale).await;
     Ok(match removed {
@@ -235,15 +239,16 @@ enum Commit {
     Recorded {
         tx: TxRecord,
         cas: Cas,
-        prefetched: Option<Vec<apply::WalletRead>>,
+        prefetched: Option<Vec<apply::Snapshot>>,
     },
 }
 
 /// Step 3: pre-check the wallets, then insert the record (the commit point).
-async fn commit(store: &dyn Store, id: &str, plan: &Plan, recent: &RecentlyCompleted) -> Result<Commit> {
-    let reads = apply::read_wallets(store, id, &plan.credits.iter().collect::<Vec<_>>(), recent).await?;
+async fn commit(store: &dyn Store, id: &str, plan: &Plan, opts: &Options) -> Result<Commit> {
+    let reads = apply::observe_wallets(store, &plan.credits, opts).await?;
+    let own = crate::domain::keys::marker_path(id);
     for (credit, read) in plan.credits.iter().zip(&reads) {
-        if let Some(reason) = read.precheck(credit) {
+        if let Some(reason) = read.precheck(credit, apply::marker_name(&own)) {
             return Ok(Commit::Blocked(reason));
         }
     }

@@ -412,3 +412,121 @@ async fn a_wallet_at_the_supply_is_not_overflowed() {
     assert_eq!(w.balance("a"), Some(10_000_000_000_000_000_000));
     let _ = MARKERS_XATTR;
 }
+
+/// Counts writes of one wallet and makes every operation take a moment, so
+/// that concurrent actions overlap as they would against a real store.
+struct SlowCounting {
+    key: String,
+    writes: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Hook for SlowCounting {
+    async fn before(&self, kind: OpKind, key: &str) -> Fault {
+        if kind == OpKind::WriteWithXattrs && key == self.key {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        Fault::Pass
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_credits_to_one_wallet_are_coalesced_into_fewer_writes() {
+    const ACTIONS: u64 = 24;
+    let w = World::new();
+    w.set_balance("hot", "5").await;
+    for i in 0..ACTIONS {
+        w.enqueue(
+            &i.to_string(),
+            &format!(r#"{{"beneficiaries":{{"hot":"1","u{i}":"0.5"}}}}"#),
+        )
+        .await;
+    }
+    let hook = SlowCounting {
+        key: balance_key("hot"),
+        writes: AtomicU64::new(0),
+    };
+    let store = Hooked::new(arc(&w.store), hook);
+    let opts = Options::default();
+    let ids: Vec<String> = (0..ACTIONS).map(|i| i.to_string()).collect();
+    let outcomes = futures::future::join_all(ids.iter().map(|id| process_action(&store, id, &opts))).await;
+    for outcome in outcomes {
+        assert!(
+            matches!(outcome, Ok(Outcome::Completed { credits: 2, .. })),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(w.balance("hot"), Some(5 + ACTIONS * 100_000_000));
+    for i in 0..ACTIONS {
+        assert_eq!(w.balance(&format!("u{i}")), Some(50_000_000), "wallet u{i}");
+    }
+    let writes = store.hook.writes.load(Ordering::SeqCst);
+    assert!(
+        writes < ACTIONS / 2,
+        "{writes} writes of the hot wallet for {ACTIONS} actions: not coalesced"
+    );
+    sweep_markers(&w.store).await.expect("sweep");
+    assert_eq!(w.markers(), 0);
+}
+
+#[tokio::test]
+async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
+    use super::apply::{read_snapshot, Snapshot};
+    use super::coalesce::{CreditRequest, Credited};
+    use crate::domain::keys::marker_path;
+
+    let w = World::new();
+    w.set_balance("a", "100").await;
+    let request = |action: &str, units: u64, seen: Option<Snapshot>| CreditRequest {
+        action: action.to_string(),
+        marker: marker_path(action),
+        hash: "a".to_string(),
+        units: crate::domain::Units::new(units).expect("units"),
+        seen,
+    };
+    let commit = |id: &'static str, body: &'static str| {
+        let store = w.store.clone();
+        async move {
+            let plan = crate::domain::plan_action(body.as_bytes()).expect("plan");
+            let tx = TxRecord::committed(id, &plan);
+            store
+                .insert(Bucket::Ledger, &tx_key(id), &tx.to_bytes())
+                .await
+                .expect("commit")
+        }
+    };
+    // Process P observes the wallet, then actions A and B commit.
+    let seen = read_snapshot(&w.store, "a").await.expect("read");
+    commit("A", r#"{"beneficiaries":{"a":"0.00000002"}}"#).await;
+    let b_cas = commit("B", r#"{"beneficiaries":{"a":"0.00000001"}}"#).await;
+    // P credits A from its observation: its own write, in its lineage.
+    let p = Options::default();
+    let done = p
+        .coalescer
+        .credit(&w.store, request("A", 2, Some(seen.clone())), &p)
+        .await;
+    assert!(matches!(done, Ok(Credited::Done { .. })), "{done:?}");
+    // Process Q applies B, completes it and prunes its marker.
+    let q = Options::default();
+    let done = q.coalescer.credit(&w.store, request("B", 1, None), &q).await;
+    assert!(matches!(done, Ok(Credited::Done { .. })), "{done:?}");
+    let mut tx = w.tx("B").expect("record");
+    tx.state = TxState::Completed;
+    w.store
+        .replace(Bucket::Ledger, &tx_key("B"), &tx.to_bytes(), b_cas)
+        .await
+        .expect("complete");
+    assert_eq!(
+        w.store
+            .remove_xattr(Bucket::Ledger, &balance_key("a"), &marker_path("B"))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(w.balance("a"), Some(103));
+    // P, stale, now credits B from its old observation: its cached state and
+    // its lineage no longer describe the wallet, and B must not be credited.
+    let again = p.coalescer.credit(&w.store, request("B", 1, Some(seen)), &p).await;
+    assert!(matches!(again, Ok(Credited::CompletedElsewhere)), "{again:?}");
+    assert_eq!(w.balance("a"), Some(103));
+}

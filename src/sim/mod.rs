@@ -40,6 +40,8 @@ const WORKERS_FIRST: usize = 3;
 const WORKER_PASSES_MAX: usize = 6;
 /// Passes the clean recovery worker may need.
 const RECOVERY_PASSES_MAX: usize = 20;
+/// Actions one worker has in flight at once.
+const ACTIONS_AT_ONCE: usize = 3;
 /// Lease used in the simulation (virtual milliseconds).
 const LEASE_MS: u64 = 1_000;
 
@@ -61,7 +63,16 @@ struct Run {
     deliveries: Mutex<BTreeMap<String, Vec<Delivery>>>,
     corrupted: Mutex<BTreeSet<String>>,
     blocked: Mutex<BTreeMap<String, String>>,
-    opts: protocol::Options,
+}
+
+/// One worker process's options: its own memory of completed actions and
+/// its own coalescer, lost with it when it dies.
+fn worker_options() -> protocol::Options {
+    protocol::Options {
+        lease: Duration::from_millis(LEASE_MS),
+        apply_rounds_max: 8,
+        ..protocol::Options::default()
+    }
 }
 
 impl Run {
@@ -155,9 +166,11 @@ impl Run {
         }
     }
 
-    /// A worker: passes over the queue, two actions at a time. Returns
-    /// whether its last pass made progress.
+    /// A worker: passes over the queue, a few actions at a time (so that
+    /// its credits to one wallet coalesce). Returns whether its last pass
+    /// made progress.
     async fn work(&self, store: &SimStore, passes: usize, record_blocked: bool) -> bool {
+        let opts = worker_options();
         let mut progress = false;
         for _ in 0..passes {
             let keys = match store.list_keys(Bucket::Queue, ACTION_PREFIX, None, 100).await {
@@ -176,9 +189,8 @@ impl Run {
                 ids.shuffle(&mut *rng);
             }
             progress = false;
-            for pair in ids.chunks(2) {
-                let results =
-                    futures::future::join_all(pair.iter().map(|id| process_action(store, id, &self.opts))).await;
+            for pair in ids.chunks(ACTIONS_AT_ONCE) {
+                let results = futures::future::join_all(pair.iter().map(|id| process_action(store, id, &opts))).await;
                 for (id, result) in pair.iter().zip(results) {
                     self.shared.trace(format!("{} {id}: {result:?}", store.describe()));
                     match result {
@@ -247,11 +259,6 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
         deliveries: Mutex::new(BTreeMap::new()),
         corrupted: Mutex::new(BTreeSet::new()),
         blocked: Mutex::new(BTreeMap::new()),
-        opts: protocol::Options {
-            lease: Duration::from_millis(LEASE_MS),
-            apply_rounds_max: 8,
-            ..protocol::Options::default()
-        },
     });
 
     let mut tasks = Vec::new();
