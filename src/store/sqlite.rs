@@ -1,12 +1,14 @@
 //! The embedded store: one SQLite file, safe for several processes at once.
 //!
-//! Every mutation is one short `BEGIN IMMEDIATE` transaction that reads the
-//! row, applies the shared document model (`model.rs`) and writes it back,
-//! so SQLite's write lock makes each operation atomic across processes.
-//! WAL mode lets readers proceed while one writer commits; `synchronous =
-//! FULL` makes every committed write durable before it is acknowledged.
-//! Lock expiry is judged by SQLite's clock (`julianday('now')`), the same
-//! for every process on the machine.
+//! Every mutation reads the row, applies the shared document model
+//! (`model.rs`) and writes it back inside a `BEGIN IMMEDIATE` transaction,
+//! so SQLite's write lock makes each operation atomic across processes; a
+//! writer thread per process groups the mutations waiting at one moment
+//! into one such transaction (group commit, see `writer_loop`). WAL mode
+//! lets readers proceed while one writer commits; `synchronous = FULL`
+//! makes every committed write durable before it is acknowledged. Lock
+//! expiry is judged by the machine's clock, the same for every process on
+//! the machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,20 +27,24 @@ const BUSY_TIMEOUT_MS: u64 = 10_000;
 const GROUP_COMMIT_MAX: usize = 512;
 /// Idle connections kept for reuse.
 const POOL_IDLE_MAX: usize = 16;
-/// SQLite's clock in Unix milliseconds.
-macro_rules! now_ms_sql {
-    () => {
-        "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
-    };
+/// One document, read on every operation.
+const LOAD_SQL: &str = "SELECT body, xattrs, cas, lock_until_ms FROM docs WHERE bucket = ?1 AND key = ?2";
+/// One document written back.
+const UPSERT_SQL: &str =
+    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, xattrs = excluded.xattrs,
+     cas = excluded.cas, lock_until_ms = excluded.lock_until_ms";
+/// One document removed.
+const DELETE_SQL: &str = "DELETE FROM docs WHERE bucket = ?1 AND key = ?2";
+
+/// The machine's clock in Unix milliseconds: lock expiry is judged by it,
+/// the same clock for every process on the machine.
+fn clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
-/// One document with the store's time, read on every operation.
-const LOAD_SQL: &str = concat!(
-    "SELECT body, xattrs, cas, lock_until_ms, ",
-    now_ms_sql!(),
-    " FROM docs WHERE bucket = ?1 AND key = ?2"
-);
-/// The store's time alone, when the document does not exist.
-const NOW_SQL: &str = concat!("SELECT ", now_ms_sql!());
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -123,7 +129,7 @@ fn body_bytes(value: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<Vec<u8>>
     }
 }
 
-fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<(Slot, u64)> {
+fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Slot> {
     // Cached: this runs for every read and every write.
     let row = conn
         .prepare_cached(LOAD_SQL)
@@ -134,72 +140,80 @@ fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<(Slot, u64)> 
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, i64>(4)?,
                 ))
             })
             .optional()
         })
         .map_err(sql_error)?;
-    let Some((body, xattrs, cas, lock_until_ms, now)) = row else {
-        let now: i64 = conn
-            .prepare_cached(NOW_SQL)
-            .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
-            .map_err(sql_error)?;
-        return Ok((None, u64::try_from(now).unwrap_or(0)));
+    let Some((body, xattrs, cas, lock_until_ms)) = row else {
+        return Ok(None);
     };
     let xattrs: Value = serde_json::from_str(&xattrs)
         .map_err(|e| StoreError::Permanent(format!("stored xattrs of {key:?} are not JSON: {e}")))?;
-    let entry = Entry {
+    Ok(Some(Entry {
         body,
         xattrs,
         cas: u64::try_from(cas).unwrap_or(0),
         lock_until_ms: lock_until_ms.map(|l| u64::try_from(l).unwrap_or(0)),
-    };
-    Ok((Some(entry), u64::try_from(now).unwrap_or(0)))
+    }))
 }
 
 fn save(conn: &Connection, bucket: &str, key: &str, slot: &Slot) -> StoreResult<()> {
     match slot {
         None => conn
-            .execute("DELETE FROM docs WHERE bucket = ?1 AND key = ?2", params![bucket, key])
+            .prepare_cached(DELETE_SQL)
+            .and_then(|mut stmt| stmt.execute(params![bucket, key]))
             .map(|_| ()),
-        Some(e) => conn
-            .execute(
-                "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, xattrs = excluded.xattrs,
-                 cas = excluded.cas, lock_until_ms = excluded.lock_until_ms",
-                params![
-                    bucket,
-                    key,
-                    e.body,
-                    e.xattrs.to_string(),
-                    i64_of(e.cas)?,
-                    e.lock_until_ms.map(|l| i64::try_from(l).unwrap_or(i64::MAX))
-                ],
-            )
-            .map(|_| ()),
+        Some(e) => {
+            let cas = i64_of(e.cas)?;
+            conn.prepare_cached(UPSERT_SQL)
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        bucket,
+                        key,
+                        e.body,
+                        e.xattrs.to_string(),
+                        cas,
+                        e.lock_until_ms.map(|l| i64::try_from(l).unwrap_or(i64::MAX))
+                    ])
+                })
+                .map(|_| ())
+        }
     }
     .map_err(sql_error)
 }
 
+/// The writer's open transaction: one time and one run of CAS values for
+/// every mutation in it (the write lock is held throughout, so no other
+/// process can take CAS values meanwhile).
+struct Tx<'c> {
+    conn: &'c Connection,
+    now_ms: u64,
+    last_cas: std::cell::Cell<i64>,
+}
+
+impl Tx<'_> {
+    fn next_cas(&self) -> Cas {
+        let next = self.last_cas.get().saturating_add(1);
+        self.last_cas.set(next);
+        u64::try_from(next).unwrap_or(0)
+    }
+}
+
 /// One read-modify-write of a document, inside the writer's open
-/// transaction. A failed operation writes nothing (the CAS sequence may
-/// advance, which is harmless: CAS values only need to be unique).
+/// transaction. A failed operation writes nothing (it may use up a CAS
+/// value, which is harmless: CAS values only need to be unique).
 fn apply_mutation<T>(
-    conn: &Connection,
+    tx: &Tx<'_>,
     bucket: &str,
     key: &str,
     op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    let new_cas: i64 = conn
-        .prepare_cached("UPDATE cas_seq SET value = value + 1 WHERE id = 1 RETURNING value")
-        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
-        .map_err(sql_error)?;
-    let (mut slot, now) = load(conn, bucket, key)?;
+    let mut slot = load(tx.conn, bucket, key)?;
     let before = slot.clone();
-    let out = op(&mut slot, now, u64::try_from(new_cas).unwrap_or(0))?;
+    let out = op(&mut slot, tx.now_ms, tx.next_cas())?;
     if slot != before {
-        save(conn, bucket, key, &slot)?;
+        save(tx.conn, bucket, key, &slot)?;
     }
     Ok(out)
 }
@@ -208,7 +222,7 @@ fn apply_mutation<T>(
 type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A mutation for the writer: applied to the open transaction (`Some`), or
 /// not applied at all (`None`); it returns how to answer its caller.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
+type Job = Box<dyn FnOnce(Option<&Tx<'_>>) -> Answer + Send>;
 
 /// Group commit: one thread per store handle takes every mutation waiting,
 /// applies them in order inside ONE `BEGIN IMMEDIATE` transaction, commits
@@ -224,13 +238,28 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let e = sql_error(e);
-            for job in batch {
-                job(None)(Err(e.clone()));
+        let begun = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            conn.prepare_cached("SELECT value FROM cas_seq WHERE id = 1")
+                .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)))
+        });
+        let first_cas = match begun {
+            Ok(cas) => cas,
+            Err(e) => {
+                let e = sql_error(e);
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                for job in batch {
+                    job(None)(Err(e.clone()));
+                }
+                continue;
             }
-            continue;
-        }
+        };
+        let tx = Tx {
+            conn: &conn,
+            now_ms: clock_ms(),
+            last_cas: std::cell::Cell::new(first_cas),
+        };
         let mut answers = Vec::with_capacity(batch.len());
         let mut rolled_back = false;
         for job in batch {
@@ -240,10 +269,19 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
                 )));
                 continue;
             }
-            answers.push(job(Some(&conn)));
+            answers.push(job(Some(&tx)));
             // An I/O or full-disk error makes SQLite roll the whole
             // transaction back by itself: nothing in it was applied.
             rolled_back = conn.is_autocommit();
+        }
+        if !rolled_back && tx.last_cas.get() != first_cas {
+            let saved = conn
+                .prepare_cached("UPDATE cas_seq SET value = ?1 WHERE id = 1")
+                .and_then(|mut stmt| stmt.execute([tx.last_cas.get()]));
+            if saved.is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
+                rolled_back = true;
+            }
         }
         let outcome = if rolled_back {
             Err(StoreError::Transient(
@@ -326,9 +364,9 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
         let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
-        let job: Job = Box::new(move |conn: Option<&Connection>| {
+        let job: Job = Box::new(move |conn: Option<&Tx<'_>>| {
             let result = match conn {
-                Some(conn) => apply_mutation(conn, &bucket, &key, op),
+                Some(tx) => apply_mutation(tx, &bucket, &key, op),
                 None => Err(StoreError::Transient("not applied".into())),
             };
             Box::new(move |committed: Result<(), StoreError>| {
@@ -353,8 +391,8 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
         self.run(move |conn| {
-            let (slot, now) = load(conn, &bucket, &key)?;
-            op(&slot, now)
+            let slot = load(conn, &bucket, &key)?;
+            op(&slot, clock_ms())
         })
         .await
     }
