@@ -78,6 +78,8 @@ pub struct SqliteStore {
     pool: Arc<Mutex<Vec<Connection>>>,
     /// Where mutations go (see `writer_loop`); the thread ends with the last handle.
     writer: Arc<Mutex<std::sync::mpsc::Sender<Job>>>,
+    /// Where single-document reads go (see `reader_loop`).
+    reader: Arc<Mutex<std::sync::mpsc::Sender<ReadJob>>>,
 }
 
 fn sql_error(e: rusqlite::Error) -> StoreError {
@@ -300,6 +302,41 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
+/// A single-document read for the reader thread.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// Most reads served from one read transaction.
+const READ_BATCH_MAX: usize = 256;
+
+/// Point reads: one thread per store handle takes every read waiting and
+/// serves them all from ONE read transaction (one WAL snapshot, taken after
+/// the last of them arrived, so each still sees every write acknowledged
+/// before it was asked). This saves a thread hand-off per read and keeps
+/// the connection's page cache across the batch. Scans (`list_keys`,
+/// `count_keys`) run on pooled connections instead, so that a long one
+/// never holds up point reads.
+fn reader_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<ReadJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < READ_BATCH_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Without a transaction each read simply takes its own snapshot.
+        let in_tx = conn.execute_batch("BEGIN").is_ok();
+        for job in batch {
+            job(&conn);
+        }
+        // Never keep an old snapshot open into the next batch: that would
+        // serve stale reads.
+        if in_tx && conn.execute_batch("COMMIT").is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (or with [`OpenMode::Create`] creates) the database at `path`.
     pub fn open(path: &Path, queue_bucket: &str, ledger_bucket: &str, mode: OpenMode) -> StoreResult<Self> {
@@ -317,11 +354,18 @@ impl SqliteStore {
             .name("ledgerd-sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, queue))
             .map_err(|e| StoreError::Permanent(format!("starting the SQLite writer: {e}")))?;
+        let reader_conn = connect(path)?;
+        let (reads, read_queue) = std::sync::mpsc::channel::<ReadJob>();
+        std::thread::Builder::new()
+            .name("ledgerd-sqlite-reader".into())
+            .spawn(move || reader_loop(reader_conn, read_queue))
+            .map_err(|e| StoreError::Permanent(format!("starting the SQLite reader: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
             buckets: Arc::new((queue_bucket.to_string(), ledger_bucket.to_string())),
             pool: Arc::new(Mutex::new(vec![conn])),
             writer: Arc::new(Mutex::new(jobs)),
+            reader: Arc::new(Mutex::new(reads)),
         })
     }
 
@@ -390,11 +434,19 @@ impl SqliteStore {
         op: impl FnOnce(&Slot, u64) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
-        self.run(move |conn| {
-            let slot = load(conn, &bucket, &key)?;
-            op(&slot, clock_ms())
-        })
-        .await
+        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let job: ReadJob = Box::new(move |conn: &Connection| {
+            let result = load(conn, &bucket, &key).and_then(|slot| op(&slot, clock_ms()));
+            let _ = answer.send(result);
+        });
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| StoreError::Permanent("the SQLite reader has stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| StoreError::Permanent("the SQLite reader has stopped".into()))?
     }
 }
 
