@@ -133,7 +133,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5_000, value_name = "N")]
     pub actions: u64,
     /// Actions each worker process works on at once.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
     /// Worker processes; with 1 the worker runs in this process and store
     /// operations are counted.

@@ -153,7 +153,7 @@ impl Settings {
             .set_default("store", DEFAULT_STORE_URL)?
             .set_default("queue_bucket", "queue")?
             .set_default("ledger_bucket", "ledger")?
-            .set_default("concurrency", 16)?
+            .set_default("concurrency", 64)?
             .set_default("lease_ms", 15_000)?
             .set_default("idle_backoff_ms_max", 1_000)?
             .set_default("discovery_page_size", 256)?
