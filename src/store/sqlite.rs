@@ -25,6 +25,8 @@ use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, Wri
 const BUSY_TIMEOUT_MS: u64 = 10_000;
 /// Most mutations committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 512;
+/// Page cache of the writer's and the reader's connection, in KiB.
+const CACHE_KIB: i64 = 32 * 1024;
 /// Idle connections kept for reuse.
 const POOL_IDLE_MAX: usize = 16;
 /// One document, read on every operation.
@@ -349,12 +351,21 @@ impl SqliteStore {
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(sql_error)?;
         let writer_conn = connect(path)?;
+        writer_conn
+            .pragma_update(None, "cache_size", -CACHE_KIB)
+            .map_err(sql_error)?;
+        writer_conn
+            .pragma_update(None, "wal_autocheckpoint", 10_000)
+            .map_err(sql_error)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ledgerd-sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, queue))
             .map_err(|e| StoreError::Permanent(format!("starting the SQLite writer: {e}")))?;
         let reader_conn = connect(path)?;
+        reader_conn
+            .pragma_update(None, "cache_size", -CACHE_KIB)
+            .map_err(sql_error)?;
         let (reads, read_queue) = std::sync::mpsc::channel::<ReadJob>();
         std::thread::Builder::new()
             .name("ledgerd-sqlite-reader".into())
