@@ -109,6 +109,13 @@ fn metrics_count_what_was_processed_and_readyz_follows_the_store() {
         "{body}"
     );
     assert_eq!(sample(&body, "ledgerd_credits_total"), Some(40.0), "{body}");
+    // Every credit went out in some wallet write, each write with one or more.
+    assert_eq!(
+        sample(&body, "ledgerd_wallet_write_credits_total"),
+        Some(40.0),
+        "{body}"
+    );
+    assert!(sample(&body, "ledgerd_wallet_writes_total").is_some_and(|n| (1.0..=40.0).contains(&n)));
     let units: u64 = expected.values().sum();
     assert_eq!(
         sample(&body, "ledgerd_units_credited_total"),

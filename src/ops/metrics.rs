@@ -30,6 +30,13 @@ pub const ACTION_SECONDS: &str = "ledgerd_action_seconds";
 pub const STORE_OPS: &str = "ledgerd_store_operations_total";
 /// Lease renewals, by `result`: renewed, lost.
 pub const LEASE_RENEWALS: &str = "ledgerd_lease_renewals_total";
+/// Successful wallet writes (each carries one or more coalesced credits).
+pub const WALLET_WRITES: &str = "ledgerd_wallet_writes_total";
+/// Credits carried by those writes; divided by the writes: credits per write.
+pub const WALLET_WRITE_CREDITS: &str = "ledgerd_wallet_write_credits_total";
+/// Reads of a transaction record made to prove a credit not yet applied
+/// (needed when the wallet changed under another process's write).
+pub const RECORD_CHECKS: &str = "ledgerd_credit_record_checks_total";
 
 /// Histogram buckets in seconds, from 1 ms to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -56,6 +63,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_histogram!(ACTION_SECONDS, Unit::Seconds, "Time from claim to outcome, per action.");
     describe_counter!(STORE_OPS, "Store operations, by op and result.");
     describe_counter!(LEASE_RENEWALS, "Lease renewals, by result.");
+    describe_counter!(WALLET_WRITES, "Successful wallet writes.");
+    describe_counter!(
+        WALLET_WRITE_CREDITS,
+        "Credits carried by wallet writes (more than the writes when credits coalesce)."
+    );
+    describe_counter!(
+        RECORD_CHECKS,
+        "Transaction records read to prove a credit not yet applied."
+    );
     Ok(handle)
 }
 

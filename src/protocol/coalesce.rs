@@ -39,7 +39,7 @@ use super::records::{marker_value, now_ms, TxState};
 use super::{backoff, count_retry, read_tx, Options, ProtocolError, Result};
 use crate::domain::keys::balance_key;
 use crate::domain::Units;
-use crate::ops::metrics::result_label;
+use crate::ops::metrics::{self as m, result_label};
 use crate::store::{Bucket, Store, StoreError, WriteMode};
 
 /// Wallet slots kept before idle ones (and their cached states) are dropped.
@@ -254,6 +254,9 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, op
                 unproven.push(p);
             }
         }
+        if !unproven.is_empty() {
+            metrics::counter!(m::RECORD_CHECKS).increment(unproven.len() as u64);
+        }
         let records = join_all(unproven.iter().map(|p| read_tx(store, &p.request.action))).await;
         for (p, record) in unproven.into_iter().zip(records) {
             match record {
@@ -328,6 +331,8 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, op
                 for (path, value) in values {
                     markers.insert(marker_name(&path).to_string(), value);
                 }
+                metrics::counter!(m::WALLET_WRITES).increment(1);
+                metrics::counter!(m::WALLET_WRITE_CREDITS).increment(included.len() as u64);
                 lineage.push(Seen::Cas(cas));
                 *locked(&slot.known) = Some(Known {
                     state: Snapshot::Present {
