@@ -530,3 +530,64 @@ async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
     assert!(matches!(again, Ok(Credited::CompletedElsewhere)), "{again:?}");
     assert_eq!(w.balance("a"), Some(103));
 }
+
+/// Makes the first wallet write stall for `stall_s` seconds, moving the
+/// store's clock along with the runtime's.
+struct StallingWrite {
+    clock: Arc<AtomicU64>,
+    stall_s: u64,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Hook for StallingWrite {
+    async fn before(&self, kind: OpKind, _key: &str) -> Fault {
+        if kind == OpKind::WriteWithXattrs && !self.stalled.swap(true, Ordering::SeqCst) {
+            for _ in 0..self.stall_s {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                self.clock.fetch_add(1_000, Ordering::SeqCst);
+            }
+        }
+        Fault::Pass
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_is_renewed_while_its_action_is_slow() {
+    let w = World::new();
+    w.enqueue("slow", BODY).await;
+    let lease = std::time::Duration::from_secs(3);
+    let slow = Hooked::new(
+        arc(&w.store),
+        StallingWrite {
+            clock: w.clock.clone(),
+            stall_s: 10,
+            stalled: std::sync::atomic::AtomicBool::new(false),
+        },
+    );
+    let slow_opts = Options {
+        lease,
+        ..Options::default()
+    };
+    // Another process tries the action every second while the first one is
+    // stuck for more than three leases: the lock must hold throughout.
+    let other = async {
+        let opts = Options {
+            lease,
+            ..Options::default()
+        };
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            seen.push(process_action(&w.store, "slow", &opts).await);
+        }
+        seen
+    };
+    let (first, seen) = tokio::join!(process_action(&slow, "slow", &slow_opts), other);
+    assert!(matches!(first, Ok(Outcome::Completed { credits: 3, .. })), "{first:?}");
+    for attempt in seen {
+        assert_eq!(attempt, Ok(Outcome::Skipped(Skip::Busy)));
+    }
+    assert_eq!(w.balance("a"), Some(150_000_000));
+    assert!(!w.has(Bucket::Queue, &action_key("slow")));
+}
