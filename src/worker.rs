@@ -60,6 +60,58 @@ pub struct RunStats {
 
 type Finished = (String, Result<Outcome, ProtocolError>, Duration);
 
+/// One pass over the queue's keys, in key order, starting after `start`
+/// and wrapping around to the head up to `start` (inclusive), so that every
+/// key present throughout the pass is visited once. Workers start their
+/// passes at different keys, so processes rarely read the same pages at the
+/// same time.
+#[derive(Debug, Clone)]
+pub(crate) struct Pass {
+    start: Option<String>,
+    cursor: Option<String>,
+    wrapped: bool,
+}
+
+impl Pass {
+    /// A pass beginning after `start` (at the head with `None`).
+    pub(crate) fn new(start: Option<String>) -> Self {
+        Self {
+            cursor: start.clone(),
+            wrapped: start.is_none(),
+            start,
+        }
+    }
+
+    /// The key to list after next.
+    pub(crate) fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+
+    /// Takes the next listed page (keys after `cursor()`, in order); returns
+    /// the keys of this pass in it, and whether the pass is over.
+    pub(crate) fn take(&mut self, page: Vec<String>) -> (Vec<String>, bool) {
+        let Some(last) = page.last().cloned() else {
+            if self.wrapped {
+                return (page, true);
+            }
+            // End of the key space: go on from the head up to the start.
+            self.wrapped = true;
+            self.cursor = None;
+            return (page, false);
+        };
+        match (&self.start, self.wrapped) {
+            (Some(start), true) if last >= *start => {
+                let keys = page.into_iter().filter(|k| k <= start).collect();
+                (keys, true)
+            }
+            _ => {
+                self.cursor = Some(last);
+                (page, false)
+            }
+        }
+    }
+}
+
 struct Loop {
     store: Arc<dyn Store>,
     cfg: WorkerConfig,
@@ -115,7 +167,10 @@ impl Loop {
     /// Passes over the queue until idle (with `exit_when_idle`) or forever.
     async fn discover(&mut self) {
         let semaphore = Arc::new(Semaphore::new(self.cfg.concurrency));
-        let mut cursor: Option<String> = None;
+        // The first pass starts at the head; each later one after a key
+        // picked at random from the previous pass.
+        let mut pass = Pass::new(None);
+        let (mut seen, mut next_start): (u64, Option<String>) = (0, None);
         let mut idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
         let mut list_attempt = 0;
         loop {
@@ -123,7 +178,7 @@ impl Loop {
             let listed = Instant::now();
             let page = self
                 .store
-                .list_keys(Bucket::Queue, ACTION_PREFIX, cursor.as_deref(), self.cfg.page_size)
+                .list_keys(Bucket::Queue, ACTION_PREFIX, pass.cursor(), self.cfg.page_size)
                 .await;
             metrics::histogram!(m::DISCOVERY_SECONDS).record(listed.elapsed().as_secs_f64());
             let page = match page {
@@ -136,7 +191,16 @@ impl Loop {
                 }
             };
             list_attempt = 0;
-            let Some(last) = page.last().cloned() else {
+            let (page, over) = pass.take(page);
+            for key in &page {
+                // Reservoir sampling: each key of the pass equally likely.
+                seen += 1;
+                if rand::Rng::gen_range(&mut rand::thread_rng(), 0..seen) == 0 {
+                    next_start = Some(key.clone());
+                }
+            }
+            self.spawn_page(page, &semaphore).await;
+            if over {
                 // End of a pass: settle everything it started, then decide.
                 while let Some(done) = self.tasks.join_next().await {
                     self.record(done);
@@ -152,35 +216,38 @@ impl Loop {
                 } else {
                     idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
                 }
-                cursor = None;
-                continue;
-            };
-            cursor = Some(last);
-            let mut ids: Vec<String> = page
-                .into_iter()
-                .filter_map(|k| k.strip_prefix(ACTION_PREFIX).map(str::to_string))
-                .collect();
-            // Shuffle so that processes reading the same page rarely collide.
-            ids.shuffle(&mut rand::thread_rng());
-            let now = Instant::now();
-            for id in ids {
-                if self.in_flight.contains(&id) || self.deferred.get(&id).is_some_and(|(until, _)| *until > now) {
-                    continue;
-                }
-                let Ok(permit) = semaphore.clone().acquire_owned().await else {
-                    return;
-                };
-                self.reap();
-                self.in_flight.insert(id.clone());
-                metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
-                let (store, opts) = (self.store.clone(), self.opts.clone());
-                self.tasks.spawn(async move {
-                    let _permit = permit;
-                    let started = Instant::now();
-                    let result = process_action(store.as_ref(), &id, &opts).await;
-                    (id, result, started.elapsed())
-                });
+                pass = Pass::new(next_start.take());
+                seen = 0;
             }
+        }
+    }
+
+    /// Starts the actions of one page as slots free up, in random order so
+    /// that processes reading the same page rarely collide.
+    async fn spawn_page(&mut self, page: Vec<String>, semaphore: &Arc<Semaphore>) {
+        let mut ids: Vec<String> = page
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(ACTION_PREFIX).map(str::to_string))
+            .collect();
+        ids.shuffle(&mut rand::thread_rng());
+        let now = Instant::now();
+        for id in ids {
+            if self.in_flight.contains(&id) || self.deferred.get(&id).is_some_and(|(until, _)| *until > now) {
+                continue;
+            }
+            let Ok(permit) = semaphore.clone().acquire_owned().await else {
+                return;
+            };
+            self.reap();
+            self.in_flight.insert(id.clone());
+            metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
+            let (store, opts) = (self.store.clone(), self.opts.clone());
+            self.tasks.spawn(async move {
+                let _permit = permit;
+                let started = Instant::now();
+                let result = process_action(store.as_ref(), &id, &opts).await;
+                (id, result, started.elapsed())
+            });
         }
     }
 
@@ -329,5 +396,64 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod pass_tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::Pass;
+
+    /// Runs one pass over `keys` with a lister that answers like the stores.
+    fn visit(keys: &BTreeSet<String>, start: Option<String>, page_size: usize) -> Vec<String> {
+        let mut pass = Pass::new(start);
+        let mut visited = Vec::new();
+        for _ in 0..10_000 {
+            let page: Vec<String> = keys
+                .iter()
+                .filter(|k| pass.cursor().is_none_or(|c| k.as_str() > c))
+                .take(page_size)
+                .cloned()
+                .collect();
+            let (taken, over) = pass.take(page);
+            visited.extend(taken);
+            if over {
+                return visited;
+            }
+        }
+        panic!("the pass never ended");
+    }
+
+    proptest! {
+        #[test]
+        fn a_pass_visits_every_key_once_from_any_start(
+            keys in proptest::collection::btree_set("[a-e]{1,3}", 0..40),
+            start in proptest::option::of("[a-f]{0,3}"),
+            pick in any::<proptest::sample::Index>(),
+            use_key in any::<bool>(),
+            page_size in 1usize..6,
+        ) {
+            // Start after a key of the set, or after an arbitrary string.
+            let start = if use_key && !keys.is_empty() {
+                keys.iter().nth(pick.index(keys.len())).cloned()
+            } else {
+                start
+            };
+            let mut visited = visit(&keys, start, page_size);
+            visited.sort();
+            let expected: Vec<String> = keys.iter().cloned().collect();
+            prop_assert_eq!(visited, expected);
+        }
+    }
+
+    #[test]
+    fn a_pass_begins_after_its_start_and_wraps_to_the_head() {
+        let keys: BTreeSet<String> = ["a", "b", "c", "d"].iter().map(|k| k.to_string()).collect();
+        assert_eq!(visit(&keys, Some("b".into()), 2), ["c", "d", "a", "b"]);
+        assert_eq!(visit(&keys, None, 3), ["a", "b", "c", "d"]);
+        assert_eq!(visit(&BTreeSet::new(), Some("b".into()), 2), Vec::<String>::new());
     }
 }
