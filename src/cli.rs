@@ -101,6 +101,13 @@ pub enum Command {
         /// Wallet hash.
         hash: String,
     },
+    /// Remove every idempotency marker whose action is completed.
+    ///
+    /// Visits every wallet and reads the record of each marker it carries;
+    /// markers of actions still in progress stay. Safe at any time, beside
+    /// running workers. Workers prune markers as they go; this pass catches
+    /// wallets that are rarely credited (run it from a timer, e.g. daily).
+    Sweep,
     /// Print document counts: queued, failed, transactions, wallets.
     Status {
         /// Print one JSON object instead of text.

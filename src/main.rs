@@ -90,6 +90,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             Command::Audit { snapshot: true } => commands::audit::snapshot(existing().await?.as_ref(), stdout).await,
             Command::Tx { id } => commands::audit::tx(existing().await?.as_ref(), &id, stdout).await,
             Command::History { hash } => commands::audit::history(existing().await?.as_ref(), &hash, stdout).await,
+            Command::Sweep => commands::inspect::sweep(existing().await?.as_ref(), stdout).await,
             Command::Status { json } => commands::inspect::status(existing().await?.as_ref(), json, stdout).await,
             Command::Demo(args) => commands::demo::run(args.actions, args.workers).await,
             Command::Bench(args) => {

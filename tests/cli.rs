@@ -39,7 +39,7 @@ fn every_subcommand_has_help() {
     let s = Scratch::new();
     for cmd in [
         "init", "run", "enqueue", "plan", "balance", "balances", "failed", "status", "demo", "simulate", "audit", "tx",
-        "history", "bench",
+        "history", "bench", "sweep",
     ] {
         let out = s.run(&[cmd, "--help"], "");
         assert!(out.status.success(), "{cmd} --help");
@@ -145,6 +145,21 @@ fn enqueue_run_and_inspect() {
         json_lines(&out)[0],
         serde_json::json!({"queued":0,"failed":2,"transactions":2,"wallets":3})
     );
+
+    // The last writes' markers are still on the wallets; the sweep takes
+    // them, and a second sweep finds nothing; balances do not move.
+    let swept = |s: &Scratch| -> u64 {
+        let out = s.run(&["sweep"], "");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected sweep output: {text}"))
+    };
+    assert!(swept(&s) >= 1);
+    assert_eq!(swept(&s), 0);
+    assert_eq!(balances(&s).get("a"), Some(&529_000_000));
 
     let out = s.run(&["balance", "a", "nobody"], "");
     assert!(

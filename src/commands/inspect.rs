@@ -121,6 +121,15 @@ pub async fn failed(store: &dyn Store, out: &mut (dyn Write + Send)) -> anyhow::
     Ok(Exit::Success)
 }
 
+/// `ledgerd sweep`: removes every marker whose action is completed; prints how many.
+pub async fn sweep(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exit> {
+    let removed = crate::protocol::sweep_markers(store)
+        .await
+        .context("sweeping markers")?;
+    writeln!(out, "removed {removed} markers of completed actions")?;
+    Ok(Exit::Success)
+}
+
 /// `ledgerd status`: document counts.
 pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> anyhow::Result<Exit> {
     let count = |bucket, prefix: &'static str| async move {
