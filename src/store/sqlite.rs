@@ -36,6 +36,9 @@ const UPSERT_SQL: &str =
     "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
      ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, xattrs = excluded.xattrs,
      cas = excluded.cas, lock_until_ms = excluded.lock_until_ms";
+/// One document created, unless it exists.
+const INSERT_SQL: &str = "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+     ON CONFLICT (bucket, key) DO NOTHING";
 /// One document removed.
 const DELETE_SQL: &str = "DELETE FROM docs WHERE bucket = ?1 AND key = ?2";
 
@@ -218,6 +221,34 @@ fn apply_mutation<T>(
     let out = op(&mut slot, tx.now_ms, tx.next_cas())?;
     if slot != before {
         save(tx.conn, bucket, key, &slot)?;
+    }
+    Ok(out)
+}
+
+/// A creation, inside the writer's open transaction, in one statement: `op`
+/// builds the document from nothing (it must succeed on an empty slot, as
+/// an insert does), and the row is inserted unless one exists (`Exists`).
+/// The same answer as `apply_mutation` with an insert, without reading the
+/// row first.
+fn apply_insert<T>(
+    tx: &Tx<'_>,
+    bucket: &str,
+    key: &str,
+    op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let mut slot: Slot = None;
+    let out = op(&mut slot, tx.now_ms, tx.next_cas())?;
+    let Some(e) = slot else {
+        return Err(StoreError::Permanent("an insert produced no document".into()));
+    };
+    let cas = i64_of(e.cas)?;
+    let inserted = tx
+        .conn
+        .prepare_cached(INSERT_SQL)
+        .and_then(|mut stmt| stmt.execute(params![bucket, key, e.body, e.xattrs.to_string(), cas]))
+        .map_err(sql_error)?;
+    if inserted == 0 {
+        return Err(StoreError::Exists);
     }
     Ok(out)
 }
@@ -417,10 +448,31 @@ impl SqliteStore {
         key: &str,
         op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
+        self.submit(bucket, key, false, op).await
+    }
+
+    /// Like `mutate` for an operation that only creates (see `apply_insert`).
+    async fn create<T: Send + 'static>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        self.submit(bucket, key, true, op).await
+    }
+
+    async fn submit<T: Send + 'static>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        create_only: bool,
+        op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
         let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
         let job: Job = Box::new(move |conn: Option<&Tx<'_>>| {
             let result = match conn {
+                Some(tx) if create_only => apply_insert(tx, &bucket, &key, op),
                 Some(tx) => apply_mutation(tx, &bucket, &key, op),
                 None => Err(StoreError::Transient("not applied".into())),
             };
@@ -515,7 +567,7 @@ impl Store for SqliteStore {
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
         let body = body.to_vec();
-        self.mutate(bucket, key, move |slot, _, cas| model::insert(slot, &body, cas))
+        self.create(bucket, key, move |slot, _, cas| model::insert(slot, &body, cas))
             .await
     }
 
@@ -542,11 +594,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<Cas> {
         let body = body.to_vec();
         let xattrs: Vec<(String, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.to_string(), v.clone())).collect();
-        self.mutate(bucket, key, move |slot, now, cas| {
+        // A creation that only sets paths succeeds on an empty slot: one
+        // statement. Removing a path from a document being created fails,
+        // and must fail with `Exists` if the document is there: read it.
+        let create_only = mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
+        let op = move |slot: &mut Slot, now, cas| {
             let refs: Vec<(&str, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
             model::write_with_xattrs(slot, &body, &refs, mode, now, cas)
-        })
-        .await
+        };
+        self.submit(bucket, key, create_only, op).await
     }
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
