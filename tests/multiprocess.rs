@@ -89,8 +89,9 @@ fn start_worker(s: &Scratch) -> Child {
         "--exit-when-idle",
         "--lease-ms",
         "1000",
+        // Few at a time, so that work remains when the test kills workers.
         "--concurrency",
-        "8",
+        "2",
         "--log-level",
         "warn",
     ])
@@ -130,7 +131,7 @@ fn killed_and_restarted_processes_credit_every_action_exactly_once() {
     let mut workers: Vec<Child> = (0..PROCESSES).map(|_| start_worker(&s)).collect();
     let mut kills = 0;
     for _round in 0..3 {
-        std::thread::sleep(Duration::from_millis(700));
+        std::thread::sleep(Duration::from_millis(300));
         if queued(&s) < 200 {
             break;
         }
