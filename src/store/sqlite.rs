@@ -37,7 +37,8 @@ const UPSERT_SQL: &str =
      ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, xattrs = excluded.xattrs,
      cas = excluded.cas, lock_until_ms = excluded.lock_until_ms";
 /// One document created, unless it exists.
-const INSERT_SQL: &str = "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+const INSERT_SQL: &str =
+    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
      ON CONFLICT (bucket, key) DO NOTHING";
 /// One document removed.
 const DELETE_SQL: &str = "DELETE FROM docs WHERE bucket = ?1 AND key = ?2";
