@@ -1,6 +1,14 @@
 //! Formatting timestamps. Times in ledgerd are informational only: no
 //! safety decision ever depends on a clock.
 
+/// The machine's wall clock in Unix milliseconds (0 before 1970).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Formats Unix milliseconds as RFC 3339 UTC, e.g. `2026-11-22T19:20:11.123Z`.
 pub fn rfc3339_from_unix_ms(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;

@@ -66,12 +66,10 @@ impl Snapshot {
             Snapshot::Absent => None,
             Snapshot::Invalid(reason) => Some(reason.clone()),
             Snapshot::Present { markers, .. } if markers.contains_key(own) => None,
-            Snapshot::Present { balance, .. } => balance.checked_add(credit.units).is_none().then(|| {
-                format!(
-                    "wallet {:?}: crediting {} would exceed the total supply",
-                    credit.hash, credit.units
-                )
-            }),
+            Snapshot::Present { balance, .. } => balance
+                .checked_add(credit.units)
+                .is_none()
+                .then(|| over_supply(&credit.hash, credit.units)),
         }
     }
 
@@ -97,6 +95,11 @@ impl Snapshot {
         }
         (prunable, stale)
     }
+}
+
+/// Why a credit is refused when it would take its wallet past the supply.
+pub(crate) fn over_supply(hash: &str, units: Units) -> String {
+    format!("wallet {hash:?}: crediting {units} would exceed the total supply")
 }
 
 /// The marker's name under `ledger.applied` for the marker path `path`.

@@ -34,7 +34,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::apply::{marker_name, read_snapshot, Seen, Snapshot};
+use super::apply::{marker_name, over_supply, read_snapshot, Seen, Snapshot};
 use super::records::{marker_value, now_ms, TxState};
 use super::{backoff, count_retry, read_tx, Options, ProtocolError, Result};
 use crate::domain::keys::balance_key;
@@ -288,10 +288,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, op
                     included.push(p);
                 }
                 None => {
-                    let reason = format!(
-                        "wallet {:?}: crediting {} would exceed the total supply",
-                        p.request.hash, p.request.units
-                    );
+                    let reason = over_supply(&p.request.hash, p.request.units);
                     answer(p, Ok(Credited::Blocked(reason)));
                 }
             }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -59,10 +58,7 @@ pub fn now_ms() -> u64 {
     if let Some(ms) = VIRTUAL_CLOCK.with(|c| c.borrow().as_ref().map(|a| a.load(Ordering::SeqCst))) {
         return ms;
     }
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::domain::time::unix_ms_now()
 }
 
 impl TxRecord {

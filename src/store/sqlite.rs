@@ -46,10 +46,7 @@ const DELETE_SQL: &str = "DELETE FROM docs WHERE bucket = ?1 AND key = ?2";
 /// The machine's clock in Unix milliseconds: lock expiry is judged by it,
 /// the same clock for every process on the machine.
 fn clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::domain::time::unix_ms_now()
 }
 
 const SCHEMA: &str = "
