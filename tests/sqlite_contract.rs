@@ -23,11 +23,11 @@ impl Harness for SqliteHarness {
     }
 }
 
-async fn harness() -> Option<SqliteHarness> {
+async fn harness() -> SqliteHarness {
     let dir = tempfile::tempdir().expect("temp dir");
     let store =
         SqliteStore::open(&dir.path().join("contract.db"), "queue", "ledger", OpenMode::Create).expect("open sqlite");
-    Some(SqliteHarness { store, _dir: dir })
+    SqliteHarness { store, _dir: dir }
 }
 
 ledgerd::contract_tests!(harness);

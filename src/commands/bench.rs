@@ -1,6 +1,7 @@
 //! `ledgerd bench`: generate a workload into a fresh store, run workers,
 //! and measure throughput, latency, store operations and memory.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,8 @@ use serde::Serialize;
 
 use super::Exit;
 use crate::config::Settings;
-use crate::domain::keys::{action_key, ACTION_PREFIX};
+use crate::domain::keys::{action_key, balance_key, ACTION_PREFIX, BALANCE_PREFIX, MARKERS_XATTR};
+use crate::domain::Units;
 use crate::store::hooked::{Hook, Hooked, OpKind};
 use crate::store::{open, Bucket, OpenMode, Store, StoreError};
 use crate::worker::{self, WorkerConfig};
@@ -24,6 +26,10 @@ use crate::worker::{self, WorkerConfig};
 const UNIFORM_WALLETS: u64 = 100_000;
 /// Inserts written at once while generating.
 const GENERATE_CONCURRENCY: usize = 64;
+/// Units each beneficiary of a generated action receives (0.00001 token).
+const SHARE_UNITS: u64 = 1_000;
+/// Wallets read at once while checking the balances.
+const CHECK_CONCURRENCY: usize = 64;
 
 /// The workload shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -37,24 +43,31 @@ pub enum Scenario {
     Wide,
 }
 
-fn body(scenario: Scenario, rng: &mut StdRng) -> String {
+/// The beneficiaries of one generated action (repeats are summed, as
+/// the parser does); each receives [`SHARE_UNITS`].
+fn beneficiaries(scenario: Scenario, rng: &mut StdRng) -> Vec<String> {
     let wallet = |rng: &mut StdRng| format!("b{:06}", rng.gen_range(0..UNIFORM_WALLETS));
-    let entries: Vec<String> = match scenario {
+    match scenario {
         Scenario::Uniform => (0..3).map(|_| wallet(rng)).collect(),
         Scenario::Hot => std::iter::once("hot".to_string())
             .chain((0..2).map(|_| wallet(rng)))
             .collect(),
         Scenario::Wide => (0..50).map(|_| wallet(rng)).collect(),
-    };
+    }
+}
+
+fn body(entries: &[String]) -> String {
     let list: Vec<String> = entries.iter().map(|h| format!(r#"{{"{h}":"0.00001"}}"#)).collect();
     format!(r#"{{"beneficiaries":[{}]}}"#, list.join(","))
 }
 
-/// Counts store operations by what they cost: reads, writes, conflicts.
+/// Counts store operations by what they cost: reads, writes, conflicts,
+/// and the wallet writes among the writes.
 #[derive(Default)]
 struct OpCounter {
     reads: AtomicU64,
     writes: AtomicU64,
+    wallet_writes: AtomicU64,
     conflicts: AtomicU64,
 }
 
@@ -63,6 +76,9 @@ impl Hook for OpCounter {
     fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
         let counter = if kind.is_write() { &self.writes } else { &self.reads };
         counter.fetch_add(1, Ordering::Relaxed);
+        if kind == OpKind::WriteWithXattrs {
+            self.wallet_writes.fetch_add(1, Ordering::Relaxed);
+        }
         if matches!(
             error,
             Some(StoreError::CasMismatch | StoreError::Exists | StoreError::Locked)
@@ -83,6 +99,7 @@ struct Latency {
 struct OpsPerAction {
     reads: f64,
     writes: f64,
+    wallet_writes: f64,
     conflicts: f64,
 }
 
@@ -96,6 +113,10 @@ struct Report {
     latency_ms: Option<Latency>,
     store_ops_per_action: Option<OpsPerAction>,
     peak_rss_bytes: u64,
+    /// Every wallet checked against the totals of the generated actions.
+    balances_exact: bool,
+    /// The most idempotency markers left on any wallet at the end.
+    wallet_markers_max: usize,
 }
 
 /// This process's peak resident memory (Linux), else 0.
@@ -141,12 +162,21 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
         .await
         .context("opening the bench store")?;
     store.init().await.context("initialising the bench store")?;
-    if store.count_keys(Bucket::Queue, ACTION_PREFIX).await? > 0 {
-        anyhow::bail!("the bench store already has queued actions; give --target a fresh store");
+    if store.count_keys(Bucket::Queue, ACTION_PREFIX).await? > 0
+        || store.count_keys(Bucket::Ledger, BALANCE_PREFIX).await? > 0
+    {
+        anyhow::bail!("the bench store already has queued actions or wallets; give --target a fresh store");
     }
     let mut rng = StdRng::seed_from_u64(1);
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let bodies: Vec<(String, String)> = (0..args.actions)
-        .map(|i| (format!("bench-{i:08}"), body(args.scenario, &mut rng)))
+        .map(|i| {
+            let entries = beneficiaries(args.scenario, &mut rng);
+            for hash in &entries {
+                *expected.entry(hash.clone()).or_default() += SHARE_UNITS;
+            }
+            (format!("bench-{i:08}"), body(&entries))
+        })
         .collect();
     let credits_per_action = match args.scenario {
         Scenario::Uniform | Scenario::Hot => 3.0,
@@ -185,6 +215,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
     if left > 0 {
         anyhow::bail!("{left} actions were not processed");
     }
+    let wallet_markers_max = check_balances(store.as_ref(), &expected).await?;
     let done = args.actions as f64;
     let report = Report {
         scenario: args.scenario,
@@ -207,12 +238,52 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
         store_ops_per_action: ops.map(|c| OpsPerAction {
             reads: c.hook.reads.load(Ordering::Relaxed) as f64 / done,
             writes: c.hook.writes.load(Ordering::Relaxed) as f64 / done,
+            wallet_writes: c.hook.wallet_writes.load(Ordering::Relaxed) as f64 / done,
             conflicts: c.hook.conflicts.load(Ordering::Relaxed) as f64 / done,
         }),
         peak_rss_bytes: peak_rss_bytes(),
+        balances_exact: true,
+        wallet_markers_max,
     };
     print_report(&report, args.json)?;
     Ok(Exit::Success)
+}
+
+/// Checks that every wallet holds exactly the total of its credits in the
+/// generated actions (a bench store starts empty), and returns the most
+/// markers any of them still carries.
+async fn check_balances(store: &dyn Store, expected: &BTreeMap<String, u64>) -> anyhow::Result<usize> {
+    let results: Vec<anyhow::Result<usize>> = stream::iter(expected)
+        .map(|(hash, units)| async move {
+            let doc = store
+                .get_with_xattrs(Bucket::Ledger, &balance_key(hash), &[MARKERS_XATTR])
+                .await
+                .with_context(|| format!("reading wallet {hash}"))?;
+            let balance = Units::parse_balance(&doc.body).map_err(|e| anyhow::anyhow!("wallet {hash}: {e}"))?;
+            anyhow::ensure!(
+                balance.get() == *units,
+                "wallet {hash} holds {} units where the generated actions credit {units}",
+                balance.get()
+            );
+            Ok(doc.xattrs[0]
+                .as_ref()
+                .and_then(|m| m.as_object())
+                .map_or(0, |m| m.len()))
+        })
+        .buffer_unordered(CHECK_CONCURRENCY)
+        .collect()
+        .await;
+    let mut markers_max = 0;
+    for result in results {
+        markers_max = markers_max.max(result?);
+    }
+    let wallets = store.count_keys(Bucket::Ledger, BALANCE_PREFIX).await?;
+    anyhow::ensure!(
+        wallets == expected.len() as u64,
+        "{wallets} wallets exist where the generated actions credit {}",
+        expected.len()
+    );
+    Ok(markers_max)
 }
 
 /// Runs `processes` `ledgerd run --exit-when-idle` children on the store.
@@ -280,10 +351,14 @@ fn print_report(r: &Report, json: bool) -> anyhow::Result<()> {
     }
     if let Some(o) = &r.store_ops_per_action {
         println!(
-            "ops/action      reads {:.2}  writes {:.2}  conflicts {:.2}",
-            o.reads, o.writes, o.conflicts
+            "ops/action      reads {:.2}  writes {:.2} (wallet writes {:.2})  conflicts {:.2}",
+            o.reads, o.writes, o.wallet_writes, o.conflicts
         );
     }
+    println!(
+        "balances        exact ({} markers at most on a wallet)",
+        r.wallet_markers_max
+    );
     println!("peak RSS        {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
     Ok(())
 }

@@ -2,7 +2,9 @@
 
 use sha2::{Digest as _, Sha256};
 
-/// Longest document key the store accepts, in bytes (Couchbase's limit).
+/// Longest document key, in bytes. Couchbase Server docs, "Size Limits":
+/// "Max key length 250 bytes" (in the default collection, which ledgerd
+/// uses; 246 in a named one). The stores enforce it (`store::limits`).
 pub const KEY_BYTES_MAX: usize = 250;
 /// Prefix of queued actions in the queue bucket.
 pub const ACTION_PREFIX: &str = "action:";

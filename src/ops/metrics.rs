@@ -35,8 +35,11 @@ pub const WALLET_WRITES: &str = "ledgerd_wallet_writes_total";
 /// Credits carried by those writes; divided by the writes: credits per write.
 pub const WALLET_WRITE_CREDITS: &str = "ledgerd_wallet_write_credits_total";
 /// Reads of a transaction record made to prove a credit not yet applied
-/// (needed when the wallet changed under another process's write).
+/// (needed when the wallet changed under another process's write), or to
+/// find markers of completed actions on a wallet above its soft maximum.
 pub const RECORD_CHECKS: &str = "ledgerd_credit_record_checks_total";
+/// Markers of completed actions removed by wallet writes.
+pub const MARKERS_PRUNED: &str = "ledgerd_markers_pruned_total";
 
 /// Histogram buckets in seconds, from 1 ms to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -70,8 +73,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(
         RECORD_CHECKS,
-        "Transaction records read to prove a credit not yet applied."
+        "Transaction records read to prove a credit not yet applied, or to find markers to prune."
     );
+    describe_counter!(MARKERS_PRUNED, "Markers of completed actions removed by wallet writes.");
     Ok(handle)
 }
 
@@ -86,6 +90,8 @@ pub fn result_label(error: Option<&StoreError>) -> &'static str {
         Some(StoreError::Ambiguous(_)) => "ambiguous",
         Some(StoreError::Transient(_)) => "transient",
         Some(StoreError::Permanent(_)) => "permanent",
+        Some(StoreError::LimitExceeded(_)) => "limit_exceeded",
+        Some(StoreError::PathNotFound(_)) => "path_not_found",
     }
 }
 

@@ -13,6 +13,8 @@ mod claim;
 mod coalesce;
 pub mod records;
 mod sweep;
+mod wallet;
+mod write_plan;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -44,7 +46,16 @@ pub struct Options {
     pub recent: Arc<RecentlyCompleted>,
     /// Folds concurrent credits to one wallet into one write; one per process.
     pub coalescer: Arc<Coalescer>,
+    /// Markers a wallet may carry before each write must remove as many
+    /// markers of completed actions as it adds (see `write_plan`).
+    pub wallet_markers_soft_max: usize,
 }
+
+/// Default soft maximum of markers per wallet. A marker takes about 100
+/// bytes (at most about 600 with the longest action id), so 256 keep a
+/// wallet's xattrs near 25 KiB and below 160 KiB at worst, far from
+/// Couchbase's 20 MiB item limit, and every read of the wallet small.
+pub const WALLET_MARKERS_SOFT_MAX: usize = 256;
 
 impl Default for Options {
     fn default() -> Self {
@@ -53,6 +64,7 @@ impl Default for Options {
             apply_rounds_max: 32,
             recent: Arc::default(),
             coalescer: Arc::default(),
+            wallet_markers_soft_max: WALLET_MARKERS_SOFT_MAX,
         }
     }
 }
@@ -239,7 +251,7 @@ enum Commit {
     Recorded {
         tx: TxRecord,
         cas: Cas,
-        prefetched: Option<Vec<apply::Snapshot>>,
+        prefetched: Option<Vec<wallet::Snapshot>>,
     },
 }
 
@@ -248,7 +260,7 @@ async fn commit(store: &dyn Store, id: &str, plan: &Plan, opts: &Options) -> Res
     let reads = apply::observe_wallets(store, &plan.credits, opts).await?;
     let own = crate::domain::keys::marker_path(id);
     for (credit, read) in plan.credits.iter().zip(&reads) {
-        if let Some(reason) = read.precheck(credit, apply::marker_name(&own)) {
+        if let Some(reason) = read.precheck(credit, wallet::marker_name(&own)) {
             return Ok(Commit::Blocked(reason));
         }
     }

@@ -10,6 +10,11 @@
 //! store call and never returning, fresh workers taking over, duplicate
 //! deliveries (same and different body), a producer rewriting queued
 //! actions, a wallet corrupted by someone else, and balances near the supply.
+//! The store keeps Couchbase Server's limits (`store::limits`), and a
+//! request it refuses for them is a violation. One seed in three is
+//! crowded: more actions, 24 in flight per worker, and a marker soft
+//! maximum of 3, so that batches are written in turns and writes prune the
+//! markers of other workers' completed actions.
 //! Not simulated: store bugs (the store is trusted to keep its contract),
 //! process memory corruption, and Couchbase-specific behaviour such as
 //! failover or durability loss beyond "ambiguous".
@@ -42,6 +47,14 @@ const WORKER_PASSES_MAX: usize = 6;
 const RECOVERY_PASSES_MAX: usize = 20;
 /// Actions one worker has in flight at once.
 const ACTIONS_AT_ONCE: usize = 3;
+/// Actions one worker has in flight at once in a crowded seed: its credits
+/// to one hot wallet then exceed one write, which must go in turns.
+const ACTIONS_AT_ONCE_CROWDED: usize = 24;
+/// Marker soft maximum of a crowded seed's wallets: low, so that writes
+/// prune markers of other workers' completed actions as they go.
+const WALLET_MARKERS_SOFT_MAX_CROWDED: usize = 3;
+/// One seed in this many is crowded.
+const CROWDED_ONE_IN: u64 = 3;
 /// Lease used in the simulation (virtual milliseconds).
 const LEASE_MS: u64 = 1_000;
 
@@ -56,10 +69,20 @@ pub struct Report {
     pub trace: Vec<String>,
     /// Actions delivered.
     pub deliveries: usize,
+    /// Whether the seed was crowded (see [`CROWDED_ONE_IN`]).
+    pub crowded: bool,
+    /// The most xattr specs any write of the run carried.
+    pub xattr_specs_max: usize,
+    /// Writes that removed a marker along with their credits.
+    pub pruning_writes: u64,
 }
 
 struct Run {
     shared: Arc<Shared>,
+    /// Actions one worker has in flight at once.
+    actions_at_once: usize,
+    /// Each worker process's marker soft maximum.
+    wallet_markers_soft_max: usize,
     deliveries: Mutex<BTreeMap<String, Vec<Delivery>>>,
     corrupted: Mutex<BTreeSet<String>>,
     blocked: Mutex<BTreeMap<String, String>>,
@@ -67,10 +90,11 @@ struct Run {
 
 /// One worker process's options: its own memory of completed actions and
 /// its own coalescer, lost with it when it dies.
-fn worker_options() -> protocol::Options {
+fn worker_options(wallet_markers_soft_max: usize) -> protocol::Options {
     protocol::Options {
         lease: Duration::from_millis(LEASE_MS),
         apply_rounds_max: 8,
+        wallet_markers_soft_max,
         ..protocol::Options::default()
     }
 }
@@ -170,7 +194,7 @@ impl Run {
     /// its credits to one wallet coalesce). Returns whether its last pass
     /// made progress.
     async fn work(&self, store: &SimStore, passes: usize, record_blocked: bool) -> bool {
-        let opts = worker_options();
+        let opts = worker_options(self.wallet_markers_soft_max);
         let mut progress = false;
         for _ in 0..passes {
             let keys = match store.list_keys(Bucket::Queue, ACTION_PREFIX, None, 100).await {
@@ -189,7 +213,7 @@ impl Run {
                 ids.shuffle(&mut *rng);
             }
             progress = false;
-            for pair in ids.chunks(ACTIONS_AT_ONCE) {
+            for pair in ids.chunks(self.actions_at_once) {
                 let results = futures::future::join_all(pair.iter().map(|id| process_action(store, id, &opts))).await;
                 for (id, result) in pair.iter().zip(results) {
                     self.shared.trace(format!("{} {id}: {result:?}", store.describe()));
@@ -227,6 +251,9 @@ pub fn run_seed(seed: u64, sabotage: Sabotage) -> Report {
                 violations: vec![format!("no runtime: {e}")],
                 trace: Vec::new(),
                 deliveries: 0,
+                crowded: false,
+                xattr_specs_max: 0,
+                pruning_writes: 0,
             };
         }
     };
@@ -236,7 +263,8 @@ pub fn run_seed(seed: u64, sabotage: Sabotage) -> Report {
 async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
     protocol::seed_jitter(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let work = workload::generate(&mut rng);
+    let crowded = rand::Rng::gen_range(&mut rng, 0..CROWDED_ONE_IN) == 0;
+    let work = workload::generate(&mut rng, crowded);
     let (clock, handle) = Clock::manual();
     // Timestamps and marker ages follow the virtual clock too.
     protocol::records::use_virtual_clock(Some(handle.clone()));
@@ -253,9 +281,21 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
         trace: Mutex::new(Vec::new()),
         violations: Mutex::new(Vec::new()),
         sabotage,
+        xattr_specs_max: Default::default(),
+        pruning_writes: Default::default(),
     });
     let run = Arc::new(Run {
         shared: shared.clone(),
+        actions_at_once: if crowded {
+            ACTIONS_AT_ONCE_CROWDED
+        } else {
+            ACTIONS_AT_ONCE
+        },
+        wallet_markers_soft_max: if crowded {
+            WALLET_MARKERS_SOFT_MAX_CROWDED
+        } else {
+            protocol::WALLET_MARKERS_SOFT_MAX
+        },
         deliveries: Mutex::new(BTreeMap::new()),
         corrupted: Mutex::new(BTreeSet::new()),
         blocked: Mutex::new(BTreeMap::new()),
@@ -319,6 +359,9 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
         violations,
         trace,
         deliveries: deliveries.values().map(Vec::len).sum(),
+        crowded,
+        xattr_specs_max: shared.xattr_specs_max.load(std::sync::atomic::Ordering::SeqCst),
+        pruning_writes: shared.pruning_writes.load(std::sync::atomic::Ordering::SeqCst),
     }
 }
 

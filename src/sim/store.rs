@@ -55,6 +55,10 @@ pub struct Shared {
     pub violations: Mutex<Vec<String>>,
     /// The defect under test.
     pub sabotage: Sabotage,
+    /// The most xattr specs any write carried (what the seed exercised).
+    pub xattr_specs_max: std::sync::atomic::AtomicUsize,
+    /// Writes that added markers and removed others in one mutation.
+    pub pruning_writes: AtomicU64,
 }
 
 impl Shared {
@@ -165,6 +169,12 @@ impl SimStore {
             Ok(v) => format!("ok {}", v.brief()),
             Err(e) => format!("err {e}"),
         };
+        if let Err(StoreError::LimitExceeded(why)) = &result {
+            self.shared.violation(format!(
+                "{} {kind:?} {key}: a request beyond the store's limits: {why}",
+                self.name
+            ));
+        }
         let shown: String = shown.chars().take(120).collect();
         match lie {
             Some(e) => {
@@ -311,14 +321,16 @@ impl Store for SimStore {
         xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas> {
+        let s = &self.shared;
+        s.xattr_specs_max.fetch_max(xattrs.len(), Ordering::SeqCst);
+        if xattrs.iter().any(|(_, v)| v.is_none()) && xattrs.iter().any(|(_, v)| v.is_some()) {
+            s.pruning_writes.fetch_add(1, Ordering::SeqCst);
+        }
         op!(
             self,
             OpKind::WriteWithXattrs,
             key,
-            self.shared
-                .inner
-                .write_with_xattrs(bucket, key, body, xattrs, mode)
-                .await
+            s.inner.write_with_xattrs(bucket, key, body, xattrs, mode).await
         )
     }
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {

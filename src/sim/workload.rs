@@ -86,8 +86,14 @@ pub fn body(rng: &mut StdRng) -> String {
     format!(r#"{{"beneficiaries":[{}]}}"#, entries.join(","))
 }
 
+/// Actions of an ordinary seed.
+const ACTIONS: std::ops::RangeInclusive<usize> = 8..=24;
+/// Actions of a crowded seed: enough that one worker's credits to one
+/// wallet exceed what one write may carry.
+const ACTIONS_CROWDED: std::ops::RangeInclusive<usize> = 40..=72;
+
 /// The workload of one seed.
-pub fn generate(rng: &mut StdRng) -> Workload {
+pub fn generate(rng: &mut StdRng, crowded: bool) -> Workload {
     let mut initial = BTreeMap::new();
     for i in 0..HOT_WALLETS {
         match rng.gen_range(0..8) {
@@ -104,7 +110,7 @@ pub fn generate(rng: &mut StdRng) -> Workload {
             }
         }
     }
-    let count = rng.gen_range(8..=24);
+    let count = rng.gen_range(if crowded { ACTIONS_CROWDED } else { ACTIONS });
     let actions = (0..count).map(|i| (format!("a{i:03}"), body(rng))).collect();
     Workload { initial, actions }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::model::{self, Slot};
+use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
 /// Where the memory store reads the time for lock expiry.
@@ -139,42 +139,42 @@ impl Store for MemoryStore {
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        model::get(&inner.bucket(bucket).get(key).cloned(), now)
+        model::get(&inner.bucket(bucket).get(key).cloned(), key, now)
     }
 
     async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        model::get_with_xattrs(&inner.bucket(bucket).get(key).cloned(), paths, now)
+        model::get_with_xattrs(&inner.bucket(bucket).get(key).cloned(), key, paths, now)
     }
 
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, cas| model::get_and_lock(slot, lock, now, cas))
+            .with_slot(bucket, key, |slot, cas| model::get_and_lock(slot, key, lock, now, cas))
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, _| model::unlock(slot, cas, now))
+            .with_slot(bucket, key, |slot, _| model::unlock(slot, key, cas, now))
     }
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
         self.lock()
-            .with_slot(bucket, key, |slot, cas| model::insert(slot, body, cas))
+            .with_slot(bucket, key, |slot, cas| model::insert(slot, key, body, cas))
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, new| model::replace(slot, body, cas, now, new))
+            .with_slot(bucket, key, |slot, new| model::replace(slot, key, body, cas, now, new))
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, _| model::remove(slot, cas, now))
+            .with_slot(bucket, key, |slot, _| model::remove(slot, key, cas, now))
     }
 
     async fn write_with_xattrs(
@@ -187,14 +187,14 @@ impl Store for MemoryStore {
     ) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
         self.lock().with_slot(bucket, key, |slot, cas| {
-            model::write_with_xattrs(slot, body, xattrs, mode, now, cas)
+            model::write_with_xattrs(slot, key, Mutation { body, xattrs, mode }, now, cas)
         })
     }
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, cas| model::remove_xattr(slot, path, now, cas))
+            .with_slot(bucket, key, |slot, cas| model::remove_xattr(slot, key, path, now, cas))
     }
 
     async fn list_keys(

@@ -10,7 +10,10 @@
 //!   succeeds and releases the lock; the lock lapses by itself;
 //! - a lapsed lock leaves the CAS as it was, so the lock's CAS still
 //!   works until someone else writes or locks;
-//! - `insert` fails with `Exists` when the key exists (locked or not).
+//! - `insert` fails with `Exists` when the key exists (locked or not);
+//! - every request stays within Couchbase Server's limits ([`limits`]):
+//!   what the server refuses, every store refuses with `LimitExceeded`;
+//! - a full-document write (`insert`, `replace`) leaves no user xattrs.
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ pub mod contract;
 pub mod couchbase;
 pub mod faulty;
 pub mod hooked;
+pub mod limits;
 pub mod memory;
 mod model;
 pub mod open;
@@ -97,6 +101,17 @@ pub enum StoreError {
     /// The operation did not happen and will not work if tried again.
     #[error("permanent error: {0}")]
     Permanent(String),
+    /// The request breaks a documented limit of Couchbase Server (specs per
+    /// sub-document call, key, body or xattr size, lock time; see
+    /// [`limits`]). It fails the same way every time: a defect of the
+    /// caller, never retried.
+    #[error("refused by the store's limits: {0}")]
+    LimitExceeded(String),
+    /// A write needed a sub-document path that is not there (removing a
+    /// marker already gone): the document is not in the state the caller
+    /// believed. Read it again, as after a CAS mismatch.
+    #[error("sub-document path not found: {0}")]
+    PathNotFound(String),
 }
 
 impl StoreError {
@@ -126,14 +141,17 @@ pub trait Store: Send + Sync {
     /// Reads a document.
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc>;
 
-    /// Reads a document's body and the xattrs at `paths`, atomically.
+    /// Reads a document's body and the xattrs at `paths`, atomically (at
+    /// most [`limits::SUBDOC_SPECS_MAX`] - 1 paths: the body is a spec too).
     async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs>;
 
-    /// Reads and locks a document for `lock` (rounded up to whole seconds by
-    /// stores that count in seconds). Fails with `Locked` if it is locked.
+    /// Reads and locks a document for `lock`, rounded up to whole seconds
+    /// (1 to 30 s, else `LimitExceeded`). Fails with `Locked` if it is locked.
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc>;
 
     /// Releases a lock taken with `get_and_lock`; `cas` is the lock's CAS.
+    /// Another CAS on a locked document fails with `Locked`; a document
+    /// that is not locked fails with `CasMismatch`.
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()>;
 
     /// Creates a document; fails with `Exists` if the key exists.
@@ -147,7 +165,8 @@ pub trait Store: Send + Sync {
 
     /// Writes a body and changes xattr paths in ONE atomic mutation:
     /// `Some(value)` sets a path, `None` removes one (which must exist, or
-    /// the whole mutation fails).
+    /// the whole mutation fails with `PathNotFound`). At most
+    /// [`limits::SUBDOC_SPECS_MAX`] - 1 paths: the body is a spec too.
     async fn write_with_xattrs(
         &self,
         bucket: Bucket,

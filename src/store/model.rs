@@ -2,11 +2,17 @@
 //! document's state, and every contract operation as a function over it.
 //! Both stores apply these same functions, so their semantics cannot drift
 //! apart; they differ only in where the state lives and what time it is.
+//!
+//! Every function first checks the request against Couchbase Server's
+//! limits (`limits.rs`), as the server validates a request before it looks
+//! at the document, then applies it; a write is refused if the document it
+//! would leave does not fit in one item.
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::limits;
 use super::{Cas, Doc, DocWithXattrs, StoreError, StoreResult, WriteMode, LOCKED_CAS};
 
 /// One stored document.
@@ -66,7 +72,8 @@ fn existing_mut(slot: &mut Slot) -> StoreResult<&mut Entry> {
     slot.as_mut().ok_or(StoreError::NotFound)
 }
 
-pub(crate) fn get(slot: &Slot, now_ms: u64) -> StoreResult<Doc> {
+pub(crate) fn get(slot: &Slot, key: &str, now_ms: u64) -> StoreResult<Doc> {
+    limits::check_key(key)?;
     let e = existing(slot)?;
     let cas = if e.locked(now_ms) { LOCKED_CAS } else { e.cas };
     Ok(Doc {
@@ -75,8 +82,9 @@ pub(crate) fn get(slot: &Slot, now_ms: u64) -> StoreResult<Doc> {
     })
 }
 
-pub(crate) fn get_with_xattrs(slot: &Slot, paths: &[&str], now_ms: u64) -> StoreResult<DocWithXattrs> {
-    let doc = get(slot, now_ms)?;
+pub(crate) fn get_with_xattrs(slot: &Slot, key: &str, paths: &[&str], now_ms: u64) -> StoreResult<DocWithXattrs> {
+    limits::check_lookup(paths)?;
+    let doc = get(slot, key, now_ms)?;
     let e = existing(slot)?;
     let xattrs = paths.iter().map(|p| get_path(&e.xattrs, p).cloned()).collect();
     Ok(DocWithXattrs {
@@ -86,12 +94,14 @@ pub(crate) fn get_with_xattrs(slot: &Slot, paths: &[&str], now_ms: u64) -> Store
     })
 }
 
-pub(crate) fn get_and_lock(slot: &mut Slot, lock: Duration, now_ms: u64, new_cas: Cas) -> StoreResult<Doc> {
+pub(crate) fn get_and_lock(slot: &mut Slot, key: &str, lock: Duration, now_ms: u64, new_cas: Cas) -> StoreResult<Doc> {
+    limits::check_key(key)?;
+    // Couchbase counts locks in whole seconds.
+    let lock_ms = limits::lock_secs(lock)?.saturating_mul(1000);
     let e = existing_mut(slot)?;
     if e.locked(now_ms) {
         return Err(StoreError::Locked);
     }
-    let lock_ms = u64::try_from(lock.as_millis()).unwrap_or(u64::MAX);
     e.cas = new_cas;
     e.lock_until_ms = Some(now_ms.saturating_add(lock_ms));
     Ok(Doc {
@@ -100,16 +110,24 @@ pub(crate) fn get_and_lock(slot: &mut Slot, lock: Duration, now_ms: u64, new_cas
     })
 }
 
-pub(crate) fn unlock(slot: &mut Slot, cas: Cas, now_ms: u64) -> StoreResult<()> {
+pub(crate) fn unlock(slot: &mut Slot, key: &str, cas: Cas, now_ms: u64) -> StoreResult<()> {
+    limits::check_key(key)?;
     let e = existing_mut(slot)?;
-    if !e.locked(now_ms) || e.cas != cas {
-        return Err(StoreError::CasMismatch);
+    // As the server does: another CAS on a locked document answers
+    // "locked"; a document that is not locked answers "not locked".
+    match (e.locked(now_ms), e.cas == cas) {
+        (true, true) => {
+            e.lock_until_ms = None;
+            Ok(())
+        }
+        (true, false) => Err(StoreError::Locked),
+        (false, _) => Err(StoreError::CasMismatch),
     }
-    e.lock_until_ms = None;
-    Ok(())
 }
 
-pub(crate) fn insert(slot: &mut Slot, body: &[u8], new_cas: Cas) -> StoreResult<Cas> {
+pub(crate) fn insert(slot: &mut Slot, key: &str, body: &[u8], new_cas: Cas) -> StoreResult<Cas> {
+    limits::check_key(key)?;
+    limits::check_item(body, &Value::Null)?;
     if slot.is_some() {
         return Err(StoreError::Exists);
     }
@@ -117,58 +135,79 @@ pub(crate) fn insert(slot: &mut Slot, body: &[u8], new_cas: Cas) -> StoreResult<
     Ok(new_cas)
 }
 
-pub(crate) fn replace(slot: &mut Slot, body: &[u8], cas: Cas, now_ms: u64, new_cas: Cas) -> StoreResult<Cas> {
+pub(crate) fn replace(
+    slot: &mut Slot,
+    key: &str,
+    body: &[u8],
+    cas: Cas,
+    now_ms: u64,
+    new_cas: Cas,
+) -> StoreResult<Cas> {
+    limits::check_key(key)?;
+    limits::check_item(body, &Value::Null)?;
     let e = existing_mut(slot)?;
     e.check_write(Some(cas), now_ms)?;
-    // A full-body replace drops user xattrs, as Couchbase does.
+    // A full-document write drops user xattrs, as Couchbase does.
     e.body = body.to_vec();
     e.xattrs = Value::Object(Map::new());
     Ok(e.commit(new_cas))
 }
 
-pub(crate) fn remove(slot: &mut Slot, cas: Option<Cas>, now_ms: u64) -> StoreResult<()> {
+pub(crate) fn remove(slot: &mut Slot, key: &str, cas: Option<Cas>, now_ms: u64) -> StoreResult<()> {
+    limits::check_key(key)?;
     existing(slot)?.check_write(cas, now_ms)?;
     *slot = None;
     Ok(())
 }
 
+/// One sub-document multi-mutation: xattr changes and the whole body.
+pub(crate) struct Mutation<'a> {
+    pub body: &'a [u8],
+    pub xattrs: &'a [(&'a str, Option<Value>)],
+    pub mode: WriteMode,
+}
+
 pub(crate) fn write_with_xattrs(
     slot: &mut Slot,
-    body: &[u8],
-    xattrs: &[(&str, Option<Value>)],
-    mode: WriteMode,
+    key: &str,
+    m: Mutation<'_>,
     now_ms: u64,
     new_cas: Cas,
 ) -> StoreResult<Cas> {
-    let mut next = match mode {
+    limits::check_key(key)?;
+    limits::check_mutation(m.xattrs.iter().map(|(p, _)| *p))?;
+    let mut next = match m.mode {
         WriteMode::Insert => {
             if slot.is_some() {
                 return Err(StoreError::Exists);
             }
-            Entry::new(body, new_cas)
+            Entry::new(m.body, new_cas)
         }
         WriteMode::Replace(cas) => {
             let e = existing(slot)?;
             e.check_write(Some(cas), now_ms)?;
             let mut next = e.clone();
-            next.body = body.to_vec();
+            next.body = m.body.to_vec();
             next
         }
     };
-    for (path, value) in xattrs {
+    for (path, value) in m.xattrs {
         match value {
             Some(value) => set_path(&mut next.xattrs, path, value.clone())?,
             None if remove_path(&mut next.xattrs, path) => {}
             // As Couchbase does: removing a missing path fails the mutation.
-            None => return Err(StoreError::Permanent(format!("xattr path {path:?} not found"))),
+            None => return Err(StoreError::PathNotFound(path.to_string())),
         }
     }
+    limits::check_item(&next.body, &next.xattrs)?;
     next.commit(new_cas);
     *slot = Some(next);
     Ok(new_cas)
 }
 
-pub(crate) fn remove_xattr(slot: &mut Slot, path: &str, now_ms: u64, new_cas: Cas) -> StoreResult<bool> {
+pub(crate) fn remove_xattr(slot: &mut Slot, key: &str, path: &str, now_ms: u64, new_cas: Cas) -> StoreResult<bool> {
+    limits::check_key(key)?;
+    limits::check_mutation(std::iter::once(path))?;
     let e = existing_mut(slot)?;
     e.check_write(None, now_ms)?;
     if !remove_path(&mut e.xattrs, path) {

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::model::{self, Entry, Slot};
+use super::model::{self, Entry, Mutation, Slot};
 use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
 /// How long a connection waits for another process's write lock.
@@ -539,46 +539,52 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
-        self.read(bucket, key, model::get).await
+        let owned = key.to_string();
+        self.read(bucket, key, move |slot, now| model::get(slot, &owned, now))
+            .await
     }
 
     async fn get_with_xattrs(&self, bucket: Bucket, key: &str, paths: &[&str]) -> StoreResult<DocWithXattrs> {
         let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        let owned = key.to_string();
         self.read(bucket, key, move |slot, now| {
             let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-            model::get_with_xattrs(slot, &refs, now)
+            model::get_with_xattrs(slot, &owned, &refs, now)
         })
         .await
     }
 
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
+        let owned = key.to_string();
         self.mutate(bucket, key, move |slot, now, cas| {
-            model::get_and_lock(slot, lock, now, cas)
+            model::get_and_lock(slot, &owned, lock, now, cas)
         })
         .await
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
-        self.mutate(bucket, key, move |slot, now, _| model::unlock(slot, cas, now))
+        let owned = key.to_string();
+        self.mutate(bucket, key, move |slot, now, _| model::unlock(slot, &owned, cas, now))
             .await
     }
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
-        let body = body.to_vec();
-        self.create(bucket, key, move |slot, _, cas| model::insert(slot, &body, cas))
+        let (body, owned) = (body.to_vec(), key.to_string());
+        self.create(bucket, key, move |slot, _, cas| model::insert(slot, &owned, &body, cas))
             .await
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
-        let body = body.to_vec();
+        let (body, owned) = (body.to_vec(), key.to_string());
         self.mutate(bucket, key, move |slot, now, new| {
-            model::replace(slot, &body, cas, now, new)
+            model::replace(slot, &owned, &body, cas, now, new)
         })
         .await
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
-        self.mutate(bucket, key, move |slot, now, _| model::remove(slot, cas, now))
+        let owned = key.to_string();
+        self.mutate(bucket, key, move |slot, now, _| model::remove(slot, &owned, cas, now))
             .await
     }
 
@@ -596,17 +602,23 @@ impl Store for SqliteStore {
         // statement. Removing a path from a document being created fails,
         // and must fail with `Exists` if the document is there: read it.
         let create_only = mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
+        let owned = key.to_string();
         let op = move |slot: &mut Slot, now, cas| {
             let refs: Vec<(&str, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
-            model::write_with_xattrs(slot, &body, &refs, mode, now, cas)
+            let m = Mutation {
+                body: &body,
+                xattrs: &refs,
+                mode,
+            };
+            model::write_with_xattrs(slot, &owned, m, now, cas)
         };
         self.submit(bucket, key, create_only, op).await
     }
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
-        let path = path.to_string();
+        let (path, owned) = (path.to_string(), key.to_string());
         self.mutate(bucket, key, move |slot, now, cas| {
-            model::remove_xattr(slot, &path, now, cas)
+            model::remove_xattr(slot, &owned, &path, now, cas)
         })
         .await
     }

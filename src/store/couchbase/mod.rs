@@ -37,12 +37,10 @@ use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use super::{limits, Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::config::Settings;
-use errors::{deadline_error, map_error, Call, FailFastOnLock};
-
-/// Longest lock Couchbase grants.
-const LOCK_SECS_MAX: u64 = 30;
+use crate::domain::keys::ACTION_PREFIX;
+use errors::{deadline_error, map_error, map_query_error, Call, FailFastOnLock};
 
 /// The durability level named in settings.
 pub fn durability(name: &str) -> Result<DurabilityLevel, StoreError> {
@@ -55,10 +53,11 @@ pub fn durability(name: &str) -> Result<DurabilityLevel, StoreError> {
     }
 }
 
-/// A lock time in whole seconds, as Couchbase counts them: rounded up, 1 to 30.
-pub fn lock_time(lock: Duration) -> Duration {
-    let secs = lock.as_millis().div_ceil(1000);
-    Duration::from_secs(u64::try_from(secs).unwrap_or(LOCK_SECS_MAX).clamp(1, LOCK_SECS_MAX))
+/// A lock time in whole seconds, as Couchbase counts them (rounded up). A
+/// time outside 1 to 30 s is refused here: the server would silently lock
+/// for its default of 15 s instead (see `limits::LOCK_SECS_MAX`).
+pub fn lock_time(lock: Duration) -> StoreResult<Duration> {
+    limits::lock_secs(lock).map(Duration::from_secs)
 }
 
 /// Couchbase's flags for a body: JSON when it parses as JSON, else binary.
@@ -187,7 +186,7 @@ impl CouchbaseStore {
         };
         match tokio::time::timeout(self.query_timeout, run).await {
             Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => Err(map_error(&e, Call::Read)),
+            Ok(Err(e)) => Err(map_query_error(&e)),
             Err(_) => Err(deadline_error(
                 Call::Read,
                 "query",
@@ -226,7 +225,8 @@ impl Store for CouchbaseStore {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        // And the discovery query, through its index.
+        self.list_keys(Bucket::Queue, ACTION_PREFIX, None, 1).await.map(|_| ())
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
@@ -276,6 +276,7 @@ impl Store for CouchbaseStore {
     }
 
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
+        let lock = lock_time(lock)?;
         let options = GetAndLockOptions::new().retry_strategy(self.lock_retry.clone());
         // A lapsed deadline here may have taken a lock we never learn of: it
         // lapses by itself, so the call is treated as a read that failed.
@@ -283,7 +284,7 @@ impl Store for CouchbaseStore {
             .kv(
                 Call::Read,
                 "get_and_lock",
-                self.collection(bucket).get_and_lock(key, lock_time(lock), options),
+                self.collection(bucket).get_and_lock(key, lock, options),
             )
             .await?;
         Ok(Doc {
@@ -435,12 +436,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locks_are_whole_seconds_up_to_30() {
-        assert_eq!(lock_time(Duration::from_millis(1)), Duration::from_secs(1));
-        assert_eq!(lock_time(Duration::from_millis(1_000)), Duration::from_secs(1));
-        assert_eq!(lock_time(Duration::from_millis(1_001)), Duration::from_secs(2));
-        assert_eq!(lock_time(Duration::from_millis(15_000)), Duration::from_secs(15));
-        assert_eq!(lock_time(Duration::from_secs(90)), Duration::from_secs(30));
+    fn locks_are_whole_seconds_from_1_to_30_and_nothing_else_is_sent() {
+        assert_eq!(lock_time(Duration::from_millis(1)), Ok(Duration::from_secs(1)));
+        assert_eq!(lock_time(Duration::from_millis(1_000)), Ok(Duration::from_secs(1)));
+        assert_eq!(lock_time(Duration::from_millis(1_001)), Ok(Duration::from_secs(2)));
+        assert_eq!(lock_time(Duration::from_millis(15_000)), Ok(Duration::from_secs(15)));
+        assert!(matches!(
+            lock_time(Duration::from_secs(90)),
+            Err(StoreError::LimitExceeded(_))
+        ));
+        assert!(matches!(lock_time(Duration::ZERO), Err(StoreError::LimitExceeded(_))));
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub fn create_indexes(queue: &str, ledger: &str) -> Vec<(String, &'static str, S
     ]
 }
 
+/// The version of the server answering the query, e.g.
+/// `"7.6.2-3721-enterprise"`: SQL++'s `DS_VERSION()` (couchbase/query,
+/// `expression/func_meta.go`: "returns the current version of the server").
+pub fn server_version() -> &'static str {
+    "SELECT RAW ds_version()"
+}
+
 /// Names of a bucket's indexes still waiting to be built.
 pub fn deferred_indexes() -> &'static str {
     "SELECT RAW name FROM system:indexes WHERE keyspace_id = $bucket AND state = \"deferred\""

@@ -10,6 +10,8 @@ use crate::store::faulty::{Fault, FaultyStore, OpKind};
 use crate::store::hooked::{Hook, Hooked};
 use crate::store::memory::{Clock, MemoryStore};
 
+mod hot;
+
 const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;
 const SPLIT: &str = r#"{"reward":"1","beneficiaries":{"a":33.33333333,"b":33.33333333,"c":33.33333334}}"#;
 
@@ -472,8 +474,8 @@ async fn concurrent_credits_to_one_wallet_are_coalesced_into_fewer_writes() {
 
 #[tokio::test]
 async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
-    use super::apply::{read_snapshot, Snapshot};
     use super::coalesce::{CreditRequest, Credited};
+    use super::wallet::{read_snapshot, Snapshot};
     use crate::domain::keys::marker_path;
 
     let w = World::new();

@@ -1,0 +1,189 @@
+//! A hot wallet under Couchbase's limits: batches larger than one write go
+//! in turns, a conflict between turns is recovered exactly, and markers stay
+//! bounded when several processes share the wallet.
+
+use super::*;
+use crate::domain::keys::marker_path;
+use crate::protocol::records::marker_value;
+
+/// `count` actions `<prefix><i>`, each crediting 1 token to `hot` and 0.5 to
+/// a wallet of its own.
+async fn enqueue_hot(w: &World, prefix: &str, count: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let id = format!("{prefix}{i}");
+        let body = format!(r#"{{"beneficiaries":{{"hot":"1","u{prefix}{i}":"0.5"}}}}"#);
+        w.enqueue(&id, &body).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// Once a full turn of credits is on `hot` and some are still missing,
+/// another process finishes the missing ones before the next write (as a
+/// worker that took over after a lapsed lease would): the batch's next turn
+/// then conflicts. Every operation takes a moment, so that the actions
+/// overlap and their credits meet in one batch.
+struct TakeoverBetweenTurns {
+    store: MemoryStore,
+    actions: Vec<String>,
+    writes: AtomicU64,
+    taken_over: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Hook for TakeoverBetweenTurns {
+    async fn before(&self, kind: OpKind, key: &str) -> Fault {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        if kind != OpKind::WriteWithXattrs || key != balance_key("hot") {
+            return Fault::Pass;
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.taken_over.load(Ordering::SeqCst) > 0 || self.marked().await < WRITE_XATTR_SPECS_MAX {
+            return Fault::Pass;
+        }
+        // At most 15 markers per write, as the store demands.
+        loop {
+            let doc = self
+                .store
+                .get_with_xattrs(Bucket::Ledger, &balance_key("hot"), &[MARKERS_XATTR])
+                .await
+                .expect("read hot");
+            let markers = doc.xattrs[0].clone().unwrap_or_default();
+            let missing: Vec<&String> = self
+                .actions
+                .iter()
+                .filter(|id| markers.get(&marker_path(id)["ledger.applied.".len()..]).is_none())
+                .take(15)
+                .collect();
+            if missing.is_empty() {
+                return Fault::Pass;
+            }
+            let balance: u64 = String::from_utf8_lossy(&doc.body).parse().expect("balance");
+            let paths: Vec<String> = missing.iter().map(|id| marker_path(id)).collect();
+            let units = crate::domain::Units::new(100_000_000).expect("units");
+            let changes: Vec<(&str, Option<Value>)> = paths
+                .iter()
+                .zip(&missing)
+                .map(|(p, id)| (p.as_str(), Some(marker_value(id, units, 0))))
+                .collect();
+            let body = (balance + 100_000_000 * missing.len() as u64).to_string();
+            self.store
+                .write_with_xattrs(
+                    Bucket::Ledger,
+                    &balance_key("hot"),
+                    body.as_bytes(),
+                    &changes,
+                    crate::store::WriteMode::Replace(doc.cas),
+                )
+                .await
+                .expect("the other process's write");
+            self.taken_over.fetch_add(missing.len() as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+impl TakeoverBetweenTurns {
+    /// How many of the listed actions have their marker on `hot`.
+    async fn marked(&self) -> usize {
+        let doc = self
+            .store
+            .get_with_xattrs(Bucket::Ledger, &balance_key("hot"), &[MARKERS_XATTR])
+            .await;
+        let markers = doc.ok().and_then(|d| d.xattrs[0].clone()).unwrap_or_default();
+        self.actions
+            .iter()
+            .filter(|id| markers.get(&marker_path(id)["ledger.applied.".len()..]).is_some())
+            .count()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_takeover_between_two_turns_of_a_batch_credits_nothing_twice() {
+    const ACTIONS: u64 = 24;
+    let w = World::new();
+    w.set_balance("hot", "5").await;
+    let ids = enqueue_hot(&w, "t", ACTIONS).await;
+    let hook = TakeoverBetweenTurns {
+        store: w.store.clone(),
+        actions: ids.clone(),
+        writes: AtomicU64::new(0),
+        taken_over: AtomicU64::new(0),
+    };
+    let store = Hooked::new(arc(&w.store), hook);
+    let opts = Options::default();
+    // Commit every action first, so that all their hot credits meet in one
+    // batch (more than one write can carry).
+    for id in &ids {
+        let plan = crate::domain::plan_action(w.store.peek(Bucket::Queue, &action_key(id)).expect("queued").as_slice())
+            .expect("plan");
+        w.store
+            .insert(Bucket::Ledger, &tx_key(id), &TxRecord::committed(id, &plan).to_bytes())
+            .await
+            .expect("commit");
+    }
+    let outcomes = futures::future::join_all(ids.iter().map(|id| process_action(&store, id, &opts))).await;
+    for outcome in outcomes {
+        assert!(
+            matches!(outcome, Ok(Outcome::Completed { credits: 2, .. })),
+            "{outcome:?}"
+        );
+    }
+    let taken_over = store.hook.taken_over.load(Ordering::SeqCst);
+    assert!(
+        (1..ACTIONS).contains(&taken_over),
+        "the other process must finish some credits between the turns: {taken_over}"
+    );
+    assert_eq!(w.balance("hot"), Some(5 + ACTIONS * 100_000_000), "each credit once");
+    for id in &ids {
+        assert_eq!(w.balance(&format!("u{id}")), Some(50_000_000));
+    }
+}
+
+/// How many markers `hash` carries.
+fn markers_on(w: &World, hash: &str) -> usize {
+    w.store
+        .xattrs(Bucket::Ledger, &balance_key(hash))
+        .and_then(|x| x.pointer("/ledger/applied").and_then(Value::as_object).map(|m| m.len()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn markers_stay_bounded_on_a_hot_wallet_two_processes_share() {
+    const SOFT_MAX: usize = 8;
+    const WAVE: u64 = 30;
+    let w = World::new();
+    let process = || Options {
+        wallet_markers_soft_max: SOFT_MAX,
+        ..Options::default()
+    };
+    let (a, b) = (process(), process());
+    let store = Hooked::new(
+        arc(&w.store),
+        SlowCounting {
+            key: balance_key("hot"),
+            writes: AtomicU64::new(0),
+        },
+    );
+    let mut done = 0;
+    for wave in 0..10 {
+        // Each process credits the wallet in turn: neither knows that the
+        // other's actions are completed without reading their records.
+        let opts = if wave % 2 == 0 { &a } else { &b };
+        let ids = enqueue_hot(&w, &format!("w{wave}-"), WAVE).await;
+        let outcomes = futures::future::join_all(ids.iter().map(|id| process_action(&store, id, opts))).await;
+        assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Completed { .. }))));
+        done += WAVE;
+        // The soft maximum, plus the markers of the actions that were still
+        // in flight at the last write (this wave's): without the rule, the
+        // markers of earlier waves would pile up wave after wave.
+        let markers = markers_on(&w, "hot");
+        assert!(
+            markers <= SOFT_MAX + WAVE as usize,
+            "wave {wave}: {markers} markers on the hot wallet"
+        );
+    }
+    assert_eq!(w.balance("hot"), Some(done * 100_000_000));
+}
+
+use crate::protocol::write_plan::WRITE_XATTR_SPECS_MAX;
