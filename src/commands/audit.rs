@@ -14,8 +14,18 @@ use crate::domain::Units;
 use crate::protocol::records::{now_ms, TxRecord, TxState};
 use crate::store::{Bucket, Store, StoreError};
 
-/// The ledger document holding balances that came from outside ledgerd.
+/// The ledger document holding balances that came from outside ledgerd
+/// (the first part of them, and how many parts there are).
 pub const OPENING_KEY: &str = "audit:opening";
+/// Wallets per part of the opening snapshot: at most about 280 bytes each
+/// (a 242-byte hash and a 20-digit balance), so a part stays far below
+/// Couchbase's 20 MiB item limit however many wallets the ledger holds.
+const OPENING_PART_WALLETS_MAX: usize = 50_000;
+
+/// The key of part `n` (from 1) of the opening snapshot after the first.
+fn opening_part_key(n: usize) -> String {
+    format!("{OPENING_KEY}:{n}")
+}
 /// Documents between two progress updates.
 const PROGRESS_EVERY: u64 = 500;
 
@@ -108,21 +118,82 @@ async fn balances(store: &dyn Store) -> anyhow::Result<BTreeMap<String, Result<u
     Ok(out)
 }
 
+/// The opening snapshot: every part's balances, by hash (empty if none).
 async fn opening(store: &dyn Store) -> anyhow::Result<BTreeMap<String, u64>> {
-    match store.get(Bucket::Ledger, OPENING_KEY).await {
-        Ok(doc) => {
-            let v: Value = serde_json::from_slice(&doc.body).context("audit:opening is not JSON")?;
-            let mut out = BTreeMap::new();
-            for (hash, units) in v.get("balances").and_then(Value::as_object).into_iter().flatten() {
-                let units = units
-                    .as_u64()
-                    .with_context(|| format!("audit:opening: balance of {hash:?} is not an integer"))?;
-                out.insert(hash.clone(), units);
-            }
-            Ok(out)
+    let head = match store.get(Bucket::Ledger, OPENING_KEY).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e).context("reading audit:opening"),
+    };
+    let head: Value = serde_json::from_slice(&head.body).context("audit:opening is not JSON")?;
+    let mut out = BTreeMap::new();
+    add_balances(&head, OPENING_KEY, &mut out)?;
+    let parts = head.get("parts").and_then(Value::as_u64).unwrap_or(1);
+    for n in 1..usize::try_from(parts)? {
+        let key = opening_part_key(n);
+        let doc = store
+            .get(Bucket::Ledger, &key)
+            .await
+            .with_context(|| format!("reading {key}, part {n} of the {parts} of the opening snapshot"))?;
+        let part: Value = serde_json::from_slice(&doc.body).with_context(|| format!("{key} is not JSON"))?;
+        add_balances(&part, &key, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn add_balances(doc: &Value, key: &str, out: &mut BTreeMap<String, u64>) -> anyhow::Result<()> {
+    for (hash, units) in doc.get("balances").and_then(Value::as_object).into_iter().flatten() {
+        let units = units
+            .as_u64()
+            .with_context(|| format!("{key}: balance of {hash:?} is not an integer"))?;
+        out.insert(hash.clone(), units);
+    }
+    Ok(())
+}
+
+/// Writes the opening snapshot in parts of at most `part_wallets` wallets:
+/// the later parts first (replacing any left by an attempt that died before
+/// its end), then the first part, which names how many there are. Its
+/// insert is the commit point, and it is never overwritten.
+async fn write_opening(
+    store: &dyn Store,
+    opening: serde_json::Map<String, Value>,
+    part_wallets: usize,
+) -> anyhow::Result<()> {
+    if store.get(Bucket::Ledger, OPENING_KEY).await.is_ok() {
+        bail!("an opening snapshot exists already ({OPENING_KEY}); it is never overwritten");
+    }
+    let entries: Vec<(String, Value)> = opening.into_iter().collect();
+    let mut parts: Vec<serde_json::Map<String, Value>> = entries
+        .chunks(part_wallets.max(1))
+        .map(|chunk| chunk.iter().cloned().collect())
+        .collect();
+    if parts.is_empty() {
+        parts.push(serde_json::Map::new());
+    }
+    for (n, part) in parts.iter().enumerate().skip(1) {
+        let (key, body) = (opening_part_key(n), json!({ "balances": part }).to_string());
+        let written = match store.get(Bucket::Ledger, &key).await {
+            Ok(stale) => store.replace(Bucket::Ledger, &key, body.as_bytes(), stale.cas).await,
+            Err(StoreError::NotFound) => store.insert(Bucket::Ledger, &key, body.as_bytes()).await,
+            Err(e) => Err(e),
+        };
+        written.with_context(|| format!("writing {key}"))?;
+    }
+    let head = json!({
+        "taken_at": crate::domain::time::rfc3339_from_unix_ms(now_ms()),
+        "parts": parts.len(),
+        "balances": parts[0],
+    });
+    match store
+        .insert(Bucket::Ledger, OPENING_KEY, head.to_string().as_bytes())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(StoreError::Exists) => {
+            bail!("an opening snapshot exists already ({OPENING_KEY}); it is never overwritten")
         }
-        Err(StoreError::NotFound) => Ok(BTreeMap::new()),
-        Err(e) => Err(e).context("reading audit:opening"),
+        Err(e) => Err(e).context("writing audit:opening"),
     }
 }
 
@@ -187,21 +258,11 @@ pub async fn snapshot(store: &dyn Store, mut out: impl Write) -> anyhow::Result<
             opening.insert(hash, json!(u64::try_from(extra)?));
         }
     }
-    let doc = json!({"taken_at": crate::domain::time::rfc3339_from_unix_ms(now_ms()), "balances": opening});
-    match store
-        .insert(Bucket::Ledger, OPENING_KEY, doc.to_string().as_bytes())
-        .await
-    {
-        Ok(_) => {}
-        Err(StoreError::Exists) => {
-            bail!("an opening snapshot exists already ({OPENING_KEY}); it is never overwritten")
-        }
-        Err(e) => return Err(e).context("writing audit:opening"),
-    }
+    let wallets = opening.len();
+    write_opening(store, opening, OPENING_PART_WALLETS_MAX).await?;
     writeln!(
         out,
-        "opening snapshot taken: {} wallets with balances from outside ledgerd",
-        opening.len()
+        "opening snapshot taken: {wallets} wallets with balances from outside ledgerd"
     )?;
     Ok(Exit::Success)
 }
@@ -248,4 +309,27 @@ pub async fn history(store: &dyn Store, hash: &str, mut out: impl Write) -> anyh
         }
     }
     Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn an_opening_snapshot_in_parts_reads_back_whole_and_is_never_overwritten() {
+        let store = MemoryStore::new();
+        let wallets: serde_json::Map<String, Value> = (0..5).map(|i| (format!("w{i}"), json!(i + 1))).collect();
+        write_opening(&store, wallets.clone(), 2).await.expect("snapshot");
+        assert!(
+            store.peek(Bucket::Ledger, &opening_part_key(2)).is_some(),
+            "three parts"
+        );
+        let read = opening(&store).await.expect("read");
+        let expected: BTreeMap<String, u64> = (0..5).map(|i| (format!("w{i}"), i + 1)).collect();
+        assert_eq!(read, expected);
+        let again = write_opening(&store, wallets, 2).await;
+        assert!(again.is_err_and(|e| e.to_string().contains("never overwritten")));
+        assert_eq!(opening(&store).await.expect("read"), expected);
+    }
 }

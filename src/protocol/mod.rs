@@ -28,7 +28,7 @@ use crate::store::{Bucket, Cas, Doc, Store, StoreError};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
 pub use coalesce::Coalescer;
-use records::{failed_doc, failed_original, TxRecord, TxState};
+use records::{failed_doc, failed_original, TxRecord, TxState, FAILED_DOC_BYTES_MAX};
 pub use sweep::sweep_markers;
 
 /// Times a single-document step is retried on ambiguous or transient errors
@@ -369,7 +369,9 @@ async fn remove_action(store: &dyn Store, id: &str, claim: &Claim) -> Result<Rem
     Ok(Removal::Changed(doc))
 }
 
-/// Preserves a rejected action as `failed:<id>`, then removes it.
+/// Preserves a rejected action as `failed:<id>`, then removes it. If the
+/// failed document would not fit in one item, the action stays queued,
+/// blocked, with a reason that says what to do: nothing is dropped.
 async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Result<Outcome> {
     let key = failed_key(id);
     let mut written = false;
@@ -379,12 +381,8 @@ async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Res
             Err(StoreError::NotFound) => None,
             Err(e) => return Err(e.into()),
         };
-        let result = match &existing {
-            None => {
-                store
-                    .insert(Bucket::Queue, &key, &failed_doc(id, &claim.body, reason, None))
-                    .await
-            }
+        let (doc, cas) = match &existing {
+            None => (failed_doc(id, &claim.body, reason, None), None),
             Some(doc) => {
                 let prev: Value = serde_json::from_slice(&doc.body).unwrap_or_else(
                     |_| serde_json::json!({"unreadable_failed_doc": String::from_utf8_lossy(&doc.body)}),
@@ -394,15 +392,15 @@ async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Res
                     written = true;
                     break;
                 }
-                store
-                    .replace(
-                        Bucket::Queue,
-                        &key,
-                        &failed_doc(id, &claim.body, reason, Some(prev)),
-                        doc.cas,
-                    )
-                    .await
+                (failed_doc(id, &claim.body, reason, Some(prev)), Some(doc.cas))
             }
+        };
+        if doc.len() > FAILED_DOC_BYTES_MAX {
+            return Ok(unpreservable(&key, doc.len(), reason));
+        }
+        let result = match cas {
+            None => store.insert(Bucket::Queue, &key, &doc).await,
+            Some(cas) => store.replace(Bucket::Queue, &key, &doc, cas).await,
         };
         match result {
             Ok(_) => {
@@ -411,6 +409,7 @@ async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Res
             }
             Err(StoreError::Exists | StoreError::CasMismatch) => continue,
             Err(e) if e.is_retryable() => continue,
+            Err(StoreError::LimitExceeded(_)) => return Ok(unpreservable(&key, doc.len(), reason)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -419,7 +418,7 @@ async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Res
     }
     Ok(match remove_action(store, id, claim).await? {
         Removal::Done => Outcome::Failed {
-            reason: reason.to_string(),
+            reason: records::bounded_reason(reason),
         },
         // Rewritten since we read it: the new body gets its own turn.
         Removal::Changed(doc) => {
@@ -427,6 +426,16 @@ async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Res
             Outcome::Skipped(Skip::Changed)
         }
     })
+}
+
+/// The outcome of a rejection whose failed document cannot be written.
+fn unpreservable(key: &str, bytes: usize, reason: &str) -> Outcome {
+    Outcome::Blocked {
+        reason: format!(
+            "rejected ({}), but {key} would be {bytes} bytes, more than Couchbase's {FAILED_DOC_BYTES_MAX}: the action stays queued; save and remove {key} (it holds earlier rejected bodies of this id), or save and remove the action itself",
+            records::bounded_reason(reason)
+        ),
+    }
 }
 
 /// Runs an idempotent single-document step again on transient errors. Writes

@@ -10,6 +10,7 @@ use crate::store::faulty::{Fault, FaultyStore, OpKind};
 use crate::store::hooked::{Hook, Hooked};
 use crate::store::memory::{Clock, MemoryStore};
 
+mod failed;
 mod hot;
 
 const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;
