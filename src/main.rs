@@ -1,6 +1,7 @@
 //! The `ledgerd` binary: parse the command line, load settings, start
 //! logging, and hand over to one library function per subcommand.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -35,10 +36,21 @@ fn main() -> ExitCode {
         // A reader that went away (`ledgerd balances | head`) is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "command failed");
-            eprintln!("ledgerd: {e:#}");
+            report_failure(&e);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Says once why the command failed: plainly to a person at a terminal,
+/// else as a log line (JSON when logs are), where log collectors look. A
+/// filter that silences errors still gets the plain line.
+fn report_failure(e: &anyhow::Error) {
+    let text = format!("{e:#}");
+    if std::io::stderr().is_terminal() || !tracing::enabled!(tracing::Level::ERROR) {
+        eprintln!("ledgerd: {text}");
+    } else {
+        tracing::error!(error = text, "command failed");
     }
 }
 

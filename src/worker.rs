@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::domain::keys::ACTION_PREFIX;
+use crate::ops::health::Health;
 use crate::ops::metrics as m;
 use crate::protocol::{self, process_action, Outcome, ProtocolError, Skip};
 use crate::store::{Bucket, Store};
@@ -21,6 +22,15 @@ const IDLE_BACKOFF_MS_MIN: u64 = 20;
 const RETRY_DELAY_MS_MIN: u64 = 1_000;
 /// Longest delay before retrying an action that was blocked or failed.
 const RETRY_DELAY_MS_MAX: u64 = 60_000;
+/// First pause after a failed discovery; it doubles with each failure.
+const DISCOVERY_BACKOFF_MS_MIN: u64 = 100;
+/// Longest pause between failed discoveries.
+const DISCOVERY_BACKOFF_MS_MAX: u64 = 10_000;
+/// While discovery keeps failing, it is logged at ERROR at most this often.
+const DISCOVERY_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// With `exit_when_idle`, how long transient discovery failures may last
+/// before the worker gives up (a permanent one stops it at once).
+const DISCOVERY_FAILING_MAX_WHEN_IDLE: Duration = Duration::from_secs(30);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -56,6 +66,9 @@ pub struct RunStats {
     pub units: u128,
     /// Claim-to-completion time of each completed action.
     pub latencies: Vec<Duration>,
+    /// Why the worker stopped before the queue was idle (with
+    /// `exit_when_idle`, a discovery that cannot work), if it did.
+    pub stopped: Option<String>,
 }
 
 type Finished = (String, Result<Outcome, ProtocolError>, Duration);
@@ -115,6 +128,9 @@ impl Pass {
 struct Loop {
     store: Arc<dyn Store>,
     cfg: WorkerConfig,
+    health: Arc<Health>,
+    /// When a failing discovery was last logged at ERROR.
+    discovery_logged: Option<tokio::time::Instant>,
     opts: protocol::Options,
     tasks: JoinSet<Finished>,
     in_flight: HashSet<String>,
@@ -124,8 +140,14 @@ struct Loop {
     stats: RunStats,
 }
 
-/// Runs until `shutdown` completes (or, with `exit_when_idle`, the queue is idle).
-pub async fn run(store: Arc<dyn Store>, cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> RunStats {
+/// Runs until `shutdown` completes (or, with `exit_when_idle`, the queue is
+/// idle or discovery cannot work), reporting its discovery to `health`.
+pub async fn run(
+    store: Arc<dyn Store>,
+    cfg: WorkerConfig,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> RunStats {
     let opts = protocol::Options {
         lease: cfg.lease,
         ..protocol::Options::default()
@@ -133,6 +155,8 @@ pub async fn run(store: Arc<dyn Store>, cfg: WorkerConfig, shutdown: impl Future
     let mut w = Loop {
         store,
         cfg,
+        health,
+        discovery_logged: None,
         opts,
         tasks: JoinSet::new(),
         in_flight: HashSet::new(),
@@ -172,7 +196,6 @@ impl Loop {
         let mut pass = Pass::new(None);
         let (mut seen, mut next_start): (u64, Option<String>) = (0, None);
         let mut idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
-        let mut list_attempt = 0;
         loop {
             self.reap();
             let listed = Instant::now();
@@ -182,15 +205,21 @@ impl Loop {
                 .await;
             metrics::histogram!(m::DISCOVERY_SECONDS).record(listed.elapsed().as_secs_f64());
             let page = match page {
-                Ok(page) => page,
-                Err(e) => {
-                    list_attempt += 1;
-                    tracing::warn!(error = %e, "discovery failed; retrying");
-                    tokio::time::sleep(protocol::backoff(list_attempt).max(Duration::from_millis(100))).await;
-                    continue;
+                Ok(page) => {
+                    self.discovery_works();
+                    page
                 }
+                Err(e) => match self.discovery_failed(&e) {
+                    Ok(pause) => {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                    Err(fatal) => {
+                        self.stats.stopped = Some(fatal);
+                        return;
+                    }
+                },
             };
-            list_attempt = 0;
             let (page, over) = pass.take(page);
             for key in &page {
                 // Reservoir sampling: each key of the pass equally likely.
@@ -219,6 +248,54 @@ impl Loop {
                 pass = Pass::new(next_start.take());
                 seen = 0;
             }
+        }
+    }
+
+    /// Notes a failed discovery: counted, shown by `/readyz`, logged at
+    /// ERROR once per interval while it lasts. Returns how long to pause
+    /// before the next attempt, or, with `exit_when_idle`, the message to
+    /// stop with when it cannot work (a permanent error at once, a transient
+    /// one after [`DISCOVERY_FAILING_MAX_WHEN_IDLE`]).
+    fn discovery_failed(&mut self, e: &crate::store::StoreError) -> Result<Duration, String> {
+        let failure = self.health.discovery_failed(e);
+        let kind = if failure.permanent() { "permanent" } else { "transient" };
+        metrics::counter!(m::DISCOVERY_FAILURES, "kind" => kind).increment(1);
+        metrics::gauge!(m::DISCOVERY_FAILING).set(1.0);
+        if self.cfg.exit_when_idle
+            && (failure.permanent() || failure.since.elapsed() >= DISCOVERY_FAILING_MAX_WHEN_IDLE)
+        {
+            return Err(format!(
+                "{}; the worker stops (--exit-when-idle needs a working discovery)",
+                failure.describe()
+            ));
+        }
+        if self
+            .discovery_logged
+            .is_none_or(|at| at.elapsed() >= DISCOVERY_ERROR_LOG_INTERVAL)
+        {
+            self.discovery_logged = Some(tokio::time::Instant::now());
+            tracing::error!(
+                error = %e,
+                kind,
+                attempts = failure.attempts,
+                failing_for_s = failure.since.elapsed().as_secs(),
+                "discovery is failing: no new actions are claimed; retrying (this is logged once a minute while it lasts)"
+            );
+        }
+        let doubled = DISCOVERY_BACKOFF_MS_MIN.saturating_mul(1 << failure.attempts.min(20));
+        Ok(Duration::from_millis(doubled.min(DISCOVERY_BACKOFF_MS_MAX)))
+    }
+
+    /// Notes a discovery that worked, ending a failure if one was going on.
+    fn discovery_works(&mut self) {
+        if let Some(ended) = self.health.discovery_ok() {
+            metrics::gauge!(m::DISCOVERY_FAILING).set(0.0);
+            self.discovery_logged = None;
+            tracing::info!(
+                attempts = ended.attempts,
+                failed_for_s = ended.since.elapsed().as_secs(),
+                "discovery works again"
+            );
         }
     }
 
@@ -455,5 +532,129 @@ mod pass_tests {
         assert_eq!(visit(&keys, Some("b".into()), 2), ["c", "d", "a", "b"]);
         assert_eq!(visit(&keys, None, 3), ["a", "b", "c", "d"]);
         assert_eq!(visit(&BTreeSet::new(), Some("b".into()), 2), Vec::<String>::new());
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::keys::action_key;
+    use crate::store::faulty::{Fault, FaultyStore, OpKind};
+    use crate::store::memory::MemoryStore;
+    use crate::store::StoreError;
+
+    fn config(exit_when_idle: bool) -> WorkerConfig {
+        WorkerConfig {
+            concurrency: 4,
+            lease: Duration::from_secs(5),
+            page_size: 16,
+            idle_backoff_max: Duration::from_millis(100),
+            exit_when_idle,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// A memory store with `n` queued actions whose discovery fails with
+    /// `error` while `broken` is set; counts the failed attempts.
+    async fn store_with(n: u64, error: StoreError) -> (Arc<dyn Store>, MemoryStore, Arc<AtomicBool>, Arc<AtomicU64>) {
+        let inner = MemoryStore::new();
+        for i in 0..n {
+            let body = format!(r#"{{"beneficiaries":{{"w{i}":"1"}}}}"#);
+            inner
+                .insert(Bucket::Queue, &action_key(&i.to_string()), body.as_bytes())
+                .await
+                .expect("enqueue");
+        }
+        let (broken, attempts) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)));
+        let (b, a) = (broken.clone(), attempts.clone());
+        let store = FaultyStore::with_plan(
+            Arc::new(inner.clone()),
+            Box::new(move |_, kind, _| {
+                if kind == OpKind::ListKeys && b.load(Ordering::SeqCst) {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    Fault::FailBefore(error.clone())
+                } else {
+                    Fault::Pass
+                }
+            }),
+        );
+        (Arc::new(store), inner, broken, attempts)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_discovery_error_stops_an_exit_when_idle_run_at_once() {
+        let error = StoreError::Permanent("no index on the queue: run `ledgerd init`".into());
+        let (store, _, _, attempts) = store_with(2, error).await;
+        let health = Arc::new(Health::default());
+        let running = run(store, config(true), health.clone(), std::future::pending());
+        let stats = tokio::time::timeout(Duration::from_secs(3_600), running)
+            .await
+            .expect("the worker stops");
+        let why = stats.stopped.expect("stopped");
+        assert!(
+            why.contains("run `ledgerd init`") && why.contains("will not heal"),
+            "{why}"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "a permanent error is not retried");
+        assert!(health.problem().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_discovery_errors_stop_an_exit_when_idle_run_after_a_bounded_time() {
+        let (store, _, _, attempts) = store_with(2, StoreError::Transient("query timed out".into())).await;
+        let started = tokio::time::Instant::now();
+        let running = run(store, config(true), Arc::default(), std::future::pending());
+        let stats = tokio::time::timeout(Duration::from_secs(3_600), running)
+            .await
+            .expect("the worker stops");
+        let why = stats.stopped.expect("stopped");
+        assert!(why.contains("query timed out"), "{why}");
+        assert!(attempts.load(Ordering::SeqCst) > 3, "transient errors are retried");
+        let took = started.elapsed();
+        assert!(
+            took >= DISCOVERY_FAILING_MAX_WHEN_IDLE
+                && took <= DISCOVERY_FAILING_MAX_WHEN_IDLE + Duration::from_millis(DISCOVERY_BACKOFF_MS_MAX),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_worker_is_not_ready_while_discovery_fails_and_recovers_after() {
+        let error = StoreError::Permanent("the Query service answered HTTP 501".into());
+        let (store, inner, broken, attempts) = store_with(3, error).await;
+        let health = Arc::new(Health::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(run(store, config(false), health.clone(), async {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let problem = health.problem().expect("not ready");
+        assert!(problem.contains("HTTP 501"), "{problem}");
+        let tried = attempts.load(Ordering::SeqCst);
+        assert!(
+            (3..=20).contains(&tried),
+            "retried with a capped backoff, not in a tight loop: {tried}"
+        );
+        assert_eq!(inner.snapshot(Bucket::Queue).len(), 3, "nothing claimed meanwhile");
+
+        broken.store(false, Ordering::SeqCst);
+        for _ in 0..600 {
+            if inner.snapshot(Bucket::Queue).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            inner.snapshot(Bucket::Queue).is_empty(),
+            "the queue drains once discovery works"
+        );
+        assert_eq!(health.problem(), None, "ready again");
+        let _ = stop.send(());
+        let stats = worker.await.expect("worker");
+        assert_eq!((stats.completed, stats.stopped), (3, None));
     }
 }

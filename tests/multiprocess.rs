@@ -21,7 +21,7 @@ fn share_text(rng: &mut StdRng, units: u64) -> String {
     let plain = format!("{}.{:08}", units / 100_000_000, units % 100_000_000);
     match rng.gen_range(0..4) {
         0 => format!("\"{plain}\""),
-        1 if units % 100_000_000 == 0 => format!("{}", units / 100_000_000),
+        1 if units.is_multiple_of(100_000_000) => format!("{}", units / 100_000_000),
         2 => format!("{units}e-8"),
         _ => plain,
     }

@@ -46,7 +46,7 @@ impl Progress {
     }
     fn tick(&mut self) {
         self.count += 1;
-        if self.shown && self.count % PROGRESS_EVERY == 0 {
+        if self.shown && self.count.is_multiple_of(PROGRESS_EVERY) {
             eprint!("\r{}: {} …", self.label, self.count);
         }
     }

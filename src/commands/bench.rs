@@ -203,7 +203,10 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let (latencies, ops) = if args.processes <= 1 {
         let counter = Arc::new(Hooked::new(store.clone(), OpCounter::default()));
-        let stats = worker::run(counter.clone(), cfg, std::future::pending::<()>()).await;
+        let stats = worker::run(counter.clone(), cfg, Arc::default(), std::future::pending::<()>()).await;
+        if let Some(why) = stats.stopped {
+            anyhow::bail!(why);
+        }
         (Some(stats.latencies), Some(counter))
     } else {
         run_processes(&settings, &args)?;

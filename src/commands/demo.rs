@@ -86,9 +86,17 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
     let mut runs = Vec::new();
     for _ in 0..workers {
         let handle: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, "queue", "ledger", OpenMode::Existing)?);
-        runs.push(worker::run(handle, cfg.clone(), std::future::pending::<()>()));
+        runs.push(worker::run(
+            handle,
+            cfg.clone(),
+            Arc::default(),
+            std::future::pending::<()>(),
+        ));
     }
     let stats = futures::future::join_all(runs).await;
+    if let Some(why) = stats.iter().find_map(|s| s.stopped.clone()) {
+        anyhow::bail!(why);
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let completed: u64 = stats.iter().map(|s| s.completed).sum();
     let failed: u64 = stats.iter().map(|s| s.failed).sum();

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use super::Exit;
 use crate::config::Settings;
+use crate::ops::health::Health;
 use crate::ops::{http, metrics};
 use crate::store::hooked::Hooked;
 use crate::store::{open, OpenMode, Store};
@@ -49,6 +50,7 @@ async fn shutdown_requested() {
 async fn serve_ops(
     settings: &Settings,
     store: Arc<dyn Store>,
+    health: Arc<Health>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<bool> {
     if settings.metrics_addr == "off" {
@@ -71,7 +73,11 @@ async fn serve_ops(
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     tokio::spawn(http::serve(
         listener,
-        http::Endpoints { metrics: handle, store },
+        http::Endpoints {
+            metrics: handle,
+            store,
+            health,
+        },
         async {
             let _ = stopped.await;
         },
@@ -85,12 +91,17 @@ pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Ex
     let store = open(settings, OpenMode::Create).await.context("opening the store")?;
     store.init().await.context("initialising the store")?;
     let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
-    let store: Arc<dyn Store> = if serve_ops(settings, store.clone(), listener_stopped).await? {
+    let health = Arc::new(Health::default());
+    let store: Arc<dyn Store> = if serve_ops(settings, store.clone(), health.clone(), listener_stopped).await? {
         Arc::new(Hooked::new(store, metrics::StoreMetrics))
     } else {
         store
     };
-    worker::run(store, worker_config(settings, exit_when_idle), shutdown_requested()).await;
+    let cfg = worker_config(settings, exit_when_idle);
+    let stats = worker::run(store, cfg, health, shutdown_requested()).await;
     let _ = stop_listener.send(());
-    Ok(Exit::Success)
+    match stats.stopped {
+        Some(why) => Err(anyhow::Error::msg(why)),
+        None => Ok(Exit::Success),
+    }
 }

@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::ops::health::Health;
 use crate::store::Store;
 
 /// Largest request head read, in bytes.
@@ -29,6 +30,8 @@ pub struct Endpoints {
     pub metrics: PrometheusHandle,
     /// The store `/readyz` checks.
     pub store: Arc<dyn Store>,
+    /// What the worker reports about its own ability to work.
+    pub health: Arc<Health>,
 }
 
 /// Serves until `shutdown` completes.
@@ -54,6 +57,20 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: impl F
                 }
             },
         }
+    }
+}
+
+/// Ready when the worker's discovery works and the store can do what
+/// `run` needs (`Store::ping`: for Couchbase, key-value access to both
+/// buckets and the discovery query; for SQLite, a write that commits).
+async fn readiness(endpoints: &Endpoints) -> Result<(), String> {
+    if let Some(problem) = endpoints.health.problem() {
+        return Err(problem);
+    }
+    match tokio::time::timeout(READY_TIMEOUT, endpoints.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("the store did not answer within {} s", READY_TIMEOUT.as_secs())),
     }
 }
 
@@ -87,14 +104,9 @@ async fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result
     let (status, content_type, body) = match request_path(&head) {
         Some("/metrics") => ("200 OK", "text/plain; version=0.0.4", endpoints.metrics.render()),
         Some("/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        Some("/readyz") => match tokio::time::timeout(READY_TIMEOUT, endpoints.store.ping()).await {
-            Ok(Ok(())) => ("200 OK", "text/plain", "ready\n".to_string()),
-            Ok(Err(e)) => ("503 Service Unavailable", "text/plain", format!("not ready: {e}\n")),
-            Err(_) => (
-                "503 Service Unavailable",
-                "text/plain",
-                "not ready: the store did not answer\n".to_string(),
-            ),
+        Some("/readyz") => match readiness(endpoints).await {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
         },
         Some(_) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         None => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),

@@ -40,6 +40,12 @@ pub const WALLET_WRITE_CREDITS: &str = "ledgerd_wallet_write_credits_total";
 pub const RECORD_CHECKS: &str = "ledgerd_credit_record_checks_total";
 /// Markers of completed actions removed by wallet writes.
 pub const MARKERS_PRUNED: &str = "ledgerd_markers_pruned_total";
+/// Failed discovery queries, by `kind`: permanent (will not heal by itself:
+/// a missing Query service or index, credentials, a dropped bucket) or
+/// transient.
+pub const DISCOVERY_FAILURES: &str = "ledgerd_discovery_failures_total";
+/// 1 while discovery is failing (the worker is then not ready), else 0.
+pub const DISCOVERY_FAILING: &str = "ledgerd_discovery_failing";
 
 /// Histogram buckets in seconds, from 1 ms to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -76,6 +82,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Transaction records read to prove a credit not yet applied, or to find markers to prune."
     );
     describe_counter!(MARKERS_PRUNED, "Markers of completed actions removed by wallet writes.");
+    describe_counter!(
+        DISCOVERY_FAILURES,
+        "Failed discovery queries, by kind: permanent or transient."
+    );
+    describe_gauge!(
+        DISCOVERY_FAILING,
+        "1 while discovery is failing (the worker is not ready)."
+    );
     Ok(handle)
 }
 

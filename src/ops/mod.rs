@@ -1,4 +1,5 @@
-//! Operating ledgerd: metrics and the health endpoints.
+//! Operating ledgerd: metrics, the worker's health, and the endpoints.
 
+pub mod health;
 pub mod http;
 pub mod metrics;

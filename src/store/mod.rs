@@ -135,7 +135,10 @@ pub trait Store: Send + Sync {
     /// Creates whatever the store needs (tables, buckets, indexes). Idempotent.
     async fn init(&self) -> StoreResult<()>;
 
-    /// Checks that the store answers and its buckets exist (for `/readyz`).
+    /// Checks that the store can do what a worker needs (for `/readyz`):
+    /// it answers, its buckets exist, discovery works, and (where the store
+    /// itself can fail to commit, as an embedded file on a full disk) that
+    /// a write commits.
     async fn ping(&self) -> StoreResult<()>;
 
     /// Reads a document.

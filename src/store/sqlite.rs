@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::model::{self, Entry, Mutation, Slot};
 use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use crate::domain::keys::ACTION_PREFIX;
 
 /// How long a connection waits for another process's write lock.
 const BUSY_TIMEOUT_MS: u64 = 10_000;
@@ -61,7 +62,13 @@ CREATE TABLE IF NOT EXISTS docs (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cas_seq (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
 INSERT OR IGNORE INTO cas_seq (id, value) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS ready_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER NOT NULL);
 ";
+
+/// The write `/readyz` commits to prove that writes can commit (a full disk
+/// fails it): one row, overwritten.
+const PROBE_SQL: &str = "INSERT INTO ready_probe (id, at_ms) VALUES (1, ?1)
+     ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms";
 
 /// Whether opening may create a new database file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,6 +495,33 @@ impl SqliteStore {
             .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?
     }
 
+    /// Commits the readiness probe through the writer, as a mutation would.
+    async fn commit_probe(&self) -> StoreResult<()> {
+        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<()>>();
+        let job: Job = Box::new(move |tx: Option<&Tx<'_>>| {
+            let result = match tx {
+                Some(tx) => tx
+                    .conn
+                    .prepare_cached(PROBE_SQL)
+                    .and_then(|mut stmt| stmt.execute([i64::try_from(tx.now_ms).unwrap_or(i64::MAX)]))
+                    .map(|_| ())
+                    .map_err(sql_error),
+                None => Err(StoreError::Transient("not applied".into())),
+            };
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = answer.send(committed.and(result));
+            })
+        });
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         bucket: Bucket,
@@ -535,7 +569,13 @@ impl Store for SqliteStore {
                 .map_err(sql_error)
         })
         .await
-        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))??;
+        // Discovery's own statement, then a write committed by the writer
+        // like any other (a full disk fails it).
+        self.list_keys(Bucket::Queue, ACTION_PREFIX, None, 1).await?;
+        self.commit_probe()
+            .await
+            .map_err(|e| StoreError::Permanent(format!("a write cannot commit: {e}")))
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {

@@ -107,7 +107,12 @@ pub async fn end_to_end(settings: &Settings) {
         let mut runs = Vec::new();
         for _ in 0..3 {
             let handle: Arc<dyn Store> = Arc::new(CouchbaseStore::connect(settings).await.expect("connect"));
-            runs.push(worker::run(handle, cfg.clone(), std::future::pending::<()>()));
+            runs.push(worker::run(
+                handle,
+                cfg.clone(),
+                Arc::default(),
+                std::future::pending::<()>(),
+            ));
         }
         futures::future::join_all(runs).await;
         let mut left = 0;

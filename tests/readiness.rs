@@ -1,0 +1,171 @@
+//! Failures that must be loud, through the real binary: a discovery that
+//! cannot work stops `run --exit-when-idle` with one clear message and makes
+//! a running worker not ready (logged once, not once per attempt); a disk
+//! that cannot take another write turns `/readyz` to 503, and nothing is
+//! lost once it can again.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{balances, json_lines, stderr, Scratch};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `GET path` on the ops listener: (status code, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+/// Waits for something that must happen; the limit only keeps a broken
+/// build from hanging the suite.
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(status.expect("kill").success());
+}
+
+/// A store file whose `docs` table lacks the columns discovery reads: as
+/// permanent a discovery failure as a missing index or Query service.
+fn broken_discovery(s: &Scratch) {
+    let conn = rusqlite::Connection::open(s.db()).expect("create");
+    conn.execute_batch("CREATE TABLE docs (bucket TEXT NOT NULL, k TEXT NOT NULL, body BLOB NOT NULL)")
+        .expect("schema");
+}
+
+#[test]
+fn a_discovery_that_cannot_work_stops_an_exit_when_idle_run_with_one_message() {
+    let s = Scratch::new();
+    broken_discovery(&s);
+    let child = s
+        .cmd(&["run", "--exit-when-idle", "--metrics-addr", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let out = child.wait_with_output().expect("exit");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("discovery of queued actions has failed").count(),
+        1,
+        "one message: {err}"
+    );
+    assert!(err.contains("no such column") && err.contains("will not heal"), "{err}");
+}
+
+#[test]
+fn a_running_worker_is_not_ready_while_discovery_fails_and_says_so_once() {
+    let s = Scratch::new();
+    broken_discovery(&s);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = s
+        .cmd(&["run", "--metrics-addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    wait_until("/readyz answers 503", || {
+        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let (_, body) = get(port, "/readyz").expect("readyz");
+    assert!(body.contains("discovery") && body.contains("no such column"), "{body}");
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200), "alive, only not ready");
+    // Several failed attempts, counted.
+    wait_until("three discovery failures are counted", || {
+        get(port, "/metrics").is_some_and(|(_, m)| {
+            m.lines()
+                .find(|l| l.starts_with(r#"ledgerd_discovery_failures_total{kind="permanent"}"#))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .is_some_and(|n| n >= 3.0)
+        })
+    });
+    sigterm(&child);
+    let out = child.wait_with_output().expect("exit");
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("discovery is failing").count(),
+        1,
+        "logged once per minute, not once per attempt: {err}"
+    );
+}
+
+/// `count` valid actions, one unit each to one of five wallets.
+fn actions(count: u64) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"d{i:05}\",\"doc\":{{\"beneficiaries\":{{\"w{}\":\"0.00000001\"}}}}}}\n",
+                i % 5
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_disk_that_takes_no_more_writes_turns_readyz_to_503_and_loses_nothing() {
+    let s = Scratch::new();
+    let out = s.run(&["enqueue"], &actions(2_000));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // A file-size limit of 64 KiB stands in for a full disk: the write-ahead
+    // log can grow by a dozen pages, then every commit fails. SIGXFSZ is
+    // ignored so that the failing write returns an error, as ENOSPC would.
+    let mut limited = std::process::Command::new("bash");
+    limited
+        .args(["-c", "trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_ledgerd"))
+        .args(["run", "--metrics-addr", &addr, "--log-level", "warn"])
+        .current_dir(s.path());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LEDGERD_")) {
+        limited.env_remove(key);
+    }
+    let child = limited
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    wait_until("/readyz answers 503", || {
+        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let (_, body) = get(port, "/readyz").expect("readyz");
+    assert!(body.contains("a write cannot commit"), "{body}");
+    sigterm(&child);
+    let out = child.wait_with_output().expect("exit");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // With room again, a worker finishes the queue exactly.
+    let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = &json_lines(&s.run(&["status", "--json"], ""))[0];
+    assert_eq!(status["queued"].as_u64(), Some(0));
+    let expected: std::collections::BTreeMap<String, u64> = (0..5).map(|w| (format!("w{w}"), 400)).collect();
+    assert_eq!(balances(&s), expected);
+}
