@@ -284,6 +284,45 @@ fn bench_reports_in_the_documented_shape() {
     let reads = r["store_ops_per_action"]["reads"].as_f64().expect("reads");
     assert!((4.0..4.5).contains(&reads), "{r}");
     assert_eq!(r["store_ops_per_action"]["writes"], 7.0, "{r}");
+    assert_eq!(r["store_ops_per_action"]["wallet_writes"], 3.0, "{r}");
+    assert_eq!(r["balances_exact"], true, "{r}");
+    assert!(r["wallet_markers_max"].as_u64().is_some(), "{r}");
     assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(!s.db().exists(), "bench uses its own temporary store");
+}
+
+/// A hot wallet credited by 1,024 actions in flight at once, on the
+/// embedded store with Couchbase's limits: every action completes, every
+/// wallet holds exactly its credits (bench checks each one), no write
+/// carries more than the limit allows, and markers stay bounded.
+#[test]
+fn a_hot_wallet_at_concurrency_1024_ends_exact_within_the_limits() {
+    let s = Scratch::new();
+    let out = s.run(
+        &[
+            "bench",
+            "--scenario",
+            "hot",
+            "--actions",
+            "2048",
+            "--concurrency",
+            "1024",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = &json_lines(&out)[0];
+    assert_eq!(
+        (r["actions"].as_u64(), r["balances_exact"].as_bool()),
+        (Some(2048), Some(true)),
+        "{r}"
+    );
+    // The 2,048 hot credits needed writes of at most 15 credits each.
+    let wallet_writes = r["store_ops_per_action"]["wallet_writes"]
+        .as_f64()
+        .expect("wallet writes");
+    assert!(wallet_writes >= 2.0 + 1.0 / 15.0, "{r}");
+    // The soft maximum (256) plus the actions in flight at the end.
+    assert!(r["wallet_markers_max"].as_u64().is_some_and(|m| m <= 256 + 1024), "{r}");
 }
