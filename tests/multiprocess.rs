@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{balances, json_lines, stderr, Scratch};
+use common::{balances, json_lines, stderr, Freezer, Scratch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -89,9 +89,8 @@ fn start_worker(s: &Scratch) -> Child {
         "--exit-when-idle",
         "--lease-ms",
         "1000",
-        // Few at a time, so that work remains when the test kills workers.
         "--concurrency",
-        "2",
+        "8",
         "--log-level",
         "warn",
     ])
@@ -128,14 +127,22 @@ fn killed_and_restarted_processes_credit_every_action_exactly_once() {
     let out = s.run(&["enqueue"], &w.lines);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // The workers run only when the test lets them: every kill happens while
+    // they hold claims on work that remains, by construction.
+    let freezer = Freezer::new(&s);
     let mut workers: Vec<Child> = (0..PROCESSES).map(|_| start_worker(&s)).collect();
+    freezer.stop(&workers);
     let mut kills = 0;
-    for _round in 0..3 {
-        std::thread::sleep(Duration::from_millis(300));
-        if queued(&s) < 200 {
+    for _step in 0..100_000 {
+        if kills >= 4 {
             break;
         }
-        // SIGKILL two workers mid-run, then start replacements.
+        freezer.step(&workers);
+        if freezer.claimed() == 0 {
+            continue;
+        }
+        assert!(freezer.queued() > 0);
+        // SIGKILL two workers mid-action, then start replacements.
         for victim in workers.iter_mut().take(2) {
             victim.kill().expect("SIGKILL");
             victim.wait().expect("reap");
@@ -144,8 +151,14 @@ fn killed_and_restarted_processes_credit_every_action_exactly_once() {
         workers.drain(..2);
         workers.push(start_worker(&s));
         workers.push(start_worker(&s));
+        freezer.stop(&workers);
+        // Some progress before the next kill.
+        for _ in 0..20 {
+            freezer.step(&workers);
+        }
     }
-    assert!(kills >= 2, "the test must kill workers while work remains");
+    assert_eq!(kills, 4, "the workers never held a claim");
+    freezer.resume(&workers);
     wait_all(workers);
     // Actions locked by a killed worker wait for its lease to lapse.
     std::thread::sleep(Duration::from_millis(1_200));

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{balances, json_lines, stderr, stdout, Scratch};
+use common::{balances, json_lines, stderr, stdout, Freezer, Scratch};
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
@@ -150,9 +150,12 @@ fn metrics_count_what_was_processed_and_readyz_follows_the_store() {
 #[test]
 fn sigterm_mid_run_leaves_nothing_half_done() {
     let s = Scratch::new();
-    let (lines, expected) = actions("t", 6_000);
+    let (lines, expected) = actions("t", 2_000);
     s.run(&["enqueue"], &lines);
-    let child = s
+    // The worker runs only when the test lets it, so the signal arrives
+    // while it holds claims and work remains, whatever the machine's speed.
+    let freezer = Freezer::new(&s);
+    let mut child = s
         .cmd(&[
             "run",
             "--concurrency",
@@ -160,14 +163,21 @@ fn sigterm_mid_run_leaves_nothing_half_done() {
             "--metrics-addr",
             "off",
             "--log-level",
-            "warn",
+            "info",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
-    wait_until("some actions are done", || queued(&s) < 5_900);
-    sigterm(&child);
+    let frozen = std::slice::from_mut(&mut child);
+    freezer.stop(frozen);
+    while freezer.claimed() == 0 {
+        freezer.step(frozen);
+    }
+    let queued_at_signal = freezer.queued();
+    assert!(queued_at_signal > 8, "more queued than the worker can hold at once");
+    sigterm(&frozen[0]);
+    freezer.resume(frozen);
     let out = child.wait_with_output().expect("exit");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let left = queued(&s);

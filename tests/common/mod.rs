@@ -93,3 +93,72 @@ pub fn balances(s: &Scratch) -> std::collections::BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// Freezes worker processes (SIGSTOP, SIGCONT) and reads the store file
+/// while they are frozen: the test can look at the queue and act (kill,
+/// signal) at a moment when work is known to remain and workers hold claims
+/// they cannot finish, whatever the speed of the machine or of ledgerd.
+/// (Reads of a WAL database never wait for a writer, frozen or not.)
+pub struct Freezer {
+    conn: rusqlite::Connection,
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {}", child.id());
+}
+
+impl Freezer {
+    pub fn new(s: &Scratch) -> Self {
+        let conn = rusqlite::Connection::open(s.db()).expect("open the store file");
+        Self { conn }
+    }
+
+    /// Freezes every child.
+    pub fn stop(&self, children: &[std::process::Child]) {
+        children.iter().for_each(|c| signal(c, "STOP"));
+    }
+
+    /// Lets every child run again.
+    pub fn resume(&self, children: &[std::process::Child]) {
+        children.iter().for_each(|c| signal(c, "CONT"));
+    }
+
+    /// Lets the children run for a moment, then freezes them again.
+    pub fn step(&self, children: &[std::process::Child]) {
+        self.resume(children);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.stop(children);
+    }
+
+    /// Queued actions with a lock that lapses after `after_ms` (0: all).
+    fn queued_locked_after(&self, after_ms: i64) -> u64 {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM docs WHERE bucket = 'queue' AND key >= 'action:' AND key < 'action;'
+                 AND (?1 = 0 OR lock_until_ms > ?1)",
+                [after_ms],
+                |r| r.get(0),
+            )
+            .expect("count the queue");
+        n as u64
+    }
+
+    /// Actions still queued.
+    pub fn queued(&self) -> u64 {
+        self.queued_locked_after(0)
+    }
+
+    /// Queued actions that a worker holds claimed right now.
+    pub fn claimed(&self) -> u64 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis();
+        self.queued_locked_after(i64::try_from(now_ms).expect("ms"))
+    }
+}
