@@ -1,0 +1,255 @@
+//! Coalesced wallet writes.
+//!
+//! When several in-flight actions of one process credit the same wallet,
+//! their credits are folded into ONE atomic write of that wallet: the new
+//! balance plus every one of their markers, under the CAS of one state. A
+//! hot wallet then costs one CAS round per batch instead of one per action.
+//!
+//! The requests for one wallet queue in its slot; whoever holds the slot's
+//! lead lock drains the queue and writes the batch for everyone ("flat
+//! combining"); the others find their answer when they get the lock.
+//!
+//! Exactly-once rests on the same facts as a lone write (see `apply`),
+//! checked per request against the batch's basis state:
+//! - the request's marker is on the basis: applied, done;
+//! - else the request observed a state before its record existed, and the
+//!   basis descends from that state through this process's own successful
+//!   CAS writes only (its *lineage*): nobody else wrote the wallet since,
+//!   and none of our writes carried this marker, so it is not applied;
+//! - else its record is read AFTER the basis was observed: `committed`
+//!   proves the marker was not pruned before, so absent means not applied;
+//!   `completed` means another worker finished it.
+//!
+//! The write itself is conditional on the basis's CAS (or is an insert when
+//! the basis is "absent"), so a basis that is no longer current fails and
+//! the batch starts over from a fresh read. Nothing here depends on timing:
+//! the cached state is an optimisation that a CAS mismatch corrects.
+//!
+//! One write carries at most 15 markers (Couchbase takes at most 16 specs in
+//! one sub-document mutation, and the balance is one): a larger batch is
+//! written in turns, each a CAS write on the state the previous turn left,
+//! so that each later credit's proof (against the basis) still holds — the
+//! state it is written on descends from the basis through this batch's own
+//! writes alone. A turn that fails starts the rest over from a fresh read.
+//! How many credits and marker removals share a turn is `write_plan`'s rule.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::join_all;
+use tokio::sync::oneshot;
+
+use super::records::TxState;
+use super::wallet::{marker_name, read_snapshot, Snapshot};
+use super::{backoff, count_retry, read_tx, Options, ProtocolError, Result};
+use crate::domain::keys::balance_key;
+use crate::ops::metrics::{self as m, result_label};
+use crate::store::Store;
+use slot::{answer, enqueue, fail_all, locked, Lineage, Pending, Slot, KNOWN_FRESH};
+pub(crate) use slot::{CreditRequest, Credited};
+use turns::Turns;
+
+mod slot;
+mod turns;
+
+/// Wallet slots kept before idle ones (and their cached states) are dropped.
+const SLOTS_MAX: usize = 8_192;
+/// The per-process coalescer of wallet writes (shared by a process's workers).
+#[derive(Default)]
+pub struct Coalescer {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl std::fmt::Debug for Coalescer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("slots", &locked(&self.slots).len())
+            .finish()
+    }
+}
+
+impl Coalescer {
+    fn slot(&self, hash: &str) -> Arc<Slot> {
+        let mut slots = locked(&self.slots);
+        if let Some(slot) = slots.get(hash) {
+            return slot.clone();
+        }
+        if slots.len() >= SLOTS_MAX {
+            // Keep only slots in use; idle ones lose their cached state.
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert(hash.to_string(), slot.clone());
+        slot
+    }
+
+    /// A state of `hash` this process wrote moments ago, if it has one.
+    pub(crate) fn peek(&self, hash: &str) -> Option<Snapshot> {
+        let slot = locked(&self.slots).get(hash).cloned()?;
+        let known = locked(&slot.known);
+        known
+            .as_ref()
+            .filter(|k| k.at.elapsed() < KNOWN_FRESH)
+            .map(|k| k.state.clone())
+    }
+
+    /// Applies one credit, together with whatever other credits to the same
+    /// wallet are waiting at the time.
+    pub(crate) async fn credit(&self, store: &dyn Store, request: CreditRequest, opts: &Options) -> Result<Credited> {
+        let slot = self.slot(&request.hash);
+        let mut answer = enqueue(&slot, request.clone());
+        loop {
+            let _lead = slot.lead.lock().await;
+            match answer.try_recv() {
+                Ok(result) => return result,
+                // The leader that took it was cancelled before answering.
+                Err(oneshot::error::TryRecvError::Closed) => answer = enqueue(&slot, request.clone()),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch = std::mem::take(&mut *locked(&slot.queue));
+            write_batch(&slot, store, batch, opts).await;
+            if let Ok(result) = answer.try_recv() {
+                return result;
+            }
+        }
+    }
+}
+
+/// Writes one batch for one wallet, retrying conflicts, and answers every
+/// request in it.
+async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, opts: &Options) {
+    let Some(hash) = batch.first().map(|p| p.request.hash.clone()) else {
+        return;
+    };
+    let mut fresh: Option<Snapshot> = None;
+    let mut round = 0;
+    loop {
+        // The basis: a fresh read after a failed write; else the newest of
+        // this process's own last write and the requests' observations.
+        let (basis, lineage) = match fresh.take() {
+            Some(state) => {
+                let lineage = Lineage::root(state.seen());
+                (state, lineage)
+            }
+            None => match choose_basis(slot, &batch) {
+                Some(chosen) => chosen,
+                None => match read_snapshot(store, &hash).await {
+                    Ok(state) => {
+                        let lineage = Lineage::root(state.seen());
+                        (state, lineage)
+                    }
+                    Err(e) => return fail_all(batch, &e),
+                },
+            },
+        };
+        if let Snapshot::Invalid(reason) = &basis {
+            *locked(&slot.known) = None;
+            for p in batch {
+                answer(p, Ok(Credited::Blocked(reason.clone())));
+            }
+            return;
+        }
+        let (_, stale) = basis.foreign_markers(&opts.recent);
+        let proven = prove(store, &basis, &lineage, batch, &stale).await;
+        if proven.is_empty() {
+            return;
+        }
+        let turns = Turns {
+            slot,
+            store,
+            key: balance_key(&hash),
+            stale,
+            opts,
+        };
+        let (left, error) = match turns.write(basis, lineage, proven).await {
+            Ok(()) => return,
+            Err(retry) => retry,
+        };
+        *locked(&slot.known) = None;
+        count_retry(result_label(Some(&error)));
+        round += 1;
+        if round >= opts.apply_rounds_max {
+            for p in left {
+                answer(p, Err(ProtocolError::Contention(opts.apply_rounds_max)));
+            }
+            return;
+        }
+        tokio::time::sleep(backoff(round)).await;
+        // Requests that arrived meanwhile join the next round.
+        batch = left;
+        batch.append(&mut locked(&slot.queue));
+        fresh = match read_snapshot(store, &hash).await {
+            Ok(state) => Some(state),
+            Err(e) => return fail_all(batch, &e),
+        };
+    }
+}
+
+/// Which requests of a batch are proven not yet applied on `basis` (they are
+/// returned); the others are answered: applied already, completed by
+/// another worker, or failed.
+async fn prove(
+    store: &dyn Store,
+    basis: &Snapshot,
+    lineage: &Lineage,
+    batch: Vec<Pending>,
+    stale: &[(String, String)],
+) -> Vec<Pending> {
+    let mut proven = Vec::new();
+    let mut unproven = Vec::new();
+    for p in batch {
+        if basis.has_marker(marker_name(&p.request.marker)) {
+            answer(p, Ok(Credited::Done { stale: stale.to_vec() }));
+        } else if lineage.contains(p.request.seen.as_ref().and_then(Snapshot::seen)) {
+            proven.push(p);
+        } else {
+            unproven.push(p);
+        }
+    }
+    if !unproven.is_empty() {
+        metrics::counter!(m::RECORD_CHECKS).increment(unproven.len() as u64);
+    }
+    // Read after the basis was observed: "no marker, still committed".
+    let records = join_all(unproven.iter().map(|p| read_tx(store, &p.request.action))).await;
+    for (p, record) in unproven.into_iter().zip(records) {
+        match record {
+            Ok(Some((tx, _))) if tx.state == TxState::Committed => proven.push(p),
+            Ok(Some(_)) => answer(p, Ok(Credited::CompletedElsewhere)),
+            Ok(None) => {
+                let action = p.request.action.clone();
+                answer(
+                    p,
+                    Err(ProtocolError::CorruptRecord(format!(
+                        "tx:{action} vanished while applying"
+                    ))),
+                );
+            }
+            Err(e) => answer(p, Err(e)),
+        }
+    }
+    proven
+}
+
+/// The newest state among this process's last write and the requests'
+/// observations, with its lineage. `None` when there is none.
+fn choose_basis(slot: &Slot, batch: &[Pending]) -> Option<(Snapshot, Lineage)> {
+    let rank = |s: &Snapshot| match s {
+        Snapshot::Present { cas, .. } => Some(*cas),
+        Snapshot::Absent => Some(0),
+        Snapshot::Invalid(_) => None,
+    };
+    let observed = batch
+        .iter()
+        .filter_map(|p| p.request.seen.as_ref())
+        .filter_map(|s| rank(s).map(|r| (r, s)))
+        .max_by_key(|(r, _)| *r);
+    let known = locked(&slot.known).clone();
+    match (known, observed) {
+        (Some(k), Some((r, s))) if rank(&k.state).is_some_and(|kr| r > kr) => {
+            Some((s.clone(), Lineage::root(s.seen())))
+        }
+        (Some(k), _) => Some((k.state, k.lineage)),
+        (None, Some((_, s))) => Some((s.clone(), Lineage::root(s.seen()))),
+        (None, None) => None,
+    }
+}

@@ -1,0 +1,136 @@
+//! The coalescer's parts: a credit request and its answer, one wallet's
+//! slot (its queue, its lead lock, the state this process last wrote), and
+//! the lineage that proves a state descends from an observation.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::domain::Units;
+use crate::protocol::wallet::{Seen, Snapshot};
+use crate::protocol::{ProtocolError, Result};
+
+/// States in one lineage remembered (older observations need a record read).
+const LINEAGE_MAX: usize = 1_024;
+/// How long a state this process wrote stands in for a pre-commit read.
+/// Only a heuristic for work: a stale state costs a failed write, never money.
+pub(super) const KNOWN_FRESH: Duration = Duration::from_secs(1);
+
+/// One credit to one wallet, waiting to be written.
+#[derive(Debug, Clone)]
+pub(crate) struct CreditRequest {
+    /// The action id.
+    pub action: String,
+    /// The action's marker path.
+    pub marker: String,
+    /// The wallet.
+    pub hash: String,
+    /// The credit.
+    pub units: Units,
+    /// The wallet as observed before the action's record existed, if it was.
+    pub seen: Option<Snapshot>,
+}
+
+/// How one credit ended.
+#[derive(Debug)]
+pub(crate) enum Credited {
+    /// The wallet carries the marker; old markers of other actions seen on it.
+    Done { stale: Vec<(String, String)> },
+    /// The record is completed: another worker finished the action.
+    CompletedElsewhere,
+    /// The wallet cannot take the credit now.
+    Blocked(String),
+}
+
+pub(super) struct Pending {
+    pub(super) request: CreditRequest,
+    pub(super) reply: oneshot::Sender<Result<Credited>>,
+}
+
+/// A state of a wallet this process wrote, and the states it descends from
+/// through this process's own writes alone.
+#[derive(Clone)]
+pub(super) struct Known {
+    pub(super) state: Snapshot,
+    pub(super) lineage: Lineage,
+    pub(super) at: Instant,
+}
+
+#[derive(Clone, Default)]
+pub(super) struct Lineage {
+    pub(super) set: HashSet<Seen>,
+    pub(super) order: VecDeque<Seen>,
+}
+
+impl Lineage {
+    pub(super) fn root(seen: Option<Seen>) -> Self {
+        let mut lineage = Lineage::default();
+        if let Some(s) = seen {
+            lineage.push(s);
+        }
+        lineage
+    }
+
+    pub(super) fn push(&mut self, seen: Seen) {
+        if self.set.insert(seen) {
+            self.order.push_back(seen);
+            if self.order.len() > LINEAGE_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub(super) fn contains(&self, seen: Option<Seen>) -> bool {
+        seen.is_some_and(|s| self.set.contains(&s))
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Slot {
+    pub(super) queue: Mutex<Vec<Pending>>,
+    pub(super) lead: tokio::sync::Mutex<()>,
+    pub(super) known: Mutex<Option<Known>>,
+    /// Markers whose record read `committed` a moment ago, and when: not
+    /// read again for [`KNOWN_FRESH`] (a heuristic for work only).
+    pub(super) unfinished: Mutex<HashMap<String, Instant>>,
+}
+
+impl Slot {
+    pub(super) fn is_unfinished(&self, path: &str) -> bool {
+        locked(&self.unfinished)
+            .get(path)
+            .is_some_and(|at| at.elapsed() < KNOWN_FRESH)
+    }
+
+    pub(super) fn mark_unfinished(&self, path: String) {
+        let mut unfinished = locked(&self.unfinished);
+        unfinished.retain(|_, at| at.elapsed() < KNOWN_FRESH);
+        unfinished.insert(path, Instant::now());
+    }
+}
+
+pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) fn enqueue(slot: &Slot, request: CreditRequest) -> oneshot::Receiver<Result<Credited>> {
+    let (reply, answer) = oneshot::channel();
+    locked(&slot.queue).push(Pending { request, reply });
+    answer
+}
+
+pub(super) fn answer(p: Pending, result: Result<Credited>) {
+    // The requester may be gone (cancelled): nothing to tell then.
+    let _ = p.reply.send(result);
+}
+
+pub(super) fn fail_all(batch: Vec<Pending>, e: &ProtocolError) {
+    for p in batch {
+        answer(p, Err(e.clone()));
+    }
+}

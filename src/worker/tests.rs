@@ -1,0 +1,122 @@
+//! The worker's discovery under failure: told apart, bounded, reported.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::domain::keys::action_key;
+use crate::store::faulty::{Fault, FaultyStore, OpKind};
+use crate::store::memory::MemoryStore;
+use crate::store::StoreError;
+
+fn config(exit_when_idle: bool) -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 4,
+        lease: Duration::from_secs(5),
+        page_size: 16,
+        idle_backoff_max: Duration::from_millis(100),
+        exit_when_idle,
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// A memory store with `n` queued actions whose discovery fails with
+/// `error` while `broken` is set; counts the failed attempts.
+async fn store_with(n: u64, error: StoreError) -> (Arc<dyn Store>, MemoryStore, Arc<AtomicBool>, Arc<AtomicU64>) {
+    let inner = MemoryStore::new();
+    for i in 0..n {
+        let body = format!(r#"{{"beneficiaries":{{"w{i}":"1"}}}}"#);
+        inner
+            .insert(Bucket::Queue, &action_key(&i.to_string()), body.as_bytes())
+            .await
+            .expect("enqueue");
+    }
+    let (broken, attempts) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)));
+    let (b, a) = (broken.clone(), attempts.clone());
+    let store = FaultyStore::with_plan(
+        Arc::new(inner.clone()),
+        Box::new(move |_, kind, _| {
+            if kind == OpKind::ListKeys && b.load(Ordering::SeqCst) {
+                a.fetch_add(1, Ordering::SeqCst);
+                Fault::FailBefore(error.clone())
+            } else {
+                Fault::Pass
+            }
+        }),
+    );
+    (Arc::new(store), inner, broken, attempts)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_discovery_error_stops_an_exit_when_idle_run_at_once() {
+    let error = StoreError::Permanent("no index on the queue: run `ledgerd init`".into());
+    let (store, _, _, attempts) = store_with(2, error).await;
+    let health = Arc::new(Health::default());
+    let running = run(store, config(true), health.clone(), std::future::pending());
+    let stats = tokio::time::timeout(Duration::from_secs(3_600), running)
+        .await
+        .expect("the worker stops");
+    let why = stats.stopped.expect("stopped");
+    assert!(
+        why.contains("run `ledgerd init`") && why.contains("will not heal"),
+        "{why}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "a permanent error is not retried");
+    assert!(health.problem().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_discovery_errors_stop_an_exit_when_idle_run_after_a_bounded_time() {
+    let (store, _, _, attempts) = store_with(2, StoreError::Transient("query timed out".into())).await;
+    let started = tokio::time::Instant::now();
+    let running = run(store, config(true), Arc::default(), std::future::pending());
+    let stats = tokio::time::timeout(Duration::from_secs(3_600), running)
+        .await
+        .expect("the worker stops");
+    let why = stats.stopped.expect("stopped");
+    assert!(why.contains("query timed out"), "{why}");
+    assert!(attempts.load(Ordering::SeqCst) > 3, "transient errors are retried");
+    let took = started.elapsed();
+    assert!(
+        took >= DISCOVERY_FAILING_MAX_WHEN_IDLE
+            && took <= DISCOVERY_FAILING_MAX_WHEN_IDLE + Duration::from_millis(DISCOVERY_BACKOFF_MS_MAX),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_worker_is_not_ready_while_discovery_fails_and_recovers_after() {
+    let error = StoreError::Permanent("the Query service answered HTTP 501".into());
+    let (store, inner, broken, attempts) = store_with(3, error).await;
+    let health = Arc::new(Health::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(run(store, config(false), health.clone(), async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let problem = health.problem().expect("not ready");
+    assert!(problem.contains("HTTP 501"), "{problem}");
+    let tried = attempts.load(Ordering::SeqCst);
+    assert!(
+        (3..=20).contains(&tried),
+        "retried with a capped backoff, not in a tight loop: {tried}"
+    );
+    assert_eq!(inner.snapshot(Bucket::Queue).len(), 3, "nothing claimed meanwhile");
+
+    broken.store(false, Ordering::SeqCst);
+    for _ in 0..600 {
+        if inner.snapshot(Bucket::Queue).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        inner.snapshot(Bucket::Queue).is_empty(),
+        "the queue drains once discovery works"
+    );
+    assert_eq!(health.problem(), None, "ready again");
+    let _ = stop.send(());
+    let stats = worker.await.expect("worker");
+    assert_eq!((stats.completed, stats.stopped), (3, None));
+}
