@@ -1,7 +1,7 @@
 //! A wallet as the protocol sees it: its state at one moment (balance, CAS,
 //! markers), read in one atomic lookup, and what that state tells about a
 //! credit. Shared by the commit step (`mod.rs`), step 4 (`apply.rs`) and the
-//! coalescer (`coalesce.rs`).
+//! coalescer (`coalesce/`).
 
 use std::sync::Arc;
 
