@@ -187,3 +187,26 @@ async fn markers_stay_bounded_on_a_hot_wallet_two_processes_share() {
 }
 
 use crate::protocol::write_plan::WRITE_XATTR_SPECS_MAX;
+
+#[tokio::test]
+async fn a_write_answered_path_not_found_is_read_again_like_a_cas_mismatch() {
+    let w = World::new();
+    w.set_balance("a", "7").await;
+    w.enqueue("1", r#"{"beneficiaries":{"a":"1"}}"#).await;
+    // The first write of the wallet meets a state that changed under it
+    // (a marker it removes is already gone), as Couchbase may answer.
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let store = FaultyStore::with_plan(
+        arc(&w.store),
+        Box::new(move |_, kind, key| {
+            if kind == OpKind::WriteWithXattrs && key == balance_key("a") && !failed_once.swap(true, Ordering::SeqCst) {
+                Fault::FailBefore(crate::store::StoreError::PathNotFound("ledger.applied.mgone".into()))
+            } else {
+                Fault::Pass
+            }
+        }),
+    );
+    let outcome = process_action(&store, "1", &Options::default()).await;
+    assert!(matches!(outcome, Ok(Outcome::Completed { .. })), "{outcome:?}");
+    assert_eq!(w.balance("a"), Some(100_000_007));
+}

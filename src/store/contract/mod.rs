@@ -284,7 +284,7 @@ pub async fn xattr_writes_are_atomic(h: &dyn Harness) {
         .await);
     assert_ne!(cas2, cas);
     let read = ok!(s
-        .get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied", "nope"])
+        .get_with_xattrs(Bucket::Ledger, &key, &["ledger.applied", "ledger.nope"])
         .await);
     assert_eq!(read.body, b"8");
     assert_eq!(read.xattrs, vec![Some(json!({"m1": {"u": 5}, "m2": 3})), None]);
