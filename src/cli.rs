@@ -126,7 +126,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Measure throughput, latency, store operations and memory on a
     /// generated workload in a fresh store (a temporary embedded one unless
-    /// --target names another).
+    /// --target names another), then check every wallet's balance.
     Bench(BenchArgs),
 }
 
@@ -146,8 +146,9 @@ pub struct BenchArgs {
     /// operations are counted.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub processes: usize,
-    /// Store URL to benchmark (must have an empty queue); default: a fresh
-    /// temporary embedded store.
+    /// Store URL to benchmark (must have no queued actions and no wallets:
+    /// every balance is checked at the end); default: a fresh temporary
+    /// embedded store.
     #[arg(long, value_name = "URL")]
     pub target: Option<String>,
     /// Print one JSON object.
@@ -209,14 +210,17 @@ pub enum FailedAction {
 /// Options of `ledgerd run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Actions worked on at once by this process (default 16).
+    /// Actions worked on at once by this process, 1–1024 (default 64).
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// Lock time of a claimed action, 1000–30000 ms (default 15000).
+    /// Lock time of a claimed action, 1000–30000 ms, rounded up to whole
+    /// seconds as Couchbase counts them (default 15000).
     #[arg(long, value_name = "MS")]
     pub lease_ms: Option<u64>,
     /// Exit 0 once a full pass over the queue finds nothing to claim and
-    /// nothing is in flight (for batch jobs and tests).
+    /// nothing is in flight (for batch jobs and tests). Exit 1, with the
+    /// cause, if discovery cannot work: at once when it will not heal by
+    /// itself, after 30 s of passing failures.
     #[arg(long)]
     pub exit_when_idle: bool,
     /// Where to serve /metrics, /healthz and /readyz (default 127.0.0.1:9464), or `off`.
