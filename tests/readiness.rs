@@ -6,47 +6,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
-use common::{balances, json_lines, stderr, Scratch};
+use common::{balances, free_port, get, json_lines, sigterm, stderr, wait_until, Scratch};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// `GET path` on the ops listener: (status code, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((code, body))
-}
-
-/// Waits for something that must happen; the limit only keeps a broken
-/// build from hanging the suite.
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-    assert!(status.expect("kill").success());
+/// Waits until `/readyz` answers 503, and returns its body.
+fn not_ready(port: u16) -> String {
+    wait_until("/readyz answers 503", || {
+        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    get(port, "/readyz").expect("readyz").1
 }
 
 /// A store file whose `docs` table lacks the columns discovery reads: as
@@ -90,10 +59,7 @@ fn a_running_worker_is_not_ready_while_discovery_fails_and_says_so_once() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
-    wait_until("/readyz answers 503", || {
-        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
-    });
-    let (_, body) = get(port, "/readyz").expect("readyz");
+    let body = not_ready(port);
     assert!(body.contains("discovery") && body.contains("no such column"), "{body}");
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200), "alive, only not ready");
     // Several failed attempts, counted.
@@ -152,10 +118,7 @@ fn a_disk_that_takes_no_more_writes_turns_readyz_to_503_and_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
-    wait_until("/readyz answers 503", || {
-        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
-    });
-    let (_, body) = get(port, "/readyz").expect("readyz");
+    let body = not_ready(port);
     assert!(body.contains("a write cannot commit"), "{body}");
     sigterm(&child);
     let out = child.wait_with_output().expect("exit");

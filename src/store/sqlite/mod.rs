@@ -197,38 +197,35 @@ impl SqliteStore {
         op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
-        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
-        let job: Job = Box::new(move |conn: Option<&Tx<'_>>| {
-            let result = match conn {
-                Some(tx) if create_only => apply_insert(tx, &bucket, &key, op),
-                Some(tx) => apply_mutation(tx, &bucket, &key, op),
-                None => Err(StoreError::Transient("not applied".into())),
-            };
-            Box::new(move |committed: Result<(), StoreError>| {
-                let _ = answer.send(committed.and(result));
-            })
-        });
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?;
-        answered
-            .await
-            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?
+        self.in_writer(move |tx| match create_only {
+            true => apply_insert(tx, &bucket, &key, op),
+            false => apply_mutation(tx, &bucket, &key, op),
+        })
+        .await
     }
 
     /// Commits the readiness probe through the writer, as a mutation would.
     async fn commit_probe(&self) -> StoreResult<()> {
-        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<()>>();
+        self.in_writer(|tx| {
+            tx.conn
+                .prepare_cached(PROBE_SQL)
+                .and_then(|mut stmt| stmt.execute([i64::try_from(tx.now_ms).unwrap_or(i64::MAX)]))
+                .map(|_| ())
+                .map_err(sql_error)
+        })
+        .await
+    }
+
+    /// Runs `work` in the writer's next transaction; answers once the
+    /// transaction's fate is known (after COMMIT).
+    async fn in_writer<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
         let job: Job = Box::new(move |tx: Option<&Tx<'_>>| {
             let result = match tx {
-                Some(tx) => tx
-                    .conn
-                    .prepare_cached(PROBE_SQL)
-                    .and_then(|mut stmt| stmt.execute([i64::try_from(tx.now_ms).unwrap_or(i64::MAX)]))
-                    .map(|_| ())
-                    .map_err(sql_error),
+                Some(tx) => work(tx),
                 None => Err(StoreError::Transient("not applied".into())),
             };
             Box::new(move |committed: Result<(), StoreError>| {
