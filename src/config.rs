@@ -96,6 +96,35 @@ pub struct Settings {
 /// Couchbase durability levels accepted in `couchbase_durability`.
 pub const DURABILITY_LEVELS: &[&str] = &["majority", "majority_and_persist_active", "persist_to_majority", "none"];
 
+/// Log levels a filter may name.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a log filter such as `info`, `warn,ledgerd=debug` or
+/// `ledgerd::worker=trace`. A bare word must be a level: the filter syntax
+/// would otherwise take a typo such as `inf` for a target name and silence
+/// every other line, errors included.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |s: &str| LOG_LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    if filter.trim().is_empty() {
+        return Err(format!("is empty; use one of {}", LOG_LEVELS.join(", ")));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            // Span and field filters (`target[span{f=1}]=debug`) are passed on as written.
+            _ if directive.contains('[') => continue,
+            Some((target, level)) if !target.is_empty() => level,
+            _ => directive,
+        };
+        if !is_level(level) {
+            return Err(format!(
+                "{filter:?}: {level:?} is not a log level (use {}, optionally as TARGET=LEVEL)",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Keys a config file may contain: the fields of [`Settings`].
 const KEYS: &[&str] = &[
     "store",
@@ -202,6 +231,9 @@ impl Settings {
                     self.discovery_page_size
                 ),
             );
+        }
+        if let Err(why) = check_log_filter(&self.log_level) {
+            return invalid("log_level", why);
         }
         if self.idle_backoff_ms_max == 0 {
             return invalid("idle_backoff_ms_max", "must be at least 1".into());
@@ -316,5 +348,29 @@ mod tests {
             .expect_err("same")
             .to_string();
         assert!(err.contains("ledger_bucket"), "{err}");
+        let err = Settings::load(None, &[("log_level", "inf".into())])
+            .expect_err("a typo")
+            .to_string();
+        assert!(
+            err.contains("`log_level`") && err.contains("\"inf\" is not a log level"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_filters_must_name_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "warn,ledgerd=debug",
+            "ledgerd::worker=trace",
+            "off",
+            "x[span]=debug",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["inf", "verbose", "", "ledgerd=loud", "info,debugg"] {
+            assert!(check_log_filter(bad).is_err(), "{bad}");
+        }
     }
 }

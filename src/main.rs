@@ -10,7 +10,7 @@ use ledgerd::cli::{Cli, Command, FailedAction, SabotageArg};
 use ledgerd::commands::{self, Exit};
 use ledgerd::config::Settings;
 use ledgerd::sim::Sabotage;
-use ledgerd::store::{open, OpenMode};
+use ledgerd::store::{open, OpenError, OpenMode};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,7 +23,13 @@ fn main() -> ExitCode {
     };
     let filter = match (&cli.global.log_level, std::env::var("RUST_LOG")) {
         (Some(level), _) => level.clone(),
-        (None, Ok(env)) if !env.is_empty() => env,
+        (None, Ok(env)) if !env.is_empty() => {
+            if let Err(why) = ledgerd::config::check_log_filter(&env) {
+                eprintln!("ledgerd: RUST_LOG {why}");
+                return ExitCode::from(2);
+            }
+            env
+        }
         // The demo prints its own summary; its workers' logs would drown it.
         _ if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) => "warn".to_string(),
         // The simulated workers' warnings are the faults it injects.
@@ -37,8 +43,21 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             report_failure(&e);
-            ExitCode::from(1)
+            ExitCode::from(failure_code(&e))
         }
+    }
+}
+
+/// 2 when the configuration is at fault (a store URL, or an embedded
+/// store that does not exist), else 1.
+fn failure_code(e: &anyhow::Error) -> u8 {
+    let misconfigured = e
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<OpenError>(), Some(OpenError::Config(_))));
+    if misconfigured {
+        2
+    } else {
+        1
     }
 }
 
@@ -75,10 +94,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             Command::Plan | Command::Simulate(_) => unreachable!("handled above"),
             Command::Init => commands::run::init(&settings).await,
             Command::Run(args) => commands::run::run(&settings, args.exit_when_idle).await,
-            Command::Enqueue => {
-                let store = open(&settings, OpenMode::Create).await.context("opening the store")?;
-                commands::enqueue::run(store, tokio::io::stdin()).await
-            }
+            Command::Enqueue => commands::enqueue::run(existing().await?, tokio::io::stdin()).await,
             Command::Balance { hashes } => {
                 commands::inspect::balance(existing().await?.as_ref(), &hashes, stdout).await
             }

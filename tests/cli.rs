@@ -72,18 +72,60 @@ fn bad_configuration_fails_at_start_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("lease_ms"), "{}", stderr(&out));
 
-    let out = s.run(&["--store", "postgres://x", "init"], "");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("unknown store URL"), "{}", stderr(&out));
+    for url in ["postgres://x", "sqllite://ledgerd.db", "sqlite://"] {
+        let out = s.run(&["--store", url, "init"], "");
+        assert_eq!(out.status.code(), Some(2), "{url}");
+        assert!(stderr(&out).contains("store URL"), "{}", stderr(&out));
+    }
+    for filter in ["inf", "verbose"] {
+        let out = s.run(&["--log-level", filter, "status"], "");
+        assert_eq!(out.status.code(), Some(2), "{filter}");
+        assert!(stderr(&out).contains("is not a log level"), "{}", stderr(&out));
+    }
+    std::fs::write(s.path().join("verbose.toml"), "log_level = \"verbose\"\n").expect("write");
+    let out = s.run(&["--config", "verbose.toml", "status"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let mut cmd = s.cmd(&["status"]);
+    cmd.env("RUST_LOG", "inf");
+    let out = s.run_with(cmd, "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("RUST_LOG"), "{}", stderr(&out));
 }
 
+/// Only `init` creates a store: a mistyped path is refused by every other
+/// command, with exit 2, the path, and what to do; nothing is created.
 #[test]
-fn reading_a_store_that_does_not_exist_is_a_clear_error() {
-    let s = Scratch::new();
-    let out = s.run(&["balances"], "");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no store at ledgerd.db"), "{}", stderr(&out));
-    assert!(!s.db().exists(), "a read must not create a store");
+fn only_init_creates_a_store() {
+    let s = Scratch::empty();
+    for args in [
+        &["balances"][..],
+        &[
+            "--store",
+            "sqlite://ledgr.db",
+            "run",
+            "--exit-when-idle",
+            "--metrics-addr",
+            "off",
+        ],
+        &["--store", "sqlite://ledgr.db", "enqueue"],
+        &["--store", "sqlite://ledgr.db", "status"],
+    ] {
+        let out = s.run(args, r#"{"id":"x","doc":{"beneficiaries":{"w":1}}}"#);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("no store at") && err.contains("ledgerd init"), "{err}");
+        assert_eq!(err.matches("no store at").count(), 1, "said once: {err}");
+    }
+    assert!(
+        !s.db().exists() && !s.path().join("ledgr.db").exists(),
+        "nothing created"
+    );
+    // A file that is not a ledgerd store is not taken for one.
+    std::fs::write(s.path().join("notes.db"), b"").expect("write");
+    let out = s.run(&["--store", "sqlite://notes.db", "status"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(s.run(&["init"], "").status.success());
+    assert!(s.run(&["status"], "").status.success());
 }
 
 #[test]
@@ -192,7 +234,10 @@ fn a_duplicate_delivery_credits_nothing_more() {
 
 #[test]
 fn environment_and_flags_choose_the_store() {
-    let s = Scratch::new();
+    let s = Scratch::empty();
+    let mut init = s.cmd(&["init"]);
+    init.env("LEDGERD_STORE", "sqlite://other.db");
+    assert!(s.run_with(init, "").status.success());
     let mut cmd = s.cmd(&["enqueue"]);
     cmd.env("LEDGERD_STORE", "sqlite://other.db");
     s.run_with(cmd, r#"{"id":"x","doc":{"beneficiaries":{"w":1}}}"#);
@@ -204,7 +249,7 @@ fn environment_and_flags_choose_the_store() {
 
 #[test]
 fn demo_runs_and_cleans_up() {
-    let s = Scratch::new();
+    let s = Scratch::empty();
     let out = s.run(&["demo", "--actions", "60", "--workers", "2"], "");
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
@@ -268,7 +313,7 @@ fn simulate_passes_and_catches_sabotage() {
 
 #[test]
 fn bench_reports_in_the_documented_shape() {
-    let s = Scratch::new();
+    let s = Scratch::empty();
     let out = s.run(&["bench", "--actions", "40", "--concurrency", "4", "--json"], "");
     assert!(out.status.success(), "{}", stderr(&out));
     let r = &json_lines(&out)[0];
@@ -297,7 +342,7 @@ fn bench_reports_in_the_documented_shape() {
 /// carries more than the limit allows, and markers stay bounded.
 #[test]
 fn a_hot_wallet_at_concurrency_1024_ends_exact_within_the_limits() {
-    let s = Scratch::new();
+    let s = Scratch::empty();
     let out = s.run(
         &[
             "bench",

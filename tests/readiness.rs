@@ -18,18 +18,23 @@ fn not_ready(port: u16) -> String {
     get(port, "/readyz").expect("readyz").1
 }
 
-/// A store file whose `docs` table lacks the columns discovery reads: as
+/// A store whose `docs` table lacks the columns discovery reads: as
 /// permanent a discovery failure as a missing index or Query service.
-fn broken_discovery(s: &Scratch) {
+fn broken_discovery() -> Scratch {
+    let s = Scratch::empty();
     let conn = rusqlite::Connection::open(s.db()).expect("create");
-    conn.execute_batch("CREATE TABLE docs (bucket TEXT NOT NULL, k TEXT NOT NULL, body BLOB NOT NULL)")
-        .expect("schema");
+    conn.execute_batch(
+        "CREATE TABLE docs (bucket TEXT NOT NULL, k TEXT NOT NULL, body BLOB NOT NULL);
+         CREATE TABLE cas_seq (id INTEGER PRIMARY KEY, value INTEGER NOT NULL);
+         INSERT INTO cas_seq VALUES (1, 0);",
+    )
+    .expect("schema");
+    s
 }
 
 #[test]
 fn a_discovery_that_cannot_work_stops_an_exit_when_idle_run_with_one_message() {
-    let s = Scratch::new();
-    broken_discovery(&s);
+    let s = broken_discovery();
     let child = s
         .cmd(&["run", "--exit-when-idle", "--metrics-addr", "off"])
         .stdout(Stdio::null())
@@ -49,8 +54,7 @@ fn a_discovery_that_cannot_work_stops_an_exit_when_idle_run_with_one_message() {
 
 #[test]
 fn a_running_worker_is_not_ready_while_discovery_fails_and_says_so_once() {
-    let s = Scratch::new();
-    broken_discovery(&s);
+    let s = broken_discovery();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = s

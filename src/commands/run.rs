@@ -88,8 +88,9 @@ async fn serve_ops(
 /// Runs the worker until SIGINT/SIGTERM (or idle, with `exit_when_idle`),
 /// serving metrics and health on `metrics_addr` unless it is `off`.
 pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Exit> {
-    let store = open(settings, OpenMode::Create).await.context("opening the store")?;
-    store.init().await.context("initialising the store")?;
+    // Only `init` creates a store: a worker started on a mistyped path must
+    // fail, not drain an empty queue of its own.
+    let store = open(settings, OpenMode::Existing).await.context("opening the store")?;
     let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
     let health = Arc::new(Health::default());
     let store: Arc<dyn Store> = if serve_ops(settings, store.clone(), health.clone(), listener_stopped).await? {

@@ -30,7 +30,7 @@ mod model;
 pub mod open;
 pub mod sqlite;
 
-pub use open::{open, OpenMode};
+pub use open::{open, OpenError, OpenMode};
 
 /// A document's compare-and-swap value.
 pub type Cas = u64;

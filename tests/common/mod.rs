@@ -11,7 +11,17 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// A scratch directory with an initialised store (`ledgerd init`), as a
+    /// user would start.
     pub fn new() -> Self {
+        let s = Self::empty();
+        let out = s.run(&["init"], "");
+        assert!(out.status.success(), "ledgerd init: {}", stderr(&out));
+        s
+    }
+
+    /// A scratch directory with no store in it.
+    pub fn empty() -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
         }

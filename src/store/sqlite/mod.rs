@@ -108,7 +108,18 @@ impl SqliteStore {
             )));
         }
         let conn = connect(path)?;
-        conn.execute_batch(SCHEMA).map_err(sql_error)?;
+        // Opening an existing store writes nothing, unless a table a newer
+        // ledgerd added is missing; creating runs the whole schema.
+        let missing: i64 = conn
+            .query_row(
+                "SELECT 3 - COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('docs', 'cas_seq', 'ready_probe')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_error)?;
+        if mode == OpenMode::Create || missing > 0 {
+            conn.execute_batch(SCHEMA).map_err(sql_error)?;
+        }
         let writer_conn = connect(path)?;
         writer_conn
             .pragma_update(None, "cache_size", -CACHE_KIB)
@@ -137,6 +148,19 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(jobs)),
             reader: Arc::new(Mutex::new(reads)),
         })
+    }
+
+    /// Whether the file at `path` holds a ledgerd store (its tables).
+    pub fn is_ledgerd_store(path: &Path) -> StoreResult<bool> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql_error)?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('docs', 'cas_seq')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_error)?;
+        Ok(tables == 2)
     }
 
     fn bucket_name(&self, bucket: Bucket) -> String {
