@@ -35,10 +35,11 @@ pub struct GlobalArgs {
     /// TOML settings file; its keys are the setting names (e.g. `concurrency = 8`).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log filter, e.g. `info`, `debug`, `ledgerd=trace` (overrides RUST_LOG).
+    /// Log filter: a level (trace, debug, info, warn, error, off), or
+    /// TARGET=LEVEL pairs, e.g. `warn,ledgerd=debug` (default info; overrides RUST_LOG).
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
-    /// Log format on stderr: auto (pretty on a terminal, JSON lines otherwise), json, pretty.
+    /// Log format on stderr: auto (pretty on a terminal, JSON lines otherwise; the default), json, pretty.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 }
@@ -63,7 +64,9 @@ pub enum Command {
     /// and exits 0, or prints {"error":"<reason>"} and exits 1. Reads nothing
     /// from the store.
     Plan,
-    /// Show the balance of one or more wallets, in tokens and units.
+    /// Show the balance of one or more wallets, in tokens and units; exit 1
+    /// if one has no balance document (never credited, or a mistyped hash)
+    /// or an invalid one.
     Balance {
         /// Wallet hashes.
         #[arg(required = true)]

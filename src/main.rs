@@ -30,8 +30,10 @@ fn main() -> ExitCode {
             }
             env
         }
-        // The demo prints its own summary; its workers' logs would drown it.
-        _ if matches!(cli.command, Command::Demo(_) | Command::Bench(_)) => "warn".to_string(),
+        // The demo and bench print their own summaries; their workers' logs
+        // (the demo's rejections are its own invalid examples) would bury them.
+        _ if matches!(cli.command, Command::Demo(_)) => "error".to_string(),
+        _ if matches!(cli.command, Command::Bench(_)) => "warn".to_string(),
         // The simulated workers' warnings are the faults it injects.
         _ if matches!(cli.command, Command::Simulate(_)) => "error".to_string(),
         _ => settings.log_level.clone(),

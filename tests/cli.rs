@@ -178,7 +178,7 @@ fn enqueue_run_and_inspect() {
     assert_eq!(failed[0]["original"], r#"{"beneficiaries":{"a":100.000000001}}"#);
     assert_eq!(
         failed[0]["reason"],
-        "beneficiary \"a\": share \"100.000000001\" has more than 8 decimal places"
+        "beneficiary \"a\": share 100.000000001 has more than 8 decimal places"
     );
     assert_eq!(failed[1]["original"], "not json");
 
@@ -209,7 +209,8 @@ fn enqueue_run_and_inspect() {
         "{}",
         stdout(&out)
     );
-    assert!(stdout(&out).contains("nobody  no balance"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("nobody  no wallet"), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "an unknown wallet is not a zero balance");
 }
 
 #[test]
@@ -252,7 +253,9 @@ fn demo_runs_and_cleans_up() {
     let s = Scratch::empty();
     let out = s.run(&["demo", "--actions", "60", "--workers", "2"], "");
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(stderr(&out), "", "the summary is not buried under log lines");
     let text = stdout(&out);
+    assert!(text.trim_end().ends_with("the temporary store is removed"), "{text}");
     assert!(
         text.contains("every balance equals the sum of its accepted actions: yes"),
         "{text}"

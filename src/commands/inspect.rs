@@ -69,7 +69,10 @@ pub async fn balance(store: &dyn Store, hashes: &[String], mut out: impl Write) 
                     exit = Exit::Rejected;
                 }
             },
-            Err(StoreError::NotFound) => writeln!(out, "{hash}  no balance (0 tokens)")?,
+            Err(StoreError::NotFound) => {
+                writeln!(out, "{hash}  no wallet (never credited, or a mistyped hash)")?;
+                exit = Exit::Rejected;
+            }
             Err(e) => return Err(e).context(format!("reading {}", balance_key(hash))),
         }
     }

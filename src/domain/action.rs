@@ -157,6 +157,18 @@ fn quote(text: &str) -> String {
     format!("{head:?}… ({} characters)", text.chars().count())
 }
 
+/// A JSON value as written, shortened, for messages: a string keeps its
+/// one pair of JSON quotes, a number has none (JSON text holds no control
+/// characters, so it is safe to show as is).
+fn shown(raw: &RawValue) -> String {
+    let text = raw.get();
+    if text.chars().count() <= QUOTE_CHARS_MAX {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(QUOTE_CHARS_MAX).collect();
+    format!("{head}… ({} characters)", text.chars().count())
+}
+
 /// The raw text of a JSON value as its kind, for messages.
 fn kind(raw: &RawValue) -> &'static str {
     match raw.get().as_bytes().first() {
@@ -241,7 +253,7 @@ fn beneficiary_entries(raw: &RawValue) -> Result<Vec<(String, &RawValue)>, Actio
 fn parse_share(hash: &str, raw: &RawValue) -> Result<u128, ActionError> {
     let err = |why: String| ActionError::Share {
         hash: quote(hash),
-        value: quote(raw.get()),
+        value: shown(raw),
         why,
     };
     let (text, allow_exponent) = decimal_text(raw).map_err(err)?;
@@ -256,10 +268,7 @@ fn parse_share(hash: &str, raw: &RawValue) -> Result<u128, ActionError> {
 }
 
 fn parse_reward(raw: &RawValue) -> Result<Units, ActionError> {
-    let err = |why: String| ActionError::Reward {
-        value: quote(raw.get()),
-        why,
-    };
+    let err = |why: String| ActionError::Reward { value: shown(raw), why };
     let (text, allow_exponent) = decimal_text(raw).map_err(err)?;
     let units = Units::parse_tokens(&text, allow_exponent).map_err(|e| match e {
         AmountError::Scale(super::decimal::ScaleError::TooLarge) => err(AmountError::AboveSupply.to_string()),

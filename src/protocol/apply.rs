@@ -24,6 +24,18 @@ pub(crate) async fn observe_wallets(store: &dyn Store, credits: &[Credit], opts:
     .collect()
 }
 
+/// What step 4 did for one action.
+pub(crate) struct Application {
+    /// How it ended.
+    pub applied: Applied,
+    /// Old markers of other actions seen on the wallets: `(hash, path, action)`.
+    pub stale: Vec<(String, String, String)>,
+    /// Credits this process's own writes applied (not those found applied).
+    pub written_credits: usize,
+    /// Their units.
+    pub written_units: u64,
+}
+
 /// How applying an action's credits ended.
 pub(crate) enum Applied {
     /// Every credit carries this action's marker.
@@ -51,7 +63,7 @@ pub(crate) async fn apply_credits(
     tx: &TxRecord,
     observed: Option<Vec<Snapshot>>,
     opts: &Options,
-) -> Result<(Applied, Vec<(String, String, String)>)> {
+) -> Result<Application> {
     let marker = marker_path(id);
     let mut observed = observed.map(Vec::into_iter);
     let requests: Vec<CreditRequest> = tx
@@ -67,10 +79,15 @@ pub(crate) async fn apply_credits(
         .collect();
     let answers = join_all(requests.into_iter().map(|r| opts.coalescer.credit(store, r, opts))).await;
     let (mut applied, mut stale, mut failure) = (Applied::Done, Vec::new(), None);
+    let (mut written_credits, mut written_units) = (0, 0u64);
     for (credit, answer) in tx.credits.iter().zip(answers) {
         match answer {
-            Ok(Credited::Done { stale: s }) => {
+            Ok(Credited::Done { stale: s, written }) => {
                 stale.extend(s.into_iter().map(|(path, other)| (credit.hash.clone(), path, other)));
+                if written {
+                    written_credits += 1;
+                    written_units = written_units.saturating_add(credit.units.get());
+                }
             }
             Ok(Credited::CompletedElsewhere) => {
                 if matches!(applied, Applied::Done) {
@@ -87,11 +104,17 @@ pub(crate) async fn apply_credits(
     }
     // A blocked wallet is reported even if another write failed: the action
     // cannot finish either way, and "blocked" says what to fix.
-    match (applied, failure) {
-        (blocked @ Applied::Blocked(_), _) => Ok((blocked, stale)),
-        (_, Some(e)) => Err(e),
-        (applied, None) => Ok((applied, stale)),
-    }
+    let applied = match (applied, failure) {
+        (blocked @ Applied::Blocked(_), _) => blocked,
+        (_, Some(e)) => return Err(e),
+        (applied, None) => applied,
+    };
+    Ok(Application {
+        applied,
+        stale,
+        written_credits,
+        written_units,
+    })
 }
 
 /// Step 7: this action's markers are not removed by extra writes: each goes

@@ -115,9 +115,10 @@ pub enum Skip {
 pub enum Outcome {
     /// Its credits are applied and it is removed from the queue.
     Completed {
-        /// Wallets credited.
+        /// Wallets this worker credited (a credit another worker had
+        /// already applied is not counted).
         credits: usize,
-        /// Units credited in all.
+        /// Units this worker credited.
         units: u64,
     },
     /// It was already completed earlier; it is removed, nothing credited.
@@ -194,11 +195,8 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
     if let Err(e) = check_action_id(id) {
         return reject(store, id, claim, &format!("action id {e}")).await;
     }
-    let (tx, tx_cas, prefetched, was_completed) = match read_tx(store, id).await? {
-        Some((tx, cas)) => {
-            let done = tx.state == TxState::Completed;
-            (tx, cas, None, done)
-        }
+    let (tx, tx_cas, prefetched) = match read_tx(store, id).await? {
+        Some((tx, cas)) => (tx, cas, None),
         None => {
             let plan = match plan_action(&claim.body) {
                 Ok(plan) => plan,
@@ -206,15 +204,19 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
             };
             match commit(store, id, &plan, opts).await? {
                 Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
-                Commit::Recorded { tx, cas, prefetched } => (tx, cas, prefetched, false),
+                // A record another worker already completed (it won the
+                // commit race and finished) makes this a duplicate too.
+                Commit::Recorded { tx, cas, prefetched } => (tx, cas, prefetched),
             }
         }
     };
-    let mut stale = Vec::new();
+    let was_completed = tx.state == TxState::Completed;
+    let (mut stale, mut credited) = (Vec::new(), (0, 0));
     if tx.state == TxState::Committed {
-        let (applied, seen) = apply_credits(store, id, &tx, prefetched, opts).await?;
-        stale = seen;
-        match applied {
+        let application = apply_credits(store, id, &tx, prefetched, opts).await?;
+        stale = application.stale;
+        credited = (application.written_credits, application.written_units);
+        match application.applied {
             Applied::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
             Applied::Done | Applied::CompletedElsewhere => {}
         }
@@ -228,8 +230,8 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
         Some(outcome) => outcome,
         None if was_completed => Outcome::Duplicate,
         None => Outcome::Completed {
-            credits: tx.credits.len(),
-            units: tx.total_units.get(),
+            credits: credited.0,
+            units: credited.1,
         },
     })
 }

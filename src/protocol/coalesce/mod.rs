@@ -199,7 +199,13 @@ async fn prove(
     let mut unproven = Vec::new();
     for p in batch {
         if basis.has_marker(marker_name(&p.request.marker)) {
-            answer(p, Ok(Credited::Done { stale: stale.to_vec() }));
+            answer(
+                p,
+                Ok(Credited::Done {
+                    stale: stale.to_vec(),
+                    written: false,
+                }),
+            );
         } else if lineage.contains(p.request.seen.as_ref().and_then(Snapshot::seen)) {
             proven.push(p);
         } else {

@@ -37,8 +37,12 @@ pub(crate) struct CreditRequest {
 /// How one credit ended.
 #[derive(Debug)]
 pub(crate) enum Credited {
-    /// The wallet carries the marker; old markers of other actions seen on it.
-    Done { stale: Vec<(String, String)> },
+    /// The wallet carries the marker; old markers of other actions seen on
+    /// it. `written`: this process's write put it there (else it was found).
+    Done {
+        stale: Vec<(String, String)>,
+        written: bool,
+    },
     /// The record is completed: another worker finished the action.
     CompletedElsewhere,
     /// The wallet cannot take the credit now.

@@ -166,6 +166,7 @@ impl Turns<'_> {
                     p,
                     Ok(Credited::Done {
                         stale: self.stale.clone(),
+                        written: true,
                     }),
                 );
             }

@@ -123,16 +123,22 @@ async fn a_takeover_between_two_turns_of_a_batch_credits_nothing_twice() {
             .expect("commit");
     }
     let outcomes = futures::future::join_all(ids.iter().map(|id| process_action(&store, id, &opts))).await;
+    let mut reported = 0;
     for outcome in outcomes {
-        assert!(
-            matches!(outcome, Ok(Outcome::Completed { credits: 2, .. })),
-            "{outcome:?}"
-        );
+        match outcome {
+            Ok(Outcome::Completed { credits, .. }) => reported += credits as u64,
+            other => panic!("{other:?}"),
+        }
     }
     let taken_over = store.hook.taken_over.load(Ordering::SeqCst);
     assert!(
         (1..ACTIONS).contains(&taken_over),
         "the other process must finish some credits between the turns: {taken_over}"
+    );
+    assert_eq!(
+        reported,
+        2 * ACTIONS - taken_over,
+        "each worker counts only the credits it wrote"
     );
     assert_eq!(w.balance("hot"), Some(5 + ACTIONS * 100_000_000), "each credit once");
     for id in &ids {
@@ -209,4 +215,41 @@ async fn a_write_answered_path_not_found_is_read_again_like_a_cas_mismatch() {
     let outcome = process_action(&store, "1", &Options::default()).await;
     assert!(matches!(outcome, Ok(Outcome::Completed { .. })), "{outcome:?}");
     assert_eq!(w.balance("a"), Some(100_000_007));
+}
+
+/// Just before worker A inserts its record, its lease lapses and worker B
+/// (another process) runs the whole action.
+struct FinishedFirst {
+    world_store: MemoryStore,
+    clock: Arc<AtomicU64>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Hook for FinishedFirst {
+    async fn before(&self, kind: OpKind, key: &str) -> Fault {
+        if kind == OpKind::Insert && key == tx_key("r") && !self.done.swap(true, Ordering::SeqCst) {
+            self.clock.fetch_add(60_000, Ordering::SeqCst);
+            let b = process_action(&self.world_store, "r", &Options::default()).await;
+            assert!(matches!(b, Ok(Outcome::Completed { credits: 2, .. })), "B: {b:?}");
+        }
+        Fault::Pass
+    }
+}
+
+#[tokio::test]
+async fn losing_the_commit_race_to_a_finished_worker_is_a_duplicate() {
+    let w = World::new();
+    w.enqueue("r", r#"{"beneficiaries":{"a":"1","b":"2"}}"#).await;
+    let store = Hooked::new(
+        arc(&w.store),
+        FinishedFirst {
+            world_store: w.store.clone(),
+            clock: w.clock.clone(),
+            done: std::sync::atomic::AtomicBool::new(false),
+        },
+    );
+    let a = process_action(&store, "r", &Options::default()).await;
+    assert_eq!(a, Ok(Outcome::Duplicate), "A credited nothing");
+    assert_eq!((w.balance("a"), w.balance("b")), (Some(100_000_000), Some(200_000_000)));
 }

@@ -299,7 +299,7 @@ async fn invalid_actions_are_preserved_with_their_bytes_and_reason() {
     assert_eq!(
         outcome,
         Outcome::Failed {
-            reason: "beneficiary \"a\": share \"0.000000001\" has more than 8 decimal places".into()
+            reason: "beneficiary \"a\": share 0.000000001 has more than 8 decimal places".into()
         }
     );
     assert!(matches!(
