@@ -51,12 +51,15 @@ pub enum Command {
     Init,
     /// Run the worker: claim queued actions, credit them, remove them.
     Run(RunArgs),
-    /// Queue actions from JSON Lines on stdin: {"id":"…","doc":{…}} or {"id":"…","raw":"…"}.
+    /// Queue actions from JSON Lines on stdin: {"id":"…","doc":{…}},
+    /// {"id":"…","raw":"…"} or {"id":"…","raw_base64":"…"}.
     ///
     /// `doc` is stored byte for byte as written (no re-serialisation); `raw`
-    /// stores the string's bytes (for non-JSON bodies). Ids already queued are
-    /// skipped. Prints {"enqueued":N,"skipped":M}; bad lines are reported
-    /// with their line number and do not stop the others (exit 1 if any).
+    /// stores the string's bytes (for non-JSON bodies), `raw_base64` the
+    /// bytes it encodes (for bodies that are not UTF-8). Ids already queued
+    /// are skipped. Prints {"enqueued":N,"skipped":M,"invalid":K,"not_written":L};
+    /// bad lines are reported with their line number and do not stop the
+    /// others (exit 1 if any); a write the store refuses stops the rest.
     Enqueue,
     /// Check ONE action document from stdin and print its plan as JSON.
     ///

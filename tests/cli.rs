@@ -144,7 +144,10 @@ fn enqueue_run_and_inspect() {
     .join("\n");
     let out = s.run(&["enqueue"], &input);
     assert_eq!(out.status.code(), Some(1), "a bad line makes enqueue exit 1");
-    assert_eq!(stdout(&out).trim(), r#"{"enqueued":4,"skipped":1}"#);
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"enqueued":4,"skipped":1,"invalid":1,"not_written":0}"#
+    );
     assert!(stderr(&out).contains("line 6:"), "{}", stderr(&out));
 
     let out = s.run(&["status", "--json"], "");
@@ -223,7 +226,7 @@ fn a_duplicate_delivery_credits_nothing_more() {
     // Delivered again after completion: removed, nothing credited.
     assert_eq!(
         stdout(&s.run(&["enqueue"], line)).trim(),
-        r#"{"enqueued":1,"skipped":0}"#
+        r#"{"enqueued":1,"skipped":0,"invalid":0,"not_written":0}"#
     );
     let out = s.run(&["run", "--exit-when-idle"], "");
     assert!(stderr(&out).contains(r#""outcome":"duplicate""#), "{}", stderr(&out));

@@ -56,20 +56,28 @@ impl Scratch {
         self.run_with(self.cmd(args), stdin)
     }
 
-    pub fn run_with(&self, mut cmd: Command, stdin: &str) -> Output {
+    pub fn run_with(&self, cmd: Command, stdin: &str) -> Output {
+        self.run_bytes(cmd, stdin.as_bytes())
+    }
+
+    /// Runs `cmd` with `stdin` as raw bytes, returning its output.
+    pub fn run_bytes(&self, mut cmd: Command, stdin: &[u8]) -> Output {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start ledgerd");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        child.wait_with_output().expect("ledgerd output")
+        // Written from a thread, so that a child writing much to stdout or
+        // stderr while it reads cannot deadlock against us.
+        let mut input = child.stdin.take().expect("stdin");
+        let bytes = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&bytes);
+        });
+        let out = child.wait_with_output().expect("ledgerd output");
+        let _ = writer.join();
+        out
     }
 }
 
