@@ -97,6 +97,17 @@ pub enum Command {
         #[arg(long)]
         snapshot: bool,
     },
+    /// Repair one wallet safely: set (--to) or change (--by) its balance,
+    /// keeping its idempotency markers, and record the adjustment
+    /// (`adj:<id>`), which `audit` counts and `history` lists.
+    ///
+    /// Never write a balance document by hand: a whole-document write drops
+    /// the wallet's markers, and an action still in progress would then
+    /// credit the wallet again. `--to` with the value `audit` expects
+    /// restores a damaged wallet (it counts 0 in the audit); `--by` makes a
+    /// deliberate change (it counts its amount). Prints the record as JSON;
+    /// exits 1, changing nothing, if the adjustment is refused.
+    Adjust(AdjustArgs),
     /// Show one transaction record.
     Tx {
         /// Action id.
@@ -236,6 +247,59 @@ pub struct RunArgs {
     /// A second signal exits at once.
     #[arg(long, value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+}
+
+/// Options of `ledgerd adjust`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("change").required(true).args(["to", "by"])))]
+pub struct AdjustArgs {
+    /// Wallet hash.
+    #[arg(value_parser = parse_hash)]
+    pub hash: String,
+    /// Set the balance to this many units (1 token = 100000000 units).
+    #[arg(long, value_name = "UNITS")]
+    pub to: Option<u64>,
+    /// Change the balance by this many units, e.g. +250 or -3.
+    #[arg(long, value_name = "[+|-]UNITS", allow_hyphen_values = true, value_parser = parse_signed_units)]
+    pub by: Option<i128>,
+    /// Why: kept in the record.
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: String,
+    /// The adjustment's id (default: generated). Give the id of an
+    /// interrupted adjustment to finish it; an applied one is never applied
+    /// twice.
+    #[arg(long, value_parser = parse_adj_id)]
+    pub id: Option<String>,
+}
+
+fn parse_hash(text: &str) -> Result<String, String> {
+    crate::domain::keys::check_hash(text)
+        .map(|()| text.to_string())
+        .map_err(|e| format!("a wallet hash {e}"))
+}
+
+fn parse_signed_units(text: &str) -> Result<i128, String> {
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    match digits.parse::<i128>() {
+        Ok(n) if n != 0 && n.unsigned_abs() <= u128::from(crate::domain::TOTAL_SUPPLY_UNITS) => Ok(n),
+        Ok(_) => Err("must be a non-zero number of units within the total supply".into()),
+        Err(_) => Err(format!("{text:?} is not a whole number of units, e.g. +250 or -3")),
+    }
+}
+
+fn parse_reason(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "" => Err("must say why".into()),
+        reason if reason.len() > 2_048 => Err("must be at most 2048 bytes".into()),
+        reason => Ok(reason.to_string()),
+    }
+}
+
+fn parse_adj_id(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 200 || text.chars().any(char::is_control) {
+        return Err("must be 1 to 200 bytes without control characters".into());
+    }
+    Ok(text.to_string())
 }
 
 /// Options of `ledgerd demo`.

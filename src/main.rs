@@ -118,6 +118,15 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             } => commands::failed::purge(existing().await?.as_ref(), &ids, stdout).await,
             Command::Audit { snapshot: false } => commands::audit::audit(existing().await?.as_ref(), stdout).await,
             Command::Audit { snapshot: true } => commands::audit::snapshot(existing().await?.as_ref(), stdout).await,
+            Command::Adjust(args) => {
+                let change = match (args.to, args.by) {
+                    (Some(units), _) => ledgerd::protocol::adjust::Change::To(units),
+                    (None, Some(delta)) => ledgerd::protocol::adjust::Change::By(delta),
+                    (None, None) => anyhow::bail!("adjust needs --to or --by"),
+                };
+                let store = existing().await?;
+                commands::adjust::run(store.as_ref(), &args.hash, change, &args.reason, args.id, stdout).await
+            }
             Command::Tx { id } => commands::audit::tx(existing().await?.as_ref(), &id, stdout).await,
             Command::History { hash } => commands::audit::history(existing().await?.as_ref(), &hash, stdout).await,
             Command::Sweep => commands::inspect::sweep(existing().await?.as_ref(), stdout).await,

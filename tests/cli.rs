@@ -39,7 +39,7 @@ fn every_subcommand_has_help() {
     let s = Scratch::new();
     for cmd in [
         "init", "run", "enqueue", "plan", "balance", "balances", "failed", "status", "demo", "simulate", "audit", "tx",
-        "history", "bench", "sweep",
+        "history", "bench", "sweep", "adjust",
     ] {
         let out = s.run(&[cmd, "--help"], "");
         assert!(out.status.success(), "{cmd} --help");

@@ -1,154 +1,135 @@
-//! `ledgerd audit`: recompute every wallet from the transaction records and
-//! compare with its balance; `tx` and `history` read the same records.
+//! `ledgerd audit`: every wallet against what the ledger explains for it
+//! (opening snapshot, transaction records, adjustments), taken consistently
+//! while workers run (`protocol::accounting`); `audit --snapshot`, `tx` and
+//! `history` read the same records.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::inspect::{read, Keys};
+use super::inspect::Keys;
 use super::Exit;
-use crate::domain::keys::{balance_key, marker_path, tx_key, BALANCE_PREFIX, TX_PREFIX};
-use crate::domain::Units;
-use crate::protocol::records::{now_ms, TxRecord, TxState};
+use crate::domain::keys::{adj_key, tx_key, ADJ_PREFIX, TX_PREFIX};
+use crate::protocol::accounting::{self, opening_part_key, OPENING_KEY};
+use crate::protocol::records::{now_ms, AdjRecord, TxRecord};
 use crate::store::{Bucket, Store, StoreError};
 
-/// The ledger document holding balances that came from outside ledgerd
-/// (the first part of them, and how many parts there are).
-pub const OPENING_KEY: &str = "audit:opening";
 /// Wallets per part of the opening snapshot: at most about 280 bytes each
 /// (a 242-byte hash and a 20-digit balance), so a part stays far below
 /// Couchbase's 20 MiB item limit however many wallets the ledger holds.
 const OPENING_PART_WALLETS_MAX: usize = 50_000;
 
-/// The key of part `n` (from 1) of the opening snapshot after the first.
-fn opening_part_key(n: usize) -> String {
-    format!("{OPENING_KEY}:{n}")
-}
-/// Documents between two progress updates.
-const PROGRESS_EVERY: u64 = 500;
-
-/// A progress line on stderr, only when stderr is a terminal.
-struct Progress {
-    label: &'static str,
-    count: u64,
-    shown: bool,
-}
-
-impl Progress {
-    fn new(label: &'static str) -> Self {
-        Self {
-            label,
-            count: 0,
-            shown: std::io::stderr().is_terminal(),
-        }
-    }
-    fn tick(&mut self) {
-        self.count += 1;
-        if self.shown && self.count.is_multiple_of(PROGRESS_EVERY) {
-            eprint!("\r{}: {} …", self.label, self.count);
-        }
-    }
-    fn done(&self) {
-        if self.shown && self.count >= PROGRESS_EVERY {
-            eprintln!("\r{}: {}  ", self.label, self.count);
-        }
+/// Says what the audit is doing, on a terminal only.
+fn progress(what: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("audit: {what} …");
     }
 }
 
-/// Units each wallet received from ledgerd: every completed record, plus
-/// the credits of records still in progress whose marker is on the wallet.
-async fn credited(store: &dyn Store) -> anyhow::Result<(BTreeMap<String, u128>, u64)> {
-    let mut sums: BTreeMap<String, u128> = BTreeMap::new();
-    let mut records = 0;
-    let mut progress = Progress::new("transactions");
-    let mut keys = Keys::new(store, Bucket::Ledger, TX_PREFIX);
-    while let Some(page) = keys.next_page().await? {
-        for key in page {
-            let id = &key[TX_PREFIX.len()..];
-            let Some(body) = read(store, Bucket::Ledger, &key).await? else {
-                continue;
-            };
-            let tx = TxRecord::parse(id, &body)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| key.clone())?;
-            records += 1;
-            progress.tick();
-            for c in &tx.credits {
-                let applied = tx.state == TxState::Completed || has_marker(store, &c.hash, id).await?;
-                if applied {
-                    *sums.entry(c.hash.clone()).or_default() += u128::from(c.units.get());
+/// Compares every balance with what the ledger explains for it.
+pub async fn audit(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exit> {
+    progress("reading the wallets and the records");
+    let cut = accounting::cut(store).await.context("reading the ledger")?;
+    let mut mismatches = 0u64;
+    let (mut wallets, mut adjusted) = (0u64, 0u64);
+    let (mut total_balances, mut total_expected) = (0u128, 0i128);
+    for (hash, (view, explained)) in &cut.wallets {
+        let expected = explained.total();
+        total_expected += expected;
+        adjusted += u64::from(explained.adjustments != 0);
+        let sources = format!(
+            "opening {} + credits {} + adjustments {}",
+            explained.opening, explained.credits, explained.adjustments
+        );
+        let line = match &view.balance {
+            Some(Ok(units)) => {
+                wallets += 1;
+                total_balances += u128::from(*units);
+                if i128::from(*units) == expected {
+                    continue;
                 }
+                format!("MISMATCH {hash}: balance {units} units, expected {expected} ({sources})")
             }
+            Some(Err(e)) => {
+                wallets += 1;
+                format!("MISMATCH {hash}: the balance document is invalid ({e}); expected {expected} units ({sources})")
+            }
+            None if expected == 0 => continue,
+            None => format!("MISMATCH {hash}: no balance document, expected {expected} units ({sources})"),
+        };
+        mismatches += 1;
+        writeln!(out, "{line}")?;
+    }
+    for hash in &cut.unsettled {
+        writeln!(
+            out,
+            "UNCHECKED {hash}: the wallet changed during every reading, even locked; run the audit again"
+        )?;
+    }
+    writeln!(
+        out,
+        "audit: {wallets} wallets, {} transactions, balances {total_balances} units, expected {total_expected} units, {mismatches} mismatches{}{}{}",
+        cut.records,
+        if adjusted == 0 { String::new() } else { format!(" ({adjusted} wallets adjusted)") },
+        if cut.opening_wallets == 0 {
+            String::new()
+        } else {
+            format!(" (opening snapshot of {} wallets)", cut.opening_wallets)
+        },
+        if cut.unsettled.is_empty() {
+            String::new()
+        } else {
+            format!(", {} unchecked", cut.unsettled.len())
+        }
+    )?;
+    Ok(if mismatches == 0 && cut.unsettled.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Rejected
+    })
+}
+
+/// Records, as the opening snapshot, what each wallet holds beyond what the
+/// records explain (balances that came from elsewhere). Taken consistently
+/// while workers run: a credit in flight is counted as a credit, never as
+/// an opening balance.
+pub async fn snapshot(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exit> {
+    if store.get(Bucket::Ledger, OPENING_KEY).await.is_ok() {
+        bail!("an opening snapshot exists already ({OPENING_KEY}); it is never overwritten");
+    }
+    progress("reading the wallets and the records");
+    let cut = accounting::cut(store).await.context("reading the ledger")?;
+    if let Some(hash) = cut.unsettled.first() {
+        bail!("wallet {hash} changed during every reading, even locked: take the snapshot again");
+    }
+    let mut opening = serde_json::Map::new();
+    for (hash, (view, explained)) in cut.wallets {
+        let balance = match view.balance {
+            None => continue,
+            Some(Ok(units)) => units,
+            Some(Err(e)) => {
+                bail!("wallet {hash}: the balance document is invalid ({e}): repair it with `ledgerd adjust` first")
+            }
+        };
+        let extra = i128::from(balance) - explained.total();
+        if extra < 0 {
+            bail!(
+                "wallet {hash} holds {balance} units, less than the {} the ledger explains: audit it first",
+                explained.total()
+            );
+        }
+        if extra > 0 {
+            opening.insert(hash, json!(u64::try_from(extra)?));
         }
     }
-    progress.done();
-    Ok((sums, records))
-}
-
-async fn has_marker(store: &dyn Store, hash: &str, action_id: &str) -> anyhow::Result<bool> {
-    let path = marker_path(action_id);
-    match store
-        .get_with_xattrs(Bucket::Ledger, &balance_key(hash), &[&path])
-        .await
-    {
-        Ok(doc) => Ok(doc.xattrs.first().is_some_and(Option::is_some)),
-        Err(StoreError::NotFound) => Ok(false),
-        Err(e) => Err(e).context(format!("reading {}", balance_key(hash))),
-    }
-}
-
-/// Every balance, by hash; invalid documents are reported, not skipped.
-async fn balances(store: &dyn Store) -> anyhow::Result<BTreeMap<String, Result<u64, String>>> {
-    let mut out = BTreeMap::new();
-    let mut progress = Progress::new("wallets");
-    let mut keys = Keys::new(store, Bucket::Ledger, BALANCE_PREFIX);
-    while let Some(page) = keys.next_page().await? {
-        for key in page {
-            let Some(body) = read(store, Bucket::Ledger, &key).await? else {
-                continue;
-            };
-            progress.tick();
-            let parsed = Units::parse_balance(&body).map(Units::get).map_err(|e| e.to_string());
-            out.insert(key[BALANCE_PREFIX.len()..].to_string(), parsed);
-        }
-    }
-    progress.done();
-    Ok(out)
-}
-
-/// The opening snapshot: every part's balances, by hash (empty if none).
-async fn opening(store: &dyn Store) -> anyhow::Result<BTreeMap<String, u64>> {
-    let head = match store.get(Bucket::Ledger, OPENING_KEY).await {
-        Ok(doc) => doc,
-        Err(StoreError::NotFound) => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e).context("reading audit:opening"),
-    };
-    let head: Value = serde_json::from_slice(&head.body).context("audit:opening is not JSON")?;
-    let mut out = BTreeMap::new();
-    add_balances(&head, OPENING_KEY, &mut out)?;
-    let parts = head.get("parts").and_then(Value::as_u64).unwrap_or(1);
-    for n in 1..usize::try_from(parts)? {
-        let key = opening_part_key(n);
-        let doc = store
-            .get(Bucket::Ledger, &key)
-            .await
-            .with_context(|| format!("reading {key}, part {n} of the {parts} of the opening snapshot"))?;
-        let part: Value = serde_json::from_slice(&doc.body).with_context(|| format!("{key} is not JSON"))?;
-        add_balances(&part, &key, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn add_balances(doc: &Value, key: &str, out: &mut BTreeMap<String, u64>) -> anyhow::Result<()> {
-    for (hash, units) in doc.get("balances").and_then(Value::as_object).into_iter().flatten() {
-        let units = units
-            .as_u64()
-            .with_context(|| format!("{key}: balance of {hash:?} is not an integer"))?;
-        out.insert(hash.clone(), units);
-    }
-    Ok(())
+    let wallets = opening.len();
+    write_opening(store, opening, OPENING_PART_WALLETS_MAX).await?;
+    writeln!(
+        out,
+        "opening snapshot taken: {wallets} wallets with balances from outside ledgerd"
+    )?;
+    Ok(Exit::Success)
 }
 
 /// Writes the opening snapshot in parts of at most `part_wallets` wallets:
@@ -160,9 +141,6 @@ async fn write_opening(
     opening: serde_json::Map<String, Value>,
     part_wallets: usize,
 ) -> anyhow::Result<()> {
-    if store.get(Bucket::Ledger, OPENING_KEY).await.is_ok() {
-        bail!("an opening snapshot exists already ({OPENING_KEY}); it is never overwritten");
-    }
     let entries: Vec<(String, Value)> = opening.into_iter().collect();
     let mut parts: Vec<serde_json::Map<String, Value>> = entries
         .chunks(part_wallets.max(1))
@@ -197,77 +175,7 @@ async fn write_opening(
     }
 }
 
-/// Compares every balance with its opening balance plus its credits.
-pub async fn audit(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exit> {
-    let (credits, records) = credited(store).await?;
-    let opening = opening(store).await?;
-    let balances = balances(store).await?;
-    let mut mismatches = 0u64;
-    let (mut total_balances, mut total_expected) = (0u128, 0u128);
-    let mut hashes: Vec<&String> = balances.keys().chain(credits.keys()).chain(opening.keys()).collect();
-    hashes.sort();
-    hashes.dedup();
-    for hash in hashes {
-        let open = u128::from(opening.get(hash).copied().unwrap_or(0));
-        let credit = credits.get(hash).copied().unwrap_or(0);
-        let expected = open + credit;
-        total_expected += expected;
-        let line = match balances.get(hash) {
-            Some(Ok(units)) if u128::from(*units) == expected => {
-                total_balances += u128::from(*units);
-                continue;
-            }
-            Some(Ok(units)) => {
-                total_balances += u128::from(*units);
-                format!(
-                    "MISMATCH {hash}: balance {units} units, expected {expected} (opening {open} + credits {credit})"
-                )
-            }
-            Some(Err(e)) => {
-                format!("MISMATCH {hash}: the balance document is invalid ({e}); expected {expected} units")
-            }
-            None if expected == 0 => continue,
-            None => format!("MISMATCH {hash}: no balance document, expected {expected} units"),
-        };
-        mismatches += 1;
-        writeln!(out, "{line}")?;
-    }
-    writeln!(
-        out,
-        "audit: {} wallets, {records} transactions, balances {total_balances} units, expected {total_expected} units, {mismatches} mismatches{}",
-        balances.len(),
-        if opening.is_empty() { String::new() } else { format!(" (opening snapshot of {} wallets)", opening.len()) }
-    )?;
-    Ok(if mismatches == 0 { Exit::Success } else { Exit::Rejected })
-}
-
-/// Records, as the opening snapshot, what each wallet holds beyond its
-/// recorded credits (balances that came from elsewhere).
-pub async fn snapshot(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exit> {
-    let (credits, _) = credited(store).await?;
-    let mut opening = serde_json::Map::new();
-    for (hash, balance) in balances(store).await? {
-        let balance = balance
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("wallet {hash}"))?;
-        let credit = credits.get(&hash).copied().unwrap_or(0);
-        let Some(extra) = u128::from(balance).checked_sub(credit) else {
-            bail!("wallet {hash} holds {balance} units, less than the {credit} credited to it: audit it first");
-        };
-        if extra > 0 {
-            opening.insert(hash, json!(u64::try_from(extra)?));
-        }
-    }
-    let wallets = opening.len();
-    write_opening(store, opening, OPENING_PART_WALLETS_MAX).await?;
-    writeln!(
-        out,
-        "opening snapshot taken: {wallets} wallets with balances from outside ledgerd"
-    )?;
-    Ok(Exit::Success)
-}
-
-/// `ledgerd tx ID`: one transaction record.
+/// `ledgerd tx ID`: one transaction record, pretty-printed.
 pub async fn tx(store: &dyn Store, id: &str, mut out: impl Write) -> anyhow::Result<Exit> {
     match store.get(Bucket::Ledger, &tx_key(id)).await {
         Ok(doc) => {
@@ -283,8 +191,8 @@ pub async fn tx(store: &dyn Store, id: &str, mut out: impl Write) -> anyhow::Res
     }
 }
 
-/// `ledgerd history HASH`: a wallet's credits, one JSON line each. Reads
-/// every transaction record (there is no index by wallet).
+/// `ledgerd history HASH`: a wallet's credits and adjustments as JSON Lines
+/// (reads every transaction record: there is no index by wallet).
 pub async fn history(store: &dyn Store, hash: &str, mut out: impl Write) -> anyhow::Result<Exit> {
     let mut keys = Keys::new(store, Bucket::Ledger, TX_PREFIX);
     while let Some(page) = keys.next_page().await? {
@@ -308,6 +216,20 @@ pub async fn history(store: &dyn Store, hash: &str, mut out: impl Write) -> anyh
             }
         }
     }
+    let mut keys = Keys::new(store, Bucket::Ledger, ADJ_PREFIX);
+    while let Some(page) = keys.next_page().await? {
+        for key in page {
+            let Ok(doc) = store.get(Bucket::Ledger, &key).await else {
+                continue;
+            };
+            let adj = AdjRecord::parse(&key[ADJ_PREFIX.len()..], &doc.body)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| adj_key(&key[ADJ_PREFIX.len()..]))?;
+            if adj.hash == hash {
+                writeln!(out, "{}", json!({"adjustment": adj, "delta": adj.delta().to_string()}))?;
+            }
+        }
+    }
     Ok(Exit::Success)
 }
 
@@ -315,6 +237,7 @@ pub async fn history(store: &dyn Store, hash: &str, mut out: impl Write) -> anyh
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use std::collections::BTreeMap;
 
     #[tokio::test]
     async fn an_opening_snapshot_in_parts_reads_back_whole_and_is_never_overwritten() {
@@ -325,11 +248,11 @@ mod tests {
             store.peek(Bucket::Ledger, &opening_part_key(2)).is_some(),
             "three parts"
         );
-        let read = opening(&store).await.expect("read");
+        let read = accounting::read_opening(&store).await.expect("read");
         let expected: BTreeMap<String, u64> = (0..5).map(|i| (format!("w{i}"), i + 1)).collect();
         assert_eq!(read, expected);
         let again = write_opening(&store, wallets, 2).await;
         assert!(again.is_err_and(|e| e.to_string().contains("never overwritten")));
-        assert_eq!(opening(&store).await.expect("read"), expected);
+        assert_eq!(accounting::read_opening(&store).await.expect("read"), expected);
     }
 }

@@ -1,6 +1,7 @@
 //! The application layer: one function per subcommand. Errors here are
 //! `anyhow` with context, because they end at the user's terminal.
 
+pub mod adjust;
 pub mod audit;
 pub mod bench;
 pub mod demo;

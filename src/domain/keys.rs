@@ -14,6 +14,8 @@ pub const FAILED_PREFIX: &str = "failed:";
 pub const BALANCE_PREFIX: &str = "balance:";
 /// Prefix of transaction records in the ledger bucket.
 pub const TX_PREFIX: &str = "tx:";
+/// Prefix of operators' wallet adjustments in the ledger bucket.
+pub const ADJ_PREFIX: &str = "adj:";
 /// Extended attribute under which a wallet's idempotency markers live.
 pub const MARKERS_XATTR: &str = "ledger.applied";
 
@@ -78,6 +80,11 @@ pub fn tx_key(id: &str) -> String {
     format!("{TX_PREFIX}{id}")
 }
 
+/// `adj:<id>`.
+pub fn adj_key(id: &str) -> String {
+    format!("{ADJ_PREFIX}{id}")
+}
+
 /// Lowercase hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
@@ -93,6 +100,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn marker_path(action_id: &str) -> String {
     let digest = sha256_hex(action_id.as_bytes());
     format!("{MARKERS_XATTR}.m{}", &digest[..32])
+}
+
+/// The xattr path of an adjustment's marker on its wallet (`a…`, where an
+/// action's is `m…`), so that a retried adjustment applies once.
+pub fn adj_marker_path(adj_id: &str) -> String {
+    let digest = sha256_hex(adj_id.as_bytes());
+    format!("{MARKERS_XATTR}.a{}", &digest[..32])
 }
 
 #[cfg(test)]

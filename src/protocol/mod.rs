@@ -8,6 +8,8 @@
 //! only ever pruned after the record is `completed`, so "no marker, record
 //! still committed" (read in that order) proves a credit is not applied.
 
+pub mod accounting;
+pub mod adjust;
 mod apply;
 mod claim;
 mod coalesce;

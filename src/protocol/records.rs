@@ -102,6 +102,69 @@ impl TxRecord {
     }
 }
 
+/// Where an adjustment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdjState {
+    /// Recorded; the wallet may not carry it yet (its marker tells).
+    Recorded,
+    /// The wallet carries it.
+    Applied,
+}
+
+/// `adj:<id>`: an operator's repair of one wallet, recorded before the
+/// wallet is written. `audit` counts `after - expected`: restoring a wallet
+/// to what the records explain counts 0, a deliberate change its amount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdjRecord {
+    /// The adjustment's id.
+    pub id: String,
+    /// The wallet.
+    pub hash: String,
+    /// The balance it held before (`None`: no valid balance document).
+    pub before: Option<u64>,
+    /// What the records explained at that moment, in units.
+    pub expected: u64,
+    /// The balance it holds after.
+    pub after: u64,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// Recorded or applied.
+    pub state: AdjState,
+    /// When it was recorded (informational).
+    pub at: String,
+    /// When the wallet took it (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+}
+
+impl AdjRecord {
+    /// What it changes beyond what the records explained.
+    pub fn delta(&self) -> i128 {
+        i128::from(self.after) - i128::from(self.expected)
+    }
+
+    /// Parses a stored adjustment.
+    pub fn parse(id: &str, body: &[u8]) -> Result<Self, String> {
+        let adj: AdjRecord =
+            serde_json::from_slice(body).map_err(|e| format!("adjustment record is not valid: {e}"))?;
+        if adj.id != id {
+            return Err(format!("adjustment record names id {:?}", adj.id));
+        }
+        Ok(adj)
+    }
+
+    /// The body to store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The value of an adjustment's marker on its wallet.
+pub fn adj_marker_value(adj_id: &str, at_ms: u64) -> Value {
+    json!({"adj": adj_id, "at_ms": at_ms})
+}
+
 /// The value of an idempotency marker: whose credit it is, and when it was
 /// written (used only to decide when a leftover is worth checking).
 pub fn marker_value(action_id: &str, units: Units, at_ms: u64) -> Value {

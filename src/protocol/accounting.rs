@@ -1,0 +1,390 @@
+//! What the ledger explains: each wallet's balance as its opening balance,
+//! the credits of the transaction records and the operators' adjustments
+//! account for it — computed against one state of the wallet, consistently,
+//! while workers run. Used by `audit`, `audit --snapshot` and `adjust`.
+//!
+//! The rule, for a wallet state S (balance, markers, CAS) that did not
+//! change while the records were scanned:
+//! - a credit whose marker is on S is in S (a marker is written with its
+//!   credit, in one atomic write);
+//! - a credit without its marker on S is in S iff its record read
+//!   `completed` in the scan: a marker goes only after its record is
+//!   completed, and nothing was written to the wallet during the scan;
+//! - an adjustment is in S iff its marker is on S or its record reads
+//!   `applied` (the same reasoning);
+//! - the opening snapshot is in every state.
+//!
+//! A wallet's state is taken before the scan and again after it; the same
+//! CAS (never reused) proves it did not change in between. A wallet that
+//! keeps changing is locked for the length of one scan (workers treat the
+//! lock like a CAS conflict and retry), and proven unchanged by its lock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::records::{AdjRecord, AdjState, TxRecord, TxState};
+use super::{retry, ProtocolError, Result};
+use crate::domain::keys::{
+    adj_marker_path, balance_key, marker_path, ADJ_PREFIX, BALANCE_PREFIX, MARKERS_XATTR, TX_PREFIX,
+};
+use crate::domain::Units;
+use crate::store::{Bucket, Cas, Store, StoreError, LOCKED_CAS};
+
+/// The ledger document holding balances that came from outside ledgerd
+/// (the first part of them, and how many parts there are).
+pub const OPENING_KEY: &str = "audit:opening";
+/// Keys listed per page.
+const PAGE_SIZE: usize = 500;
+/// Rounds of read, scan, read before the wallets still changing are locked.
+const UNLOCKED_ROUNDS: usize = 2;
+/// How long a changing wallet is locked for one scan (Couchbase's longest).
+const LOCK: Duration = Duration::from_secs(30);
+
+/// The key of part `n` (from 1) of the opening snapshot after the first.
+pub fn opening_part_key(n: usize) -> String {
+    format!("{OPENING_KEY}:{n}")
+}
+
+/// One wallet as read: its balance (`None`: no document; `Err`: not a
+/// valid balance), its markers and its CAS.
+#[derive(Debug, Clone)]
+pub struct WalletView {
+    /// The balance, if there is a document.
+    pub balance: Option<std::result::Result<u64, String>>,
+    /// The markers object, by marker name.
+    pub markers: Map<String, Value>,
+    /// The CAS of the read ([`LOCKED_CAS`] while locked).
+    pub cas: Cas,
+}
+
+impl WalletView {
+    fn has(&self, path: &str) -> bool {
+        path.strip_prefix(MARKERS_XATTR)
+            .and_then(|p| p.strip_prefix('.'))
+            .is_some_and(|name| self.markers.contains_key(name))
+    }
+}
+
+/// Reads one wallet: body, markers and CAS, atomically.
+pub async fn read_wallet(store: &dyn Store, hash: &str) -> Result<WalletView> {
+    let key = balance_key(hash);
+    match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
+        Ok(doc) => Ok(WalletView {
+            balance: Some(
+                Units::parse_balance(&doc.body)
+                    .map(Units::get)
+                    .map_err(|e| e.to_string()),
+            ),
+            markers: match doc.xattrs.into_iter().next().flatten() {
+                Some(Value::Object(map)) => map,
+                _ => Map::new(),
+            },
+            cas: doc.cas,
+        }),
+        Err(StoreError::NotFound) => Ok(WalletView {
+            balance: None,
+            markers: Map::new(),
+            cas: 0,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A credit as the scan found it.
+#[derive(Debug, Clone)]
+struct ScannedCredit {
+    action: String,
+    units: u64,
+    completed: bool,
+}
+
+/// The records of the ledger, read once.
+#[derive(Debug, Default)]
+pub struct Scan {
+    credits: HashMap<String, Vec<ScannedCredit>>,
+    opening: BTreeMap<String, u64>,
+    adjustments: HashMap<String, Vec<AdjRecord>>,
+    /// Transaction records read.
+    pub records: u64,
+}
+
+/// What the ledger explains for one wallet, by source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Explained {
+    /// From the opening snapshot.
+    pub opening: u64,
+    /// From transaction records.
+    pub credits: u128,
+    /// From adjustments (`after - expected`, summed; may be negative).
+    pub adjustments: i128,
+}
+
+impl Explained {
+    /// The balance these explain.
+    pub fn total(&self) -> i128 {
+        i128::from(self.opening) + i128::try_from(self.credits).unwrap_or(i128::MAX) + self.adjustments
+    }
+}
+
+impl Scan {
+    /// Every wallet the records, the opening snapshot or an adjustment name.
+    pub fn wallets(&self) -> BTreeSet<String> {
+        self.credits
+            .keys()
+            .chain(self.opening.keys())
+            .chain(self.adjustments.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Wallets in the opening snapshot.
+    pub fn opening_wallets(&self) -> usize {
+        self.opening.len()
+    }
+
+    /// The adjustments of one wallet.
+    pub fn adjustments_of(&self, hash: &str) -> &[AdjRecord] {
+        self.adjustments.get(hash).map_or(&[], Vec::as_slice)
+    }
+
+    /// What the ledger explains for `hash` in the state `view`, which must
+    /// not have changed while this scan was taken (see the module doc).
+    pub fn explained(&self, hash: &str, view: &WalletView) -> Explained {
+        let mut credits: u128 = view
+            .markers
+            .values()
+            .filter(|m| m.get("tx").is_some())
+            .filter_map(|m| m.get("units").and_then(Value::as_u64))
+            .map(u128::from)
+            .sum();
+        for c in self.credits.get(hash).into_iter().flatten() {
+            if c.completed && !view.has(&marker_path(&c.action)) {
+                credits += u128::from(c.units);
+            }
+        }
+        let adjustments = self
+            .adjustments_of(hash)
+            .iter()
+            .filter(|a| a.state == AdjState::Applied || view.has(&adj_marker_path(&a.id)))
+            .map(AdjRecord::delta)
+            .sum();
+        Explained {
+            opening: self.opening.get(hash).copied().unwrap_or(0),
+            credits,
+            adjustments,
+        }
+    }
+}
+
+/// Reads every transaction record, the opening snapshot and every adjustment.
+pub async fn scan(store: &dyn Store) -> Result<Scan> {
+    let mut scan = Scan {
+        opening: read_opening(store).await?,
+        ..Scan::default()
+    };
+    for_each_doc(store, TX_PREFIX, |key, body| {
+        let id = &key[TX_PREFIX.len()..];
+        let tx = TxRecord::parse(id, body).map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
+        scan.records += 1;
+        for c in &tx.credits {
+            scan.credits.entry(c.hash.clone()).or_default().push(ScannedCredit {
+                action: tx.action_id.clone(),
+                units: c.units.get(),
+                completed: tx.state == TxState::Completed,
+            });
+        }
+        Ok(())
+    })
+    .await?;
+    for_each_doc(store, ADJ_PREFIX, |key, body| {
+        let adj = AdjRecord::parse(&key[ADJ_PREFIX.len()..], body)
+            .map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
+        scan.adjustments.entry(adj.hash.clone()).or_default().push(adj);
+        Ok(())
+    })
+    .await?;
+    Ok(scan)
+}
+
+/// Calls `each` with every ledger document under `prefix` (skipping those
+/// removed since they were listed).
+async fn for_each_doc(store: &dyn Store, prefix: &str, mut each: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_keys(Bucket::Ledger, prefix, after.as_deref(), PAGE_SIZE)
+            .await?;
+        let Some(last) = page.last().cloned() else {
+            return Ok(());
+        };
+        for key in &page {
+            match retry(|| store.get(Bucket::Ledger, key)).await {
+                Ok(doc) => each(key, &doc.body)?,
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        after = Some(last);
+    }
+}
+
+/// Every wallet key's hash.
+pub async fn wallet_hashes(store: &dyn Store) -> Result<BTreeSet<String>> {
+    let mut hashes = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_keys(Bucket::Ledger, BALANCE_PREFIX, after.as_deref(), PAGE_SIZE)
+            .await?;
+        let Some(last) = page.last().cloned() else {
+            return Ok(hashes);
+        };
+        hashes.extend(page.iter().map(|k| k[BALANCE_PREFIX.len()..].to_string()));
+        after = Some(last);
+    }
+}
+
+/// The opening snapshot: every part's balances, by hash (empty if none).
+pub async fn read_opening(store: &dyn Store) -> Result<BTreeMap<String, u64>> {
+    let corrupt = |key: &str, why: String| ProtocolError::CorruptRecord(format!("{key}: {why}"));
+    let head = match retry(|| store.get(Bucket::Ledger, OPENING_KEY)).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let head: Value = serde_json::from_slice(&head.body).map_err(|e| corrupt(OPENING_KEY, e.to_string()))?;
+    let mut out = BTreeMap::new();
+    add_balances(&head, OPENING_KEY, &mut out)?;
+    let parts = head.get("parts").and_then(Value::as_u64).unwrap_or(1);
+    for n in 1..usize::try_from(parts).unwrap_or(usize::MAX) {
+        let key = opening_part_key(n);
+        let doc = retry(|| store.get(Bucket::Ledger, &key))
+            .await
+            .map_err(|e| corrupt(&key, format!("part {n} of the {parts} of the opening snapshot: {e}")))?;
+        let part: Value = serde_json::from_slice(&doc.body).map_err(|e| corrupt(&key, e.to_string()))?;
+        add_balances(&part, &key, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn add_balances(doc: &Value, key: &str, out: &mut BTreeMap<String, u64>) -> Result<()> {
+    for (hash, units) in doc.get("balances").and_then(Value::as_object).into_iter().flatten() {
+        let units = units
+            .as_u64()
+            .ok_or_else(|| ProtocolError::CorruptRecord(format!("{key}: balance of {hash:?} is not an integer")))?;
+        out.insert(hash.clone(), units);
+    }
+    Ok(())
+}
+
+/// Each wallet's state with what the ledger explains for it, every pair
+/// taken consistently (see the module doc).
+#[derive(Debug, Default)]
+pub struct Cut {
+    /// By hash: the state, and what the ledger explains for it.
+    pub wallets: BTreeMap<String, (WalletView, Explained)>,
+    /// Wallets that changed in every attempt, even locked (their lock
+    /// lapsed during a scan longer than it): not accounted.
+    pub unsettled: BTreeSet<String>,
+    /// Transaction records in the last scan.
+    pub records: u64,
+    /// Wallets in the opening snapshot.
+    pub opening_wallets: usize,
+}
+
+/// Takes every wallet (those with a document, and those the ledger names)
+/// with what the ledger explains for it, consistently, while workers run.
+pub async fn cut(store: &dyn Store) -> Result<Cut> {
+    let mut cut = Cut::default();
+    let mut pending = wallet_hashes(store).await?;
+    let mut before = read_all(store, &pending).await?;
+    for _ in 0..UNLOCKED_ROUNDS {
+        let scan = scan(store).await?;
+        (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());
+        pending.extend(scan.wallets().into_iter().filter(|h| !cut.wallets.contains_key(h)));
+        let after = read_all(store, &pending).await?;
+        for hash in std::mem::take(&mut pending) {
+            match (before.remove(&hash), after.get(&hash)) {
+                (Some(b), Some(a)) if b.cas == a.cas && b.cas != LOCKED_CAS => {
+                    let explained = scan.explained(&hash, &b);
+                    cut.wallets.insert(hash, (b, explained));
+                }
+                _ => {
+                    pending.insert(hash);
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(cut);
+        }
+        before = after.into_iter().filter(|(h, _)| pending.contains(h)).collect();
+    }
+    settle_locked(store, &mut cut, pending).await?;
+    Ok(cut)
+}
+
+async fn read_all(store: &dyn Store, hashes: &BTreeSet<String>) -> Result<BTreeMap<String, WalletView>> {
+    let mut views = BTreeMap::new();
+    for hash in hashes {
+        views.insert(hash.clone(), read_wallet(store, hash).await?);
+    }
+    Ok(views)
+}
+
+/// The last round for wallets that kept changing: lock them, read them,
+/// scan, and keep those proven unchanged by their lock.
+async fn settle_locked(store: &dyn Store, cut: &mut Cut, pending: BTreeSet<String>) -> Result<()> {
+    let mut locked: Vec<(String, Option<Cas>, WalletView)> = Vec::new();
+    for hash in pending {
+        let lock = match store.get_and_lock(Bucket::Ledger, &balance_key(&hash), LOCK).await {
+            Ok(doc) => Some(doc.cas),
+            Err(StoreError::NotFound) => None,
+            // Someone else holds it (an adjustment, another audit).
+            Err(StoreError::Locked) => {
+                cut.unsettled.insert(hash);
+                continue;
+            }
+            Err(e) => {
+                release(store, &locked).await;
+                return Err(e.into());
+            }
+        };
+        let view = read_wallet(store, &hash).await?;
+        locked.push((hash, lock, view));
+    }
+    let scan = scan(store).await;
+    let unchanged = release(store, &locked).await;
+    let scan = scan?;
+    (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());
+    for ((hash, _, view), unchanged) in locked.into_iter().zip(unchanged) {
+        if unchanged {
+            let explained = scan.explained(&hash, &view);
+            cut.wallets.insert(hash, (view, explained));
+        } else {
+            cut.unsettled.insert(hash);
+        }
+    }
+    Ok(())
+}
+
+/// Releases the locks; for each wallet, whether it is proven unchanged
+/// since it was locked: its lock was still held, or it lapsed and the CAS
+/// is still the lock's (a lapsed lock leaves the CAS as it was). An absent
+/// wallet is unchanged if it is still absent.
+async fn release(store: &dyn Store, locked: &[(String, Option<Cas>, WalletView)]) -> Vec<bool> {
+    let mut unchanged = Vec::with_capacity(locked.len());
+    for (hash, lock, _) in locked {
+        let key = balance_key(hash);
+        let same = match lock {
+            Some(cas) => match store.unlock(Bucket::Ledger, &key, *cas).await {
+                Ok(()) => true,
+                Err(_) => store.get(Bucket::Ledger, &key).await.is_ok_and(|d| d.cas == *cas),
+            },
+            None => matches!(store.get(Bucket::Ledger, &key).await, Err(StoreError::NotFound)),
+        };
+        unchanged.push(same);
+    }
+    unchanged
+}
