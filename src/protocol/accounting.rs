@@ -298,9 +298,18 @@ pub struct Cut {
 /// with what the ledger explains for it, consistently, while workers run.
 pub async fn cut(store: &dyn Store) -> Result<Cut> {
     let mut cut = Cut::default();
-    let mut pending = wallet_hashes(store).await?;
-    let mut before = read_all(store, &pending).await?;
+    let mut pending = BTreeSet::new();
+    let mut before = BTreeMap::new();
     for _ in 0..UNLOCKED_ROUNDS {
+        // Wallets created since the last round are read before this scan too.
+        pending.extend(
+            wallet_hashes(store)
+                .await?
+                .into_iter()
+                .filter(|h| !cut.wallets.contains_key(h)),
+        );
+        let unread: BTreeSet<String> = pending.iter().filter(|h| !before.contains_key(*h)).cloned().collect();
+        before.extend(read_all(store, &unread).await?);
         let scan = scan(store).await?;
         (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());
         pending.extend(scan.wallets().into_iter().filter(|h| !cut.wallets.contains_key(h)));

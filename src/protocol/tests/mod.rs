@@ -10,6 +10,7 @@ use crate::store::faulty::{Fault, FaultyStore, OpKind};
 use crate::store::hooked::{Hook, Hooked};
 use crate::store::memory::{Clock, MemoryStore};
 
+mod accounting;
 mod failed;
 mod hot;
 
