@@ -77,9 +77,22 @@ pub enum Command {
     },
     /// Print every balance as JSON Lines sorted by hash: {"hash","units","tokens"}.
     Balances,
-    /// Print every rejected action as JSON Lines: {"id","reason","original"};
-    /// or requeue or purge some.
+    /// List rejected action bodies (dead letters) as JSON Lines, or show,
+    /// requeue or purge them.
+    ///
+    /// Every body of an id that was rejected is kept in `failed:<id>`, each
+    /// with when and why. Each line: {"id","digest","failed_at","kind",
+    /// "reason","original" or "original_base64"} ("requeued_at" on an
+    /// entry whose requeue was interrupted). `--counts` prints one line per
+    /// kind of rejection instead.
+    #[command(args_conflicts_with_subcommands = true)]
     Failed {
+        /// Which entries to list.
+        #[command(flatten)]
+        filters: FailedFilters,
+        /// Count the entries by kind of rejection instead of listing them.
+        #[arg(long)]
+        counts: bool,
         /// What to do (default: list).
         #[command(subcommand)]
         action: Option<FailedAction>,
@@ -207,21 +220,107 @@ pub enum SabotageArg {
 /// `ledgerd failed` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum FailedAction {
-    /// Put failed actions back in the queue (their original bytes, or --doc).
+    /// Show every rejected body of one id, with whether the id is queued
+    /// or credited, as one JSON object.
+    Show {
+        /// Action id.
+        id: String,
+    },
+    /// Put rejected bodies back in the queue, then remove their entries.
+    ///
+    /// One body per id: the one entry that matches, or the one --digest
+    /// names. The body queued (the entry's, or --doc) must pass `ledgerd
+    /// plan` and must not conflict with a credit already made under the
+    /// id; otherwise the id is refused and nothing changes. Prints
+    /// {"requeued","refused"}; exit 1 if any id is refused.
     Requeue {
-        /// Action ids.
-        #[arg(required = true)]
-        ids: Vec<String>,
-        /// A file with a corrected body to queue instead (one id only).
+        /// Which entries.
+        #[command(flatten)]
+        which: FailedSelection,
+        /// Queue the corrected body in FILE instead of the entry's (one id).
         #[arg(long, value_name = "FILE")]
         doc: Option<PathBuf>,
     },
-    /// Delete failed actions for good.
+    /// Delete rejected bodies for good.
+    ///
+    /// Removes only the entries it selected when it read each id (or those
+    /// listed in --from), under CAS: a body rejected while it runs stays.
+    /// Prints {"purged"}; exit 1 if a named id had nothing to purge.
     Purge {
-        /// Action ids.
-        #[arg(required = true)]
-        ids: Vec<String>,
+        /// Which entries.
+        #[command(flatten)]
+        which: FailedSelection,
     },
+}
+
+/// Filters on dead letters; all given must hold.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FailedFilters {
+    /// Entries whose kind or reason contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Entries rejected before TIME: RFC 3339 (2026-11-24T08:00:00Z), a
+    /// UTC date or date and time (2026-11-24, 2026-11-24 08:00), or a
+    /// time ago (90m, 2h, 7d).
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub before: Option<i64>,
+    /// Entries rejected at or after TIME (same forms as --before).
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub after: Option<i64>,
+}
+
+/// Which dead letters `requeue` and `purge` act on.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["ids", "all", "from"]))]
+pub struct FailedSelection {
+    /// Action ids.
+    pub ids: Vec<String>,
+    /// Every failed action (that the filters select).
+    #[arg(long, conflicts_with_all = ["ids", "from"])]
+    pub all: bool,
+    /// Exactly the entries listed in FILE, by id and digest: JSON Lines as
+    /// `ledgerd failed` prints them ("-" reads stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ids", "digest"])]
+    pub from: Option<PathBuf>,
+    /// Only the body whose digest starts with HEX (8 or more digits).
+    #[arg(long, value_name = "HEX", value_parser = parse_digest)]
+    pub digest: Option<String>,
+    /// Only the entries these select.
+    #[command(flatten)]
+    pub filters: FailedFilters,
+}
+
+fn parse_digest(text: &str) -> Result<String, String> {
+    let min = crate::protocol::dead_letters::DIGEST_PREFIX_MIN;
+    if text.len() < min || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "must be {min} to 64 hex digits of a digest `ledgerd failed` shows"
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// An instant in Unix milliseconds: RFC 3339, a UTC civil date (and time),
+/// or a span ago ("2h", "7d").
+pub fn parse_instant(text: &str) -> Result<i64, String> {
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at.as_millisecond());
+    }
+    if let Ok(civil) = text.parse::<jiff::civil::DateTime>() {
+        if let Ok(zoned) = civil.to_zoned(jiff::tz::TimeZone::UTC) {
+            return Ok(zoned.timestamp().as_millisecond());
+        }
+    }
+    if let Ok(span) = text.parse::<jiff::Span>() {
+        if let Ok(ago) = span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()) {
+            if let Ok(at) = jiff::Timestamp::now().checked_sub(ago.abs()) {
+                return Ok(at.as_millisecond());
+            }
+        }
+    }
+    Err(format!(
+        "{text:?} is not a time: give RFC 3339 (2026-11-24T08:00:00Z), a UTC date (2026-11-24) or a time ago (2h, 7d)"
+    ))
 }
 
 /// Options of `ledgerd run`.

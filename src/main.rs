@@ -50,12 +50,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// 2 when the configuration is at fault (a store URL, or an embedded
-/// store that does not exist), else 1.
+/// 2 when the configuration or the usage is at fault (a store URL, an
+/// embedded store that does not exist, arguments that do not go together),
+/// else 1.
 fn failure_code(e: &anyhow::Error) -> u8 {
-    let misconfigured = e
-        .chain()
-        .any(|cause| matches!(cause.downcast_ref::<OpenError>(), Some(OpenError::Config(_))));
+    let misconfigured = e.chain().any(|cause| {
+        matches!(cause.downcast_ref::<OpenError>(), Some(OpenError::Config(_)))
+            || cause.downcast_ref::<commands::Usage>().is_some()
+    });
     if misconfigured {
         2
     } else {
@@ -101,21 +103,43 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
                 commands::inspect::balance(existing().await?.as_ref(), &hashes, stdout).await
             }
             Command::Balances => commands::inspect::balances(existing().await?.as_ref(), &mut stdout).await,
-            Command::Failed { action: None } => {
-                commands::inspect::failed(existing().await?.as_ref(), &mut stdout).await
+            Command::Failed {
+                filters,
+                counts,
+                action: None,
+            } => {
+                let store = existing().await?;
+                if counts {
+                    commands::failed::counts(store.as_ref(), &filters, &mut stdout).await
+                } else {
+                    commands::failed::list(store.as_ref(), &filters, &mut stdout).await
+                }
             }
             Command::Failed {
-                action: Some(FailedAction::Requeue { ids, doc }),
+                action: Some(FailedAction::Show { id }),
+                ..
+            } => commands::failed::show(existing().await?.as_ref(), &id, stdout).await,
+            Command::Failed {
+                action: Some(FailedAction::Requeue { which, doc }),
+                ..
             } => {
                 let replacement = match doc {
-                    Some(path) => Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?),
+                    Some(path) => Some(
+                        std::fs::read(&path)
+                            .map_err(|e| commands::Usage(format!("--doc: reading {}: {e}", path.display())))?,
+                    ),
                     None => None,
                 };
-                commands::failed::requeue(existing().await?.as_ref(), &ids, replacement, stdout).await
+                let which = selection(which)?;
+                commands::failed::requeue(existing().await?.as_ref(), &which, replacement, stdout).await
             }
             Command::Failed {
-                action: Some(FailedAction::Purge { ids }),
-            } => commands::failed::purge(existing().await?.as_ref(), &ids, stdout).await,
+                action: Some(FailedAction::Purge { which }),
+                ..
+            } => {
+                let which = selection(which)?;
+                commands::failed::purge(existing().await?.as_ref(), &which, stdout).await
+            }
             Command::Audit { snapshot: false } => commands::audit::audit(existing().await?.as_ref(), stdout).await,
             Command::Audit { snapshot: true } => commands::audit::snapshot(existing().await?.as_ref(), stdout).await,
             Command::Adjust(args) => {
@@ -145,6 +169,20 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             }
         }
     })
+}
+
+/// What `requeue` and `purge` act on, from their arguments.
+fn selection(which: ledgerd::cli::FailedSelection) -> anyhow::Result<commands::failed::Selection> {
+    match which.from {
+        Some(path) => commands::failed::Selection::from_listing(&path)
+            .map_err(|e| commands::Usage(format!("--from: {e:#}")).into()),
+        None => Ok(commands::failed::Selection::Matching {
+            ids: which.ids,
+            all: which.all,
+            digest: which.digest,
+            filters: which.filters,
+        }),
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

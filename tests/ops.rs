@@ -211,7 +211,7 @@ fn a_fixed_failed_action_requeued_is_credited_once() {
     std::fs::write(s.path().join("fixed.json"), r#"{"beneficiaries":{"w":"0.00000001"}}"#).expect("write");
     let out = s.run(&["failed", "requeue", "r1", "--doc", "fixed.json"], "");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), r#"{"requeued":1}"#);
+    assert_eq!(stdout(&out).trim(), r#"{"requeued":1,"refused":0}"#);
     assert!(json_lines(&s.run(&["failed"], "")).is_empty());
     drain(&s);
     assert_eq!(balances(&s).get("w"), Some(&1));

@@ -1,9 +1,9 @@
-//! Read-only views: `balance`, `balances`, `failed`, `status`.
+//! Read-only views: `balance`, `balances`, `status`; `sweep`.
 
 use std::io::Write;
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::Exit;
 use crate::domain::keys::{balance_key, ACTION_PREFIX, BALANCE_PREFIX, FAILED_PREFIX, TX_PREFIX};
@@ -100,28 +100,6 @@ pub async fn balances(store: &dyn Store, out: &mut (dyn Write + Send)) -> anyhow
         }
     }
     Ok(exit)
-}
-
-/// `ledgerd failed`: JSON Lines of rejected actions.
-pub async fn failed(store: &dyn Store, out: &mut (dyn Write + Send)) -> anyhow::Result<Exit> {
-    let mut keys = Keys::new(store, Bucket::Queue, FAILED_PREFIX);
-    while let Some(page) = keys.next_page().await? {
-        for key in page {
-            let Some(body) = read(store, Bucket::Queue, &key).await? else {
-                continue;
-            };
-            let stored: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let reason = stored.get("reason").cloned().unwrap_or(Value::Null);
-            let mut line = json!({"id": &key[FAILED_PREFIX.len()..], "reason": reason});
-            for field in ["original", "original_base64"] {
-                if let Some(v) = stored.get(field) {
-                    line[field] = v.clone();
-                }
-            }
-            writeln!(out, "{line}")?;
-        }
-    }
-    Ok(Exit::Success)
 }
 
 /// `ledgerd sweep`: removes every marker whose action is completed; prints how many.

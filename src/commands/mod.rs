@@ -12,6 +12,12 @@ pub mod plan;
 pub mod run;
 pub mod simulate;
 
+/// A command used wrongly (arguments that do not go together, an input
+/// file it cannot use): the process exits 2, as for a flag clap refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// What a command tells the process to exit with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -125,6 +125,52 @@ pub enum ActionError {
     NothingToDistribute,
 }
 
+impl ActionError {
+    /// What kind of rejection this is, without the beneficiary, the value
+    /// or any count: the same words for every action rejected the same
+    /// way, so rejections can be counted and filtered by kind.
+    pub fn kind(&self) -> String {
+        let general = |what: &str, why: &str| format!("{what} {}", why.split(':').next().unwrap_or(why).trim());
+        match self {
+            ActionError::TooLarge(_) => "body too large".into(),
+            ActionError::Json(_) => "not valid JSON".into(),
+            ActionError::NotAnObject => "not a JSON object".into(),
+            ActionError::DuplicateKey { .. } => "duplicate key".into(),
+            ActionError::MissingBeneficiaries => "missing beneficiaries".into(),
+            ActionError::EmptyBeneficiaries => "empty beneficiaries".into(),
+            ActionError::Shape(_) => "beneficiaries of the wrong shape".into(),
+            ActionError::TooManyBeneficiaries(_) => "too many beneficiaries".into(),
+            // A key's length is in its reason: counted apart, it would
+            // make one kind per length.
+            ActionError::Hash { why, .. } => format!("hash {}", generalize(why)),
+            ActionError::Share { why, .. } => general("share", why),
+            ActionError::Reward { why, .. } => general("reward", why),
+            ActionError::SumAboveSupply(_) => "shares above the total supply".into(),
+            ActionError::SharesAbove100(_) => "shares above 100%".into(),
+            ActionError::NothingToDistribute => "nothing to distribute".into(),
+        }
+    }
+}
+
+/// `why` up to its first detail (`: …`), with each number written `N`.
+fn generalize(why: &str) -> String {
+    let head = why.split(':').next().unwrap_or(why).trim();
+    let mut out = String::with_capacity(head.len());
+    let mut in_number = false;
+    for c in head.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            out.push(c);
+            in_number = false;
+        }
+    }
+    out
+}
+
 /// A JSON object read as its entries in order, values left as raw text.
 struct Entries<'a>(Vec<(String, &'a RawValue)>);
 

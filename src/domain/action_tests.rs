@@ -273,3 +273,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn kinds_name_the_rejection_without_its_particulars() {
+    let kind = |body: &str| plan_action(body.as_bytes()).expect_err("rejected").kind();
+    assert_eq!(
+        kind(r#"{"beneficiaries":{"a":"0.000000001"}}"#),
+        kind(r#"{"beneficiaries":{"b":"7.123456789"}}"#)
+    );
+    assert_eq!(
+        kind(r#"{"beneficiaries":{"a":"0.000000001"}}"#),
+        "share has more than 8 decimal places"
+    );
+    assert_eq!(kind(r#"{"beneficiaries":{"bob":-5}}"#), "share must be greater than 0");
+    assert_eq!(kind("{"), "not valid JSON");
+    let long = |n: usize| format!(r#"{{"beneficiaries":{{"{}":1}}}}"#, "h".repeat(n));
+    assert_eq!(kind(&long(300)), kind(&long(400)));
+    assert_eq!(kind(&long(300)), "hash makes the key N bytes long, more than N");
+}

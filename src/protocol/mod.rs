@@ -13,6 +13,7 @@ pub mod adjust;
 mod apply;
 mod claim;
 mod coalesce;
+pub mod dead_letters;
 pub mod records;
 mod sweep;
 mod wallet;
@@ -22,15 +23,14 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, tx_key};
 use crate::domain::{plan_action, Plan};
 use crate::store::{Bucket, Cas, Doc, Store, StoreError};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
 pub use coalesce::Coalescer;
-use records::{failed_doc, failed_original, TxRecord, TxState, FAILED_DOC_BYTES_MAX};
+use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
+use records::{TxRecord, TxState};
 pub use sweep::sweep_markers;
 
 /// Times a single-document step is retried on ambiguous or transient errors
@@ -195,14 +195,14 @@ pub async fn process_action(store: &dyn Store, id: &str, opts: &Options) -> Resu
 
 async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Options) -> Result<Outcome> {
     if let Err(e) = check_action_id(id) {
-        return reject(store, id, claim, &format!("action id {e}")).await;
+        return reject(store, id, claim, "invalid action id", &format!("action id {e}")).await;
     }
     let (tx, tx_cas, prefetched) = match read_tx(store, id).await? {
         Some((tx, cas)) => (tx, cas, None),
         None => {
             let plan = match plan_action(&claim.body) {
                 Ok(plan) => plan,
-                Err(e) => return reject(store, id, claim, &e.to_string()).await,
+                Err(e) => return reject(store, id, claim, &e.kind(), &e.to_string()).await,
             };
             match commit(store, id, &plan, opts).await? {
                 Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
@@ -332,7 +332,9 @@ async fn finish(store: &dyn Store, id: &str, claim: &Claim, tx: &TxRecord) -> Re
                 "conflicting duplicate: action {id:?} was already credited from a different body (digest {})",
                 tx.digest
             );
-            return reject(store, id, current, &reason).await.map(Some);
+            return reject(store, id, current, "conflicting duplicate", &reason)
+                .await
+                .map(Some);
         }
         match remove_action(store, id, current).await? {
             Removal::Done => return Ok(None),
@@ -373,11 +375,13 @@ async fn remove_action(store: &dyn Store, id: &str, claim: &Claim) -> Result<Rem
     Ok(Removal::Changed(doc))
 }
 
-/// Preserves a rejected action as `failed:<id>`, then removes it. If the
-/// failed document would not fit in one item, the action stays queued,
-/// blocked, with a reason that says what to do: nothing is dropped.
-async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Result<Outcome> {
+/// Preserves a rejected action as an entry of `failed:<id>` (beside every
+/// earlier rejected body of the id), then removes it. If the failed
+/// document would not fit in one item, the action stays queued, blocked,
+/// with a reason that says what to do: nothing is dropped.
+async fn reject(store: &dyn Store, id: &str, claim: &Claim, kind: &str, reason: &str) -> Result<Outcome> {
     let key = failed_key(id);
+    let entry = Entry::new(&claim.body, kind, reason);
     let mut written = false;
     for _ in 0..STEP_ATTEMPTS_MAX {
         let existing = match retry(|| store.get(Bucket::Queue, &key)).await {
@@ -385,20 +389,15 @@ async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Res
             Err(StoreError::NotFound) => None,
             Err(e) => return Err(e.into()),
         };
-        let (doc, cas) = match &existing {
-            None => (failed_doc(id, &claim.body, reason, None), None),
-            Some(doc) => {
-                let prev: Value = serde_json::from_slice(&doc.body).unwrap_or_else(
-                    |_| serde_json::json!({"unreadable_failed_doc": String::from_utf8_lossy(&doc.body)}),
-                );
-                if failed_original(&prev).as_deref() == Some(&claim.body[..]) {
-                    // Written by an earlier attempt that crashed before removing.
-                    written = true;
-                    break;
-                }
-                (failed_doc(id, &claim.body, reason, Some(prev)), Some(doc.cas))
-            }
+        let (mut letters, cas) = match &existing {
+            None => (DeadLetters::default(), None),
+            Some(doc) => (DeadLetters::parse(&doc.body), Some(doc.cas)),
         };
+        if !letters.reject(entry.clone()) {
+            written = true;
+            break;
+        }
+        let doc = letters.encode(id);
         if doc.len() > FAILED_DOC_BYTES_MAX {
             return Ok(unpreservable(&key, doc.len(), reason));
         }
@@ -422,7 +421,7 @@ async fn reject(store: &dyn Store, id: &str, claim: &Claim, reason: &str) -> Res
     }
     Ok(match remove_action(store, id, claim).await? {
         Removal::Done => Outcome::Failed {
-            reason: records::bounded_reason(reason),
+            reason: dead_letters::bounded_reason(reason),
         },
         // Rewritten since we read it: the new body gets its own turn.
         Removal::Changed(doc) => {
@@ -437,7 +436,7 @@ fn unpreservable(key: &str, bytes: usize, reason: &str) -> Outcome {
     Outcome::Blocked {
         reason: format!(
             "rejected ({}), but {key} would be {bytes} bytes, more than Couchbase's {FAILED_DOC_BYTES_MAX}: the action stays queued; save and remove {key} (it holds earlier rejected bodies of this id), or save and remove the action itself",
-            records::bounded_reason(reason)
+            dead_letters::bounded_reason(reason)
         ),
     }
 }

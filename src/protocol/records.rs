@@ -1,10 +1,10 @@
-//! The documents the protocol writes: transaction records, failed
-//! documents and idempotency markers, with their checks.
+//! The documents the protocol writes: transaction records, adjustment
+//! records and idempotency markers, with their checks (failed documents:
+//! `dead_letters`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -171,73 +171,6 @@ pub fn marker_value(action_id: &str, units: Units, at_ms: u64) -> Value {
     json!({"tx": action_id, "units": units.get(), "at_ms": at_ms})
 }
 
-/// Largest `failed:<id>` document: Couchbase's item limit (it carries no
-/// xattrs). A rejection that would need more leaves the action queued.
-pub const FAILED_DOC_BYTES_MAX: usize = crate::store::limits::ITEM_BYTES_MAX;
-/// Longest reason stored or logged, in bytes; longer ones are cut.
-pub const REASON_BYTES_MAX: usize = 2_048;
-
-/// `reason` cut to [`REASON_BYTES_MAX`] bytes on a character boundary.
-pub fn bounded_reason(reason: &str) -> String {
-    if reason.len() <= REASON_BYTES_MAX {
-        return reason.to_string();
-    }
-    let mut end = REASON_BYTES_MAX;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… (reason cut at {REASON_BYTES_MAX} bytes)", &reason[..end])
-}
-
-/// The body of `failed:<id>`: the original bytes and why they were rejected.
-/// The original is kept as text (`original`) when it is UTF-8 and that is
-/// not larger than base64 would be, else as `original_base64`. An earlier
-/// failure of the same id is kept under `previous`, so nothing is
-/// overwritten.
-pub fn failed_doc(action_id: &str, original: &[u8], reason: &str, previous: Option<Value>) -> Vec<u8> {
-    let mut doc = json!({
-        "id": action_id,
-        "reason": bounded_reason(reason),
-        "failed_at": rfc3339_from_unix_ms(now_ms()),
-    });
-    let b64 = || base64::engine::general_purpose::STANDARD.encode(original);
-    match std::str::from_utf8(original) {
-        // A JSON string escapes control characters six-fold: base64 may be smaller.
-        Ok(text) => {
-            let as_text = Value::from(text);
-            if as_text.to_string().len() <= original.len().div_ceil(3) * 4 + 2 {
-                doc["original"] = as_text;
-            } else {
-                doc["original_base64"] = json!(b64());
-            }
-        }
-        Err(_) => doc["original_base64"] = json!(b64()),
-    }
-    if let Some(prev) = previous {
-        let mut chain = prev
-            .get("previous")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut prev = prev;
-        if let Some(obj) = prev.as_object_mut() {
-            obj.remove("previous");
-        }
-        chain.push(prev);
-        doc["previous"] = Value::Array(chain);
-    }
-    serde_json::to_vec(&doc).unwrap_or_default()
-}
-
-/// The original bytes recorded in a failed document.
-pub fn failed_original(doc: &Value) -> Option<Vec<u8>> {
-    if let Some(text) = doc.get("original").and_then(Value::as_str) {
-        return Some(text.as_bytes().to_vec());
-    }
-    let b64 = doc.get("original_base64").and_then(Value::as_str)?;
-    base64::engine::general_purpose::STANDARD.decode(b64).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,29 +189,5 @@ mod tests {
         bad.credits.reverse();
         assert!(TxRecord::parse("x", &bad.to_bytes()).is_err());
         assert!(TxRecord::parse("x", b"{").is_err());
-    }
-
-    #[test]
-    fn failed_documents_keep_the_original_bytes() {
-        let doc: Value = serde_json::from_slice(&failed_doc("a", b"not json", "bad", None)).expect("json");
-        assert_eq!(failed_original(&doc), Some(b"not json".to_vec()));
-        let doc: Value = serde_json::from_slice(&failed_doc("a", b"\xff\x00", "bad", None)).expect("json");
-        assert_eq!(failed_original(&doc), Some(b"\xff\x00".to_vec()));
-        let again: Value = serde_json::from_slice(&failed_doc("a", b"2", "worse", Some(doc))).expect("json");
-        assert_eq!(again["previous"][0]["original_base64"], "/wA=");
-        assert_eq!(again["reason"], "worse");
-        // Text that JSON would escape six-fold is kept in base64, exactly.
-        let controls = vec![1u8; 300];
-        let doc: Value = serde_json::from_slice(&failed_doc("a", &controls, "bad", None)).expect("json");
-        assert!(doc.get("original").is_none());
-        assert_eq!(failed_original(&doc), Some(controls));
-    }
-
-    #[test]
-    fn reasons_are_bounded() {
-        let long = "é".repeat(REASON_BYTES_MAX);
-        let cut = bounded_reason(&long);
-        assert!(cut.len() < REASON_BYTES_MAX + 64 && cut.ends_with("bytes)"), "{cut}");
-        assert_eq!(bounded_reason("short"), "short");
     }
 }

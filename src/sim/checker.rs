@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use crate::domain::keys::{action_key, failed_key, sha256_hex, tx_key, BALANCE_PREFIX, TX_PREFIX};
 use crate::domain::{plan_action, Units};
-use crate::protocol::records::{failed_original, TxRecord, TxState};
+use crate::protocol::dead_letters::DeadLetters;
+use crate::protocol::records::{TxRecord, TxState};
 use crate::store::memory::MemoryStore;
 use crate::store::Bucket;
 
@@ -31,17 +32,12 @@ pub struct Facts<'a> {
     pub blocked: &'a BTreeMap<String, String>,
 }
 
-/// Every bytes preserved in `failed:<id>`, the latest and the earlier ones.
+/// Every body preserved in `failed:<id>`.
 fn failed_bodies(store: &MemoryStore, id: &str) -> Vec<Vec<u8>> {
     let Some(body) = store.peek(Bucket::Queue, &failed_key(id)) else {
         return Vec::new();
     };
-    let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut out: Vec<Vec<u8>> = failed_original(&doc).into_iter().collect();
-    for prev in doc.get("previous").and_then(Value::as_array).into_iter().flatten() {
-        out.extend(failed_original(prev));
-    }
-    out
+    DeadLetters::parse(&body).entries.into_iter().map(|e| e.body).collect()
 }
 
 /// Checks every invariant; returns the violations.

@@ -91,8 +91,7 @@ impl Shared {
             .and_then(|b| TxRecord::parse(id, &b).ok())
             .is_some_and(|tx| tx.state == TxState::Completed);
         let preserved = self.inner.peek(Bucket::Queue, &failed_key(id)).is_some_and(|b| {
-            let doc: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-            crate::protocol::records::failed_original(&doc).as_deref() == Some(removed_body)
+            crate::protocol::dead_letters::DeadLetters::parse(&b).holds(&crate::domain::keys::sha256_hex(removed_body))
         });
         if !completed && !preserved {
             self.violation(format!(

@@ -285,7 +285,8 @@ async fn a_duplicate_delivery_credits_nothing_more() {
     assert_eq!(w.balance("a"), Some(150_000_000));
     let failed = w.store.get(Bucket::Queue, &failed_key("1")).await.expect("failed doc");
     let doc: Value = serde_json::from_slice(&failed.body).expect("json");
-    assert_eq!(doc["original"], SPLIT);
+    assert_eq!(doc["entries"][0]["original"], SPLIT);
+    assert_eq!(doc["entries"][0]["kind"], "conflicting duplicate");
 }
 
 #[tokio::test]
@@ -310,10 +311,11 @@ async fn invalid_actions_are_preserved_with_their_bytes_and_reason() {
     assert!(!w.has(Bucket::Queue, &action_key("bad")));
     let doc: Value = serde_json::from_slice(&w.store.get(Bucket::Queue, &failed_key("bad")).await.expect("kept").body)
         .expect("json");
-    assert_eq!(doc["original"], r#"{"beneficiaries":{"a":0.000000001}}"#);
+    assert_eq!(doc["entries"][0]["original"], r#"{"beneficiaries":{"a":0.000000001}}"#);
+    assert_eq!(doc["entries"][0]["kind"], "share has more than 8 decimal places");
     let doc: Value = serde_json::from_slice(&w.store.get(Bucket::Queue, &failed_key("bin")).await.expect("kept").body)
         .expect("json");
-    assert_eq!(doc["original_base64"], "//4=");
+    assert_eq!(doc["entries"][0]["original_base64"], "//4=");
     assert!(w.tx("bad").is_none(), "nothing committed");
 }
 
