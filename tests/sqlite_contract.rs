@@ -55,3 +55,41 @@ async fn a_second_handle_on_the_same_file_sees_the_same_documents() {
     let missing = SqliteStore::open(&dir.path().join("nope.db"), "queue", "ledger", OpenMode::Existing);
     assert!(missing.is_err());
 }
+
+/// A store made before documents recorded their creation time opens, keeps
+/// its documents (their age unknown), and records it for new ones.
+#[tokio::test]
+async fn a_store_of_an_earlier_release_gains_creation_times() {
+    use ledgerd::store::{Bucket, Store};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE docs (bucket TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, xattrs TEXT NOT NULL,
+                 cas INTEGER NOT NULL, lock_until_ms INTEGER, PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+             CREATE TABLE cas_seq (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+             INSERT INTO cas_seq (id, value) VALUES (1, 7);
+             INSERT INTO docs VALUES ('queue', 'action:old', X'7B7D', '{}', 7, NULL);",
+        )
+        .expect("old schema");
+    }
+    let store = SqliteStore::open(&path, "queue", "ledger", OpenMode::Existing).expect("open");
+    assert_eq!(store.get(Bucket::Queue, "action:old").await.expect("kept").body, b"{}");
+    let census = store
+        .census(Bucket::Queue, "action:", "ledger.blocked", None)
+        .await
+        .expect("census");
+    assert_eq!((census.total, census.oldest_created_ms), (1, None));
+    store.insert(Bucket::Queue, "action:new", b"{}").await.expect("insert");
+    let times = store.doc_times(Bucket::Queue, "action:new").await.expect("times");
+    assert!(times.created_ms.is_some());
+    let census = store
+        .census(Bucket::Queue, "action:", "ledger.blocked", None)
+        .await
+        .expect("census");
+    assert_eq!((census.total, census.oldest_created_ms), (2, times.created_ms));
+    // Opening it again changes nothing more.
+    drop(store);
+    SqliteStore::open(&path, "queue", "ledger", OpenMode::Existing).expect("open again");
+}

@@ -340,6 +340,14 @@ impl Store for SimStore {
             self.shared.inner.remove_xattr(bucket, key, path).await
         )
     }
+    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+        op!(
+            self,
+            OpKind::SetXattr,
+            key,
+            self.shared.inner.set_xattr(bucket, key, path, value, cas).await
+        )
+    }
     async fn list_keys(
         &self,
         bucket: Bucket,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
 /// Which operation is about to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub enum OpKind {
     WriteWithXattrs,
     /// `remove_xattr`.
     RemoveXattr,
+    /// `set_xattr`.
+    SetXattr,
     /// `list_keys`.
     ListKeys,
     /// `count_keys`.
@@ -57,6 +59,7 @@ impl OpKind {
             OpKind::Remove => "remove",
             OpKind::WriteWithXattrs => "write_with_xattrs",
             OpKind::RemoveXattr => "remove_xattr",
+            OpKind::SetXattr => "set_xattr",
             OpKind::ListKeys => "list_keys",
             OpKind::CountKeys => "count_keys",
         }
@@ -179,6 +182,21 @@ impl<H: Hook> Store for Hooked<H> {
             key,
             self.inner.remove_xattr(bucket, key, path)
         )
+    }
+    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+        hooked!(
+            self,
+            OpKind::SetXattr,
+            key,
+            self.inner.set_xattr(bucket, key, path, value, cas)
+        )
+    }
+    // Operator views, not protocol steps: passed through unhooked.
+    async fn doc_times(&self, bucket: Bucket, key: &str) -> StoreResult<DocTimes> {
+        self.inner.doc_times(bucket, key).await
+    }
+    async fn census(&self, bucket: Bucket, prefix: &str, path: &str, probe_max: Option<u64>) -> StoreResult<Census> {
+        self.inner.census(bucket, prefix, path, probe_max).await
     }
     async fn list_keys(
         &self,

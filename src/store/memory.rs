@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::model::{self, Mutation, Slot};
-use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
 /// Where the memory store reads the time for lock expiry.
 #[derive(Debug, Clone)]
@@ -161,8 +161,9 @@ impl Store for MemoryStore {
     }
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
+        let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, cas| model::insert(slot, key, body, cas))
+            .with_slot(bucket, key, |slot, cas| model::insert(slot, key, body, now, cas))
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
@@ -195,6 +196,47 @@ impl Store for MemoryStore {
         let now = self.clock.now_ms();
         self.lock()
             .with_slot(bucket, key, |slot, cas| model::remove_xattr(slot, key, path, now, cas))
+    }
+
+    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+        let now = self.clock.now_ms();
+        self.lock().with_slot(bucket, key, |slot, new| {
+            model::set_xattr(slot, key, path, value, cas, now, new)
+        })
+    }
+
+    async fn doc_times(&self, bucket: Bucket, key: &str) -> StoreResult<DocTimes> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        model::times(&inner.bucket(bucket).get(key).cloned(), key, now)
+    }
+
+    async fn census(&self, bucket: Bucket, prefix: &str, path: &str, _probe_max: Option<u64>) -> StoreResult<Census> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let mut census = Census {
+            states: Some((0, 0)),
+            ..Census::default()
+        };
+        let (mut locked, mut marked) = (0, 0);
+        for (_, e) in inner
+            .bucket(bucket)
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            census.total += 1;
+            if e.locked(now) {
+                locked += 1;
+            } else if e.has_xattr(path) {
+                marked += 1;
+            }
+            census.oldest_created_ms = match (census.oldest_created_ms, e.created_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        census.states = Some((locked, marked));
+        Ok(census)
     }
 
     async fn list_keys(

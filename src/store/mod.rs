@@ -68,6 +68,28 @@ pub struct DocWithXattrs {
     pub cas: Cas,
 }
 
+/// When a document was created and until when it is locked, where the store
+/// can tell (the embedded stores can; Couchbase Server exposes neither).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DocTimes {
+    /// Until when (Unix ms) it is locked, if it is locked now.
+    pub locked_until_ms: Option<u64>,
+    /// When (Unix ms) it was created.
+    pub created_ms: Option<u64>,
+}
+
+/// The documents under a prefix by state, for operators (see [`Store::census`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Every document under the prefix.
+    pub total: u64,
+    /// `(locked now, not locked and carrying the xattr path)`; `None` where
+    /// the store could not tell within the probe budget.
+    pub states: Option<(u64, u64)>,
+    /// When the oldest was created (Unix ms), where the store knows.
+    pub oldest_created_ms: Option<u64>,
+}
+
 /// How [`Store::write_with_xattrs`] treats an existing document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
@@ -122,6 +144,9 @@ impl StoreError {
         matches!(self, StoreError::Ambiguous(_) | StoreError::Transient(_))
     }
 }
+
+/// Keys read per page by the default [`Store::census`].
+const CENSUS_PAGE: usize = 500;
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -181,6 +206,56 @@ pub trait Store: Send + Sync {
 
     /// Removes one xattr path; `Ok(false)` if the path was absent.
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool>;
+
+    /// Sets one xattr path if the CAS is still `cas`, leaving the body as it
+    /// is. With a lock's CAS it succeeds on the locked document and
+    /// releases the lock, as any mutation with the lock's CAS does.
+    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas>;
+
+    /// When a document was created and until when it is locked, where the
+    /// store can tell; by default it cannot (Couchbase Server).
+    async fn doc_times(&self, bucket: Bucket, key: &str) -> StoreResult<DocTimes> {
+        self.get(bucket, key).await.map(|_| DocTimes::default())
+    }
+
+    /// Counts the documents under `prefix`: all, locked now, and not locked
+    /// but carrying the xattr `path`. By default by reading each document
+    /// (one lookup each), and only when there are at most `probe_max`
+    /// (`None`: no limit); beyond, `states` is `None`. The embedded stores
+    /// count in one scan.
+    async fn census(&self, bucket: Bucket, prefix: &str, path: &str, probe_max: Option<u64>) -> StoreResult<Census> {
+        let total = self.count_keys(bucket, prefix).await?;
+        if probe_max.is_some_and(|max| total > max) {
+            return Ok(Census {
+                total,
+                states: None,
+                oldest_created_ms: None,
+            });
+        }
+        let (mut all, mut locked, mut marked) = (0u64, 0u64, 0u64);
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_keys(bucket, prefix, after.as_deref(), CENSUS_PAGE).await?;
+            for key in &page {
+                match self.get_with_xattrs(bucket, key, &[path]).await {
+                    Ok(doc) if doc.cas == LOCKED_CAS => locked += 1,
+                    Ok(doc) => marked += u64::from(doc.xattrs.first().is_some_and(Option::is_some)),
+                    Err(StoreError::NotFound) => continue,
+                    Err(e) => return Err(e),
+                }
+                all += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == CENSUS_PAGE => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        Ok(Census {
+            total: all,
+            states: Some((locked, marked)),
+            oldest_created_ms: None,
+        })
+    }
 
     /// Up to `limit` keys starting with `prefix` and greater than `after`,
     /// in ascending byte order.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::limits;
-use super::{Cas, Doc, DocWithXattrs, StoreError, StoreResult, WriteMode, LOCKED_CAS};
+use super::{Cas, Doc, DocTimes, DocWithXattrs, StoreError, StoreResult, WriteMode, LOCKED_CAS};
 
 /// One stored document.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,22 +24,31 @@ pub(crate) struct Entry {
     pub cas: Cas,
     /// Until when (store time, ms) the document is locked, if ever locked.
     pub lock_until_ms: Option<u64>,
+    /// When (store time, ms) the document was created, where known (an
+    /// embedded store made by an earlier release did not record it).
+    pub created_ms: Option<u64>,
 }
 
 /// A document slot: `None` when the key does not exist.
 pub(crate) type Slot = Option<Entry>;
 
 impl Entry {
-    fn new(body: &[u8], cas: Cas) -> Self {
+    fn new(body: &[u8], cas: Cas, now_ms: u64) -> Self {
         Self {
             body: body.to_vec(),
             xattrs: Value::Object(Map::new()),
             cas,
             lock_until_ms: None,
+            created_ms: Some(now_ms),
         }
     }
 
-    fn locked(&self, now_ms: u64) -> bool {
+    /// Whether the xattr `path` is set.
+    pub(crate) fn has_xattr(&self, path: &str) -> bool {
+        get_path(&self.xattrs, path).is_some()
+    }
+
+    pub(crate) fn locked(&self, now_ms: u64) -> bool {
         self.lock_until_ms.is_some_and(|until| now_ms < until)
     }
 
@@ -125,13 +134,13 @@ pub(crate) fn unlock(slot: &mut Slot, key: &str, cas: Cas, now_ms: u64) -> Store
     }
 }
 
-pub(crate) fn insert(slot: &mut Slot, key: &str, body: &[u8], new_cas: Cas) -> StoreResult<Cas> {
+pub(crate) fn insert(slot: &mut Slot, key: &str, body: &[u8], now_ms: u64, new_cas: Cas) -> StoreResult<Cas> {
     limits::check_key(key)?;
     limits::check_item(body, &Value::Null)?;
     if slot.is_some() {
         return Err(StoreError::Exists);
     }
-    *slot = Some(Entry::new(body, new_cas));
+    *slot = Some(Entry::new(body, new_cas, now_ms));
     Ok(new_cas)
 }
 
@@ -181,7 +190,7 @@ pub(crate) fn write_with_xattrs(
             if slot.is_some() {
                 return Err(StoreError::Exists);
             }
-            Entry::new(m.body, new_cas)
+            Entry::new(m.body, new_cas, now_ms)
         }
         WriteMode::Replace(cas) => {
             let e = existing(slot)?;
@@ -215,6 +224,40 @@ pub(crate) fn remove_xattr(slot: &mut Slot, key: &str, path: &str, now_ms: u64, 
     }
     e.commit(new_cas);
     Ok(true)
+}
+
+/// Sets one xattr path under `cas`, leaving the body as it is. With the
+/// CAS of a lock it succeeds on the locked document and releases the lock,
+/// as every mutation with the lock's CAS does on Couchbase.
+pub(crate) fn set_xattr(
+    slot: &mut Slot,
+    key: &str,
+    path: &str,
+    value: &Value,
+    cas: Cas,
+    now_ms: u64,
+    new_cas: Cas,
+) -> StoreResult<Cas> {
+    limits::check_key(key)?;
+    limits::check_mutation(std::iter::once(path))?;
+    let e = existing(slot)?;
+    e.check_write(Some(cas), now_ms)?;
+    let mut next = e.clone();
+    set_path(&mut next.xattrs, path, value.clone())?;
+    limits::check_item(&next.body, &next.xattrs)?;
+    next.commit(new_cas);
+    *slot = Some(next);
+    Ok(new_cas)
+}
+
+/// Until when the document is locked (if it is now), and when it was created.
+pub(crate) fn times(slot: &Slot, key: &str, now_ms: u64) -> StoreResult<DocTimes> {
+    limits::check_key(key)?;
+    let e = existing(slot)?;
+    Ok(DocTimes {
+        locked_until_ms: e.lock_until_ms.filter(|_| e.locked(now_ms)),
+        created_ms: e.created_ms,
+    })
 }
 
 fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {

@@ -44,6 +44,84 @@ macro_rules! ok {
 mod limits;
 pub use limits::*;
 
+/// An xattr-only write changes the xattr under CAS and leaves the body; with
+/// a lock's CAS it succeeds on the locked document and releases the lock.
+pub async fn xattr_only_writes_keep_the_body(h: &dyn Harness) {
+    let s = h.store();
+    let key = fresh("sx");
+    let mark = json!({"reason": "r", "attempts": 1});
+    assert_eq!(
+        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, 1).await,
+        Err(StoreError::NotFound)
+    );
+    let cas = ok!(s.insert(Bucket::Queue, &key, b"\xffraw").await);
+    assert_eq!(
+        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, cas ^ 1).await,
+        Err(StoreError::CasMismatch)
+    );
+    let cas2 = ok!(s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, cas).await);
+    assert_ne!(cas2, cas);
+    let doc = ok!(s.get_with_xattrs(Bucket::Queue, &key, &["ledger.blocked"]).await);
+    assert_eq!(doc.body, b"\xffraw");
+    assert_eq!(doc.xattrs, vec![Some(mark.clone())]);
+
+    let lock = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await);
+    assert_eq!(
+        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &json!(2), cas2)
+            .await,
+        Err(StoreError::Locked)
+    );
+    ok!(s
+        .set_xattr(Bucket::Queue, &key, "ledger.blocked", &json!(3), lock.cas)
+        .await);
+    // The write released the lock: the document can be locked again at once.
+    let again = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK).await);
+    ok!(s.unlock(Bucket::Queue, &key, again.cas).await);
+    let doc = ok!(s.get_with_xattrs(Bucket::Queue, &key, &["ledger.blocked"]).await);
+    assert_eq!(doc.body, b"\xffraw");
+    assert_eq!(doc.xattrs, vec![Some(json!(3))]);
+}
+
+/// The census counts documents under a prefix by state: locked now, and
+/// not locked but carrying the path; lock expiry where the store knows it.
+pub async fn census_counts_by_state(h: &dyn Harness) {
+    let s = h.store();
+    let prefix = fresh("census:");
+    let key = |n: &str| format!("{prefix}{n}");
+    ok!(s.insert(Bucket::Queue, &key("ready"), b"1").await);
+    let cas = ok!(s.insert(Bucket::Queue, &key("blocked"), b"2").await);
+    ok!(s
+        .set_xattr(Bucket::Queue, &key("blocked"), "ledger.blocked", &json!({"r": 1}), cas)
+        .await);
+    // A lock that lapsed is no lock.
+    ok!(s.insert(Bucket::Queue, &key("lapsed"), b"4").await);
+    ok!(s.get_and_lock(Bucket::Queue, &key("lapsed"), LOCK).await);
+    h.advance(LAPSE).await;
+    ok!(s.insert(Bucket::Queue, &key("locked"), b"3").await);
+    ok!(s.get_and_lock(Bucket::Queue, &key("locked"), LOCK * 10).await);
+
+    let census = ok!(s.census(Bucket::Queue, &prefix, "ledger.blocked", None).await);
+    assert_eq!(census.total, 4);
+    assert_eq!(census.states, Some((1, 1)));
+    let bounded = ok!(s.census(Bucket::Queue, &prefix, "ledger.blocked", Some(2)).await);
+    assert_eq!(bounded.total, 4);
+    assert!(
+        bounded.states.is_none() || bounded.states == Some((1, 1)),
+        "{bounded:?}"
+    );
+
+    let locked = ok!(s.doc_times(Bucket::Queue, &key("locked")).await);
+    let ready = ok!(s.doc_times(Bucket::Queue, &key("ready")).await);
+    assert_eq!(ready.locked_until_ms, None);
+    if let (Some(until), Some(created)) = (locked.locked_until_ms, locked.created_ms) {
+        assert!(until > created, "{locked:?}");
+    }
+    assert_eq!(
+        s.doc_times(Bucket::Queue, &key("gone")).await,
+        Err(StoreError::NotFound)
+    );
+}
+
 /// Reads return exactly the bytes written, and CAS values change on writes.
 pub async fn read_your_writes(h: &dyn Harness) {
     let s = h.store();
@@ -399,6 +477,8 @@ macro_rules! case_list {
 case_list!(
     read_your_writes,
     insert_is_exclusive,
+    xattr_only_writes_keep_the_body,
+    census_counts_by_state,
     cas_guards_writes,
     locks_exclude_others,
     unlock_needs_the_lock_cas,
@@ -430,7 +510,8 @@ async fn futures_join<T, Fut: std::future::Future<Output = T>>(n: u64, make: imp
 macro_rules! contract_tests {
     ($make:expr) => {
         $crate::contract_tests!(@cases $make;
-            read_your_writes, insert_is_exclusive, cas_guards_writes, locks_exclude_others,
+            read_your_writes, insert_is_exclusive, xattr_only_writes_keep_the_body,
+            census_counts_by_state, cas_guards_writes, locks_exclude_others,
             unlock_needs_the_lock_cas, locks_lapse, xattr_writes_are_atomic, keys_list_in_pages,
             sub_document_calls_take_at_most_16_specs, keys_take_at_most_250_bytes,
             documents_take_at_most_20_mib, xattrs_count_against_the_document_size,

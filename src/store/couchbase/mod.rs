@@ -410,6 +410,28 @@ impl Store for CouchbaseStore {
         }
     }
 
+    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let specs = [MutateInSpec::upsert_raw(
+            path,
+            bytes,
+            UpsertSpecOptions::new().xattr(true).create_path(true),
+        )];
+        let options = MutateInOptions::new()
+            .durability_level(self.durability.clone())
+            .retry_strategy(self.retry.clone())
+            .store_semantics(StoreSemantics::Replace)
+            .cas(cas);
+        let r = self
+            .kv(
+                Call::WriteWithCas,
+                "mutate_in",
+                self.collection(bucket).mutate_in(key, &specs, options),
+            )
+            .await?;
+        Ok(r.cas())
+    }
+
     async fn list_keys(
         &self,
         bucket: Bucket,

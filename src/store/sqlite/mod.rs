@@ -19,7 +19,7 @@ use rusqlite::{params, Connection};
 use serde_json::Value;
 
 use super::model::{self, Mutation, Slot};
-use super::{Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS docs (
     xattrs TEXT NOT NULL,
     cas INTEGER NOT NULL,
     lock_until_ms INTEGER,
+    created_ms INTEGER,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cas_seq (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
@@ -82,6 +83,30 @@ fn connect(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Adds `docs.created_ms` to a store made before it existed (its documents
+/// keep an unknown creation time). Idempotent, and safe when several
+/// processes open the store at once.
+fn add_created_column(conn: &Connection) -> StoreResult<()> {
+    let has = |conn: &Connection| -> StoreResult<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = 'created_ms'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(sql_error)
+    };
+    if has(conn)? {
+        return Ok(());
+    }
+    match conn.execute_batch("ALTER TABLE docs ADD COLUMN created_ms INTEGER") {
+        Ok(()) => Ok(()),
+        // Another process added it first.
+        Err(_) if has(conn)? => Ok(()),
+        Err(e) => Err(sql_error(e)),
+    }
+}
+
 /// The key range `[prefix, upper)` of an ASCII prefix.
 fn prefix_range(prefix: &str) -> StoreResult<(String, String)> {
     if !prefix.is_ascii() {
@@ -120,6 +145,7 @@ impl SqliteStore {
         if mode == OpenMode::Create || missing > 0 {
             conn.execute_batch(SCHEMA).map_err(sql_error)?;
         }
+        add_created_column(&conn)?;
         let writer_conn = connect(path)?;
         writer_conn
             .pragma_update(None, "cache_size", -CACHE_KIB)
@@ -354,8 +380,10 @@ impl Store for SqliteStore {
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
         let (body, owned) = (body.to_vec(), key.to_string());
-        self.create(bucket, key, move |slot, _, cas| model::insert(slot, &owned, &body, cas))
-            .await
+        self.create(bucket, key, move |slot, now, cas| {
+            model::insert(slot, &owned, &body, now, cas)
+        })
+        .await
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
@@ -403,6 +431,47 @@ impl Store for SqliteStore {
         let (path, owned) = (path.to_string(), key.to_string());
         self.mutate(bucket, key, move |slot, now, cas| {
             model::remove_xattr(slot, &owned, &path, now, cas)
+        })
+        .await
+    }
+
+    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+        let (path, value, owned) = (path.to_string(), value.clone(), key.to_string());
+        self.mutate(bucket, key, move |slot, now, new| {
+            model::set_xattr(slot, &owned, &path, &value, cas, now, new)
+        })
+        .await
+    }
+
+    async fn doc_times(&self, bucket: Bucket, key: &str) -> StoreResult<DocTimes> {
+        let owned = key.to_string();
+        self.read(bucket, key, move |slot, now| model::times(slot, &owned, now))
+            .await
+    }
+
+    async fn census(&self, bucket: Bucket, prefix: &str, path: &str, _probe_max: Option<u64>) -> StoreResult<Census> {
+        let (lower, upper) = prefix_range(prefix)?;
+        let bucket = self.bucket_name(bucket);
+        let json_path = format!("$.{path}");
+        self.run(move |conn| {
+            let now = i64::try_from(threads::clock_ms()).unwrap_or(i64::MAX);
+            let (total, locked, marked, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT COUNT(*),
+                            SUM(lock_until_ms IS NOT NULL AND lock_until_ms > ?4),
+                            SUM((lock_until_ms IS NULL OR lock_until_ms <= ?4) AND json_extract(xattrs, ?5) IS NOT NULL),
+                            MIN(created_ms)
+                     FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3",
+                    params![bucket, lower, upper, now, json_path],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .map_err(sql_error)?;
+            let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
+            Ok(Census {
+                total: u64::try_from(total).unwrap_or(0),
+                states: Some((count(locked), count(marked))),
+                oldest_created_ms: oldest.and_then(|o| u64::try_from(o).ok()),
+            })
         })
         .await
     }

@@ -11,15 +11,15 @@ use crate::store::{Cas, StoreError, StoreResult};
 /// Most mutations committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 512;
 /// One document, read on every operation.
-const LOAD_SQL: &str = "SELECT body, xattrs, cas, lock_until_ms FROM docs WHERE bucket = ?1 AND key = ?2";
+const LOAD_SQL: &str = "SELECT body, xattrs, cas, lock_until_ms, created_ms FROM docs WHERE bucket = ?1 AND key = ?2";
 /// One document written back.
 const UPSERT_SQL: &str =
-    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
      ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, xattrs = excluded.xattrs,
-     cas = excluded.cas, lock_until_ms = excluded.lock_until_ms";
+     cas = excluded.cas, lock_until_ms = excluded.lock_until_ms, created_ms = excluded.created_ms";
 /// One document created, unless it exists.
 const INSERT_SQL: &str =
-    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)
      ON CONFLICT (bucket, key) DO NOTHING";
 /// One document removed.
 const DELETE_SQL: &str = "DELETE FROM docs WHERE bucket = ?1 AND key = ?2";
@@ -65,12 +65,13 @@ pub(super) fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Sl
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             })
             .optional()
         })
         .map_err(sql_error)?;
-    let Some((body, xattrs, cas, lock_until_ms)) = row else {
+    let Some((body, xattrs, cas, lock_until_ms, created_ms)) = row else {
         return Ok(None);
     };
     let xattrs: Value = serde_json::from_str(&xattrs)
@@ -80,6 +81,7 @@ pub(super) fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Sl
         xattrs,
         cas: u64::try_from(cas).unwrap_or(0),
         lock_until_ms: lock_until_ms.map(|l| u64::try_from(l).unwrap_or(0)),
+        created_ms: created_ms.and_then(|c| u64::try_from(c).ok()),
     }))
 }
 
@@ -99,7 +101,8 @@ fn save(conn: &Connection, bucket: &str, key: &str, slot: &Slot) -> StoreResult<
                         e.body,
                         e.xattrs.to_string(),
                         cas,
-                        e.lock_until_ms.map(|l| i64::try_from(l).unwrap_or(i64::MAX))
+                        e.lock_until_ms.map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
+                        e.created_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX))
                     ])
                 })
                 .map(|_| ())
@@ -163,7 +166,16 @@ pub(super) fn apply_insert<T>(
     let inserted = tx
         .conn
         .prepare_cached(INSERT_SQL)
-        .and_then(|mut stmt| stmt.execute(params![bucket, key, e.body, e.xattrs.to_string(), cas]))
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                bucket,
+                key,
+                e.body,
+                e.xattrs.to_string(),
+                cas,
+                e.created_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX))
+            ])
+        })
         .map_err(sql_error)?;
     if inserted == 0 {
         return Err(StoreError::Exists);
