@@ -101,8 +101,35 @@ pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Ex
     let cfg = worker_config(settings, exit_when_idle);
     let stats = worker::run(store, cfg, health, shutdown_requested()).await;
     let _ = stop_listener.send(());
-    match stats.stopped {
-        Some(why) => Err(anyhow::Error::msg(why)),
-        None => Ok(Exit::Success),
+    if let Some(why) = stats.stopped {
+        return Err(anyhow::Error::msg(why));
     }
+    match stats.left {
+        Some(left) if left.needs_attention() => Err(anyhow::Error::msg(left_behind_message(&left))),
+        _ => Ok(Exit::Success),
+    }
+}
+
+/// Why `--exit-when-idle` ends as a failure, and what to do.
+fn left_behind_message(left: &worker::LeftBehind) -> String {
+    let mut parts = Vec::new();
+    if left.blocked > 0 {
+        parts.push(format!(
+            "{} blocked (see `ledgerd queue --state blocked`: repair the wallet named in the reason with `ledgerd adjust`)",
+            left.blocked
+        ));
+    }
+    if left.after_errors > 0 {
+        parts.push(format!(
+            "{} put off after errors (see the log; run again once the store answers)",
+            left.after_errors
+        ));
+    }
+    if let Some(why) = &left.unknown {
+        parts.push(why.clone());
+    }
+    if left.locked > 0 {
+        parts.push(format!("{} locked by other workers", left.locked));
+    }
+    format!("the queue is idle but not empty: {}", parts.join("; "))
 }

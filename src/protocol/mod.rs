@@ -167,8 +167,38 @@ impl ProtocolError {
 /// Result of the protocol's steps.
 pub type Result<T> = std::result::Result<T, ProtocolError>;
 
+/// The xattr on a queued action that says why its last attempt was blocked
+/// and when it is tried again, for operators (`ledgerd queue`, `status`,
+/// metrics): every process and command sees it. The protocol never reads
+/// it; it goes with the action, or with a producer's rewrite of it.
+pub const BLOCKED_XATTR: &str = "ledger.blocked";
+
+/// Which attempt at an action this is, and when the worker will try again
+/// if it is blocked (written into [`BLOCKED_XATTR`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first attempt after the action was last seen unblocked.
+    pub number: u32,
+    /// The delay before the next attempt, if this one is blocked.
+    pub retry_in: Duration,
+}
+
+impl Default for Attempt {
+    fn default() -> Self {
+        Self {
+            number: 1,
+            retry_in: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Claims `action:<id>` and takes it as far as it can go (steps 2–7).
 pub async fn process_action(store: &dyn Store, id: &str, opts: &Options) -> Result<Outcome> {
+    process_attempt(store, id, opts, Attempt::default()).await
+}
+
+/// [`process_action`], saying which attempt this is.
+pub async fn process_attempt(store: &dyn Store, id: &str, opts: &Options, attempt: Attempt) -> Result<Outcome> {
     let key = action_key(id);
     let claimed = match store.get_and_lock(Bucket::Queue, &key, opts.lease).await {
         Ok(doc) => doc,
@@ -182,6 +212,13 @@ pub async fn process_action(store: &dyn Store, id: &str, opts: &Options) -> Resu
         result = process_claimed(store, id, &claim, opts) => result,
         never = claim::renew(store, &key, &claim, opts.lease) => match never {},
     };
+    if let Ok(Outcome::Blocked { reason }) = &result {
+        // Say why on the action itself, with the claim's CAS: the write
+        // also releases the claim. Best effort, like the unlock below.
+        if mark_blocked(store, &key, claim.cas(), reason, attempt).await.is_ok() {
+            return result;
+        }
+    }
     if !matches!(
         result,
         Ok(Outcome::Completed { .. } | Outcome::Duplicate | Outcome::Failed { .. } | Outcome::Skipped(_))
@@ -191,6 +228,20 @@ pub async fn process_action(store: &dyn Store, id: &str, opts: &Options) -> Resu
         let _ = store.unlock(Bucket::Queue, &key, claim.cas()).await;
     }
     result
+}
+
+/// Writes [`BLOCKED_XATTR`] on a claimed action.
+async fn mark_blocked(store: &dyn Store, key: &str, cas: Cas, reason: &str, attempt: Attempt) -> Result<()> {
+    let now = records::now_ms();
+    let retry_ms = u64::try_from(attempt.retry_in.as_millis()).unwrap_or(u64::MAX);
+    let note = serde_json::json!({
+        "reason": dead_letters::bounded_reason(reason),
+        "at": crate::domain::time::rfc3339_from_unix_ms(now),
+        "attempts": attempt.number,
+        "retry_after": crate::domain::time::rfc3339_from_unix_ms(now.saturating_add(retry_ms)),
+    });
+    store.set_xattr(Bucket::Queue, key, BLOCKED_XATTR, &note, cas).await?;
+    Ok(())
 }
 
 async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Options) -> Result<Outcome> {

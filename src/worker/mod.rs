@@ -13,10 +13,12 @@ use tokio::task::JoinSet;
 use crate::domain::keys::ACTION_PREFIX;
 use crate::ops::health::Health;
 use crate::ops::metrics as m;
-use crate::protocol::{self, process_action, Outcome, ProtocolError, Skip};
+use crate::protocol::{self, process_attempt, Attempt, Outcome, ProtocolError, Skip};
 use crate::store::{Bucket, Store};
+use collapse::{cause, Collapser, COLLAPSE_INTERVAL};
 use pass::Pass;
 
+pub mod collapse;
 mod pass;
 
 /// First pause after a pass that found nothing to do.
@@ -72,9 +74,46 @@ pub struct RunStats {
     /// Why the worker stopped before the queue was idle (with
     /// `exit_when_idle`, a discovery that cannot work), if it did.
     pub stopped: Option<String>,
+    /// With `exit_when_idle`: what it left in the queue when it went idle.
+    pub left: Option<LeftBehind>,
 }
 
-type Finished = (String, Result<Outcome, ProtocolError>, Duration);
+/// What `--exit-when-idle` left in the queue: nothing it could claim, but
+/// not necessarily nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeftBehind {
+    /// Actions locked by other workers (or by a worker that died, until
+    /// its lease lapses).
+    pub locked: u64,
+    /// Actions whose last attempt was blocked.
+    pub blocked: u64,
+    /// Actions this worker put off after an attempt failed with an error.
+    pub after_errors: u64,
+    /// Why the queue could not be read to say so, if it could not.
+    pub unknown: Option<String>,
+}
+
+impl LeftBehind {
+    /// Whether the run should end as a failure: something is blocked, or
+    /// was given up on after errors, or nobody can tell.
+    pub fn needs_attention(&self) -> bool {
+        self.blocked > 0 || self.after_errors > 0 || self.unknown.is_some()
+    }
+}
+
+type Finished = (String, Result<Outcome, ProtocolError>, Duration, Attempt);
+
+/// The delay before attempt `number + 1` of an action whose attempt
+/// `number` was blocked or failed: doubling from [`RETRY_DELAY_MS_MIN`] up
+/// to [`RETRY_DELAY_MS_MAX`], each drawn between half and all of that
+/// (jitter), so that actions blocked together do not all come back at once.
+pub fn retry_delay(number: u32) -> Duration {
+    let ceiling = RETRY_DELAY_MS_MIN
+        .saturating_mul(1 << number.clamp(1, 7).saturating_sub(1))
+        .min(RETRY_DELAY_MS_MAX);
+    let half = ceiling / 2;
+    Duration::from_millis(half + rand::Rng::gen_range(&mut rand::thread_rng(), 0..=ceiling - half))
+}
 
 struct Loop {
     store: Arc<dyn Store>,
@@ -87,8 +126,14 @@ struct Loop {
     in_flight: HashSet<String>,
     /// Actions to leave alone until the instant given, with their attempt count.
     deferred: HashMap<String, (Instant, u32)>,
+    /// Actions whose last attempt here ended in an error.
+    errored: HashSet<String>,
     claims_this_pass: u64,
     stats: RunStats,
+    /// Repeated "attempt failed" lines, collapsed per error.
+    errors_logged: Collapser,
+    /// Repeated "blocked" lines, collapsed per reason.
+    blocked_logged: Collapser,
 }
 
 /// Runs until `shutdown` completes (or, with `exit_when_idle`, the queue is
@@ -112,8 +157,11 @@ pub async fn run(
         tasks: JoinSet::new(),
         in_flight: HashSet::new(),
         deferred: HashMap::new(),
+        errored: HashSet::new(),
         claims_this_pass: 0,
         stats: RunStats::default(),
+        errors_logged: Collapser::default(),
+        blocked_logged: Collapser::default(),
     };
     tokio::pin!(shutdown);
     tracing::info!(
@@ -127,6 +175,7 @@ pub async fn run(
         _ = w.discover() => {}
     }
     w.drain_within_grace().await;
+    w.log_repeats(true);
     tracing::info!(
         completed = w.stats.completed,
         duplicates = w.stats.duplicates,
@@ -149,6 +198,7 @@ impl Loop {
         let mut idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
         loop {
             self.reap();
+            self.log_repeats(false);
             let listed = Instant::now();
             let page = self
                 .store
@@ -188,7 +238,7 @@ impl Loop {
                 let claimed = std::mem::take(&mut self.claims_this_pass);
                 if claimed == 0 {
                     if self.cfg.exit_when_idle {
-                        tracing::info!(deferred = self.deferred.len(), "queue idle: exiting");
+                        self.stats.left = Some(self.left_behind().await);
                         return;
                     }
                     tokio::time::sleep(idle).await;
@@ -270,11 +320,16 @@ impl Loop {
             self.in_flight.insert(id.clone());
             metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
             let (store, opts) = (self.store.clone(), self.opts.clone());
+            let number = self.deferred.get(&id).map_or(0, |(_, n)| *n) + 1;
+            let attempt = Attempt {
+                number,
+                retry_in: retry_delay(number),
+            };
             self.tasks.spawn(async move {
                 let _permit = permit;
                 let started = Instant::now();
-                let result = process_action(store.as_ref(), &id, &opts).await;
-                (id, result, started.elapsed())
+                let result = process_attempt(store.as_ref(), &id, &opts, attempt).await;
+                (id, result, started.elapsed(), attempt)
             });
         }
     }
@@ -286,7 +341,7 @@ impl Loop {
     }
 
     fn record(&mut self, done: Result<Finished, tokio::task::JoinError>) {
-        let (id, result, elapsed) = match done {
+        let (id, result, elapsed, attempt) = match done {
             Ok(finished) => finished,
             Err(e) => {
                 // A panic in the protocol is a bug; the action stays queued.
@@ -345,29 +400,116 @@ impl Loop {
             }
             Ok(Outcome::Blocked { reason }) => {
                 self.stats.blocked += 1;
-                tracing::error!(
-                    action = id,
-                    outcome = "blocked",
-                    reason,
-                    duration_ms,
-                    "action blocked; will retry"
-                );
+                if self.blocked_logged.admit(&cause(reason, &id), &id, Instant::now()) {
+                    tracing::error!(
+                        action = id,
+                        outcome = "blocked",
+                        reason,
+                        duration_ms,
+                        retry_in_ms = attempt.retry_in.as_millis() as u64,
+                        "action blocked; will retry (more actions blocked for this reason within {}s are counted, not logged)",
+                        COLLAPSE_INTERVAL.as_secs()
+                    );
+                }
             }
             Err(e) => {
                 self.stats.errors += 1;
-                tracing::warn!(action = id, outcome = "error", error = %e, retryable = e.is_retryable(), duration_ms, "action attempt failed; will retry");
+                if self
+                    .errors_logged
+                    .admit(&cause(&e.to_string(), &id), &id, Instant::now())
+                {
+                    tracing::warn!(
+                        action = id,
+                        outcome = "error",
+                        error = %e,
+                        retryable = e.is_retryable(),
+                        duration_ms,
+                        "action attempt failed; will retry (more attempts failing with this error within {}s are counted, not logged)",
+                        COLLAPSE_INTERVAL.as_secs()
+                    );
+                }
             }
         }
         self.claims_this_pass += 1;
+        if result.is_err() {
+            self.errored.insert(id.clone());
+        } else {
+            self.errored.remove(&id);
+        }
         if matches!(result, Ok(Outcome::Blocked { .. }) | Err(_)) {
-            let attempts = self.deferred.get(&id).map_or(0, |(_, n)| *n) + 1;
-            let delay_ms = RETRY_DELAY_MS_MIN
-                .saturating_mul(1 << attempts.min(6))
-                .min(RETRY_DELAY_MS_MAX);
+            // The delay chosen when the attempt started: a blocked action
+            // says on itself when it is tried again.
             self.deferred
-                .insert(id, (Instant::now() + Duration::from_millis(delay_ms), attempts));
+                .insert(id, (Instant::now() + attempt.retry_in, attempt.number));
         } else {
             self.deferred.remove(&id);
+        }
+    }
+
+    /// Says, when the queue went idle, what is still in it: locked by
+    /// others, blocked, or put off after errors.
+    async fn left_behind(&self) -> LeftBehind {
+        let mut left = LeftBehind::default();
+        match self
+            .store
+            .census(Bucket::Queue, ACTION_PREFIX, protocol::BLOCKED_XATTR, None)
+            .await
+        {
+            Ok(census) => {
+                if let Some((locked, blocked)) = census.states {
+                    (left.locked, left.blocked) = (locked, blocked);
+                }
+            }
+            Err(e) => left.unknown = Some(format!("the queue could not be read: {e}")),
+        }
+        for id in &self.errored {
+            match self
+                .store
+                .get(Bucket::Queue, &crate::domain::keys::action_key(id))
+                .await
+            {
+                Ok(_) => left.after_errors += 1,
+                Err(crate::store::StoreError::NotFound) => {}
+                Err(e) => left.unknown = Some(format!("the queue could not be read: {e}")),
+            }
+        }
+        if left.needs_attention() {
+            tracing::error!(
+                left_locked = left.locked,
+                left_blocked = left.blocked,
+                left_after_errors = left.after_errors,
+                unknown = left.unknown.as_deref(),
+                "queue idle: exiting, leaving work behind (see `ledgerd queue`)"
+            );
+        } else {
+            tracing::info!(left_locked = left.locked, "queue idle: exiting");
+        }
+        left
+    }
+
+    /// Logs how often each collapsed line came back in its interval (every
+    /// interval still open with `all`).
+    fn log_repeats(&mut self, all: bool) {
+        let now = Instant::now();
+        for r in self.errors_logged.due(now, all) {
+            tracing::warn!(
+                outcome = "error",
+                error = r.cause,
+                repeated = r.count,
+                last_action = r.last_action,
+                over_s = now.duration_since(r.since).as_secs(),
+                "more action attempts failed with the same error"
+            );
+        }
+        for r in self.blocked_logged.due(now, all) {
+            tracing::error!(
+                outcome = "blocked",
+                reason = r.cause,
+                repeated = r.count,
+                last_action = r.last_action,
+                over_s = now.duration_since(r.since).as_secs(),
+                "more actions blocked for the same reason"
+            );
         }
     }
 

@@ -342,7 +342,12 @@ impl Store for SqliteStore {
         .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))??;
         // Discovery's own statement, then a write committed by the writer
         // like any other (a full disk fails it).
-        self.list_keys(Bucket::Queue, ACTION_PREFIX, None, 1).await?;
+        self.list_keys(Bucket::Queue, ACTION_PREFIX, None, 1)
+            .await
+            .map_err(|e| match e {
+                StoreError::Transient(m) => StoreError::Transient(format!("discovery of queued actions fails: {m}")),
+                other => StoreError::Permanent(format!("discovery of queued actions fails: {other}")),
+            })?;
         self.commit_probe()
             .await
             .map_err(|e| StoreError::Permanent(format!("a write cannot commit: {e}")))
