@@ -138,7 +138,28 @@ pub enum Command {
     /// running workers. Workers prune markers as they go; this pass catches
     /// wallets that are rarely credited (run it from a timer, e.g. daily).
     Sweep,
-    /// Print document counts: queued, failed, transactions, wallets.
+    /// List queued actions with their state: ready, locked (until when,
+    /// where the store can tell), or blocked (why, and when it is retried).
+    ///
+    /// Text: one line per action, then the counts. --json: one object per
+    /// line, {"id","state","locked_until","queued_at","age_s","blocked",
+    /// "bytes"} (null where the store cannot tell: Couchbase knows neither
+    /// lock expiry nor enqueue time). Reads each action once; changes
+    /// nothing.
+    #[command(args_conflicts_with_subcommands = true)]
+    Queue {
+        /// Only actions in this state.
+        #[arg(long, value_enum)]
+        state: Option<crate::commands::queue::State>,
+        /// JSON Lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Show one action.
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+    },
+    /// Print counts: queued (ready, locked, blocked, the oldest's age),
+    /// failed, transactions, wallets.
     Status {
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -215,6 +236,17 @@ pub enum SabotageArg {
     SkipMarkerCheck,
     /// Actions are removed as soon as they are claimed.
     RemoveOnClaim,
+}
+
+/// `ledgerd queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// One queued action as JSON: its state, body, what a worker would
+    /// make of it (plan), and what the ledger holds for its id.
+    Show {
+        /// Action id.
+        id: String,
+    },
 }
 
 /// `ledgerd failed` subcommands.

@@ -87,6 +87,8 @@ pub struct Settings {
     pub couchbase_connect_timeout_ms: u64,
     /// Address of the metrics and health listener, or `off`.
     pub metrics_addr: String,
+    /// How often `run` samples the queue by state for `/metrics`.
+    pub queue_sample_ms: u64,
     /// RAM quota of each bucket `ledgerd init` creates.
     pub couchbase_bucket_ram_mb: u64,
     /// Replicas of each bucket `ledgerd init` creates.
@@ -146,6 +148,7 @@ const KEYS: &[&str] = &[
     "couchbase_bucket_ram_mb",
     "couchbase_bucket_replicas",
     "metrics_addr",
+    "queue_sample_ms",
 ];
 
 /// Why settings could not be loaded.
@@ -195,7 +198,8 @@ impl Settings {
             .set_default("couchbase_connect_timeout_ms", 15_000)?
             .set_default("couchbase_bucket_ram_mb", 256)?
             .set_default("couchbase_bucket_replicas", 1)?
-            .set_default("metrics_addr", "127.0.0.1:9464")?;
+            .set_default("metrics_addr", "127.0.0.1:9464")?
+            .set_default("queue_sample_ms", 15_000)?;
         if let Some(path) = file {
             check_file_keys(path)?;
             builder = builder.add_source(config::File::from(path).required(true));
@@ -271,6 +275,9 @@ impl Settings {
                     self.metrics_addr
                 ),
             );
+        }
+        if self.queue_sample_ms < 1_000 {
+            return invalid("queue_sample_ms", "must be at least 1000".into());
         }
         if self.couchbase_bucket_replicas > 3 {
             return invalid("couchbase_bucket_replicas", "must be 0 to 3".into());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ledgerd::cli::{Cli, Command, FailedAction, SabotageArg};
+use ledgerd::cli::{Cli, Command, FailedAction, QueueAction, SabotageArg};
 use ledgerd::commands::{self, Exit};
 use ledgerd::config::Settings;
 use ledgerd::sim::Sabotage;
@@ -154,6 +154,15 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             Command::Tx { id } => commands::audit::tx(existing().await?.as_ref(), &id, stdout).await,
             Command::History { hash } => commands::audit::history(existing().await?.as_ref(), &hash, stdout).await,
             Command::Sweep => commands::inspect::sweep(existing().await?.as_ref(), stdout).await,
+            Command::Queue {
+                state,
+                json,
+                action: None,
+            } => commands::queue::list(existing().await?.as_ref(), state, json, stdout).await,
+            Command::Queue {
+                action: Some(QueueAction::Show { id }),
+                ..
+            } => commands::queue::show(existing().await?.as_ref(), &id, stdout).await,
             Command::Status { json } => commands::inspect::status(existing().await?.as_ref(), json, stdout).await,
             Command::Demo(args) => commands::demo::run(args.actions, args.workers).await,
             Command::Bench(args) => {

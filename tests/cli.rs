@@ -39,7 +39,7 @@ fn every_subcommand_has_help() {
     let s = Scratch::new();
     for cmd in [
         "init", "run", "enqueue", "plan", "balance", "balances", "failed", "status", "demo", "simulate", "audit", "tx",
-        "history", "bench", "sweep", "adjust",
+        "history", "bench", "sweep", "adjust", "queue",
     ] {
         let out = s.run(&[cmd, "--help"], "");
         assert!(out.status.success(), "{cmd} --help");
@@ -151,9 +151,14 @@ fn enqueue_run_and_inspect() {
     assert!(stderr(&out).contains("line 6:"), "{}", stderr(&out));
 
     let out = s.run(&["status", "--json"], "");
+    let status = &json_lines(&out)[0];
+    assert!(status["oldest_queued_age_s"].as_u64().is_some(), "{status}");
+    let mut status = status.clone();
+    status["oldest_queued_age_s"] = serde_json::json!(0);
     assert_eq!(
-        json_lines(&out)[0],
-        serde_json::json!({"queued":4,"failed":0,"transactions":0,"wallets":0})
+        status,
+        serde_json::json!({"queued":4,"ready":4,"locked":0,"blocked":0,"oldest_queued_age_s":0,
+            "failed":0,"transactions":0,"wallets":0})
     );
 
     let out = s.run(&["run", "--exit-when-idle"], "");
@@ -188,7 +193,8 @@ fn enqueue_run_and_inspect() {
     let out = s.run(&["status", "--json"], "");
     assert_eq!(
         json_lines(&out)[0],
-        serde_json::json!({"queued":0,"failed":2,"transactions":2,"wallets":3})
+        serde_json::json!({"queued":0,"ready":0,"locked":0,"blocked":0,"oldest_queued_age_s":null,
+            "failed":2,"transactions":2,"wallets":3})
     );
 
     // The last writes' markers are still on the wallets; the sweep takes

@@ -122,11 +122,45 @@ fn a_disk_that_takes_no_more_writes_turns_readyz_to_503_and_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
+    let started = std::time::Instant::now();
     let body = not_ready(port);
     assert!(body.contains("a write cannot commit"), "{body}");
+    // Many attempts fail the same way before the worker is stopped.
+    wait_until("20 attempts have failed", || {
+        get(port, "/metrics").is_some_and(|(_, m)| {
+            m.lines()
+                .find(|l| l.starts_with(r#"ledgerd_actions_total{outcome="error"}"#))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .is_some_and(|n| n >= 20.0)
+        })
+    });
     sigterm(&child);
     let out = child.wait_with_output().expect("exit");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // One line per cause per 10 s, then one with the count of the others.
+    let windows = 1 + started.elapsed().as_secs() as usize / 10;
+    let logs: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut per_cause: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for line in logs.iter().filter(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("action attempt failed"))
+    }) {
+        *per_cause.entry(line["error"].to_string()).or_default() += 1;
+    }
+    assert!(!per_cause.is_empty(), "{}", stderr(&out));
+    for (cause, lines) in &per_cause {
+        assert!(*lines <= windows, "{cause}: {lines} lines in {windows} windows");
+    }
+    let repeated: u64 = logs
+        .iter()
+        .filter(|l| l["message"] == "more action attempts failed with the same error")
+        .filter_map(|l| l["repeated"].as_u64())
+        .sum();
+    assert!(repeated > 0, "the collapsed attempts are counted: {}", stderr(&out));
 
     // With room again, a worker finishes the queue exactly.
     let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");

@@ -111,7 +111,9 @@ pub async fn sweep(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exi
     Ok(Exit::Success)
 }
 
-/// `ledgerd status`: document counts.
+/// `ledgerd status`: document counts, and the queue by state. Reads every
+/// queued action once on a store that cannot count them by state in one
+/// scan (Couchbase).
 pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> anyhow::Result<Exit> {
     let count = |bucket, prefix: &'static str| async move {
         store
@@ -119,19 +121,54 @@ pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> an
             .await
             .with_context(|| format!("counting {prefix} documents"))
     };
-    let queued = count(Bucket::Queue, ACTION_PREFIX).await?;
+    let census = store
+        .census(Bucket::Queue, ACTION_PREFIX, crate::protocol::BLOCKED_XATTR, None)
+        .await
+        .context("counting queued actions by state")?;
     let failed = count(Bucket::Queue, FAILED_PREFIX).await?;
     let transactions = count(Bucket::Ledger, TX_PREFIX).await?;
     let wallets = count(Bucket::Ledger, BALANCE_PREFIX).await?;
+    let (ready, locked, blocked) = match census.states {
+        Some((locked, blocked)) => (
+            Some(census.total.saturating_sub(locked).saturating_sub(blocked)),
+            Some(locked),
+            Some(blocked),
+        ),
+        None => (None, None, None),
+    };
+    let oldest_age_s = census
+        .oldest_created_ms
+        .map(|ms| crate::domain::time::unix_ms_now().saturating_sub(ms) / 1000);
     if as_json {
         writeln!(
             out,
             "{}",
-            json!({"queued": queued, "failed": failed, "transactions": transactions, "wallets": wallets})
+            json!({
+                "queued": census.total, "ready": ready, "locked": locked, "blocked": blocked,
+                "oldest_queued_age_s": oldest_age_s,
+                "failed": failed, "transactions": transactions, "wallets": wallets,
+            })
         )?;
     } else {
+        let shown = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
         writeln!(out, "store         {}", store.describe())?;
-        writeln!(out, "queued        {queued}")?;
+        writeln!(
+            out,
+            "queued        {} ({} ready, {} locked, {} blocked)",
+            census.total,
+            shown(ready),
+            shown(locked),
+            shown(blocked)
+        )?;
+        writeln!(
+            out,
+            "oldest        {}",
+            match (oldest_age_s, census.total) {
+                (_, 0) => "-".to_string(),
+                (Some(age), _) => format!("{age} s ago"),
+                (None, _) => "unknown (the store does not record when actions were queued)".to_string(),
+            }
+        )?;
         writeln!(out, "failed        {failed}")?;
         writeln!(out, "transactions  {transactions}")?;
         writeln!(out, "wallets       {wallets}")?;

@@ -9,6 +9,7 @@ pub mod enqueue;
 pub mod failed;
 pub mod inspect;
 pub mod plan;
+pub mod queue;
 pub mod run;
 pub mod simulate;
 

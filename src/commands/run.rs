@@ -93,7 +93,12 @@ pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Ex
     let store = open(settings, OpenMode::Existing).await.context("opening the store")?;
     let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
     let health = Arc::new(Health::default());
+    let mut sampler = None;
     let store: Arc<dyn Store> = if serve_ops(settings, store.clone(), health.clone(), listener_stopped).await? {
+        sampler = Some(tokio::spawn(metrics::sample_queue(
+            store.clone(),
+            Duration::from_millis(settings.queue_sample_ms),
+        )));
         Arc::new(Hooked::new(store, metrics::StoreMetrics))
     } else {
         store
@@ -101,6 +106,9 @@ pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Ex
     let cfg = worker_config(settings, exit_when_idle);
     let stats = worker::run(store, cfg, health, shutdown_requested()).await;
     let _ = stop_listener.send(());
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     if let Some(why) = stats.stopped {
         return Err(anyhow::Error::msg(why));
     }

@@ -47,6 +47,55 @@ pub const DISCOVERY_FAILURES: &str = "ledgerd_discovery_failures_total";
 /// 1 while discovery is failing (the worker is then not ready), else 0.
 pub const DISCOVERY_FAILING: &str = "ledgerd_discovery_failing";
 
+/// Queued actions by `state`: ready, locked, blocked (sampled; NaN while
+/// the store cannot tell cheaply, see `QUEUE_PROBE_MAX`).
+pub const QUEUE_ACTIONS: &str = "ledgerd_queue_actions";
+/// Age of the oldest queued action (sampled; NaN where the store cannot tell).
+pub const QUEUE_OLDEST_AGE: &str = "ledgerd_queue_oldest_age_seconds";
+/// Ids with rejected bodies in `failed:` (sampled).
+pub const FAILED_ACTIONS: &str = "ledgerd_failed_actions";
+/// Always 1, labelled with the `version` running.
+pub const BUILD_INFO: &str = "ledgerd_build_info";
+
+/// Most queued actions the sampler reads one by one to count them by state
+/// on a store that cannot count them in one scan (Couchbase: one lookup
+/// each); above it the per-state gauges read NaN.
+pub const QUEUE_PROBE_MAX: u64 = 1_000;
+
+/// Every label value each counter takes, so that each series exists, at 0,
+/// from the start (a rate over a series that appears late is wrong).
+fn register_at_zero() {
+    for outcome in ["completed", "duplicate", "failed", "blocked", "error", "skipped"] {
+        metrics::counter!(ACTIONS, "outcome" => outcome).absolute(0);
+    }
+    for name in [
+        CREDITS,
+        UNITS,
+        CLAIM_CONFLICTS,
+        WALLET_WRITES,
+        WALLET_WRITE_CREDITS,
+        RECORD_CHECKS,
+        MARKERS_PRUNED,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::counter!(RETRIES, "kind" => "transient").absolute(0);
+    for result in ["renewed", "lost"] {
+        metrics::counter!(LEASE_RENEWALS, "result" => result).absolute(0);
+    }
+    for kind in ["permanent", "transient"] {
+        metrics::counter!(DISCOVERY_FAILURES, "kind" => kind).absolute(0);
+    }
+    for op in OpKind::ALL {
+        for result in RESULT_LABELS {
+            metrics::counter!(STORE_OPS, "op" => op.name(), "result" => *result).absolute(0);
+        }
+    }
+    metrics::gauge!(IN_FLIGHT).set(0.0);
+    metrics::gauge!(DISCOVERY_FAILING).set(0.0);
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
 /// Histogram buckets in seconds, from 1 ms to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -90,8 +139,34 @@ pub fn install() -> Result<PrometheusHandle, String> {
         DISCOVERY_FAILING,
         "1 while discovery is failing (the worker is not ready)."
     );
+    describe_gauge!(
+        QUEUE_ACTIONS,
+        "Queued actions by state (sampled): ready, locked, blocked."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest queued action (sampled; NaN where the store cannot tell)."
+    );
+    describe_gauge!(FAILED_ACTIONS, "Action ids with rejected bodies in failed: (sampled).");
+    describe_gauge!(BUILD_INFO, "1, labelled with the running version.");
+    register_at_zero();
     Ok(handle)
 }
+
+/// Every value [`result_label`] gives.
+const RESULT_LABELS: &[&str] = &[
+    "ok",
+    "not_found",
+    "exists",
+    "cas_mismatch",
+    "locked",
+    "ambiguous",
+    "transient",
+    "permanent",
+    "limit_exceeded",
+    "path_not_found",
+];
 
 /// The label value of a store result.
 pub fn result_label(error: Option<&StoreError>) -> &'static str {
@@ -116,5 +191,77 @@ pub struct StoreMetrics;
 impl Hook for StoreMetrics {
     fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
         metrics::counter!(STORE_OPS, "op" => kind.name(), "result" => result_label(error)).increment(1);
+    }
+}
+
+/// Samples the queue by state, the oldest queued action and the failed
+/// ids for `/metrics`, every `interval`, forever (abort the task to stop).
+pub async fn sample_queue(store: std::sync::Arc<dyn crate::store::Store>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sample_queue_once(store.as_ref()).await;
+    }
+}
+
+/// One sample (see [`sample_queue`]); what cannot be read reads NaN.
+pub async fn sample_queue_once(store: &dyn crate::store::Store) {
+    use crate::domain::keys::{ACTION_PREFIX, FAILED_PREFIX};
+    use crate::store::Bucket;
+    let census = store
+        .census(
+            Bucket::Queue,
+            ACTION_PREFIX,
+            crate::protocol::BLOCKED_XATTR,
+            Some(QUEUE_PROBE_MAX),
+        )
+        .await;
+    let (states, oldest) = match &census {
+        Ok(c) => {
+            let states = c.states.map(|(locked, blocked)| {
+                let ready = c.total.saturating_sub(locked).saturating_sub(blocked);
+                [ready as f64, locked as f64, blocked as f64]
+            });
+            let oldest = c.oldest_created_ms.map(|ms| {
+                let now = crate::domain::time::unix_ms_now();
+                now.saturating_sub(ms) as f64 / 1000.0
+            });
+            (states, oldest)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "sampling the queue failed");
+            (None, None)
+        }
+    };
+    let states = states.unwrap_or([f64::NAN; 3]);
+    for (state, value) in ["ready", "locked", "blocked"].into_iter().zip(states) {
+        metrics::gauge!(QUEUE_ACTIONS, "state" => state).set(value);
+    }
+    metrics::gauge!(QUEUE_OLDEST_AGE).set(oldest.unwrap_or(f64::NAN));
+    let failed = store.count_keys(Bucket::Queue, FAILED_PREFIX).await;
+    metrics::gauge!(FAILED_ACTIONS).set(failed.map_or(f64::NAN, |n| n as f64));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_result_label_is_registered() {
+        let errors = [
+            None,
+            Some(StoreError::NotFound),
+            Some(StoreError::Exists),
+            Some(StoreError::CasMismatch),
+            Some(StoreError::Locked),
+            Some(StoreError::Ambiguous(String::new())),
+            Some(StoreError::Transient(String::new())),
+            Some(StoreError::Permanent(String::new())),
+            Some(StoreError::LimitExceeded(String::new())),
+            Some(StoreError::PathNotFound(String::new())),
+        ];
+        let labels: Vec<&str> = errors.iter().map(|e| result_label(e.as_ref())).collect();
+        assert_eq!(labels, RESULT_LABELS);
     }
 }

@@ -39,6 +39,22 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Every kind.
+    pub const ALL: [OpKind; 12] = [
+        OpKind::Get,
+        OpKind::GetWithXattrs,
+        OpKind::GetAndLock,
+        OpKind::Unlock,
+        OpKind::Insert,
+        OpKind::Replace,
+        OpKind::Remove,
+        OpKind::WriteWithXattrs,
+        OpKind::RemoveXattr,
+        OpKind::SetXattr,
+        OpKind::ListKeys,
+        OpKind::CountKeys,
+    ];
+
     /// True for operations that change a document.
     pub fn is_write(self) -> bool {
         !matches!(

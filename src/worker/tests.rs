@@ -120,3 +120,20 @@ async fn a_running_worker_is_not_ready_while_discovery_fails_and_recovers_after(
     let stats = worker.await.expect("worker");
     assert_eq!((stats.completed, stats.stopped), (3, None));
 }
+
+#[test]
+fn retry_delays_grow_to_a_minute_and_are_jittered_per_action() {
+    for number in 1..=12u32 {
+        let ceiling = (RETRY_DELAY_MS_MIN << number.clamp(1, 7).saturating_sub(1)).min(RETRY_DELAY_MS_MAX);
+        let drawn: std::collections::BTreeSet<u128> = (0..200).map(|_| retry_delay(number).as_millis()).collect();
+        assert!(
+            drawn
+                .iter()
+                .all(|d| (u128::from(ceiling / 2)..=u128::from(ceiling)).contains(d)),
+            "{number}: {drawn:?}"
+        );
+        // Actions blocked together do not all come back together.
+        assert!(drawn.len() > 50, "{number}: {} distinct delays", drawn.len());
+    }
+    assert!(retry_delay(99) <= Duration::from_millis(RETRY_DELAY_MS_MAX));
+}
