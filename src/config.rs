@@ -181,6 +181,15 @@ impl Settings {
     /// Loads settings from defaults, an optional TOML file, the environment
     /// and `overrides` (flags), in that order of precedence.
     pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        Self::build(file, true, overrides)
+    }
+
+    /// The defaults alone: no file, no environment, no flags.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::build(None, false, &[])
+    }
+
+    fn build(file: Option<&Path>, environment: bool, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder()
             .set_default("store", DEFAULT_STORE_URL)?
             .set_default("queue_bucket", "queue")?
@@ -204,7 +213,9 @@ impl Settings {
             check_file_keys(path)?;
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        builder = builder.add_source(config::Environment::with_prefix(ENV_PREFIX));
+        if environment {
+            builder = builder.add_source(config::Environment::with_prefix(ENV_PREFIX));
+        }
         for (key, value) in overrides {
             builder = builder.set_override(*key, value.as_str())?;
         }

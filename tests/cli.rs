@@ -47,6 +47,19 @@ fn every_subcommand_has_help() {
     }
     let out = s.run(&["--help"], "");
     assert!(stdout(&out).contains("LEDGERD_STORE"));
+    // The defaults `--help` states are the ones in force.
+    let defaults = ledgerd::config::Settings::defaults().expect("defaults");
+    let help = stdout(&s.run(&["run", "--help"], ""));
+    for stated in [
+        format!("(default {})", defaults.concurrency),
+        format!("(default {})", defaults.lease_ms),
+        format!("(default {})", defaults.shutdown_grace_ms),
+        format!("(default {})", defaults.metrics_addr),
+        format!("(default {};", defaults.log_level),
+        format!("(default {})", defaults.store),
+    ] {
+        assert!(help.contains(&stated), "{stated}: {help}");
+    }
 }
 
 #[test]

@@ -62,6 +62,11 @@ fn every_rejected_body_of_an_id_is_listed_with_when_and_why() {
         assert_eq!(e["digest"].as_str().map(str::len), Some(64));
     }
     assert_eq!(entries[0]["kind"], "share has more than 8 decimal places");
+    // Shares are shown as written: a string share once quoted, not twice.
+    assert_eq!(
+        entries[0]["reason"],
+        r#"beneficiary "alice": share "0.000000001" has more than 8 decimal places"#
+    );
     assert!(entries[1]["reason"]
         .as_str()
         .is_some_and(|r| r.contains("share -5 must be greater than 0")));
