@@ -157,7 +157,7 @@ pub async fn show(store: &dyn Store, id: &str, mut out: impl Write) -> anyhow::R
 }
 
 /// The transaction record of `id`, if it was credited (or is being).
-async fn credited(store: &dyn Store, id: &str) -> anyhow::Result<Option<TxRecord>> {
+pub(crate) async fn credited(store: &dyn Store, id: &str) -> anyhow::Result<Option<TxRecord>> {
     match store.get(Bucket::Ledger, &tx_key(id)).await {
         Ok(doc) => Ok(Some(
             TxRecord::parse(id, &doc.body).map_err(|e| anyhow::anyhow!("{}: {e}", tx_key(id)))?,

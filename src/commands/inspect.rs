@@ -8,38 +8,20 @@ use serde_json::json;
 use super::Exit;
 use crate::domain::keys::{balance_key, ACTION_PREFIX, BALANCE_PREFIX, FAILED_PREFIX, TX_PREFIX};
 use crate::domain::Units;
-use crate::store::{Bucket, Store, StoreError};
+use crate::store::{Bucket, KeyPages, Store, StoreError};
 
-/// Keys read per page when listing.
-const LIST_PAGE_SIZE: usize = 500;
-
-/// Pages through the keys under a prefix.
-pub(crate) struct Keys<'a> {
-    store: &'a dyn Store,
-    bucket: Bucket,
-    prefix: &'static str,
-    after: Option<String>,
-}
+/// Pages through the keys under a prefix (see [`KeyPages`]), with errors
+/// for a person.
+pub(crate) struct Keys<'a>(KeyPages<'a, dyn Store + 'a>);
 
 impl<'a> Keys<'a> {
     pub(crate) fn new(store: &'a dyn Store, bucket: Bucket, prefix: &'static str) -> Self {
-        Self {
-            store,
-            bucket,
-            prefix,
-            after: None,
-        }
+        Self(KeyPages::new(store, bucket, prefix))
     }
 
     /// The next page, or `None` at the end.
     pub(crate) async fn next_page(&mut self) -> anyhow::Result<Option<Vec<String>>> {
-        let page = self
-            .store
-            .list_keys(self.bucket, self.prefix, self.after.as_deref(), LIST_PAGE_SIZE)
-            .await
-            .context("listing keys")?;
-        self.after = page.last().cloned();
-        Ok(if page.is_empty() { None } else { Some(page) })
+        self.0.next_page().await.context("listing keys")
     }
 }
 

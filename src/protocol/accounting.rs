@@ -30,13 +30,11 @@ use crate::domain::keys::{
     adj_marker_path, balance_key, marker_path, ADJ_PREFIX, BALANCE_PREFIX, MARKERS_XATTR, TX_PREFIX,
 };
 use crate::domain::Units;
-use crate::store::{Bucket, Cas, Store, StoreError, LOCKED_CAS};
+use crate::store::{Bucket, Cas, KeyPages, Store, StoreError, LOCKED_CAS};
 
 /// The ledger document holding balances that came from outside ledgerd
 /// (the first part of them, and how many parts there are).
 pub const OPENING_KEY: &str = "audit:opening";
-/// Keys listed per page.
-const PAGE_SIZE: usize = 500;
 /// Rounds of read, scan, read before the wallets still changing are locked.
 const UNLOCKED_ROUNDS: usize = 2;
 /// How long a changing wallet is locked for one scan (Couchbase's longest).
@@ -211,14 +209,8 @@ pub async fn scan(store: &dyn Store) -> Result<Scan> {
 /// Calls `each` with every ledger document under `prefix` (skipping those
 /// removed since they were listed).
 async fn for_each_doc(store: &dyn Store, prefix: &str, mut each: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_keys(Bucket::Ledger, prefix, after.as_deref(), PAGE_SIZE)
-            .await?;
-        let Some(last) = page.last().cloned() else {
-            return Ok(());
-        };
+    let mut pages = KeyPages::new(store, Bucket::Ledger, prefix);
+    while let Some(page) = pages.next_page().await? {
         for key in &page {
             match retry(|| store.get(Bucket::Ledger, key)).await {
                 Ok(doc) => each(key, &doc.body)?,
@@ -226,24 +218,18 @@ async fn for_each_doc(store: &dyn Store, prefix: &str, mut each: impl FnMut(&str
                 Err(e) => return Err(e.into()),
             }
         }
-        after = Some(last);
     }
+    Ok(())
 }
 
 /// Every wallet key's hash.
 pub async fn wallet_hashes(store: &dyn Store) -> Result<BTreeSet<String>> {
     let mut hashes = BTreeSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_keys(Bucket::Ledger, BALANCE_PREFIX, after.as_deref(), PAGE_SIZE)
-            .await?;
-        let Some(last) = page.last().cloned() else {
-            return Ok(hashes);
-        };
+    let mut pages = KeyPages::new(store, Bucket::Ledger, BALANCE_PREFIX);
+    while let Some(page) = pages.next_page().await? {
         hashes.extend(page.iter().map(|k| k[BALANCE_PREFIX.len()..].to_string()));
-        after = Some(last);
     }
+    Ok(hashes)
 }
 
 /// The opening snapshot: every part's balances, by hash (empty if none).

@@ -7,7 +7,7 @@ use super::apply::prune_if_completed;
 use super::records::{AdjRecord, AdjState};
 use super::Result;
 use crate::domain::keys::{adj_key, balance_key, BALANCE_PREFIX, MARKERS_XATTR};
-use crate::store::{Bucket, Store, StoreError};
+use crate::store::{Bucket, KeyPages, Store, StoreError};
 
 /// Wallets read per page of the sweep.
 const SWEEP_PAGE_SIZE: usize = 500;
@@ -31,14 +31,8 @@ async fn prune_adj_if_applied(store: &dyn Store, hash: &str, path: &str, adj_id:
 /// how many it removed. Markers of actions still in progress stay.
 pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
     let mut removed = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_keys(Bucket::Ledger, BALANCE_PREFIX, after.as_deref(), SWEEP_PAGE_SIZE)
-            .await?;
-        let Some(last) = page.last().cloned() else {
-            return Ok(removed);
-        };
+    let mut pages = KeyPages::sized(store, Bucket::Ledger, BALANCE_PREFIX, SWEEP_PAGE_SIZE);
+    while let Some(page) = pages.next_page().await? {
         for key in &page {
             let doc = match store.get_with_xattrs(Bucket::Ledger, key, &[MARKERS_XATTR]).await {
                 Ok(doc) => doc,
@@ -59,6 +53,6 @@ pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
                 removed += u64::from(pruned);
             }
         }
-        after = Some(last);
     }
+    Ok(removed)
 }

@@ -145,8 +145,53 @@ impl StoreError {
     }
 }
 
-/// Keys read per page by the default [`Store::census`].
-const CENSUS_PAGE: usize = 500;
+/// Keys read per page by [`KeyPages`] unless told otherwise.
+pub const KEY_PAGE: usize = 500;
+
+/// Pages through the keys under a prefix, in key order: each page starts
+/// after the last key of the one before, so keys added or removed meanwhile
+/// never make it repeat or skip one that stays.
+pub struct KeyPages<'a, S: Store + ?Sized> {
+    store: &'a S,
+    bucket: Bucket,
+    prefix: &'a str,
+    after: Option<String>,
+    page: usize,
+    done: bool,
+}
+
+impl<'a, S: Store + ?Sized> KeyPages<'a, S> {
+    /// Pages of [`KEY_PAGE`] keys under `prefix`.
+    pub fn new(store: &'a S, bucket: Bucket, prefix: &'a str) -> Self {
+        Self::sized(store, bucket, prefix, KEY_PAGE)
+    }
+
+    /// Pages of `page` keys under `prefix`.
+    pub fn sized(store: &'a S, bucket: Bucket, prefix: &'a str, page: usize) -> Self {
+        Self {
+            store,
+            bucket,
+            prefix,
+            after: None,
+            page: page.max(1),
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    pub async fn next_page(&mut self) -> StoreResult<Option<Vec<String>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .store
+            .list_keys(self.bucket, self.prefix, self.after.as_deref(), self.page)
+            .await?;
+        self.done = page.len() < self.page;
+        self.after = page.last().cloned();
+        Ok(if page.is_empty() { None } else { Some(page) })
+    }
+}
 
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -234,9 +279,8 @@ pub trait Store: Send + Sync {
             });
         }
         let (mut all, mut locked, mut marked) = (0u64, 0u64, 0u64);
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.list_keys(bucket, prefix, after.as_deref(), CENSUS_PAGE).await?;
+        let mut pages = KeyPages::new(self, bucket, prefix);
+        while let Some(page) = pages.next_page().await? {
             for key in &page {
                 match self.get_with_xattrs(bucket, key, &[path]).await {
                     Ok(doc) if doc.cas == LOCKED_CAS => locked += 1,
@@ -245,10 +289,6 @@ pub trait Store: Send + Sync {
                     Err(e) => return Err(e),
                 }
                 all += 1;
-            }
-            match page.last() {
-                Some(last) if page.len() == CENSUS_PAGE => after = Some(last.clone()),
-                _ => break,
             }
         }
         Ok(Census {

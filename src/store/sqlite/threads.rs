@@ -19,7 +19,7 @@ const UPSERT_SQL: &str =
      cas = excluded.cas, lock_until_ms = excluded.lock_until_ms, created_ms = excluded.created_ms";
 /// One document created, unless it exists.
 const INSERT_SQL: &str =
-    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)
+    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
      ON CONFLICT (bucket, key) DO NOTHING";
 /// One document removed.
 const DELETE_SQL: &str = "DELETE FROM docs WHERE bucket = ?1 AND key = ?2";
@@ -40,6 +40,11 @@ pub(super) fn sql_error(e: rusqlite::Error) -> StoreError {
         }
         _ => StoreError::Permanent(e.to_string()),
     }
+}
+
+/// A time column's value (SQLite integers are signed).
+fn ms_column(ms: Option<u64>) -> Option<i64> {
+    ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 fn i64_of(cas: Cas) -> StoreResult<i64> {
@@ -85,30 +90,34 @@ pub(super) fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Sl
     }))
 }
 
+/// Runs `sql` (an insert of every column, ?1 to ?7) for one document;
+/// returns the rows it changed.
+fn write_row(conn: &Connection, sql: &str, bucket: &str, key: &str, e: &Entry) -> StoreResult<usize> {
+    let cas = i64_of(e.cas)?;
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                bucket,
+                key,
+                e.body,
+                e.xattrs.to_string(),
+                cas,
+                ms_column(e.lock_until_ms),
+                ms_column(e.created_ms)
+            ])
+        })
+        .map_err(sql_error)
+}
+
 fn save(conn: &Connection, bucket: &str, key: &str, slot: &Slot) -> StoreResult<()> {
     match slot {
         None => conn
             .prepare_cached(DELETE_SQL)
             .and_then(|mut stmt| stmt.execute(params![bucket, key]))
-            .map(|_| ()),
-        Some(e) => {
-            let cas = i64_of(e.cas)?;
-            conn.prepare_cached(UPSERT_SQL)
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        bucket,
-                        key,
-                        e.body,
-                        e.xattrs.to_string(),
-                        cas,
-                        e.lock_until_ms.map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
-                        e.created_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX))
-                    ])
-                })
-                .map(|_| ())
-        }
+            .map(|_| ())
+            .map_err(sql_error),
+        Some(e) => write_row(conn, UPSERT_SQL, bucket, key, e).map(|_| ()),
     }
-    .map_err(sql_error)
 }
 
 /// The writer's open transaction: one time and one run of CAS values for
@@ -162,22 +171,7 @@ pub(super) fn apply_insert<T>(
     let Some(e) = slot else {
         return Err(StoreError::Permanent("an insert produced no document".into()));
     };
-    let cas = i64_of(e.cas)?;
-    let inserted = tx
-        .conn
-        .prepare_cached(INSERT_SQL)
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                bucket,
-                key,
-                e.body,
-                e.xattrs.to_string(),
-                cas,
-                e.created_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX))
-            ])
-        })
-        .map_err(sql_error)?;
-    if inserted == 0 {
+    if write_row(tx.conn, INSERT_SQL, bucket, key, &e)? == 0 {
         return Err(StoreError::Exists);
     }
     Ok(out)
