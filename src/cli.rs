@@ -378,6 +378,10 @@ pub struct RunArgs {
     /// A second signal exits at once.
     #[arg(long, value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// For `ledgerd bench`: at exit, write this process's per-action
+    /// latencies and store operation counts to FILE as JSON.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub bench_report: Option<PathBuf>,
 }
 
 /// Options of `ledgerd adjust`.

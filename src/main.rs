@@ -97,7 +97,9 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
         match command {
             Command::Plan | Command::Simulate(_) => unreachable!("handled above"),
             Command::Init => commands::run::init(&settings).await,
-            Command::Run(args) => commands::run::run(&settings, args.exit_when_idle).await,
+            Command::Run(args) => {
+                commands::run::run(&settings, args.exit_when_idle, args.bench_report.as_deref()).await
+            }
             Command::Enqueue => commands::enqueue::run(existing().await?, tokio::io::stdin()).await,
             Command::Balance { hashes } => {
                 commands::inspect::balance(existing().await?.as_ref(), &hashes, stdout).await

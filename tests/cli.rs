@@ -359,6 +359,29 @@ fn bench_reports_in_the_documented_shape() {
     assert!(r["wallet_markers_max"].as_u64().is_some(), "{r}");
     assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(!s.db().exists(), "bench uses its own temporary store");
+    assert_eq!(r["processes"], 1);
+
+    // Several processes: latency and operations across all of them.
+    let out = s.run(
+        &[
+            "bench",
+            "--actions",
+            "60",
+            "--concurrency",
+            "4",
+            "--processes",
+            "2",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["processes"], 2);
+    for k in ["p50", "p99", "max"] {
+        assert!(r["latency_ms"][k].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
+    }
+    assert_eq!(r["store_ops_per_action"]["wallet_writes"], 3.0, "{r}");
 }
 
 /// A hot wallet credited by 1,024 actions in flight at once, on the

@@ -64,11 +64,48 @@ fn body(entries: &[String]) -> String {
 /// Counts store operations by what they cost: reads, writes, conflicts,
 /// and the wallet writes among the writes.
 #[derive(Default)]
-struct OpCounter {
+pub struct OpCounter {
     reads: AtomicU64,
     writes: AtomicU64,
     wallet_writes: AtomicU64,
     conflicts: AtomicU64,
+}
+
+/// What one `ledgerd run --bench-report FILE` process did: its latencies
+/// and its store operations.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct ProcessReport {
+    /// Claim-to-completion of each action it completed, in ms.
+    pub latencies_ms: Vec<f64>,
+    /// Store reads.
+    pub reads: u64,
+    /// Store writes.
+    pub writes: u64,
+    /// Wallet writes among them.
+    pub wallet_writes: u64,
+    /// CAS mismatches, exists and locked answers.
+    pub conflicts: u64,
+}
+
+impl ProcessReport {
+    /// The report of a worker that ran with `counter`.
+    pub fn new(latencies: &[Duration], counter: &OpCounter) -> Self {
+        Self {
+            latencies_ms: latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect(),
+            reads: counter.reads.load(Ordering::Relaxed),
+            writes: counter.writes.load(Ordering::Relaxed),
+            wallet_writes: counter.wallet_writes.load(Ordering::Relaxed),
+            conflicts: counter.conflicts.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&mut self, other: ProcessReport) {
+        self.latencies_ms.extend(other.latencies_ms);
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.wallet_writes += other.wallet_writes;
+        self.conflicts += other.conflicts;
+    }
 }
 
 #[async_trait::async_trait]
@@ -110,8 +147,12 @@ struct Report {
     actions: u64,
     actions_per_sec: f64,
     credits_per_sec: f64,
-    latency_ms: Option<Latency>,
-    store_ops_per_action: Option<OpsPerAction>,
+    /// Across every worker process.
+    latency_ms: Latency,
+    /// Across every worker process.
+    store_ops_per_action: OpsPerAction,
+    /// Worker processes.
+    processes: usize,
     peak_rss_bytes: u64,
     /// Every wallet checked against the totals of the generated actions.
     balances_exact: bool,
@@ -128,9 +169,9 @@ fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    sorted.get(i).copied().unwrap_or(0.0)
 }
 
 /// What `ledgerd bench` was asked to do.
@@ -201,16 +242,15 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
         ..super::run::worker_config(&settings, true)
     };
     let started = Instant::now();
-    let (latencies, ops) = if args.processes <= 1 {
+    let merged = if args.processes <= 1 {
         let counter = Arc::new(Hooked::new(store.clone(), OpCounter::default()));
         let stats = worker::run(counter.clone(), cfg, Arc::default(), std::future::pending::<()>()).await;
         if let Some(why) = stats.stopped {
             anyhow::bail!(why);
         }
-        (Some(stats.latencies), Some(counter))
+        ProcessReport::new(&stats.latencies, &counter.hook)
     } else {
-        run_processes(&settings, &args)?;
-        (None, None)
+        run_processes(&settings, &args, dir.path())?
     };
     let secs = started.elapsed().as_secs_f64();
     progress.abort();
@@ -230,20 +270,22 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
         actions: args.actions,
         actions_per_sec: done / secs,
         credits_per_sec: done * credits_per_action / secs,
-        latency_ms: latencies.map(|mut l| {
-            l.sort();
+        latency_ms: {
+            let mut l = merged.latencies_ms.clone();
+            l.sort_by(f64::total_cmp);
             Latency {
                 p50: percentile(&l, 0.5),
                 p99: percentile(&l, 0.99),
                 max: percentile(&l, 1.0),
             }
-        }),
-        store_ops_per_action: ops.map(|c| OpsPerAction {
-            reads: c.hook.reads.load(Ordering::Relaxed) as f64 / done,
-            writes: c.hook.writes.load(Ordering::Relaxed) as f64 / done,
-            wallet_writes: c.hook.wallet_writes.load(Ordering::Relaxed) as f64 / done,
-            conflicts: c.hook.conflicts.load(Ordering::Relaxed) as f64 / done,
-        }),
+        },
+        store_ops_per_action: OpsPerAction {
+            reads: merged.reads as f64 / done,
+            writes: merged.writes as f64 / done,
+            wallet_writes: merged.wallet_writes as f64 / done,
+            conflicts: merged.conflicts as f64 / done,
+        },
+        processes: args.processes.max(1),
         peak_rss_bytes: peak_rss_bytes(),
         balances_exact: true,
         wallet_markers_max,
@@ -289,12 +331,17 @@ async fn check_balances(store: &dyn Store, expected: &BTreeMap<String, u64>) -> 
     Ok(markers_max)
 }
 
-/// Runs `processes` `ledgerd run --exit-when-idle` children on the store.
-fn run_processes(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
+/// Runs `processes` `ledgerd run --exit-when-idle` children on the store,
+/// and merges what they report.
+fn run_processes(settings: &Settings, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<ProcessReport> {
     let exe = std::env::current_exe().context("finding the ledgerd binary")?;
     let concurrency = args.concurrency.to_string();
-    let children: Vec<_> = (0..args.processes)
-        .map(|_| {
+    let reports: Vec<std::path::PathBuf> = (0..args.processes)
+        .map(|i| dir.join(format!("process-{i}.json")))
+        .collect();
+    let children: Vec<_> = reports
+        .iter()
+        .map(|report| {
             std::process::Command::new(&exe)
                 .args([
                     "--store",
@@ -305,6 +352,8 @@ fn run_processes(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
                     "--exit-when-idle",
                 ])
                 .args(["--metrics-addr", "off", "--concurrency", &concurrency])
+                .arg("--bench-report")
+                .arg(report)
                 .stdout(Stdio::null())
                 .spawn()
         })
@@ -314,7 +363,12 @@ fn run_processes(settings: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         let status = child.wait()?;
         anyhow::ensure!(status.success(), "a worker process failed: {status}");
     }
-    Ok(())
+    let mut merged = ProcessReport::default();
+    for report in &reports {
+        let text = std::fs::read(report).with_context(|| format!("reading {}", report.display()))?;
+        merged.add(serde_json::from_slice(&text).with_context(|| format!("reading {}", report.display()))?);
+    }
+    Ok(merged)
 }
 
 /// A progress line on a terminal while the queue drains.
@@ -349,15 +403,14 @@ fn print_report(r: &Report, json: bool) -> anyhow::Result<()> {
     println!("actions         {}", r.actions);
     println!("actions/s       {:.0}", r.actions_per_sec);
     println!("credits/s       {:.0}", r.credits_per_sec);
-    if let Some(l) = &r.latency_ms {
-        println!("latency ms      p50 {:.1}  p99 {:.1}  max {:.1}", l.p50, l.p99, l.max);
-    }
-    if let Some(o) = &r.store_ops_per_action {
-        println!(
-            "ops/action      reads {:.2}  writes {:.2} (wallet writes {:.2})  conflicts {:.2}",
-            o.reads, o.writes, o.wallet_writes, o.conflicts
-        );
-    }
+    println!("processes       {}", r.processes);
+    let l = &r.latency_ms;
+    println!("latency ms      p50 {:.1}  p99 {:.1}  max {:.1}", l.p50, l.p99, l.max);
+    let o = &r.store_ops_per_action;
+    println!(
+        "ops/action      reads {:.2}  writes {:.2} (wallet writes {:.2})  conflicts {:.2}",
+        o.reads, o.writes, o.wallet_writes, o.conflicts
+    );
     println!(
         "balances        exact ({} markers at most on a wallet)",
         r.wallet_markers_max

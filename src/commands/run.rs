@@ -87,7 +87,11 @@ async fn serve_ops(
 
 /// Runs the worker until SIGINT/SIGTERM (or idle, with `exit_when_idle`),
 /// serving metrics and health on `metrics_addr` unless it is `off`.
-pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Exit> {
+pub async fn run(
+    settings: &Settings,
+    exit_when_idle: bool,
+    bench_report: Option<&std::path::Path>,
+) -> anyhow::Result<Exit> {
     // Only `init` creates a store: a worker started on a mistyped path must
     // fail, not drain an empty queue of its own.
     let store = open(settings, OpenMode::Existing).await.context("opening the store")?;
@@ -103,8 +107,17 @@ pub async fn run(settings: &Settings, exit_when_idle: bool) -> anyhow::Result<Ex
     } else {
         store
     };
+    let counter = bench_report.map(|_| Arc::new(Hooked::new(store.clone(), super::bench::OpCounter::default())));
+    let store: Arc<dyn Store> = match &counter {
+        Some(counter) => counter.clone(),
+        None => store,
+    };
     let cfg = worker_config(settings, exit_when_idle);
     let stats = worker::run(store, cfg, health, shutdown_requested()).await;
+    if let (Some(path), Some(counter)) = (bench_report, &counter) {
+        let report = super::bench::ProcessReport::new(&stats.latencies, &counter.hook);
+        std::fs::write(path, serde_json::to_vec(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
     let _ = stop_listener.send(());
     if let Some(sampler) = sampler {
         sampler.abort();
