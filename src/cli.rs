@@ -175,8 +175,8 @@ pub enum Command {
     /// then checks every balance and action. A failing seed prints the command
     /// that replays it. Touches no real store.
     Simulate(SimulateArgs),
-    /// Measure throughput, latency, store operations and memory on a
-    /// generated workload in a fresh store (a temporary embedded one unless
+    /// Measure throughput, latency (p50, p99, max), store operations and
+    /// round trips per action, and peak memory on a generated workload in a fresh store (a temporary embedded one unless
     /// --target names another), then check every wallet's balance.
     Bench(BenchArgs),
 }
@@ -193,8 +193,8 @@ pub struct BenchArgs {
     /// Actions each worker process works on at once.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
-    /// Worker processes; with 1 the worker runs in this process and store
-    /// operations are counted.
+    /// Worker processes (each a `ledgerd run` on the store); latency, store
+    /// operations and memory are reported across all of them.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub processes: usize,
     /// Store URL to benchmark (must have no queued actions and no wallets:

@@ -18,7 +18,7 @@ use super::Exit;
 use crate::config::Settings;
 use crate::domain::keys::{action_key, balance_key, ACTION_PREFIX, BALANCE_PREFIX, MARKERS_XATTR};
 use crate::domain::Units;
-use crate::store::hooked::{Hook, Hooked, OpKind};
+use crate::store::hooked::{Fault, Hook, Hooked, InFlight, OpKind};
 use crate::store::{open, Bucket, OpenMode, Store, StoreError};
 use crate::worker::{self, WorkerConfig};
 
@@ -69,6 +69,7 @@ pub struct OpCounter {
     writes: AtomicU64,
     wallet_writes: AtomicU64,
     conflicts: AtomicU64,
+    round_trips: AtomicU64,
 }
 
 /// What one `ledgerd run --bench-report FILE` process did: its latencies
@@ -85,6 +86,14 @@ pub struct ProcessReport {
     pub wallet_writes: u64,
     /// CAS mismatches, exists and locked answers.
     pub conflicts: u64,
+    /// Sequential round trips on the actions' paths: a store call that
+    /// starts while none of its action is in flight begins one, and a write
+    /// group counts one per stage, as Couchbase runs it.
+    #[serde(default)]
+    pub round_trips: u64,
+    /// The process's peak resident memory.
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
 }
 
 impl ProcessReport {
@@ -96,6 +105,8 @@ impl ProcessReport {
             writes: counter.writes.load(Ordering::Relaxed),
             wallet_writes: counter.wallet_writes.load(Ordering::Relaxed),
             conflicts: counter.conflicts.load(Ordering::Relaxed),
+            round_trips: counter.round_trips.load(Ordering::Relaxed),
+            peak_rss_bytes: peak_rss_bytes(),
         }
     }
 
@@ -105,12 +116,24 @@ impl ProcessReport {
         self.writes += other.writes;
         self.wallet_writes += other.wallet_writes;
         self.conflicts += other.conflicts;
+        self.round_trips += other.round_trips;
+        self.peak_rss_bytes = self.peak_rss_bytes.max(other.peak_rss_bytes);
     }
 }
 
 #[async_trait::async_trait]
 impl Hook for OpCounter {
+    async fn before(&self, _kind: OpKind, _key: &str) -> Fault {
+        if InFlight::begin() {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        Fault::Pass
+    }
+    fn watches_only(&self) -> bool {
+        true
+    }
     fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
+        InFlight::end();
         let counter = if kind.is_write() { &self.writes } else { &self.reads };
         counter.fetch_add(1, Ordering::Relaxed);
         if kind == OpKind::WriteWithXattrs {
@@ -138,6 +161,7 @@ struct OpsPerAction {
     writes: f64,
     wallet_writes: f64,
     conflicts: f64,
+    round_trips: f64,
 }
 
 #[derive(Serialize)]
@@ -153,6 +177,7 @@ struct Report {
     store_ops_per_action: OpsPerAction,
     /// Worker processes.
     processes: usize,
+    /// The largest of this process's and every worker process's.
     peak_rss_bytes: u64,
     /// Every wallet checked against the totals of the generated actions.
     balances_exact: bool,
@@ -284,9 +309,10 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
             writes: merged.writes as f64 / done,
             wallet_writes: merged.wallet_writes as f64 / done,
             conflicts: merged.conflicts as f64 / done,
+            round_trips: merged.round_trips as f64 / done,
         },
         processes: args.processes.max(1),
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: peak_rss_bytes().max(merged.peak_rss_bytes),
         balances_exact: true,
         wallet_markers_max,
     };
@@ -411,6 +437,7 @@ fn print_report(r: &Report, json: bool) -> anyhow::Result<()> {
         "ops/action      reads {:.2}  writes {:.2} (wallet writes {:.2})  conflicts {:.2}",
         o.reads, o.writes, o.wallet_writes, o.conflicts
     );
+    println!("round trips     {:.2} per action", o.round_trips);
     println!(
         "balances        exact ({} markers at most on a wallet)",
         r.wallet_markers_max

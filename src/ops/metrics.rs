@@ -192,6 +192,9 @@ impl Hook for StoreMetrics {
     fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
         metrics::counter!(STORE_OPS, "op" => kind.name(), "result" => result_label(error)).increment(1);
     }
+    fn watches_only(&self) -> bool {
+        true
+    }
 }
 
 /// Samples the queue by state, the oldest queued action and the failed

@@ -14,6 +14,7 @@ mod apply;
 mod claim;
 mod coalesce;
 pub mod dead_letters;
+mod grouped;
 pub mod records;
 mod sweep;
 mod wallet;
@@ -248,6 +249,7 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
     if let Err(e) = check_action_id(id) {
         return reject(store, id, claim, "invalid action id", &format!("action id {e}")).await;
     }
+    let mut progress = Progress::default();
     let (tx, tx_cas, prefetched) = match read_tx(store, id).await? {
         Some((tx, cas)) => (tx, cas, None),
         None => {
@@ -255,29 +257,39 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
                 Ok(plan) => plan,
                 Err(e) => return reject(store, id, claim, &e.kind(), &e.to_string()).await,
             };
-            match commit(store, id, &plan, opts).await? {
+            match commit(store, id, claim, &plan, opts).await? {
                 Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
                 // A record another worker already completed (it won the
                 // commit race and finished) makes this a duplicate too.
                 Commit::Recorded { tx, cas, prefetched } => (tx, cas, prefetched),
+                Commit::Grouped { tx, cas, done } => {
+                    progress = done;
+                    (tx, cas, None)
+                }
             }
         }
     };
     let was_completed = tx.state == TxState::Completed;
-    let (mut stale, mut credited) = (Vec::new(), (0, 0));
-    if tx.state == TxState::Committed {
-        let application = apply_credits(store, id, &tx, prefetched, opts).await?;
-        stale = application.stale;
-        credited = (application.written_credits, application.written_units);
-        match application.applied {
-            Applied::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
-            Applied::Done | Applied::CompletedElsewhere => {}
+    let (mut stale, mut credited) = (progress.stale, progress.credited);
+    if tx.state == TxState::Committed && !progress.completed {
+        if !progress.applied {
+            let application = apply_credits(store, id, &tx, prefetched, opts).await?;
+            stale.extend(application.stale);
+            credited.0 += application.written_credits;
+            credited.1 = credited.1.saturating_add(application.written_units);
+            match application.applied {
+                Applied::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
+                Applied::Done | Applied::CompletedElsewhere => {}
+            }
         }
         complete(store, id, &tx, tx_cas).await?;
     }
     // From here the record is completed: this action's markers may go.
     opts.recent.insert(id);
-    let removed = finish(store, id, claim, &tx).await?;
+    let removed = match progress.removed {
+        true => None,
+        false => finish(store, id, claim, &tx).await?,
+    };
     prune_markers(store, &stale).await;
     Ok(match removed {
         Some(outcome) => outcome,
@@ -287,6 +299,16 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
             units: credited.1,
         },
     })
+}
+
+/// What a write group did for an action (see `grouped`); by default, nothing.
+#[derive(Default)]
+struct Progress {
+    stale: Vec<(String, String, String)>,
+    credited: (usize, u64),
+    applied: bool,
+    completed: bool,
+    removed: bool,
 }
 
 /// Reads `tx:<id>` with its CAS, checking the record.
@@ -308,10 +330,17 @@ enum Commit {
         cas: Cas,
         prefetched: Option<Vec<wallet::Snapshot>>,
     },
+    /// Committed by a write group, which may have gone further.
+    Grouped {
+        tx: TxRecord,
+        cas: Cas,
+        done: Progress,
+    },
 }
 
-/// Step 3: pre-check the wallets, then insert the record (the commit point).
-async fn commit(store: &dyn Store, id: &str, plan: &Plan, opts: &Options) -> Result<Commit> {
+/// Step 3: pre-check the wallets, then insert the record (the commit point),
+/// as the first write of a group with steps 4 to 6 where that is safe.
+async fn commit(store: &dyn Store, id: &str, claim: &Claim, plan: &Plan, opts: &Options) -> Result<Commit> {
     let reads = apply::observe_wallets(store, &plan.credits, opts).await?;
     let own = crate::domain::keys::marker_path(id);
     for (credit, read) in plan.credits.iter().zip(&reads) {
@@ -319,20 +348,49 @@ async fn commit(store: &dyn Store, id: &str, plan: &Plan, opts: &Options) -> Res
             return Ok(Commit::Blocked(reason));
         }
     }
-    let tx = TxRecord::committed(id, plan);
-    let (key, body) = (tx_key(id), tx.to_bytes());
-    let outcome = retry(|| store.insert(Bucket::Ledger, &key, &body)).await;
-    match outcome {
-        // Our insert made the record after our reads, so nobody can have
-        // applied (let alone pruned) a credit before them: the reads stand.
-        Ok(cas) => Ok(Commit::Recorded {
+    let error = match grouped::try_group(store, id, claim, plan, &reads, opts).await {
+        grouped::Reached::Committed {
             tx,
             cas,
-            prefetched: Some(reads),
-        }),
+            credited,
+            applied,
+            completed,
+            removed,
+            stale,
+        } => {
+            let done = Progress {
+                stale,
+                credited,
+                applied,
+                completed,
+                removed,
+            };
+            return Ok(Commit::Grouped { tx, cas, done });
+        }
+        // Not applied: the insert alone, retried as any step is.
+        grouped::Reached::NotTried | grouped::Reached::NotCommitted(StoreError::Transient(_)) => {
+            let tx = TxRecord::committed(id, plan);
+            let (key, body) = (tx_key(id), tx.to_bytes());
+            match retry(|| store.insert(Bucket::Ledger, &key, &body)).await {
+                // Our insert made the record after our reads, so nobody can
+                // have applied (let alone pruned) a credit before them: the
+                // reads stand.
+                Ok(cas) => {
+                    return Ok(Commit::Recorded {
+                        tx,
+                        cas,
+                        prefetched: Some(reads),
+                    })
+                }
+                Err(e) => e,
+            }
+        }
+        grouped::Reached::NotCommitted(e) => e,
+    };
+    match error {
         // Another worker committed first (or our insert was ambiguous):
         // continue with whatever record exists, reading wallets afresh.
-        Err(StoreError::Exists) | Err(StoreError::Ambiguous(_)) => match read_tx(store, id).await? {
+        StoreError::Exists | StoreError::Ambiguous(_) => match read_tx(store, id).await? {
             Some((tx, cas)) => Ok(Commit::Recorded {
                 tx,
                 cas,
@@ -340,7 +398,7 @@ async fn commit(store: &dyn Store, id: &str, plan: &Plan, opts: &Options) -> Res
             }),
             None => Err(StoreError::Transient("transaction record not visible after insert".into()).into()),
         },
-        Err(e) => Err(e.into()),
+        e => Err(e.into()),
     }
 }
 

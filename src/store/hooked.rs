@@ -7,7 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use super::{
+    Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, GroupResults, GroupWrite, Store, StoreError, StoreResult,
+    WriteGroup, WriteMode,
+};
 
 /// Which operation is about to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +106,55 @@ pub trait Hook: Send + Sync {
     }
     /// After the operation, with the error reported to the caller, if any.
     fn after(&self, _kind: OpKind, _key: &str, _error: Option<&StoreError>) {}
+    /// True for a hook that only watches (`before` always passes, and
+    /// nothing depends on when it is called): a write group then goes to
+    /// the inner store whole, and the hook sees each write that ran, stage
+    /// by stage, afterwards. Otherwise the group runs write by write
+    /// through the hook (as Couchbase would run it), so that faults can be
+    /// injected between any two writes.
+    fn watches_only(&self) -> bool {
+        false
+    }
+}
+
+tokio::task_local! {
+    /// Store calls in flight for the action this task works on (the worker
+    /// sets it for each action): a call that starts while none is in
+    /// flight begins a new round trip (see [`InFlight::begin`]).
+    pub static IN_FLIGHT: InFlight;
+}
+
+/// Store calls in flight for one action.
+#[derive(Debug, Default)]
+pub struct InFlight(std::cell::Cell<u32>);
+
+impl InFlight {
+    /// A call starts; true when it begins a new round trip (none was in
+    /// flight). Outside an action's task: false.
+    pub fn begin() -> bool {
+        IN_FLIGHT
+            .try_with(|n| {
+                let before = n.0.get();
+                n.0.set(before.saturating_add(1));
+                before == 0
+            })
+            .unwrap_or(false)
+    }
+
+    /// A call ended.
+    pub fn end() {
+        let _ = IN_FLIGHT.try_with(|n| n.0.set(n.0.get().saturating_sub(1)));
+    }
+}
+
+/// The store call a write of a group is.
+pub fn group_kind(write: &GroupWrite) -> OpKind {
+    match write {
+        GroupWrite::Insert { .. } => OpKind::Insert,
+        GroupWrite::Replace { .. } => OpKind::Replace,
+        GroupWrite::Remove { .. } => OpKind::Remove,
+        GroupWrite::WriteWithXattrs { .. } => OpKind::WriteWithXattrs,
+    }
 }
 
 /// A store whose every operation passes through a [`Hook`].
@@ -190,6 +242,26 @@ impl<H: Hook> Store for Hooked<H> {
             key,
             self.inner.write_with_xattrs(bucket, key, body, xattrs, mode)
         )
+    }
+    async fn write_group(&self, group: &WriteGroup) -> GroupResults {
+        if !self.hook.watches_only() {
+            return super::group::write_in_stages(self, group).await;
+        }
+        let results = self.inner.write_group(group).await;
+        for (stage, done) in group.iter().zip(&results) {
+            let ran: Vec<(&GroupWrite, &StoreResult<Cas>)> = stage
+                .iter()
+                .zip(done)
+                .filter_map(|(w, r)| r.as_ref().map(|r| (w, r)))
+                .collect();
+            for (write, _) in &ran {
+                let _ = self.hook.before(group_kind(write), write.key()).await;
+            }
+            for (write, result) in &ran {
+                self.hook.after(group_kind(write), write.key(), result.as_ref().err());
+            }
+        }
+        results
     }
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
         hooked!(

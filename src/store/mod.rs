@@ -23,6 +23,7 @@ use serde_json::Value;
 pub mod contract;
 pub mod couchbase;
 pub mod faulty;
+pub mod group;
 pub mod hooked;
 pub mod limits;
 pub mod memory;
@@ -30,6 +31,7 @@ mod model;
 pub mod open;
 pub mod sqlite;
 
+pub use group::{GroupCas, GroupResults, GroupWrite, WriteGroup};
 pub use open::{open, OpenError, OpenMode};
 
 /// A document's compare-and-swap value.
@@ -248,6 +250,15 @@ pub trait Store: Send + Sync {
         xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas>;
+
+    /// Runs an ordered group of writes (see [`group`]): stage after stage,
+    /// stopping after a stage in which a write failed. By default each
+    /// write is its own single-document call, the writes of a stage side by
+    /// side (Couchbase: one round trip per stage). A store with
+    /// transactions may commit the whole group at once (SQLite does).
+    async fn write_group(&self, group: &WriteGroup) -> GroupResults {
+        group::write_in_stages(self, group).await
+    }
 
     /// Removes one xattr path; `Ok(false)` if the path was absent.
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool>;

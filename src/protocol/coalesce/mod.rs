@@ -40,12 +40,12 @@ use futures::future::join_all;
 use tokio::sync::oneshot;
 
 use super::records::TxState;
-use super::wallet::{marker_name, read_snapshot, Snapshot};
+use super::wallet::{marker_name, read_snapshot, Seen, Snapshot};
 use super::{backoff, count_retry, read_tx, Options, ProtocolError, Result};
 use crate::domain::keys::balance_key;
 use crate::ops::metrics::{self as m, result_label};
 use crate::store::Store;
-use slot::{answer, enqueue, fail_all, locked, Lineage, Pending, Slot, KNOWN_FRESH};
+use slot::{answer, enqueue, fail_all, locked, Known, Lineage, Pending, Slot, KNOWN_FRESH};
 pub(crate) use slot::{CreditRequest, Credited};
 use turns::Turns;
 
@@ -93,6 +93,22 @@ impl Coalescer {
             .map(|k| k.state.clone())
     }
 
+    /// The leads of the wallets `hashes`, if each is idle now (nobody leads
+    /// it and no credit waits): while they are held, this process writes
+    /// those wallets through nobody else. `None` if any is busy.
+    pub(crate) fn lead_idle(&self, hashes: &[&str]) -> Option<IdleLeads> {
+        let mut held = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            let slot = self.slot(hash);
+            let guard = slot.lead.clone().try_lock_owned().ok()?;
+            if !locked(&slot.queue).is_empty() {
+                return None;
+            }
+            held.push((slot, guard));
+        }
+        Some(IdleLeads { held })
+    }
+
     /// Applies one credit, together with whatever other credits to the same
     /// wallet are waiting at the time.
     pub(crate) async fn credit(&self, store: &dyn Store, request: CreditRequest, opts: &Options) -> Result<Credited> {
@@ -111,6 +127,35 @@ impl Coalescer {
             if let Ok(result) = answer.try_recv() {
                 return result;
             }
+        }
+    }
+}
+
+/// The leads of idle wallets, held (see [`Coalescer::lead_idle`]); dropping
+/// it lets the next credit to each wallet through.
+pub(crate) struct IdleLeads {
+    held: Vec<(Arc<Slot>, tokio::sync::OwnedMutexGuard<()>)>,
+}
+
+impl IdleLeads {
+    /// The `i`th wallet was written by this process on `basis`, giving
+    /// `state`: the next credits to it may write on that state.
+    pub(crate) fn wrote(&self, i: usize, basis: &Snapshot, state: Snapshot) {
+        if let (Some((slot, _)), Some(Seen::Cas(cas))) = (self.held.get(i), state.seen()) {
+            let mut lineage = Lineage::root(basis.seen());
+            lineage.push(Seen::Cas(cas));
+            *locked(&slot.known) = Some(Known {
+                state,
+                lineage,
+                at: tokio::time::Instant::now(),
+            });
+        }
+    }
+
+    /// The `i`th wallet's state is unknown now (a write failed or is ambiguous).
+    pub(crate) fn forget(&self, i: usize) {
+        if let Some((slot, _)) = self.held.get(i) {
+            *locked(&slot.known) = None;
         }
     }
 }

@@ -97,7 +97,7 @@ impl Lineage {
 #[derive(Default)]
 pub(super) struct Slot {
     pub(super) queue: Mutex<Vec<Pending>>,
-    pub(super) lead: tokio::sync::Mutex<()>,
+    pub(super) lead: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub(super) known: Mutex<Option<Known>>,
     /// Markers whose record read `committed` a moment ago, and when: not
     /// read again for [`KNOWN_FRESH`] (a heuristic for work only).

@@ -12,6 +12,7 @@ use crate::store::memory::{Clock, MemoryStore};
 
 mod accounting;
 mod failed;
+mod grouped;
 mod hot;
 
 const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;

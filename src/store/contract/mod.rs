@@ -480,6 +480,114 @@ macro_rules! case_list {
     };
 }
 
+/// A write group runs its stages in order, a later write using the CAS an
+/// earlier one left; each write answers as its single-document call does.
+pub async fn write_groups_run_in_order(h: &dyn Harness) {
+    use super::{GroupCas, GroupWrite};
+    let s = h.store();
+    let (record, wallet, action) = (fresh("gr"), fresh("gw"), fresh("ga"));
+    ok!(s.insert(Bucket::Queue, &action, b"{}").await);
+    let claim = ok!(s.get_and_lock(Bucket::Queue, &action, LOCK * 10).await);
+    let group = vec![
+        vec![GroupWrite::Insert {
+            bucket: Bucket::Ledger,
+            key: record.clone(),
+            body: b"1".to_vec(),
+        }],
+        vec![GroupWrite::WriteWithXattrs {
+            bucket: Bucket::Ledger,
+            key: wallet.clone(),
+            body: b"5".to_vec(),
+            xattrs: vec![("ledger.applied.m".into(), Some(json!({"tx": "t"})))],
+            mode: WriteMode::Insert,
+        }],
+        vec![GroupWrite::Replace {
+            bucket: Bucket::Ledger,
+            key: record.clone(),
+            body: b"2".to_vec(),
+            cas: GroupCas::LeftBy(0, 0),
+        }],
+        vec![GroupWrite::Remove {
+            bucket: Bucket::Queue,
+            key: action.clone(),
+            cas: Some(claim.cas),
+        }],
+    ];
+    let results = s.write_group(&group).await;
+    assert_eq!(results.len(), 4, "{results:?}");
+    assert!(
+        results.iter().flatten().all(|r| matches!(r, Some(Ok(_)))),
+        "{results:?}"
+    );
+    let doc = ok!(s.get(Bucket::Ledger, &record).await);
+    assert_eq!(doc.body, b"2");
+    assert_eq!(results[2][0], Some(Ok(doc.cas)), "a write answers the CAS it left");
+    let w = ok!(s.get_with_xattrs(Bucket::Ledger, &wallet, &["ledger.applied.m"]).await);
+    assert_eq!(
+        (w.body.as_slice(), w.xattrs[0].clone()),
+        (&b"5"[..], Some(json!({"tx": "t"})))
+    );
+    assert_eq!(s.get(Bucket::Queue, &action).await, Err(StoreError::NotFound));
+}
+
+/// A write group stops after the first stage in which a write fails: the
+/// stages before stay applied, the failing write changed nothing and
+/// answers as its single-document call would, later stages do not run.
+pub async fn write_groups_stop_after_a_failed_stage(h: &dyn Harness) {
+    use super::{GroupCas, GroupWrite};
+    let s = h.store();
+    let (record, wallet, taken) = (fresh("gr"), fresh("gw"), fresh("gt"));
+    let wallet_cas = ok!(s.insert(Bucket::Ledger, &wallet, b"7").await);
+    ok!(s.insert(Bucket::Ledger, &taken, b"x").await);
+    let group = vec![
+        vec![GroupWrite::Insert {
+            bucket: Bucket::Ledger,
+            key: record.clone(),
+            body: b"1".to_vec(),
+        }],
+        vec![GroupWrite::WriteWithXattrs {
+            bucket: Bucket::Ledger,
+            key: wallet.clone(),
+            body: b"8".to_vec(),
+            xattrs: vec![("ledger.applied.m".into(), Some(json!(1)))],
+            mode: WriteMode::Replace(wallet_cas ^ 1),
+        }],
+        vec![GroupWrite::Replace {
+            bucket: Bucket::Ledger,
+            key: record.clone(),
+            body: b"2".to_vec(),
+            cas: GroupCas::LeftBy(0, 0),
+        }],
+    ];
+    let results = s.write_group(&group).await;
+    assert!(matches!(results[0][0], Some(Ok(_))), "{results:?}");
+    assert_eq!(results[1][0], Some(Err(StoreError::CasMismatch)));
+    assert_eq!(results[2][0], None, "a stage after a failed one does not run");
+    assert_eq!(ok!(s.get(Bucket::Ledger, &record).await).body, b"1");
+    let w = ok!(s.get(Bucket::Ledger, &wallet).await);
+    assert_eq!((w.body.as_slice(), w.cas), (&b"7"[..], wallet_cas));
+
+    // A failing first stage: nothing after it runs, nothing is written.
+    let other = fresh("go");
+    let results = s
+        .write_group(&vec![
+            vec![GroupWrite::Insert {
+                bucket: Bucket::Ledger,
+                key: taken.clone(),
+                body: b"y".to_vec(),
+            }],
+            vec![GroupWrite::Insert {
+                bucket: Bucket::Ledger,
+                key: other.clone(),
+                body: b"z".to_vec(),
+            }],
+        ])
+        .await;
+    assert_eq!(results, vec![vec![Some(Err(StoreError::Exists))], vec![None]]);
+    assert_eq!(s.get(Bucket::Ledger, &other).await, Err(StoreError::NotFound));
+    assert_eq!(ok!(s.get(Bucket::Ledger, &taken).await).body, b"x");
+}
+
 case_list!(
     read_your_writes,
     insert_is_exclusive,
@@ -499,6 +607,8 @@ case_list!(
     a_full_document_write_drops_user_xattrs,
     removing_a_missing_path_fails_the_whole_write,
     sub_document_paths_are_bounded,
+    write_groups_run_in_order,
+    write_groups_stop_after_a_failed_stage,
 );
 
 /// Runs `n` copies of a future concurrently and collects their results.
@@ -522,7 +632,8 @@ macro_rules! contract_tests {
             sub_document_calls_take_at_most_16_specs, keys_take_at_most_250_bytes,
             documents_take_at_most_20_mib, xattrs_count_against_the_document_size,
             locks_last_1_to_30_seconds, a_full_document_write_drops_user_xattrs,
-            removing_a_missing_path_fails_the_whole_write, sub_document_paths_are_bounded);
+            removing_a_missing_path_fails_the_whole_write, sub_document_paths_are_bounded,
+            write_groups_run_in_order, write_groups_stop_after_a_failed_stage);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

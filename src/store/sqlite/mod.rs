@@ -18,11 +18,13 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
+use super::group::{self, GroupResults, GroupWrite, WriteGroup};
 use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
+mod fairness;
 mod threads;
 
 /// How long a connection waits for another process's write lock.
@@ -154,9 +156,17 @@ impl SqliteStore {
             .pragma_update(None, "wal_autocheckpoint", 10_000)
             .map_err(sql_error)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let database = path.to_path_buf();
         std::thread::Builder::new()
             .name("ledgerd-sqlite-writer".into())
-            .spawn(move || writer_loop(writer_conn, queue))
+            .spawn(move || {
+                // The fair busy handler lives on the writer's own thread.
+                let installed = fairness::install(&writer_conn, &database, Duration::from_millis(BUSY_TIMEOUT_MS));
+                if let Err(e) = installed {
+                    tracing::warn!(error = %e, "SQLite writer: fair busy handler not installed; using SQLite's own");
+                }
+                writer_loop(writer_conn, queue, fairness::hand_path(&database))
+            })
             .map_err(|e| StoreError::Permanent(format!("starting the SQLite writer: {e}")))?;
         let reader_conn = connect(path)?;
         reader_conn
@@ -315,6 +325,56 @@ impl SqliteStore {
     }
 }
 
+fn write_bucket(write: &GroupWrite) -> Bucket {
+    match write {
+        GroupWrite::Insert { bucket, .. }
+        | GroupWrite::Replace { bucket, .. }
+        | GroupWrite::Remove { bucket, .. }
+        | GroupWrite::WriteWithXattrs { bucket, .. } => *bucket,
+    }
+}
+
+/// One write of a group inside the writer's transaction: the same model
+/// operation as the single-document call.
+fn group_write(tx: &Tx<'_>, bucket: &str, write: &GroupWrite, results: &GroupResults) -> StoreResult<Cas> {
+    match write {
+        GroupWrite::Insert { key, body, .. } => apply_insert(tx, bucket, key, |slot, now, cas| {
+            model::insert(slot, key, body, now, cas)
+        }),
+        GroupWrite::Replace { key, body, cas, .. } => {
+            let cas = group::resolve(*cas, results)?;
+            apply_mutation(tx, bucket, key, |slot, now, new| {
+                model::replace(slot, key, body, cas, now, new)
+            })
+        }
+        GroupWrite::Remove { key, cas, .. } => {
+            apply_mutation(tx, bucket, key, |slot, now, _| model::remove(slot, key, *cas, now)).map(|()| 0)
+        }
+        GroupWrite::WriteWithXattrs {
+            key,
+            body,
+            xattrs,
+            mode,
+            ..
+        } => {
+            let refs: Vec<(&str, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
+            let create_only = *mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
+            let op = |slot: &mut Slot, now, cas| {
+                let m = Mutation {
+                    body,
+                    xattrs: &refs,
+                    mode: *mode,
+                };
+                model::write_with_xattrs(slot, key, m, now, cas)
+            };
+            match create_only {
+                true => apply_insert(tx, bucket, key, op),
+                false => apply_mutation(tx, bucket, key, op),
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn describe(&self) -> String {
@@ -430,6 +490,49 @@ impl Store for SqliteStore {
             model::write_with_xattrs(slot, &owned, m, now, cas)
         };
         self.submit(bucket, key, create_only, op).await
+    }
+
+    async fn write_group(&self, group: &WriteGroup) -> GroupResults {
+        let named: Vec<Vec<(String, GroupWrite)>> = group
+            .iter()
+            .map(|stage| {
+                stage
+                    .iter()
+                    .map(|w| (self.bucket_name(write_bucket(w)), w.clone()))
+                    .collect()
+            })
+            .collect();
+        let shape: Vec<usize> = group.iter().map(Vec::len).collect();
+        // One job: the whole group goes into one transaction, in order,
+        // stopping after a stage in which a write failed.
+        let ran = self
+            .in_writer(move |tx| {
+                let mut results: GroupResults = Vec::with_capacity(named.len());
+                let mut failed = false;
+                for stage in &named {
+                    if failed {
+                        results.push(stage.iter().map(|_| None).collect());
+                        continue;
+                    }
+                    let mut done = Vec::with_capacity(stage.len());
+                    for (bucket, write) in stage {
+                        let result = group_write(tx, bucket, write, &results);
+                        failed |= result.is_err();
+                        done.push(Some(result));
+                    }
+                    results.push(done);
+                }
+                Ok(results)
+            })
+            .await;
+        match ran {
+            Ok(results) => results,
+            // The transaction's fate: every write that was applied shares it.
+            Err(e) => shape
+                .iter()
+                .map(|n| (0..*n).map(|_| Some(Err(e.clone()))).collect())
+                .collect(),
+        }
     }
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {

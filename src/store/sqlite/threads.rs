@@ -147,12 +147,20 @@ pub(super) fn apply_mutation<T>(
     op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
     let mut slot = load(tx.conn, bucket, key)?;
-    let before = slot.clone();
+    let before = fingerprint(&slot);
     let out = op(&mut slot, tx.now_ms, tx.next_cas())?;
-    if slot != before {
+    if fingerprint(&slot) != before {
         save(tx.conn, bucket, key, &slot)?;
     }
     Ok(out)
+}
+
+/// What tells whether an operation changed a document, without cloning it:
+/// the model gives every change of body or xattrs a new CAS, and a lock or
+/// an unlock changes the lock's expiry (the memory store's contract cases
+/// and this store's would fail on a change that escaped it).
+fn fingerprint(slot: &Slot) -> Option<(Cas, Option<u64>)> {
+    slot.as_ref().map(|e| (e.cas, e.lock_until_ms))
 }
 
 /// A creation, inside the writer's open transaction, in one statement: `op`
@@ -188,7 +196,7 @@ pub(super) type Job = Box<dyn FnOnce(Option<&Tx<'_>>) -> Answer + Send>;
 /// (one fsync for the batch), and only then answers each caller. Every
 /// answer still means "durably committed"; the order is a valid serial
 /// order; and other processes still see one writer at a time.
-pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, hand: std::path::PathBuf) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
@@ -197,6 +205,7 @@ pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>
                 Err(_) => break,
             }
         }
+        let holding = std::time::Instant::now();
         let begun = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
             conn.prepare_cached("SELECT value FROM cas_seq WHERE id = 1")
                 .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)))
@@ -255,6 +264,10 @@ pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>
         };
         for answer in answers {
             answer(outcome.clone());
+        }
+        // Another process's writer is waiting for the lock: let it have a turn.
+        if super::fairness::other_hand_raised(&hand, std::time::SystemTime::now()) {
+            std::thread::sleep(super::fairness::pause_for(holding.elapsed()));
         }
     }
 }
