@@ -355,6 +355,10 @@ fn bench_reports_in_the_documented_shape() {
     assert!((4.0..4.5).contains(&reads), "{r}");
     assert_eq!(r["store_ops_per_action"]["writes"], 7.0, "{r}");
     assert_eq!(r["store_ops_per_action"]["wallet_writes"], 3.0, "{r}");
+    // 7 sequential round trips, as Couchbase would run them (the write
+    // group's four stages count one each), more only after a conflict.
+    let trips = r["store_ops_per_action"]["round_trips"].as_f64().expect("round trips");
+    assert!((7.0..7.5).contains(&trips), "{r}");
     assert_eq!(r["balances_exact"], true, "{r}");
     assert!(r["wallet_markers_max"].as_u64().is_some(), "{r}");
     assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
@@ -382,6 +386,13 @@ fn bench_reports_in_the_documented_shape() {
         assert!(r["latency_ms"][k].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
     }
     assert_eq!(r["store_ops_per_action"]["wallet_writes"], 3.0, "{r}");
+    assert!(
+        r["store_ops_per_action"]["round_trips"]
+            .as_f64()
+            .is_some_and(|t| t >= 7.0),
+        "{r}"
+    );
+    assert!(r["worker_peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{r}");
 }
 
 /// A hot wallet credited by 1,024 actions in flight at once, on the
