@@ -36,20 +36,23 @@ pub(super) enum Reached {
     /// The record was not inserted by it, for this reason.
     NotCommitted(StoreError),
     /// The record is committed (inserted with this CAS); what else was done.
-    Committed {
-        tx: TxRecord,
-        cas: u64,
-        /// Credits and units the group's wallet writes applied.
-        credited: (usize, u64),
-        /// Every wallet write succeeded.
-        applied: bool,
-        /// The record was marked completed.
-        completed: bool,
-        /// The action was removed.
-        removed: bool,
-        /// Old markers of other actions seen on the wallets (see `apply`).
-        stale: Vec<(String, String, String)>,
-    },
+    Committed { tx: TxRecord, cas: u64, done: Progress },
+}
+
+/// What a write group did for an action beyond committing it; by default,
+/// nothing.
+#[derive(Default)]
+pub(super) struct Progress {
+    /// Old markers of other actions seen on the wallets (see `apply`).
+    pub stale: Vec<(String, String, String)>,
+    /// Credits and units the group's wallet writes applied.
+    pub credited: (usize, u64),
+    /// Every wallet write succeeded.
+    pub applied: bool,
+    /// The record was marked completed.
+    pub completed: bool,
+    /// The action was removed.
+    pub removed: bool,
 }
 
 /// One wallet's write in the group.
@@ -185,17 +188,15 @@ pub(super) async fn try_group(
             }
         }
     }
-    let completed = matches!(ran(2, 0), Some(Ok(_)));
-    let removed = matches!(ran(3, 0), Some(Ok(_)));
-    Reached::Committed {
-        tx,
-        cas,
+    let (completed, removed) = (matches!(ran(2, 0), Some(Ok(_))), matches!(ran(3, 0), Some(Ok(_))));
+    let done = Progress {
+        stale,
         credited,
         applied,
         completed,
         removed,
-        stale,
-    }
+    };
+    Reached::Committed { tx, cas, done }
 }
 
 /// How many known-completed markers one credit's write removes, or `None`

@@ -31,6 +31,7 @@ use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
 pub use coalesce::Coalescer;
 use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
+use grouped::Progress;
 use records::{TxRecord, TxState};
 pub use sweep::sweep_markers;
 
@@ -301,16 +302,6 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
     })
 }
 
-/// What a write group did for an action (see `grouped`); by default, nothing.
-#[derive(Default)]
-struct Progress {
-    stale: Vec<(String, String, String)>,
-    credited: (usize, u64),
-    applied: bool,
-    completed: bool,
-    removed: bool,
-}
-
 /// Reads `tx:<id>` with its CAS, checking the record.
 pub(crate) async fn read_tx(store: &dyn Store, id: &str) -> Result<Option<(TxRecord, Cas)>> {
     let key = tx_key(id);
@@ -349,24 +340,7 @@ async fn commit(store: &dyn Store, id: &str, claim: &Claim, plan: &Plan, opts: &
         }
     }
     let error = match grouped::try_group(store, id, claim, plan, &reads, opts).await {
-        grouped::Reached::Committed {
-            tx,
-            cas,
-            credited,
-            applied,
-            completed,
-            removed,
-            stale,
-        } => {
-            let done = Progress {
-                stale,
-                credited,
-                applied,
-                completed,
-                removed,
-            };
-            return Ok(Commit::Grouped { tx, cas, done });
-        }
+        grouped::Reached::Committed { tx, cas, done } => return Ok(Commit::Grouped { tx, cas, done }),
         // Not applied: the insert alone, retried as any step is.
         grouped::Reached::NotTried | grouped::Reached::NotCommitted(StoreError::Transient(_)) => {
             let tx = TxRecord::committed(id, plan);

@@ -83,6 +83,11 @@ impl GroupWrite {
     }
 }
 
+/// Xattr changes as the single-document call takes them.
+pub fn xattr_refs(xattrs: &[(String, Option<Value>)]) -> Vec<(&str, Option<Value>)> {
+    xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect()
+}
+
 /// Stages of writes, run in order.
 pub type WriteGroup = Vec<Vec<GroupWrite>>;
 
@@ -119,8 +124,9 @@ async fn run_one(store: &(impl Store + ?Sized), write: &GroupWrite, results: &Gr
             xattrs,
             mode,
         } => {
-            let refs: Vec<(&str, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
-            store.write_with_xattrs(*bucket, key, body, &refs, *mode).await
+            store
+                .write_with_xattrs(*bucket, key, body, &xattr_refs(xattrs), *mode)
+                .await
         }
     }
 }

@@ -480,39 +480,53 @@ macro_rules! case_list {
     };
 }
 
-/// A write group runs its stages in order, a later write using the CAS an
-/// earlier one left; each write answers as its single-document call does.
-pub async fn write_groups_run_in_order(h: &dyn Harness) {
+/// The stages a group of the protocol's shape begins with: insert `record`
+/// (body `1`); write `wallet` (`body`, one marker, `mode`); replace the
+/// record (body `2`) under the CAS its insert left.
+fn record_wallet_record(
+    record: &str,
+    wallet: &str,
+    body: &[u8],
+    marker: serde_json::Value,
+    mode: WriteMode,
+) -> super::WriteGroup {
     use super::{GroupCas, GroupWrite};
-    let s = h.store();
-    let (record, wallet, action) = (fresh("gr"), fresh("gw"), fresh("ga"));
-    ok!(s.insert(Bucket::Queue, &action, b"{}").await);
-    let claim = ok!(s.get_and_lock(Bucket::Queue, &action, LOCK * 10).await);
-    let group = vec![
+    vec![
         vec![GroupWrite::Insert {
             bucket: Bucket::Ledger,
-            key: record.clone(),
+            key: record.to_string(),
             body: b"1".to_vec(),
         }],
         vec![GroupWrite::WriteWithXattrs {
             bucket: Bucket::Ledger,
-            key: wallet.clone(),
-            body: b"5".to_vec(),
-            xattrs: vec![("ledger.applied.m".into(), Some(json!({"tx": "t"})))],
-            mode: WriteMode::Insert,
+            key: wallet.to_string(),
+            body: body.to_vec(),
+            xattrs: vec![("ledger.applied.m".into(), Some(marker))],
+            mode,
         }],
         vec![GroupWrite::Replace {
             bucket: Bucket::Ledger,
-            key: record.clone(),
+            key: record.to_string(),
             body: b"2".to_vec(),
             cas: GroupCas::LeftBy(0, 0),
         }],
-        vec![GroupWrite::Remove {
-            bucket: Bucket::Queue,
-            key: action.clone(),
-            cas: Some(claim.cas),
-        }],
-    ];
+    ]
+}
+
+/// A write group runs its stages in order, a later write using the CAS an
+/// earlier one left; each write answers as its single-document call does.
+pub async fn write_groups_run_in_order(h: &dyn Harness) {
+    use super::GroupWrite;
+    let s = h.store();
+    let (record, wallet, action) = (fresh("gr"), fresh("gw"), fresh("ga"));
+    ok!(s.insert(Bucket::Queue, &action, b"{}").await);
+    let claim = ok!(s.get_and_lock(Bucket::Queue, &action, LOCK * 10).await);
+    let mut group = record_wallet_record(&record, &wallet, b"5", json!({"tx": "t"}), WriteMode::Insert);
+    group.push(vec![GroupWrite::Remove {
+        bucket: Bucket::Queue,
+        key: action.clone(),
+        cas: Some(claim.cas),
+    }]);
     let results = s.write_group(&group).await;
     assert_eq!(results.len(), 4, "{results:?}");
     assert!(
@@ -534,31 +548,12 @@ pub async fn write_groups_run_in_order(h: &dyn Harness) {
 /// stages before stay applied, the failing write changed nothing and
 /// answers as its single-document call would, later stages do not run.
 pub async fn write_groups_stop_after_a_failed_stage(h: &dyn Harness) {
-    use super::{GroupCas, GroupWrite};
+    use super::GroupWrite;
     let s = h.store();
     let (record, wallet, taken) = (fresh("gr"), fresh("gw"), fresh("gt"));
     let wallet_cas = ok!(s.insert(Bucket::Ledger, &wallet, b"7").await);
     ok!(s.insert(Bucket::Ledger, &taken, b"x").await);
-    let group = vec![
-        vec![GroupWrite::Insert {
-            bucket: Bucket::Ledger,
-            key: record.clone(),
-            body: b"1".to_vec(),
-        }],
-        vec![GroupWrite::WriteWithXattrs {
-            bucket: Bucket::Ledger,
-            key: wallet.clone(),
-            body: b"8".to_vec(),
-            xattrs: vec![("ledger.applied.m".into(), Some(json!(1)))],
-            mode: WriteMode::Replace(wallet_cas ^ 1),
-        }],
-        vec![GroupWrite::Replace {
-            bucket: Bucket::Ledger,
-            key: record.clone(),
-            body: b"2".to_vec(),
-            cas: GroupCas::LeftBy(0, 0),
-        }],
-    ];
+    let group = record_wallet_record(&record, &wallet, b"8", json!(1), WriteMode::Replace(wallet_cas ^ 1));
     let results = s.write_group(&group).await;
     assert!(matches!(results[0][0], Some(Ok(_))), "{results:?}");
     assert_eq!(results[1][0], Some(Err(StoreError::CasMismatch)));

@@ -357,7 +357,7 @@ fn group_write(tx: &Tx<'_>, bucket: &str, write: &GroupWrite, results: &GroupRes
             mode,
             ..
         } => {
-            let refs: Vec<(&str, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
+            let refs = group::xattr_refs(xattrs);
             let create_only = *mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
             let op = |slot: &mut Slot, now, cas| {
                 let m = Mutation {
@@ -481,7 +481,7 @@ impl Store for SqliteStore {
         let create_only = mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
         let owned = key.to_string();
         let op = move |slot: &mut Slot, now, cas| {
-            let refs: Vec<(&str, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
+            let refs = group::xattr_refs(&xattrs);
             let m = Mutation {
                 body: &body,
                 xattrs: &refs,
