@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::claim::Claim;
-use super::records::{self, marker_value, TxRecord, TxState};
+use super::records::{self, marker_value, TxRecord};
 use super::wallet::{self, Snapshot};
 use super::write_plan::{plan, WRITE_XATTR_SPECS_MAX};
 use super::Options;
@@ -133,9 +133,7 @@ pub(super) async fn try_group(
         });
     }
     let tx = TxRecord::committed(id, plan);
-    let mut done = tx.clone();
-    done.state = TxState::Completed;
-    done.completed_at = Some(crate::domain::time::rfc3339_from_unix_ms(records::now_ms()));
+    let done = tx.completed_now();
     let group: WriteGroup = vec![
         vec![GroupWrite::Insert {
             bucket: Bucket::Ledger,

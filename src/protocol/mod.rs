@@ -378,9 +378,7 @@ async fn commit(store: &dyn Store, id: &str, claim: &Claim, plan: &Plan, opts: &
 
 /// Step 5: mark the record completed (one write when nothing interferes).
 async fn complete(store: &dyn Store, id: &str, tx: &TxRecord, mut cas: Cas) -> Result<()> {
-    let mut done = tx.clone();
-    done.state = TxState::Completed;
-    done.completed_at = Some(crate::domain::time::rfc3339_from_unix_ms(records::now_ms()));
+    let done = tx.completed_now();
     for _ in 0..STEP_ATTEMPTS_MAX {
         match store.replace(Bucket::Ledger, &tx_key(id), &done.to_bytes(), cas).await {
             Ok(_) => return Ok(()),

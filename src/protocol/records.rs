@@ -76,6 +76,15 @@ impl TxRecord {
         }
     }
 
+    /// This record marked completed now.
+    pub fn completed_now(&self) -> Self {
+        Self {
+            state: TxState::Completed,
+            completed_at: Some(rfc3339_from_unix_ms(now_ms())),
+            ..self.clone()
+        }
+    }
+
     /// Parses a stored record and checks what must hold of any record.
     pub fn parse(action_id: &str, body: &[u8]) -> Result<Self, String> {
         let tx: TxRecord = serde_json::from_slice(body).map_err(|e| format!("transaction record is not valid: {e}"))?;

@@ -72,6 +72,16 @@ pub enum GroupWrite {
 }
 
 impl GroupWrite {
+    /// The bucket of the document it writes.
+    pub fn bucket(&self) -> Bucket {
+        match self {
+            GroupWrite::Insert { bucket, .. }
+            | GroupWrite::Replace { bucket, .. }
+            | GroupWrite::Remove { bucket, .. }
+            | GroupWrite::WriteWithXattrs { bucket, .. } => *bucket,
+        }
+    }
+
     /// The document it writes.
     pub fn key(&self) -> &str {
         match self {

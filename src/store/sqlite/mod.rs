@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
-use super::group::{self, GroupResults, GroupWrite, WriteGroup};
+use super::group::{self, GroupCas, GroupResults, GroupWrite, WriteGroup};
 use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
@@ -236,32 +236,16 @@ impl SqliteStore {
         key: &str,
         op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.submit(bucket, key, false, op).await
-    }
-
-    /// Like `mutate` for an operation that only creates (see `apply_insert`).
-    async fn create<T: Send + 'static>(
-        &self,
-        bucket: Bucket,
-        key: &str,
-        op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
-    ) -> StoreResult<T> {
-        self.submit(bucket, key, true, op).await
-    }
-
-    async fn submit<T: Send + 'static>(
-        &self,
-        bucket: Bucket,
-        key: &str,
-        create_only: bool,
-        op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
-    ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
-        self.in_writer(move |tx| match create_only {
-            true => apply_insert(tx, &bucket, &key, op),
-            false => apply_mutation(tx, &bucket, &key, op),
-        })
-        .await
+        self.in_writer(move |tx| apply_mutation(tx, &bucket, &key, op)).await
+    }
+
+    /// One write, alone in the writer's next transaction: the same code as
+    /// a write of a group.
+    async fn write_one(&self, write: GroupWrite) -> StoreResult<Cas> {
+        let bucket = self.bucket_name(write.bucket());
+        self.in_writer(move |tx| group_write(tx, &bucket, &write, &GroupResults::new()))
+            .await
     }
 
     /// Commits the readiness probe through the writer, as a mutation would.
@@ -325,17 +309,8 @@ impl SqliteStore {
     }
 }
 
-fn write_bucket(write: &GroupWrite) -> Bucket {
-    match write {
-        GroupWrite::Insert { bucket, .. }
-        | GroupWrite::Replace { bucket, .. }
-        | GroupWrite::Remove { bucket, .. }
-        | GroupWrite::WriteWithXattrs { bucket, .. } => *bucket,
-    }
-}
-
-/// One write of a group inside the writer's transaction: the same model
-/// operation as the single-document call.
+/// One write inside the writer's transaction, alone or as part of a group
+/// (`results`: the group's writes before it).
 fn group_write(tx: &Tx<'_>, bucket: &str, write: &GroupWrite, results: &GroupResults) -> StoreResult<Cas> {
     match write {
         GroupWrite::Insert { key, body, .. } => apply_insert(tx, bucket, key, |slot, now, cas| {
@@ -358,6 +333,9 @@ fn group_write(tx: &Tx<'_>, bucket: &str, write: &GroupWrite, results: &GroupRes
             ..
         } => {
             let refs = group::xattr_refs(xattrs);
+            // A creation that only sets paths succeeds on an empty slot: one
+            // statement. Removing a path from a document being created fails,
+            // and must fail with `Exists` if the document is there: read it.
             let create_only = *mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
             let op = |slot: &mut Slot, now, cas| {
                 let m = Mutation {
@@ -444,25 +422,32 @@ impl Store for SqliteStore {
     }
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
-        let (body, owned) = (body.to_vec(), key.to_string());
-        self.create(bucket, key, move |slot, now, cas| {
-            model::insert(slot, &owned, &body, now, cas)
+        self.write_one(GroupWrite::Insert {
+            bucket,
+            key: key.to_string(),
+            body: body.to_vec(),
         })
         .await
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
-        let (body, owned) = (body.to_vec(), key.to_string());
-        self.mutate(bucket, key, move |slot, now, new| {
-            model::replace(slot, &owned, &body, cas, now, new)
+        self.write_one(GroupWrite::Replace {
+            bucket,
+            key: key.to_string(),
+            body: body.to_vec(),
+            cas: GroupCas::Known(cas),
         })
         .await
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
-        let owned = key.to_string();
-        self.mutate(bucket, key, move |slot, now, _| model::remove(slot, &owned, cas, now))
-            .await
+        self.write_one(GroupWrite::Remove {
+            bucket,
+            key: key.to_string(),
+            cas,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn write_with_xattrs(
@@ -473,23 +458,14 @@ impl Store for SqliteStore {
         xattrs: &[(&str, Option<Value>)],
         mode: WriteMode,
     ) -> StoreResult<Cas> {
-        let body = body.to_vec();
-        let xattrs: Vec<(String, Option<Value>)> = xattrs.iter().map(|(p, v)| (p.to_string(), v.clone())).collect();
-        // A creation that only sets paths succeeds on an empty slot: one
-        // statement. Removing a path from a document being created fails,
-        // and must fail with `Exists` if the document is there: read it.
-        let create_only = mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
-        let owned = key.to_string();
-        let op = move |slot: &mut Slot, now, cas| {
-            let refs = group::xattr_refs(&xattrs);
-            let m = Mutation {
-                body: &body,
-                xattrs: &refs,
-                mode,
-            };
-            model::write_with_xattrs(slot, &owned, m, now, cas)
-        };
-        self.submit(bucket, key, create_only, op).await
+        self.write_one(GroupWrite::WriteWithXattrs {
+            bucket,
+            key: key.to_string(),
+            body: body.to_vec(),
+            xattrs: xattrs.iter().map(|(p, v)| (p.to_string(), v.clone())).collect(),
+            mode,
+        })
+        .await
     }
 
     async fn write_group(&self, group: &WriteGroup) -> GroupResults {
@@ -498,7 +474,7 @@ impl Store for SqliteStore {
             .map(|stage| {
                 stage
                     .iter()
-                    .map(|w| (self.bucket_name(write_bucket(w)), w.clone()))
+                    .map(|w| (self.bucket_name(w.bucket()), w.clone()))
                     .collect()
             })
             .collect();
