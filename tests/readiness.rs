@@ -117,6 +117,10 @@ fn a_disk_that_takes_no_more_writes_turns_readyz_to_503_and_loses_nothing() {
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LEDGERD_")) {
         limited.env_remove(key);
     }
+    // A claim can commit while the writes after it, and the unlock, cannot:
+    // such an action stays locked for the lease. The shortest lease keeps
+    // that wait short.
+    limited.env("LEDGERD_LEASE_MS", "1000");
     let child = limited
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -162,11 +166,15 @@ fn a_disk_that_takes_no_more_writes_turns_readyz_to_503_and_loses_nothing() {
         .sum();
     assert!(repeated > 0, "the collapsed attempts are counted: {}", stderr(&out));
 
-    // With room again, a worker finishes the queue exactly.
-    let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let status = &json_lines(&s.run(&["status", "--json"], ""))[0];
-    assert_eq!(status["queued"].as_u64(), Some(0));
+    // With room again, a worker finishes the queue exactly. Actions the
+    // stopped worker had claimed wait out its lease: a run that finds them
+    // still locked leaves them (and says so), and the next one takes them.
+    wait_until("every action is credited", || {
+        let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let status = &json_lines(&s.run(&["status", "--json"], ""))[0];
+        status["queued"].as_u64() == Some(0)
+    });
     let expected: std::collections::BTreeMap<String, u64> = (0..5).map(|w| (format!("w{w}"), 400)).collect();
     assert_eq!(balances(&s), expected);
 }
