@@ -40,3 +40,40 @@ pub fn init(filter: &str, format: LogFormat) {
         tracing::warn!(filter, error = %e, "invalid log filter, using info");
     }
 }
+
+/// The target of the one line per action (`action done`, rejected,
+/// blocked, failed attempts), apart from the worker's lifecycle lines, so
+/// that it can be turned down alone: `--log-level info,ledgerd::action=warn`.
+pub const ACTION_TARGET: &str = "ledgerd::action";
+
+/// Which worker wrote a line: carried by the lifecycle lines (started,
+/// listening, shutdown, stopped), so that the lines of many replicas can be
+/// told apart once collected.
+#[derive(Debug)]
+pub struct Identity {
+    /// The host name (in Kubernetes, the pod's name).
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// The ledgerd version.
+    pub version: &'static str,
+}
+
+/// This process's identity, read once.
+pub fn identity() -> &'static Identity {
+    static IDENTITY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| Identity {
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// A lifecycle line at INFO, with the worker's identity.
+#[macro_export]
+macro_rules! lifecycle {
+    ($($field:tt)*) => {{
+        let id = $crate::telemetry::identity();
+        tracing::info!(host = id.host.as_str(), pid = id.pid, version = id.version, $($field)*)
+    }};
+}

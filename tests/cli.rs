@@ -302,7 +302,8 @@ fn sigterm_stops_the_worker_cleanly() {
         assert!(std::time::Instant::now() < deadline, "worker made no progress");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let pid = child.id().to_string();
+    let child_pid = child.id();
+    let pid = child_pid.to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -310,8 +311,49 @@ fn sigterm_stops_the_worker_cleanly() {
     assert!(kill.success());
     let out = child.wait_with_output().expect("exit");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("shutdown requested"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("worker stopped"), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    let line = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in {lines:?}"))
+    };
+    // Lifecycle lines say which worker wrote them.
+    for message in ["worker started", "shutdown requested: no new claims", "worker stopped"] {
+        let l = line(message);
+        assert_eq!(l["pid"], child_pid, "{l}");
+        assert_eq!(l["version"], env!("CARGO_PKG_VERSION"), "{l}");
+        assert!(l["host"].as_str().is_some_and(|h| !h.is_empty()), "{l}");
+        assert_eq!(l["target"], "ledgerd::worker", "{l}");
+    }
+    // The line per action has a target of its own.
+    assert_eq!(line("action done")["target"], "ledgerd::action");
+}
+
+#[test]
+fn the_line_per_action_can_be_turned_down_alone() {
+    let s = Scratch::new();
+    s.run(&["enqueue"], r#"{"id":"t1","doc":{"beneficiaries":{"w":1}}}"#);
+    let out = s.run(
+        &[
+            "run",
+            "--exit-when-idle",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,ledgerd::action=warn",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("\"worker started\""), "{err}");
+    assert!(err.contains("\"worker stopped\""), "{err}");
+    assert!(!err.contains("action done"), "{err}");
+    assert_eq!(balances(&s).get("w"), Some(&100_000_000));
 }
 
 #[test]

@@ -263,3 +263,135 @@ fn tamper(s: &Scratch, hash: &str, body: &str) {
         .expect("tamper");
     });
 }
+
+/// One response read off a kept-alive connection: (status, headers, body).
+fn read_response(stream: &mut std::io::BufReader<std::net::TcpStream>, head_only: bool) -> (u16, String, String) {
+    use std::io::{BufRead, Read};
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stream.read_line(&mut line).expect("read response head");
+        assert!(n > 0, "connection closed mid-response: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; if head_only { 0 } else { length }];
+    stream.read_exact(&mut body).expect("read body");
+    (code, head.to_lowercase(), String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn the_listener_answers_head_keeps_connections_alive_and_refuses_other_methods() {
+    use std::io::Write;
+    let s = Scratch::new();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = s
+        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    wait_until("the listener answers", || get(port, "/healthz").is_some());
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = std::io::BufReader::new(stream);
+    // Every request below goes over this one connection.
+    let mut ask = |request: &str, head_only: bool| {
+        write!(writer, "{request} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("write");
+        read_response(&mut reader, head_only)
+    };
+    let (code, head, _) = ask("HEAD /healthz", true);
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("content-length: 3"),
+        "HEAD tells the GET body's length: {head}"
+    );
+    let (code, _, body) = ask("GET /healthz", false);
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, head, _) = ask("HEAD /metrics", true);
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    let (code, _, body) = ask("GET /metrics", false);
+    assert_eq!(code, 200);
+    assert!(body.contains("ledgerd_build_info"), "{body}");
+    let (code, head, _) = ask("POST /metrics", false);
+    assert_eq!(code, 405, "{head}");
+    assert!(head.contains("allow: get,head"), "{head}");
+    let (code, _, body) = ask("GET /readyz", false);
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let (code, _, _) = ask("GET /nope", false);
+    assert_eq!(code, 404);
+    sigterm(&child);
+    let status = child.wait().expect("exit");
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err).expect("stderr");
+    assert!(!err.contains("ERROR"), "{err}");
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_bound_stops_the_worker_with_exit_2() {
+    let s = Scratch::new();
+    s.run(&["enqueue"], r#"{"id":"a1","doc":{"beneficiaries":{"w":1}}}"#);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", &addr], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("cannot listen on metrics_addr {addr}")), "{err}");
+    assert!(err.contains("--metrics-addr"), "says what to do: {err}");
+    // Nothing was claimed: the action waits for a worker that can be watched.
+    assert_eq!(queued(&s), 1);
+    assert!(balances(&s).is_empty());
+    // `off` runs without a listener.
+    let out = s.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(balances(&s).get("w"), Some(&100_000_000));
+}
+
+#[test]
+fn units_credited_are_counted_exactly_beyond_what_a_float_holds() {
+    let s = Scratch::new();
+    // 2^53 + 1 units: the first integer a 64-bit float cannot hold, as
+    // the whole of one reward.
+    let units: u64 = (1 << 53) + 1;
+    let tokens = format!("{}.{:08}", units / 100_000_000, units % 100_000_000);
+    s.run(
+        &["enqueue"],
+        &format!(r#"{{"id":"big","doc":{{"reward":"{tokens}","beneficiaries":{{"w":100}}}}}}"#),
+    );
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = s
+        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    wait_until("the queue is drained", || queued(&s) == 0);
+    wait_until("the listener answers", || get(port, "/healthz").is_some());
+    let (_, body) = get(port, "/metrics").expect("scrape");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("ledgerd_units_credited_total "))
+        .expect("the units counter");
+    assert_eq!(line, format!("ledgerd_units_credited_total {units}"));
+    sigterm(&child);
+    let out = child.wait_with_output().expect("exit");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

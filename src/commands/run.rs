@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::Exit;
+use super::{Exit, Usage};
 use crate::config::Settings;
 use crate::ops::health::Health;
 use crate::ops::{http, metrics};
@@ -45,33 +45,38 @@ async fn shutdown_requested() {
 }
 
 /// Starts the metrics and health listener unless `metrics_addr` is `off`.
-/// An address already in use (a second worker on the same host) is not
-/// fatal: the worker runs without a listener and says so.
+/// An address that cannot be bound (in use by a second worker on the same
+/// host, say) stops the worker at start, as bad configuration: running
+/// without the endpoints would leave probes and scrapes on another worker.
 async fn serve_ops(
     settings: &Settings,
     store: Arc<dyn Store>,
     health: Arc<Health>,
     stopped: tokio::sync::oneshot::Receiver<()>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if settings.metrics_addr == "off" {
-        return Ok(false);
+        return Ok(None);
     }
     let listener = match tokio::net::TcpListener::bind(&settings.metrics_addr).await {
         Ok(listener) => listener,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!(
-                addr = settings.metrics_addr,
-                "metrics address in use (another worker on this host?): running without /metrics; give each worker its own --metrics-addr"
-            );
-            return Ok(false);
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another worker on this host?): give each worker its own --metrics-addr, or `off` for none"
+            } else {
+                ": choose another --metrics-addr, or `off` for none"
+            };
+            return Err(Usage(format!(
+                "cannot listen on metrics_addr {}: {e}{hint}",
+                settings.metrics_addr
+            ))
+            .into());
         }
-        Err(e) => return Err(e).with_context(|| format!("listening on metrics_addr {}", settings.metrics_addr)),
     };
     let handle = metrics::install()
         .map_err(anyhow::Error::msg)
         .context("installing the metrics recorder")?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(http::serve(
+    crate::lifecycle!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    Ok(Some(tokio::spawn(http::serve(
         listener,
         http::Endpoints {
             metrics: handle,
@@ -81,8 +86,7 @@ async fn serve_ops(
         async {
             let _ = stopped.await;
         },
-    ));
-    Ok(true)
+    ))))
 }
 
 /// Runs the worker until SIGINT/SIGTERM (or idle, with `exit_when_idle`),
@@ -98,7 +102,8 @@ pub async fn run(
     let (stop_listener, listener_stopped) = tokio::sync::oneshot::channel::<()>();
     let health = Arc::new(Health::default());
     let mut sampler = None;
-    let store: Arc<dyn Store> = if serve_ops(settings, store.clone(), health.clone(), listener_stopped).await? {
+    let listener = serve_ops(settings, store.clone(), health.clone(), listener_stopped).await?;
+    let store: Arc<dyn Store> = if listener.is_some() {
         sampler = Some(tokio::spawn(metrics::sample_queue(
             store.clone(),
             Duration::from_millis(settings.queue_sample_ms),
@@ -113,12 +118,21 @@ pub async fn run(
         None => store,
     };
     let cfg = worker_config(settings, exit_when_idle);
-    let stats = worker::run(store, cfg, health, shutdown_requested()).await;
+    let stopping = health.clone();
+    let shutdown = async move {
+        shutdown_requested().await;
+        // Not ready from now on: orchestrators see the worker draining.
+        stopping.stopping();
+    };
+    let stats = worker::run(store, cfg, health, shutdown).await;
     if let (Some(path), Some(counter)) = (bench_report, &counter) {
         let report = super::bench::ProcessReport::new(&stats.latencies, &counter.hook);
         std::fs::write(path, serde_json::to_vec(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
     let _ = stop_listener.send(());
+    if let Some(listener) = listener {
+        let _ = listener.await;
+    }
     if let Some(sampler) = sampler {
         sampler.abort();
     }

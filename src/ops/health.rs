@@ -1,8 +1,9 @@
 //! What the worker knows about its own ability to work, for `/readyz`: a
 //! failing discovery makes the worker not ready, with the cause, until a
-//! discovery succeeds again. (What the store itself can do, `/readyz` asks
+//! discovery succeeds again; a worker shutting down is not ready either. (What the store itself can do, `/readyz` asks
 //! the store: see `Store::ping`.)
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::time::Instant;
@@ -46,6 +47,7 @@ impl DiscoveryFailure {
 #[derive(Debug, Default)]
 pub struct Health {
     discovery: Mutex<Option<DiscoveryFailure>>,
+    stopping: AtomicBool,
 }
 
 impl Health {
@@ -73,8 +75,16 @@ impl Health {
         self.discovery.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Records that the worker was asked to stop: it claims nothing more.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     /// Why the worker is not ready, if it is not.
     pub fn problem(&self) -> Option<String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Some("shutting down: claiming no more actions, finishing those in flight".into());
+        }
         self.discovery
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -100,5 +110,12 @@ mod tests {
             .is_some_and(|p| p.contains("no index") && p.contains("2 attempts")));
         assert!(h.discovery_ok().is_some());
         assert_eq!(h.problem(), None);
+    }
+
+    #[test]
+    fn a_stopping_worker_is_not_ready() {
+        let h = Health::default();
+        h.stopping();
+        assert!(h.problem().is_some_and(|p| p.contains("shutting down")));
     }
 }

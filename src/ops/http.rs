@@ -1,27 +1,50 @@
 //! The operations listener: `/metrics`, `/healthz` and `/readyz` on one
-//! address. A deliberately tiny HTTP/1.1 responder (GET only, one request
-//! per connection, bounded reads), because these three endpoints are all it
-//! serves; the metrics text itself comes from the Prometheus exporter.
+//! address, served by axum on hyper (HTTP/1.1: GET and HEAD, keep-alive,
+//! bounded request times, graceful shutdown). The metrics text itself comes
+//! from the Prometheus exporter.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::ops::health::Health;
 use crate::store::Store;
 
-/// Largest request head read, in bytes.
-const REQUEST_BYTES_MAX: usize = 8_192;
-/// How long a client has to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The paths served, for probes and scrapers (and the manifests that name them).
+pub const METRICS_PATH: &str = "/metrics";
+/// Liveness: the process answers.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness: the worker can discover actions and the store can do what `run` needs.
+pub const READY_PATH: &str = "/readyz";
+
+/// How long a client has to send a request's head. It also closes a
+/// keep-alive connection idle this long: longer than Prometheus's default
+/// 15 s scrape interval, so scrapes reuse their connection.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a request may take once its head is read; a slower answer is a
+/// 503 (the store check inside `/readyz` gives up sooner, at [`READY_TIMEOUT`]).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for the store.
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// At shutdown, how long requests already being answered may take to finish.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// How often histograms are compacted.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the listener needs to answer.
 #[derive(Clone)]
@@ -34,35 +57,95 @@ pub struct Endpoints {
     pub health: Arc<Health>,
 }
 
-/// Serves until `shutdown` completes.
+/// The three endpoints. axum answers HEAD wherever GET is routed (same
+/// status and headers, no body) and 405 with `Allow` for other methods.
+pub fn router(endpoints: Endpoints) -> Router {
+    Router::new()
+        .route(METRICS_PATH, get(metrics))
+        .route(HEALTH_PATH, get(healthz))
+        .route(READY_PATH, get(readyz))
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RESPONSE_TIMEOUT,
+        ))
+        .with_state(endpoints)
+}
+
+/// Serves until `shutdown` completes, then stops accepting and gives the
+/// requests being answered up to [`SHUTDOWN_DRAIN`] to finish.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: impl Future<Output = ()>) {
+    let upkeep = {
+        let handle = endpoints.metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    let service = TowerToHyperService::new(router(endpoints));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
-    let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return,
-            _ = upkeep.tick() => endpoints.metrics.run_upkeep(),
+            _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let endpoints = endpoints.clone();
+                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &endpoints).await {
-                            tracing::debug!(error = %e, "ops listener: request failed");
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "ops listener: connection ended with an error");
                         }
                     });
                 }
                 Err(e) => {
+                    // Out of file descriptors, typically: say so, and do not spin.
                     tracing::warn!(error = %e, "ops listener: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
         }
     }
+    drop(listener);
+    upkeep.abort();
+    if tokio::time::timeout(SHUTDOWN_DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::debug!("ops listener: requests still open at shutdown were cut");
+    }
 }
 
-/// Ready when the worker's discovery works and the store can do what
-/// `run` needs (`Store::ping`: for Couchbase, key-value access to both
-/// buckets and the discovery query; for SQLite, a write that commits).
+async fn metrics(State(endpoints): State<Endpoints>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        endpoints.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(endpoints): State<Endpoints>) -> Response {
+    match readiness(&endpoints).await {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// Ready when the worker is not shutting down, its discovery works, and
+/// the store can do what `run` needs (`Store::ping`: for Couchbase,
+/// key-value access to both buckets and the discovery query; for SQLite, a
+/// write that commits).
 async fn readiness(endpoints: &Endpoints) -> Result<(), String> {
     if let Some(problem) = endpoints.health.problem() {
         return Err(problem);
@@ -71,67 +154,5 @@ async fn readiness(endpoints: &Endpoints) -> Result<(), String> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("the store did not answer within {} s", READY_TIMEOUT.as_secs())),
-    }
-}
-
-/// The path of a `GET` request head, if it is one.
-fn request_path(head: &[u8]) -> Option<&str> {
-    let line = std::str::from_utf8(head).ok()?.lines().next()?;
-    let mut parts = line.split(' ');
-    match (parts.next(), parts.next()) {
-        (Some("GET"), Some(path)) => Some(path.split('?').next().unwrap_or(path)),
-        _ => None,
-    }
-}
-
-async fn answer(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REQUEST_BYTES_MAX {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
-    }
-    let (status, content_type, body) = match request_path(&head) {
-        Some("/metrics") => ("200 OK", "text/plain; version=0.0.4", endpoints.metrics.render()),
-        Some("/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        Some("/readyz") => match readiness(endpoints).await {
-            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
-        },
-        Some(_) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        None => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_of_get_requests() {
-        assert_eq!(
-            request_path(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some("/metrics")
-        );
-        assert_eq!(request_path(b"GET /readyz?verbose=1 HTTP/1.1\r\n\r\n"), Some("/readyz"));
-        assert_eq!(request_path(b"POST /metrics HTTP/1.1\r\n\r\n"), None);
-        assert_eq!(request_path(b"\xff\xfe"), None);
-        assert_eq!(request_path(b""), None);
     }
 }

@@ -18,6 +18,8 @@ use crate::store::{Bucket, Store};
 use collapse::{cause, Collapser, COLLAPSE_INTERVAL};
 use pass::Pass;
 
+use crate::telemetry::ACTION_TARGET;
+
 pub mod collapse;
 mod pass;
 
@@ -164,19 +166,23 @@ pub async fn run(
         blocked_logged: Collapser::default(),
     };
     tokio::pin!(shutdown);
-    tracing::info!(
+    crate::lifecycle!(
         store = w.store.describe(),
         concurrency = w.cfg.concurrency,
         lease_ms = w.cfg.lease.as_millis() as u64,
         "worker started"
     );
     tokio::select! {
-        _ = &mut shutdown => tracing::info!("shutdown requested: no new claims"),
+        _ = &mut shutdown => crate::lifecycle!(
+            in_flight = w.tasks.len(),
+            grace_ms = w.cfg.shutdown_grace.as_millis() as u64,
+            "shutdown requested: no new claims"
+        ),
         _ = w.discover() => {}
     }
     w.drain_within_grace().await;
     w.log_repeats(true);
-    tracing::info!(
+    crate::lifecycle!(
         completed = w.stats.completed,
         duplicates = w.stats.duplicates,
         failed = w.stats.failed,
@@ -361,7 +367,7 @@ impl Loop {
                 if *why == Skip::Busy {
                     metrics::counter!(m::CLAIM_CONFLICTS).increment(1);
                 }
-                tracing::debug!(action = id, outcome = "skipped", why = ?why, "action skipped");
+                tracing::debug!(target: ACTION_TARGET, action = id, outcome = "skipped", why = ?why, "action skipped");
                 return;
             }
             Ok(Outcome::Completed { credits, units }) => {
@@ -372,6 +378,7 @@ impl Loop {
                 metrics::histogram!(m::ACTION_SECONDS).record(elapsed.as_secs_f64());
                 self.stats.latencies.push(elapsed);
                 tracing::info!(
+                    target: ACTION_TARGET,
                     action = id,
                     outcome = "completed",
                     credits,
@@ -383,6 +390,7 @@ impl Loop {
             Ok(Outcome::Duplicate) => {
                 self.stats.duplicates += 1;
                 tracing::info!(
+                    target: ACTION_TARGET,
                     action = id,
                     outcome = "duplicate",
                     credits = 0,
@@ -393,6 +401,7 @@ impl Loop {
             Ok(Outcome::Failed { reason }) => {
                 self.stats.failed += 1;
                 tracing::warn!(
+                    target: ACTION_TARGET,
                     action = id,
                     outcome = "failed",
                     reason,
@@ -404,6 +413,7 @@ impl Loop {
                 self.stats.blocked += 1;
                 if self.blocked_logged.admit(&cause(reason, &id), &id, Instant::now()) {
                     tracing::error!(
+                        target: ACTION_TARGET,
                         action = id,
                         outcome = "blocked",
                         reason,
@@ -421,6 +431,7 @@ impl Loop {
                     .admit(&cause(&e.to_string(), &id), &id, Instant::now())
                 {
                     tracing::warn!(
+                        target: ACTION_TARGET,
                         action = id,
                         outcome = "error",
                         error = %e,
@@ -484,7 +495,7 @@ impl Loop {
                 "queue idle: exiting, leaving work behind (see `ledgerd queue`)"
             );
         } else {
-            tracing::info!(left_locked = left.locked, "queue idle: exiting");
+            crate::lifecycle!(left_locked = left.locked, "queue idle: exiting");
         }
         left
     }

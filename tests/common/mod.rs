@@ -39,7 +39,10 @@ impl Scratch {
         self.path().join("ledgerd.db")
     }
 
-    /// `ledgerd ARGS` in the scratch directory, with no LEDGERD_* from outside.
+    /// `ledgerd ARGS` in the scratch directory, with no LEDGERD_* from
+    /// outside, and no ops listener unless the test asks for one with
+    /// `--metrics-addr` (tests run side by side, and a worker that cannot
+    /// bind its metrics address does not start).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ledgerd"));
         cmd.args(args).current_dir(self.path()).env_remove("RUST_LOG");
@@ -48,6 +51,7 @@ impl Scratch {
                 cmd.env_remove(key);
             }
         }
+        cmd.env("LEDGERD_METRICS_ADDR", "off");
         cmd
     }
 
@@ -111,7 +115,11 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split(' ').nth(1)?.parse().ok()?;
