@@ -1,8 +1,15 @@
 # ledgerd: build in the Rust image, run as a non-root user in a slim image.
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# Cargo reads every target the manifest names (the [[test]] entries
+# included), so the tests come along although only the binary is built.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY tests ./tests
+# The image ships a stripped binary without debug info (the release profile
+# keeps line tables for local profiling).
+ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
+    CARGO_PROFILE_RELEASE_STRIP=true
 RUN cargo build --release --locked --bin ledgerd
 
 FROM debian:bookworm-slim

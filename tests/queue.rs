@@ -212,7 +212,12 @@ fn metrics_show_the_queue_by_state_and_every_counter_from_the_start() {
                 && sample(&m, r#"ledgerd_queue_actions{state="ready"}"#) == Some(0.0)
         })
     });
+    // Readiness is sampled too (the stuck actions are the queue's, not the worker's).
+    wait_until("the sample shows the worker ready", || {
+        get(port, "/metrics").is_some_and(|(_, m)| sample(&m, "ledgerd_ready") == Some(1.0))
+    });
     let (_, body) = get(port, "/metrics").expect("scrape");
+    assert_eq!(sample(&body, "ledgerd_queue_depth"), Some(2.0), "{body}");
     assert_eq!(sample(&body, "ledgerd_failed_actions"), Some(0.0), "{body}");
     assert!(
         sample(&body, "ledgerd_queue_oldest_age_seconds").is_some_and(|a| a >= 0.0),

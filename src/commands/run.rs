@@ -106,6 +106,7 @@ pub async fn run(
     let store: Arc<dyn Store> = if listener.is_some() {
         sampler = Some(tokio::spawn(metrics::sample_queue(
             store.clone(),
+            health.clone(),
             Duration::from_millis(settings.queue_sample_ms),
         )));
         Arc::new(Hooked::new(store, metrics::StoreMetrics))

@@ -6,9 +6,32 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
-use crate::store::StoreError;
+use crate::ops::metrics as m;
+use crate::store::{Store, StoreError};
+
+/// How long a readiness check waits for the store.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ready when the worker is not shutting down, its discovery works, and
+/// the store can do what `run` needs (`Store::ping`: for Couchbase,
+/// key-value access to both buckets and the discovery query; for SQLite, a
+/// write that commits). Sets the `ledgerd_ready` gauge to the answer.
+pub async fn readiness(store: &dyn Store, health: &Health) -> Result<(), String> {
+    let answer = match health.problem() {
+        Some(problem) => Err(problem),
+        None => match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the store did not answer within {} s", READY_TIMEOUT.as_secs())),
+        },
+    };
+    metrics::gauge!(m::READY).set(if answer.is_ok() { 1.0 } else { 0.0 });
+    answer
+}
 
 /// The discovery failure in progress, if any.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::ops::health::Health;
+use crate::ops::health::{self, Health};
 use crate::store::Store;
 
 /// The paths served, for probes and scrapers (and the manifests that name them).
@@ -34,10 +34,9 @@ pub const READY_PATH: &str = "/readyz";
 /// 15 s scrape interval, so scrapes reuse their connection.
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a request may take once its head is read; a slower answer is a
-/// 503 (the store check inside `/readyz` gives up sooner, at [`READY_TIMEOUT`]).
+/// 503 (the store check inside `/readyz` gives up sooner, at
+/// [`health::READY_TIMEOUT`]).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `/readyz` waits for the store.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// At shutdown, how long requests already being answered may take to finish.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// How often histograms are compacted.
@@ -132,7 +131,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(endpoints): State<Endpoints>) -> Response {
-    match readiness(&endpoints).await {
+    match health::readiness(endpoints.store.as_ref(), &endpoints.health).await {
         Ok(()) => "ready\n".into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
@@ -140,19 +139,4 @@ async fn readyz(State(endpoints): State<Endpoints>) -> Response {
 
 async fn not_found() -> (StatusCode, &'static str) {
     (StatusCode::NOT_FOUND, "not found\n")
-}
-
-/// Ready when the worker is not shutting down, its discovery works, and
-/// the store can do what `run` needs (`Store::ping`: for Couchbase,
-/// key-value access to both buckets and the discovery query; for SQLite, a
-/// write that commits).
-async fn readiness(endpoints: &Endpoints) -> Result<(), String> {
-    if let Some(problem) = endpoints.health.problem() {
-        return Err(problem);
-    }
-    match tokio::time::timeout(READY_TIMEOUT, endpoints.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("the store did not answer within {} s", READY_TIMEOUT.as_secs())),
-    }
 }

@@ -47,6 +47,11 @@ pub const DISCOVERY_FAILURES: &str = "ledgerd_discovery_failures_total";
 /// 1 while discovery is failing (the worker is then not ready), else 0.
 pub const DISCOVERY_FAILING: &str = "ledgerd_discovery_failing";
 
+/// Queued actions, all states (sampled; every store can tell).
+pub const QUEUE_DEPTH: &str = "ledgerd_queue_depth";
+/// 1 while the worker is ready (what `/readyz` answers, checked at every
+/// queue sample and every `/readyz` request), else 0.
+pub const READY: &str = "ledgerd_ready";
 /// Queued actions by `state`: ready, locked, blocked (sampled; NaN while
 /// the store cannot tell cheaply, see `QUEUE_PROBE_MAX`).
 pub const QUEUE_ACTIONS: &str = "ledgerd_queue_actions";
@@ -93,6 +98,7 @@ fn register_at_zero() {
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
     metrics::gauge!(DISCOVERY_FAILING).set(0.0);
+    metrics::gauge!(READY).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -139,6 +145,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
         DISCOVERY_FAILING,
         "1 while discovery is failing (the worker is not ready)."
     );
+    describe_gauge!(QUEUE_DEPTH, "Queued actions, all states (sampled).");
+    describe_gauge!(READY, "1 while the worker is ready (as /readyz answers), else 0.");
     describe_gauge!(
         QUEUE_ACTIONS,
         "Queued actions by state (sampled): ready, locked, blocked."
@@ -197,14 +205,20 @@ impl Hook for StoreMetrics {
     }
 }
 
-/// Samples the queue by state, the oldest queued action and the failed
-/// ids for `/metrics`, every `interval`, forever (abort the task to stop).
-pub async fn sample_queue(store: std::sync::Arc<dyn crate::store::Store>, interval: std::time::Duration) {
+/// Samples the queue (depth, by state, the oldest queued action), the
+/// failed ids and readiness for `/metrics`, every `interval`, forever
+/// (abort the task to stop).
+pub async fn sample_queue(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    health: std::sync::Arc<crate::ops::health::Health>,
+    interval: std::time::Duration,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         sample_queue_once(store.as_ref()).await;
+        let _ = crate::ops::health::readiness(store.as_ref(), &health).await;
     }
 }
 
@@ -220,6 +234,7 @@ pub async fn sample_queue_once(store: &dyn crate::store::Store) {
             Some(QUEUE_PROBE_MAX),
         )
         .await;
+    metrics::gauge!(QUEUE_DEPTH).set(census.as_ref().map_or(f64::NAN, |c| c.total as f64));
     let (states, oldest) = match &census {
         Ok(c) => {
             let states = c.states.map(|(locked, blocked)| {
