@@ -1,4 +1,4 @@
-//! The crediting protocol (see the README, "How an action is credited"):
+//! The crediting protocol (see docs/protocol.md, "How an action is credited"):
 //! claim → look up `tx:<id>` → commit → apply → complete → remove → prune.
 //!
 //! Written once, against [`Store`]. Safety rests on three facts, never on

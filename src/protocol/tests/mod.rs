@@ -173,7 +173,7 @@ async fn a_crash_before_any_operation_is_recovered_exactly() {
     let expected = [("a", 150_000_007), ("b", 29_000_000), ("c", 1)];
     let total = ops_of_a_clean_run(BODY).await;
     // claim, read tx, 3 wallet reads, insert tx, 3 wallet writes, complete,
-    // remove: 2N + 5 for N credits, as the README documents.
+    // remove: 2N + 5 for N credits, as docs/protocol.md documents.
     assert_eq!(total, 2 * 3 + 5, "the happy path's store operations");
     for crash_at in 0..=total {
         let w = World::new();
