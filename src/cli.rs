@@ -372,6 +372,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub exit_when_idle: bool,
     /// Where to serve /metrics, /healthz and /readyz (default 127.0.0.1:9464), or `off`.
+    /// An address that cannot be bound (another worker on it?) stops the worker
+    /// at start with exit code 2.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
     /// Time in-flight actions get to finish after SIGTERM/SIGINT (default 10000).
