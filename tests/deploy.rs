@@ -8,9 +8,8 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use common::{free_port, get, sigterm, stderr, wait_until, Scratch};
+use common::{get, sigterm, start_watched, stderr, wait_until, Scratch};
 use ledgerd::config::Settings;
 use ledgerd::ops::health::READY_TIMEOUT;
 use ledgerd::ops::http::{HEALTH_PATH, METRICS_PATH, READY_PATH};
@@ -69,27 +68,9 @@ fn rules() -> Vec<Yaml> {
         .collect()
 }
 
-/// GitHub's anchor of a Markdown heading.
-fn anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The anchors of every heading of a Markdown file.
 fn anchors(path: &str) -> BTreeSet<String> {
-    read(path)
-        .lines()
-        .filter_map(|l| l.strip_prefix('#'))
-        .map(|l| anchor(l.trim_start_matches('#')))
-        .collect()
+    common::anchors(&read(path))
 }
 
 #[test]
@@ -227,15 +208,7 @@ fn every_metric_the_dashboard_rules_and_autoscaler_name_is_exported_by_a_real_wo
         &["enqueue"],
         "{\"id\":\"a1\",\"doc\":{\"beneficiaries\":{\"w\":1}}}\n{\"id\":\"a2\",\"doc\":{\"beneficiaries\":{\"w\":2}}}\n",
     );
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = s
-        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"])
-        .env("LEDGERD_QUEUE_SAMPLE_MS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let (child, port) = start_watched(&s, &[("LEDGERD_QUEUE_SAMPLE_MS", "1000")]);
     // Histograms appear with their first observation, the queue gauges with
     // the first sample after the queue drained.
     let scrape = || get(port, METRICS_PATH).map(|(_, body)| body).unwrap_or_default();

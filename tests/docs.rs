@@ -2,8 +2,12 @@
 //! screens and reaches every page under docs/, and every relative link in
 //! the Markdown lands on a file and, where it names one, a heading.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+use common::anchors;
 
 /// The README's budget, in lines.
 const README_LINES_MAX: usize = 250;
@@ -26,34 +30,6 @@ fn pages() -> Vec<PathBuf> {
         }
     }
     pages
-}
-
-/// GitHub's anchor of a heading's text.
-fn anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The anchors of a page's headings (outside code blocks).
-fn anchors(text: &str) -> BTreeSet<String> {
-    let mut fenced = false;
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            out.insert(anchor(line.trim_start_matches('#')));
-        }
-    }
-    out
 }
 
 /// The targets of `[text](target)` links (outside code blocks).

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use common::{balances, free_port, get, json_lines, sigterm, stderr, stdout, wait_until, Freezer, Scratch};
+use common::{balances, get, json_lines, sigterm, start_watched, stderr, stdout, wait_until, Freezer, Scratch};
 
 /// The value of one sample line of the metrics text.
 fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
@@ -45,16 +45,8 @@ fn metrics_count_what_was_processed_and_readyz_follows_the_store() {
     let (mut lines, expected) = actions("m", 40);
     lines.push_str("{\"id\":\"bad1\",\"raw\":\"not json\"}\n{\"id\":\"bad2\",\"doc\":{\"beneficiaries\":{}}}\n");
     s.run(&["enqueue"], &lines);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = s
-        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let (child, port) = start_watched(&s, &[]);
     wait_until("the queue is drained", || queued(&s) == 0);
-    wait_until("the listener answers", || get(port, "/healthz").is_some());
     let (code, body) = get(port, "/metrics").expect("scrape");
     assert_eq!(code, 200);
     assert_eq!(
@@ -295,15 +287,7 @@ fn read_response(stream: &mut std::io::BufReader<std::net::TcpStream>, head_only
 fn the_listener_answers_head_keeps_connections_alive_and_refuses_other_methods() {
     use std::io::Write;
     let s = Scratch::new();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = s
-        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    wait_until("the listener answers", || get(port, "/healthz").is_some());
+    let (mut child, port) = start_watched(&s, &[]);
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -375,16 +359,8 @@ fn units_credited_are_counted_exactly_beyond_what_a_float_holds() {
         &["enqueue"],
         &format!(r#"{{"id":"big","doc":{{"reward":"{tokens}","beneficiaries":{{"w":100}}}}}}"#),
     );
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = s
-        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let (child, port) = start_watched(&s, &[]);
     wait_until("the queue is drained", || queued(&s) == 0);
-    wait_until("the listener answers", || get(port, "/healthz").is_some());
     let (_, body) = get(port, "/metrics").expect("scrape");
     let line = body
         .lines()

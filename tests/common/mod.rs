@@ -110,6 +110,49 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `ledgerd run` with its ops listener on a free port, logging warnings and
+/// worse to a pipe, with `env` set: the child, once the listener answers,
+/// and the port.
+pub fn start_watched(s: &Scratch, env: &[(&str, &str)]) -> (std::process::Child, u16) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = s.cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"]);
+    cmd.envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start ledgerd run");
+    wait_until("the listener answers", || get(port, "/healthz").is_some());
+    (child, port)
+}
+
+/// GitHub's anchor of a Markdown heading's text.
+pub fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a Markdown text's headings (outside code blocks).
+pub fn anchors(text: &str) -> std::collections::BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
 /// `GET path` on the ops listener: (status code, body).
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
