@@ -276,14 +276,7 @@ impl SqliteStore {
                 let _ = answer.send(committed.and(result));
             })
         });
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?;
-        answered
-            .await
-            .map_err(|_| StoreError::Permanent("the SQLite writer has stopped".into()))?
+        hand_over(&self.writer, job, answered, "writer").await
     }
 
     async fn read<T: Send + 'static>(
@@ -298,15 +291,25 @@ impl SqliteStore {
             let result = load(conn, &bucket, &key).and_then(|slot| op(&slot, clock_ms()));
             let _ = answer.send(result);
         });
-        self.reader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| StoreError::Permanent("the SQLite reader has stopped".into()))?;
-        answered
-            .await
-            .map_err(|_| StoreError::Permanent("the SQLite reader has stopped".into()))?
+        hand_over(&self.reader, job, answered, "reader").await
     }
+}
+
+/// Sends `job` to the store's `thread` (writer or reader) and waits for its
+/// answer; a thread that has stopped fails the call for good.
+async fn hand_over<J, T>(
+    thread: &Mutex<std::sync::mpsc::Sender<J>>,
+    job: J,
+    answered: tokio::sync::oneshot::Receiver<StoreResult<T>>,
+    name: &str,
+) -> StoreResult<T> {
+    let stopped = || StoreError::Permanent(format!("the SQLite {name} has stopped"));
+    thread
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .map_err(|_| stopped())?;
+    answered.await.map_err(|_| stopped())?
 }
 
 /// One write inside the writer's transaction, alone or as part of a group
