@@ -69,11 +69,15 @@ pub fn identity() -> &'static Identity {
     })
 }
 
-/// A lifecycle line at INFO, with the worker's identity.
+/// A lifecycle line with the worker's identity: at INFO, or at the level
+/// given first (`lifecycle!(level: tracing::Level::ERROR, …)`).
 #[macro_export]
 macro_rules! lifecycle {
-    ($($field:tt)*) => {{
+    (level: $level:expr, $($field:tt)*) => {{
         let id = $crate::telemetry::identity();
-        tracing::info!(host = id.host.as_str(), pid = id.pid, version = id.version, $($field)*)
+        tracing::event!($level, host = id.host.as_str(), pid = id.pid, version = id.version, $($field)*)
     }};
+    ($($field:tt)*) => {
+        $crate::lifecycle!(level: tracing::Level::INFO, $($field)*)
+    };
 }

@@ -143,6 +143,21 @@ fn exit_when_idle_reports_what_it_left_and_fails_while_anything_is_blocked() {
         err.contains("1 blocked") && err.contains("1 locked by other workers"),
         "{err}"
     );
+    // The exit line is a lifecycle line, at ERROR here: it says which worker.
+    let exit_line: Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("queue idle: exiting"))
+        })
+        .unwrap_or_else(|| panic!("no exit line: {err}"));
+    assert_eq!(exit_line["level"], "ERROR", "{exit_line}");
+    assert!(
+        exit_line["pid"].as_u64().is_some() && exit_line["host"].is_string(),
+        "{exit_line}"
+    );
     // The ready one went through; once the wallet is repaired, so does the
     // blocked one, and what is left (a lock of another worker) is no failure.
     let out = s.run(

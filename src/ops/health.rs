@@ -1,11 +1,11 @@
 //! What the worker knows about its own ability to work, for `/readyz`: a
 //! failing discovery makes the worker not ready, with the cause, until a
-//! discovery succeeds again; a worker shutting down is not ready either. (What the store itself can do, `/readyz` asks
-//! the store: see `Store::ping`.)
+//! discovery succeeds again; a worker shutting down is not ready either.
+//! (What the store itself can do, `/readyz` asks the store: see
+//! `Store::ping`.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-
 use std::time::Duration;
 
 use tokio::time::Instant;

@@ -15,10 +15,9 @@ use crate::ops::health::Health;
 use crate::ops::metrics as m;
 use crate::protocol::{self, process_attempt, Attempt, Outcome, ProtocolError, Skip};
 use crate::store::{Bucket, Store};
+use crate::telemetry::ACTION_TARGET;
 use collapse::{cause, Collapser, COLLAPSE_INTERVAL};
 use pass::Pass;
-
-use crate::telemetry::ACTION_TARGET;
 
 pub mod collapse;
 mod pass;
@@ -487,7 +486,8 @@ impl Loop {
             }
         }
         if left.needs_attention() {
-            tracing::error!(
+            crate::lifecycle!(
+                level: tracing::Level::ERROR,
                 left_locked = left.locked,
                 left_blocked = left.blocked,
                 left_after_errors = left.after_errors,
@@ -535,7 +535,8 @@ impl Loop {
                 Ok(Some(done)) => self.record(done),
                 Ok(None) => return,
                 Err(_) => {
-                    tracing::warn!(
+                    crate::lifecycle!(
+                        level: tracing::Level::WARN,
                         abandoned = self.tasks.len(),
                         "grace period over: abandoning in-flight actions"
                     );
