@@ -178,8 +178,8 @@ fn the_rules_pass_promtool_where_it_is_installed() {
     );
 }
 
-/// The value of one metric family's first sample, by name (histograms by
-/// their `_bucket`, `_sum` and `_count` series).
+/// Whether a Prometheus text body has a sample of the series `name`, with
+/// any labels (histograms by their `_bucket`, `_sum` and `_count` series).
 fn exported(body: &str, name: &str) -> bool {
     body.lines()
         .filter(|l| !l.starts_with('#'))
@@ -208,7 +208,7 @@ fn every_metric_the_dashboard_rules_and_autoscaler_name_is_exported_by_a_real_wo
         &["enqueue"],
         "{\"id\":\"a1\",\"doc\":{\"beneficiaries\":{\"w\":1}}}\n{\"id\":\"a2\",\"doc\":{\"beneficiaries\":{\"w\":2}}}\n",
     );
-    let (child, port) = start_watched(&s, &[("LEDGERD_QUEUE_SAMPLE_MS", "1000")]);
+    let (child, port) = start_watched(&s, "warn", &[("LEDGERD_QUEUE_SAMPLE_MS", "1000")]);
     // Histograms appear with their first observation, the queue gauges with
     // the first sample after the queue drained.
     let scrape = || get(port, METRICS_PATH).map(|(_, body)| body).unwrap_or_default();

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::anchors;
+use common::{anchors, prose_lines};
 
 /// The README's budget, in lines.
 const README_LINES_MAX: usize = 250;
@@ -34,16 +34,8 @@ fn pages() -> Vec<PathBuf> {
 
 /// The targets of `[text](target)` links (outside code blocks).
 fn links(text: &str) -> Vec<String> {
-    let mut fenced = false;
     let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if fenced {
-            continue;
-        }
+    for line in prose_lines(text) {
         let mut rest = line;
         while let Some(at) = rest.find("](") {
             let tail = &rest[at + 2..];

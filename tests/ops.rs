@@ -6,16 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use common::{balances, get, json_lines, sigterm, start_watched, stderr, stdout, wait_until, Freezer, Scratch};
-
-/// The value of one sample line of the metrics text.
-fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use common::{
+    balances, get, json_lines, metric_sample, sigterm, start_watched, stderr, stdout, wait_until, Freezer, Scratch,
+};
 
 fn queued(s: &Scratch) -> u64 {
     json_lines(&s.run(&["status", "--json"], ""))[0]["queued"]
@@ -45,37 +38,41 @@ fn metrics_count_what_was_processed_and_readyz_follows_the_store() {
     let (mut lines, expected) = actions("m", 40);
     lines.push_str("{\"id\":\"bad1\",\"raw\":\"not json\"}\n{\"id\":\"bad2\",\"doc\":{\"beneficiaries\":{}}}\n");
     s.run(&["enqueue"], &lines);
-    let (child, port) = start_watched(&s, &[]);
+    let (child, port) = start_watched(&s, "warn", &[]);
     wait_until("the queue is drained", || queued(&s) == 0);
     let (code, body) = get(port, "/metrics").expect("scrape");
     assert_eq!(code, 200);
     assert_eq!(
-        sample(&body, r#"ledgerd_actions_total{outcome="completed"}"#),
+        metric_sample(&body, r#"ledgerd_actions_total{outcome="completed"}"#),
         Some(40.0),
         "{body}"
     );
     assert_eq!(
-        sample(&body, r#"ledgerd_actions_total{outcome="failed"}"#),
+        metric_sample(&body, r#"ledgerd_actions_total{outcome="failed"}"#),
         Some(2.0),
         "{body}"
     );
-    assert_eq!(sample(&body, "ledgerd_credits_total"), Some(40.0), "{body}");
+    assert_eq!(metric_sample(&body, "ledgerd_credits_total"), Some(40.0), "{body}");
     // Every credit went out in some wallet write, each write with one or more.
     assert_eq!(
-        sample(&body, "ledgerd_wallet_write_credits_total"),
+        metric_sample(&body, "ledgerd_wallet_write_credits_total"),
         Some(40.0),
         "{body}"
     );
-    assert!(sample(&body, "ledgerd_wallet_writes_total").is_some_and(|n| (1.0..=40.0).contains(&n)));
+    assert!(metric_sample(&body, "ledgerd_wallet_writes_total").is_some_and(|n| (1.0..=40.0).contains(&n)));
     let units: u64 = expected.values().sum();
     assert_eq!(
-        sample(&body, "ledgerd_units_credited_total"),
+        metric_sample(&body, "ledgerd_units_credited_total"),
         Some(units as f64),
         "{body}"
     );
-    assert_eq!(sample(&body, "ledgerd_in_flight_actions"), Some(0.0), "{body}");
-    assert_eq!(sample(&body, "ledgerd_action_seconds_count"), Some(40.0), "{body}");
-    assert!(sample(
+    assert_eq!(metric_sample(&body, "ledgerd_in_flight_actions"), Some(0.0), "{body}");
+    assert_eq!(
+        metric_sample(&body, "ledgerd_action_seconds_count"),
+        Some(40.0),
+        "{body}"
+    );
+    assert!(metric_sample(
         &body,
         r#"ledgerd_store_operations_total{op="get_and_lock",result="ok"}"#
     )
@@ -287,7 +284,7 @@ fn read_response(stream: &mut std::io::BufReader<std::net::TcpStream>, head_only
 fn the_listener_answers_head_keeps_connections_alive_and_refuses_other_methods() {
     use std::io::Write;
     let s = Scratch::new();
-    let (mut child, port) = start_watched(&s, &[]);
+    let (mut child, port) = start_watched(&s, "warn", &[]);
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -359,7 +356,7 @@ fn units_credited_are_counted_exactly_beyond_what_a_float_holds() {
         &["enqueue"],
         &format!(r#"{{"id":"big","doc":{{"reward":"{tokens}","beneficiaries":{{"w":100}}}}}}"#),
     );
-    let (child, port) = start_watched(&s, &[]);
+    let (child, port) = start_watched(&s, "warn", &[]);
     wait_until("the queue is drained", || queued(&s) == 0);
     let (_, body) = get(port, "/metrics").expect("scrape");
     let line = body

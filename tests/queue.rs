@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::{free_port, get, json_lines, sigterm, stderr, stdout, wait_until, Scratch};
+use common::{get, json_lines, metric_sample, sigterm, start_watched, stderr, stdout, wait_until, Scratch};
 use ledgerd::store::sqlite::{OpenMode, SqliteStore};
 use ledgerd::store::{Bucket, Store};
 use serde_json::Value;
@@ -180,26 +178,10 @@ fn exit_when_idle_reports_what_it_left_and_fails_while_anything_is_blocked() {
     assert_eq!(left, ["l=locked"]);
 }
 
-/// The value of one sample line in a Prometheus text body.
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[test]
 fn metrics_show_the_queue_by_state_and_every_counter_from_the_start() {
     let s = stuck();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = s
-        .cmd(&["run", "--metrics-addr", &addr, "--log-level", "error"])
-        .env("LEDGERD_QUEUE_SAMPLE_MS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    wait_until("the listener answers", || get(port, "/healthz").is_some());
+    let (child, port) = start_watched(&s, "error", &[("LEDGERD_QUEUE_SAMPLE_MS", "1000")]);
     // Registered at 0 before anything happened to them.
     let (_, body) = get(port, "/metrics").expect("scrape");
     for series in [
@@ -209,10 +191,10 @@ fn metrics_show_the_queue_by_state_and_every_counter_from_the_start() {
         r#"ledgerd_store_operations_total{op="set_xattr",result="limit_exceeded"}"#,
         "ledgerd_markers_pruned_total",
     ] {
-        assert_eq!(sample(&body, series), Some(0.0), "{series}: {body}");
+        assert_eq!(metric_sample(&body, series), Some(0.0), "{series}: {body}");
     }
     assert_eq!(
-        sample(
+        metric_sample(
             &body,
             &format!(r#"ledgerd_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"))
         ),
@@ -222,20 +204,20 @@ fn metrics_show_the_queue_by_state_and_every_counter_from_the_start() {
     // The ready action goes; the blocked one stays blocked, the locked one locked.
     wait_until("the sample shows one blocked and one locked, nothing ready", || {
         get(port, "/metrics").is_some_and(|(_, m)| {
-            sample(&m, r#"ledgerd_queue_actions{state="blocked"}"#) == Some(1.0)
-                && sample(&m, r#"ledgerd_queue_actions{state="locked"}"#) == Some(1.0)
-                && sample(&m, r#"ledgerd_queue_actions{state="ready"}"#) == Some(0.0)
+            metric_sample(&m, r#"ledgerd_queue_actions{state="blocked"}"#) == Some(1.0)
+                && metric_sample(&m, r#"ledgerd_queue_actions{state="locked"}"#) == Some(1.0)
+                && metric_sample(&m, r#"ledgerd_queue_actions{state="ready"}"#) == Some(0.0)
         })
     });
     // Readiness is sampled too (the stuck actions are the queue's, not the worker's).
     wait_until("the sample shows the worker ready", || {
-        get(port, "/metrics").is_some_and(|(_, m)| sample(&m, "ledgerd_ready") == Some(1.0))
+        get(port, "/metrics").is_some_and(|(_, m)| metric_sample(&m, "ledgerd_ready") == Some(1.0))
     });
     let (_, body) = get(port, "/metrics").expect("scrape");
-    assert_eq!(sample(&body, "ledgerd_queue_depth"), Some(2.0), "{body}");
-    assert_eq!(sample(&body, "ledgerd_failed_actions"), Some(0.0), "{body}");
+    assert_eq!(metric_sample(&body, "ledgerd_queue_depth"), Some(2.0), "{body}");
+    assert_eq!(metric_sample(&body, "ledgerd_failed_actions"), Some(0.0), "{body}");
     assert!(
-        sample(&body, "ledgerd_queue_oldest_age_seconds").is_some_and(|a| a >= 0.0),
+        metric_sample(&body, "ledgerd_queue_oldest_age_seconds").is_some_and(|a| a >= 0.0),
         "{body}"
     );
     sigterm(&child);

@@ -8,7 +8,9 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{balances, free_port, get, json_lines, sigterm, stderr, wait_until, Scratch};
+use common::{
+    balances, free_port, get, json_lines, metric_sample, sigterm, start_watched, stderr, wait_until, Scratch,
+};
 
 /// Waits until `/readyz` answers 503, and returns its body.
 fn not_ready(port: u16) -> String {
@@ -55,24 +57,14 @@ fn a_discovery_that_cannot_work_stops_an_exit_when_idle_run_with_one_message() {
 #[test]
 fn a_running_worker_is_not_ready_while_discovery_fails_and_says_so_once() {
     let s = broken_discovery();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = s
-        .cmd(&["run", "--metrics-addr", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let (child, port) = start_watched(&s, "info", &[]);
     let body = not_ready(port);
     assert!(body.contains("discovery") && body.contains("no such column"), "{body}");
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200), "alive, only not ready");
     // Several failed attempts, counted.
     wait_until("three discovery failures are counted", || {
         get(port, "/metrics").is_some_and(|(_, m)| {
-            m.lines()
-                .find(|l| l.starts_with(r#"ledgerd_discovery_failures_total{kind="permanent"}"#))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .is_some_and(|n| n >= 3.0)
+            metric_sample(&m, r#"ledgerd_discovery_failures_total{kind="permanent"}"#).is_some_and(|n| n >= 3.0)
         })
     });
     sigterm(&child);

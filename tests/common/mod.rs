@@ -110,19 +110,39 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `ledgerd run` with its ops listener on a free port, logging warnings and
-/// worse to a pipe, with `env` set: the child, once the listener answers,
-/// and the port.
-pub fn start_watched(s: &Scratch, env: &[(&str, &str)]) -> (std::process::Child, u16) {
+/// `ledgerd run` with its ops listener on a free port, logging at
+/// `log_level` to a pipe, with `env` set: the child, once the listener
+/// answers, and the port.
+pub fn start_watched(s: &Scratch, log_level: &str, env: &[(&str, &str)]) -> (std::process::Child, u16) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut cmd = s.cmd(&["run", "--metrics-addr", &addr, "--log-level", "warn"]);
+    let mut cmd = s.cmd(&["run", "--metrics-addr", &addr, "--log-level", log_level]);
     cmd.envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let child = cmd.spawn().expect("start ledgerd run");
     wait_until("the listener answers", || get(port, "/healthz").is_some());
     (child, port)
+}
+
+/// The value of one series (name and labels, as written) in a Prometheus
+/// text body.
+pub fn metric_sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The lines of a Markdown text outside its fenced code blocks.
+pub fn prose_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut fenced = false;
+    text.lines().filter(move |line| {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            return false;
+        }
+        !fenced
+    })
 }
 
 /// GitHub's anchor of a Markdown heading's text.
@@ -141,16 +161,10 @@ pub fn anchor(heading: &str) -> String {
 
 /// The anchors of a Markdown text's headings (outside code blocks).
 pub fn anchors(text: &str) -> std::collections::BTreeSet<String> {
-    let mut fenced = false;
-    let mut out = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            out.insert(anchor(line.trim_start_matches('#')));
-        }
-    }
-    out
+    prose_lines(text)
+        .filter(|line| line.starts_with('#'))
+        .map(|line| anchor(line.trim_start_matches('#')))
+        .collect()
 }
 
 /// `GET path` on the ops listener: (status code, body).
