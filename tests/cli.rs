@@ -397,10 +397,11 @@ fn bench_reports_in_the_documented_shape() {
     assert!((4.0..4.5).contains(&reads), "{r}");
     assert_eq!(r["store_ops_per_action"]["writes"], 7.0, "{r}");
     assert_eq!(r["store_ops_per_action"]["wallet_writes"], 3.0, "{r}");
-    // 7 sequential round trips, as Couchbase would run them (the write
-    // group's four stages count one each), more only after a conflict.
-    let trips = r["store_ops_per_action"]["round_trips"].as_f64().expect("round trips");
-    assert!((7.0..7.5).contains(&trips), "{r}");
+    // 7 sequential round trips, as Couchbase would run them, more only
+    // after a conflict. The count does not depend on the machine's speed:
+    // a store that answers at once still has an action's wallet reads in
+    // flight together (a loaded machine used to show 7.75 here).
+    assert_eq!(r["store_ops_per_action"]["round_trips"], 7.0, "{r}");
     assert_eq!(r["balances_exact"], true, "{r}");
     assert!(r["wallet_markers_max"].as_u64().is_some(), "{r}");
     assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));

@@ -132,6 +132,9 @@ impl Hook for OpCounter {
     fn watches_only(&self) -> bool {
         true
     }
+    fn counts_round_trips(&self) -> bool {
+        true
+    }
     fn after(&self, kind: OpKind, _key: &str, error: Option<&StoreError>) {
         InFlight::end();
         let counter = if kind.is_write() { &self.writes } else { &self.reads };

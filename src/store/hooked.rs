@@ -115,6 +115,29 @@ pub trait Hook: Send + Sync {
     fn watches_only(&self) -> bool {
         false
     }
+    /// True for a hook that measures round trips ([`InFlight`]): each
+    /// call then runs [`as_if_remote`], so that what it counts does not
+    /// depend on how fast the store answers.
+    fn counts_round_trips(&self) -> bool {
+        false
+    }
+}
+
+/// Runs a store call so that it never completes on its first poll, as a
+/// call to a server never does. A local store can answer before the task
+/// polls the call's siblings: calls an action starts together (its wallet
+/// reads) would then look sequential, and the round trips counted would
+/// depend on the machine's speed. With this, calls started together are
+/// all in flight before any of them ends, however fast the answer.
+pub async fn as_if_remote<F: std::future::Future>(call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    match futures::poll!(call.as_mut()) {
+        std::task::Poll::Ready(out) => {
+            tokio::task::yield_now().await;
+            out
+        }
+        std::task::Poll::Pending => call.await,
+    }
 }
 
 tokio::task_local! {
@@ -174,6 +197,7 @@ impl<H: Hook> Hooked<H> {
 macro_rules! hooked {
     ($self:ident, $kind:expr, $key:expr, $call:expr) => {{
         let result = match $self.hook.before($kind, $key).await {
+            Fault::Pass if $self.hook.counts_round_trips() => as_if_remote($call).await,
             Fault::Pass => $call.await,
             Fault::FailBefore(e) => Err(e),
             Fault::FailAfter(e) => {
@@ -302,5 +326,54 @@ impl<H: Hook> Store for Hooked<H> {
     }
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         hooked!(self, OpKind::CountKeys, prefix, self.inner.count_keys(bucket, prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// Counts the round trips the calls of one action make.
+    #[derive(Default)]
+    struct Trips(AtomicU64);
+
+    #[async_trait]
+    impl Hook for Trips {
+        async fn before(&self, _kind: OpKind, _key: &str) -> Fault {
+            if InFlight::begin() {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+            Fault::Pass
+        }
+        fn after(&self, _kind: OpKind, _key: &str, _error: Option<&StoreError>) {
+            InFlight::end();
+        }
+        fn counts_round_trips(&self) -> bool {
+            true
+        }
+    }
+
+    /// The memory store answers on the first poll: without `as_if_remote`
+    /// the first of two joined reads would end before the second began,
+    /// and they would count as two round trips.
+    #[tokio::test]
+    async fn calls_started_together_are_one_round_trip_however_fast_the_store() {
+        let store = Hooked::new(Arc::new(MemoryStore::new()), Trips::default());
+        IN_FLIGHT
+            .scope(Default::default(), async {
+                let (a, b) = tokio::join!(
+                    store.get(Bucket::Ledger, "balance:a"),
+                    store.get(Bucket::Ledger, "balance:b")
+                );
+                assert!(matches!((a, b), (Err(StoreError::NotFound), Err(StoreError::NotFound))));
+                assert_eq!(store.hook.0.load(Ordering::Relaxed), 1, "joined calls");
+                let _ = store.get(Bucket::Ledger, "balance:a").await;
+                let _ = store.get(Bucket::Ledger, "balance:b").await;
+                assert_eq!(store.hook.0.load(Ordering::Relaxed), 3, "one after the other");
+            })
+            .await;
     }
 }
