@@ -456,3 +456,32 @@ fn print_report(r: &Report, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::hooked::IN_FLIGHT;
+    use crate::store::memory::MemoryStore;
+
+    /// The memory store answers on the first poll: without `as_if_remote`
+    /// the first of two joined reads would end before the second began,
+    /// and they would count as two round trips.
+    #[tokio::test]
+    async fn calls_started_together_are_one_round_trip_however_fast_the_store() {
+        let store = Hooked::new(Arc::new(MemoryStore::new()), OpCounter::default());
+        let trips = |store: &Hooked<OpCounter>| ProcessReport::new(&[], &store.hook).round_trips;
+        IN_FLIGHT
+            .scope(Default::default(), async {
+                let (a, b) = tokio::join!(
+                    store.get(Bucket::Ledger, "balance:a"),
+                    store.get(Bucket::Ledger, "balance:b")
+                );
+                assert!(matches!((a, b), (Err(StoreError::NotFound), Err(StoreError::NotFound))));
+                assert_eq!(trips(&store), 1, "joined calls");
+                let _ = store.get(Bucket::Ledger, "balance:a").await;
+                let _ = store.get(Bucket::Ledger, "balance:b").await;
+                assert_eq!(trips(&store), 3, "one after the other");
+            })
+            .await;
+    }
+}
