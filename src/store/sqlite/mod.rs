@@ -1,10 +1,11 @@
 //! The embedded store: one SQLite file, safe for several processes at once.
 //!
-//! Every mutation reads the row, applies the shared document model
-//! (`model.rs`) and writes it back inside a `BEGIN IMMEDIATE` transaction,
-//! so SQLite's write lock makes each operation atomic across processes; a
-//! writer thread per process groups the mutations waiting at one moment
-//! into one such transaction (group commit, see `threads.rs`). WAL mode
+//! Every mutation applies the shared document model (`model.rs`) to its
+//! document inside a `BEGIN IMMEDIATE` transaction, so SQLite's write lock
+//! makes each operation atomic across processes; a writer thread per
+//! process groups the mutations waiting at one moment into one such
+//! transaction (group commit, see `threads.rs`), which reads each document
+//! at most once and writes each changed one back once, before COMMIT. WAL mode
 //! lets readers proceed while one writer commits; `synchronous = FULL`
 //! makes every committed write durable before it is acknowledged. Lock
 //! expiry is judged by the machine's clock, the same for every process on

@@ -2,6 +2,10 @@
 //! mutations to the shared document model inside group-committed
 //! transactions, and the reader, which serves point reads in batches.
 
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry as Entry_;
+use std::collections::HashMap;
+
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
@@ -12,17 +16,18 @@ use crate::store::{Cas, StoreError, StoreResult};
 const GROUP_COMMIT_MAX: usize = 512;
 /// One document, read on every operation.
 const LOAD_SQL: &str = "SELECT body, xattrs, cas, lock_until_ms, created_ms FROM docs WHERE bucket = ?1 AND key = ?2";
-/// One document written back.
-const UPSERT_SQL: &str =
-    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-     ON CONFLICT (bucket, key) DO UPDATE SET body = excluded.body, xattrs = excluded.xattrs,
-     cas = excluded.cas, lock_until_ms = excluded.lock_until_ms, created_ms = excluded.created_ms";
 /// One document created, unless it exists.
 const INSERT_SQL: &str =
     "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
      ON CONFLICT (bucket, key) DO NOTHING";
 /// One document removed.
 const DELETE_SQL: &str = "DELETE FROM docs WHERE bucket = ?1 AND key = ?2";
+/// One document that exists written back (one seek, where an upsert takes two).
+const UPDATE_SQL: &str = "UPDATE docs SET body = ?3, xattrs = ?4, cas = ?5, lock_until_ms = ?6, created_ms = ?7
+     WHERE bucket = ?1 AND key = ?2";
+/// One document that does not exist written.
+const CREATE_SQL: &str =
+    "INSERT INTO docs (bucket, key, body, xattrs, cas, lock_until_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// The machine's clock in Unix milliseconds: lock expiry is judged by it,
 /// the same clock for every process on the machine.
@@ -109,24 +114,54 @@ fn write_row(conn: &Connection, sql: &str, bucket: &str, key: &str, e: &Entry) -
         .map_err(sql_error)
 }
 
-fn save(conn: &Connection, bucket: &str, key: &str, slot: &Slot) -> StoreResult<()> {
-    match slot {
-        None => conn
-            .prepare_cached(DELETE_SQL)
-            .and_then(|mut stmt| stmt.execute(params![bucket, key]))
-            .map(|_| ())
-            .map_err(sql_error),
-        Some(e) => write_row(conn, UPSERT_SQL, bucket, key, e).map(|_| ()),
+/// A document as the open transaction has it.
+struct Cached {
+    slot: Slot,
+    /// Whether the database holds a row for it (as this transaction left it).
+    stored: bool,
+    /// Whether `slot` differs from that row.
+    dirty: bool,
+}
+
+/// The documents the open transaction has read or changed. A document is
+/// read from the database at most once per transaction and written back at
+/// most once, just before COMMIT (`Tx::write_back`): a record inserted and
+/// then completed in one write group is one insert, and k credits to one
+/// wallet in one batch are one update.
+#[derive(Default)]
+struct TxDocs {
+    by_bucket: HashMap<String, HashMap<String, Cached>>,
+}
+
+impl TxDocs {
+    fn get_mut(&mut self, bucket: &str, key: &str) -> Option<&mut Cached> {
+        self.by_bucket.get_mut(bucket)?.get_mut(key)
+    }
+
+    fn put(&mut self, bucket: &str, key: &str, cached: Cached) -> &mut Cached {
+        let docs = self.by_bucket.entry(bucket.to_string()).or_default();
+        match docs.entry(key.to_string()) {
+            Entry_::Occupied(mut o) => {
+                o.insert(cached);
+                o.into_mut()
+            }
+            Entry_::Vacant(v) => v.insert(cached),
+        }
     }
 }
 
 /// The writer's open transaction: one time and one run of CAS values for
 /// every mutation in it (the write lock is held throughout, so no other
-/// process can take CAS values meanwhile).
+/// process can take CAS values meanwhile), and the documents it has
+/// touched, written back before it commits.
 pub(super) struct Tx<'c> {
     pub(super) conn: &'c Connection,
     pub(super) now_ms: u64,
-    last_cas: std::cell::Cell<i64>,
+    last_cas: Cell<i64>,
+    docs: RefCell<TxDocs>,
+    /// An operation failed after changing its document: the model promises
+    /// it never does, and the batch is rolled back if it ever did.
+    broken: Cell<bool>,
 }
 
 impl Tx<'_> {
@@ -135,24 +170,83 @@ impl Tx<'_> {
         self.last_cas.set(next);
         u64::try_from(next).unwrap_or(0)
     }
+
+    /// Writes every changed document back, in key order: one statement each.
+    fn write_back(&self) -> StoreResult<()> {
+        if self.broken.get() {
+            return Err(StoreError::Permanent(
+                "a store operation failed after changing its document; the batch was rolled back".into(),
+            ));
+        }
+        let docs = std::mem::take(&mut *self.docs.borrow_mut());
+        let mut buckets: Vec<_> = docs.by_bucket.into_iter().collect();
+        buckets.sort_by(|a, b| a.0.cmp(&b.0));
+        for (bucket, docs) in buckets {
+            let mut dirty: Vec<_> = docs.into_iter().filter(|(_, c)| c.dirty).collect();
+            dirty.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, cached) in dirty {
+                match (&cached.slot, cached.stored) {
+                    (Some(e), true) => write_row(self.conn, UPDATE_SQL, &bucket, &key, e).map(|_| ())?,
+                    (Some(e), false) => write_row(self.conn, CREATE_SQL, &bucket, &key, e).map(|_| ())?,
+                    (None, true) => self
+                        .conn
+                        .prepare_cached(DELETE_SQL)
+                        .and_then(|mut stmt| stmt.execute(params![bucket, key]))
+                        .map(|_| ())
+                        .map_err(sql_error)?,
+                    (None, false) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies `op` to a document the transaction holds; a failed operation
+/// leaves it as it was (it may use up a CAS value, which is harmless: CAS
+/// values only need to be unique).
+fn apply_cached<T>(
+    tx: &Tx<'_>,
+    cached: &mut Cached,
+    op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let before = fingerprint(&cached.slot);
+    let out = op(&mut cached.slot, tx.now_ms, tx.next_cas());
+    let changed = fingerprint(&cached.slot) != before;
+    match out {
+        Ok(_) => cached.dirty |= changed,
+        Err(_) if changed => tx.broken.set(true),
+        Err(_) => {}
+    }
+    out
 }
 
 /// One read-modify-write of a document, inside the writer's open
-/// transaction. A failed operation writes nothing (it may use up a CAS
-/// value, which is harmless: CAS values only need to be unique).
+/// transaction: read once per transaction, written back before COMMIT.
 pub(super) fn apply_mutation<T>(
     tx: &Tx<'_>,
     bucket: &str,
     key: &str,
     op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    let mut slot = load(tx.conn, bucket, key)?;
-    let before = fingerprint(&slot);
-    let out = op(&mut slot, tx.now_ms, tx.next_cas())?;
-    if fingerprint(&slot) != before {
-        save(tx.conn, bucket, key, &slot)?;
-    }
-    Ok(out)
+    let mut docs = tx.docs.borrow_mut();
+    let cached = match docs.get_mut(bucket, key) {
+        Some(cached) => cached,
+        None => {
+            let slot = load(tx.conn, bucket, key)?;
+            let stored = slot.is_some();
+            docs.put(
+                bucket,
+                key,
+                Cached {
+                    slot,
+                    stored,
+                    dirty: false,
+                },
+            )
+        }
+    };
+    apply_cached(tx, cached, op)
 }
 
 /// What tells whether an operation changed a document, without cloning it:
@@ -168,20 +262,34 @@ fn fingerprint(slot: &Slot) -> Option<(Cas, Option<u64>)> {
 /// an insert does), and the row is inserted unless one exists (`Exists`).
 /// The same answer as `apply_mutation` with an insert, without reading the
 /// row first.
+/// A document the transaction already holds is created (or refused) there.
 pub(super) fn apply_insert<T>(
     tx: &Tx<'_>,
     bucket: &str,
     key: &str,
     op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
+    let mut docs = tx.docs.borrow_mut();
+    if let Some(cached) = docs.get_mut(bucket, key) {
+        return apply_cached(tx, cached, op);
+    }
     let mut slot: Slot = None;
     let out = op(&mut slot, tx.now_ms, tx.next_cas())?;
-    let Some(e) = slot else {
+    let Some(e) = &slot else {
         return Err(StoreError::Permanent("an insert produced no document".into()));
     };
-    if write_row(tx.conn, INSERT_SQL, bucket, key, &e)? == 0 {
+    if write_row(tx.conn, INSERT_SQL, bucket, key, e)? == 0 {
         return Err(StoreError::Exists);
     }
+    docs.put(
+        bucket,
+        key,
+        Cached {
+            slot,
+            stored: true,
+            dirty: false,
+        },
+    );
     Ok(out)
 }
 
@@ -226,7 +334,9 @@ pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>
         let tx = Tx {
             conn: &conn,
             now_ms: clock_ms(),
-            last_cas: std::cell::Cell::new(first_cas),
+            last_cas: Cell::new(first_cas),
+            docs: RefCell::default(),
+            broken: Cell::new(false),
         };
         let mut answers = Vec::with_capacity(batch.len());
         let mut rolled_back = false;
@@ -242,25 +352,36 @@ pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>
             // transaction back by itself: nothing in it was applied.
             rolled_back = conn.is_autocommit();
         }
-        if !rolled_back && tx.last_cas.get() != first_cas {
-            let saved = conn
-                .prepare_cached("UPDATE cas_seq SET value = ?1 WHERE id = 1")
-                .and_then(|mut stmt| stmt.execute([tx.last_cas.get()]));
-            if saved.is_err() {
-                let _ = conn.execute_batch("ROLLBACK");
-                rolled_back = true;
+        // The batch's documents, then the CAS sequence, written back; a
+        // failure there rolls the whole batch back.
+        let written = match rolled_back {
+            true => Err(StoreError::Transient("SQLite rolled the batch back".into())),
+            false => tx.write_back().and_then(|()| match tx.last_cas.get() == first_cas {
+                true => Ok(()),
+                false => conn
+                    .prepare_cached("UPDATE cas_seq SET value = ?1 WHERE id = 1")
+                    .and_then(|mut stmt| stmt.execute([tx.last_cas.get()]))
+                    .map(|_| ())
+                    .map_err(sql_error),
+            }),
+        };
+        let outcome = match written {
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                // Nothing in the batch was applied: worth another try,
+                // unless the store broke its own model.
+                Err(match tx.broken.get() {
+                    true => StoreError::Permanent(format!("not applied: {e}")),
+                    false => StoreError::Transient(format!("not applied: {e}")),
+                })
             }
-        }
-        let outcome = if rolled_back {
-            Err(StoreError::Transient(
-                "not applied: SQLite rolled the batch back".into(),
-            ))
-        } else {
-            conn.execute_batch("COMMIT").map_err(|e| {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 // A failed COMMIT may or may not have reached the disk.
                 StoreError::Ambiguous(format!("commit failed: {e}"))
-            })
+            }),
         };
         for answer in answers {
             answer(outcome.clone());
@@ -304,5 +425,99 @@ pub(super) fn reader_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Read
         if in_tx && conn.execute_batch("COMMIT").is_err() && !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model;
+
+    fn open() -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(super::super::SCHEMA).expect("schema");
+        conn
+    }
+
+    fn tx(conn: &Connection) -> Tx<'_> {
+        Tx {
+            conn,
+            now_ms: 1_000,
+            last_cas: Cell::new(0),
+            docs: RefCell::default(),
+            broken: Cell::new(false),
+        }
+    }
+
+    fn insert(tx: &Tx<'_>, key: &str, body: &[u8]) -> StoreResult<Cas> {
+        apply_insert(tx, "b", key, |slot, now, cas| model::insert(slot, key, body, now, cas))
+    }
+
+    fn replace(tx: &Tx<'_>, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
+        apply_mutation(tx, "b", key, |slot, now, new| {
+            model::replace(slot, key, body, cas, now, new)
+        })
+    }
+
+    fn remove(tx: &Tx<'_>, key: &str) -> StoreResult<()> {
+        apply_mutation(tx, "b", key, |slot, now, _| model::remove(slot, key, None, now))
+    }
+
+    fn body(conn: &Connection, key: &str) -> Option<Vec<u8>> {
+        load(conn, "b", key).expect("load").map(|e| e.body)
+    }
+
+    /// Within one transaction each operation sees the ones before it, and
+    /// each changed document is written back once, as the last of them left it.
+    #[test]
+    fn a_transaction_sees_its_own_writes_and_writes_each_document_back_once() {
+        let conn = open();
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        let tx = tx(&conn);
+        let first = insert(&tx, "k", b"1").expect("insert");
+        assert!(matches!(insert(&tx, "k", b"x"), Err(StoreError::Exists)));
+        let second = replace(&tx, "k", b"2", first).expect("replace on the insert's CAS");
+        assert!(matches!(replace(&tx, "k", b"x", first), Err(StoreError::CasMismatch)));
+        remove(&tx, "k").expect("remove");
+        assert!(matches!(replace(&tx, "k", b"x", second), Err(StoreError::NotFound)));
+        insert(&tx, "k", b"3").expect("insert after the remove");
+        // Created and removed within the transaction: nothing to write back.
+        insert(&tx, "gone", b"g").expect("insert");
+        remove(&tx, "gone").expect("remove");
+        // Read, refused, unchanged: nothing to write back either.
+        conn.execute(
+            "INSERT INTO docs (bucket, key, body, xattrs, cas) VALUES ('b', 'old', 'o', '{}', 99)",
+            [],
+        )
+        .expect("seed");
+        assert!(matches!(replace(&tx, "old", b"x", 1), Err(StoreError::CasMismatch)));
+        let before = conn.total_changes();
+        tx.write_back().expect("write back");
+        // One UPDATE for "k", one DELETE for "gone".
+        assert_eq!(conn.total_changes() - before, 2);
+        conn.execute_batch("COMMIT").expect("commit");
+        assert_eq!(body(&conn, "k"), Some(b"3".to_vec()));
+        assert_eq!(body(&conn, "gone"), None);
+        assert_eq!(body(&conn, "old"), Some(b"o".to_vec()));
+    }
+
+    /// A document created, then changed, in one transaction is one INSERT
+    /// and one UPDATE; one only read is not written at all.
+    #[test]
+    fn a_document_not_yet_stored_is_created_at_write_back() {
+        let conn = open();
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        let tx = tx(&conn);
+        // Absent when read, created by a mutation: an INSERT at write-back.
+        assert!(matches!(remove(&tx, "new"), Err(StoreError::NotFound)));
+        apply_mutation(&tx, "b", "new", |slot, now, cas| {
+            model::insert(slot, "new", b"n", now, cas)
+        })
+        .expect("create through a mutation");
+        let before = conn.total_changes();
+        tx.write_back().expect("write back");
+        assert_eq!(conn.total_changes() - before, 1);
+        conn.execute_batch("COMMIT").expect("commit");
+        assert_eq!(body(&conn, "new"), Some(b"n".to_vec()));
     }
 }
