@@ -12,9 +12,10 @@
 //! actions, a wallet corrupted by someone else, and balances near the supply.
 //! The store keeps Couchbase Server's limits (`store::limits`), and a
 //! request it refuses for them is a violation. One seed in three is
-//! crowded: more actions, 24 in flight per worker, and a marker soft
-//! maximum of 3, so that batches are written in turns and writes prune the
-//! markers of other workers' completed actions.
+//! crowded: more actions, 40 in flight per worker, and a marker soft
+//! maximum of 3, so that batches carry more credits than the paths of one
+//! write can (their markers then go whole, in one spec) and writes prune
+//! the markers of other workers' completed actions.
 //! Not simulated: store bugs (the store is trusted to keep its contract),
 //! process memory corruption, and Couchbase-specific behaviour such as
 //! failover or durability loss beyond "ambiguous".
@@ -48,8 +49,9 @@ const RECOVERY_PASSES_MAX: usize = 20;
 /// Actions one worker has in flight at once.
 const ACTIONS_AT_ONCE: usize = 3;
 /// Actions one worker has in flight at once in a crowded seed: its credits
-/// to one hot wallet then exceed one write, which must go in turns.
-const ACTIONS_AT_ONCE_CROWDED: usize = 24;
+/// to one hot wallet then exceed what the paths of one write can carry, so
+/// that their markers go whole.
+const ACTIONS_AT_ONCE_CROWDED: usize = 40;
 /// Marker soft maximum of a crowded seed's wallets: low, so that writes
 /// prune markers of other workers' completed actions as they go.
 const WALLET_MARKERS_SOFT_MAX_CROWDED: usize = 3;
@@ -75,6 +77,8 @@ pub struct Report {
     pub xattr_specs_max: usize,
     /// Writes that removed a marker along with their credits.
     pub pruning_writes: u64,
+    /// Writes that replaced a wallet's whole markers object in one spec.
+    pub whole_writes: u64,
 }
 
 struct Run {
@@ -254,6 +258,7 @@ pub fn run_seed(seed: u64, sabotage: Sabotage) -> Report {
                 crowded: false,
                 xattr_specs_max: 0,
                 pruning_writes: 0,
+                whole_writes: 0,
             };
         }
     };
@@ -283,6 +288,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
         sabotage,
         xattr_specs_max: Default::default(),
         pruning_writes: Default::default(),
+        whole_writes: Default::default(),
     });
     let run = Arc::new(Run {
         shared: shared.clone(),
@@ -362,6 +368,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
         crowded,
         xattr_specs_max: shared.xattr_specs_max.load(std::sync::atomic::Ordering::SeqCst),
         pruning_writes: shared.pruning_writes.load(std::sync::atomic::Ordering::SeqCst),
+        whole_writes: shared.whole_writes.load(std::sync::atomic::Ordering::SeqCst),
     }
 }
 

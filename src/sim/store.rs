@@ -59,6 +59,8 @@ pub struct Shared {
     pub xattr_specs_max: std::sync::atomic::AtomicUsize,
     /// Writes that added markers and removed others in one mutation.
     pub pruning_writes: AtomicU64,
+    /// Writes that replaced the whole markers object in one spec.
+    pub whole_writes: AtomicU64,
 }
 
 impl Shared {
@@ -324,6 +326,9 @@ impl Store for SimStore {
         s.xattr_specs_max.fetch_max(xattrs.len(), Ordering::SeqCst);
         if xattrs.iter().any(|(_, v)| v.is_none()) && xattrs.iter().any(|(_, v)| v.is_some()) {
             s.pruning_writes.fetch_add(1, Ordering::SeqCst);
+        }
+        if matches!(xattrs, [(path, Some(_))] if *path == crate::domain::keys::MARKERS_XATTR) {
+            s.whole_writes.fetch_add(1, Ordering::SeqCst);
         }
         op!(
             self,

@@ -23,9 +23,10 @@ fn explain(report: &Report) -> String {
 }
 
 /// No violation in the quick mode's seeds, and they reach the paths the
-/// store's limits shape: some seed writes a batch in turns of 15 markers
-/// (its batches exceed one write), and some writes remove markers of
-/// completed actions as they add others.
+/// store's limits shape: some seed fills a write to the spec limit, some
+/// writes a batch's markers whole (more than the paths of one write can
+/// carry), and some writes remove markers of completed actions as they add
+/// others.
 #[test]
 fn quick_mode_finds_no_violation() {
     let mut reports = Vec::new();
@@ -43,6 +44,10 @@ fn quick_mode_finds_no_violation() {
     );
     let crowded_pruning: u64 = reports.iter().filter(|r| r.crowded).map(|r| r.pruning_writes).sum();
     assert!(crowded_pruning > 0, "no crowded seed pruned markers while crediting");
+    assert!(
+        reports.iter().any(|r| r.whole_writes > 0),
+        "no seed wrote a batch's markers whole"
+    );
 }
 
 #[test]

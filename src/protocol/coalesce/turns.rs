@@ -96,12 +96,13 @@ impl Turns<'_> {
         let mut queue: VecDeque<Pending> = proven.into();
         while !queue.is_empty() {
             let prunes = self.choose_prunes(&current, queue.len()).await;
-            let credits = plan(current.markers.len(), queue.len(), prunes.len(), self.soft_max()).credits;
-            let (included, balance) = self.take_credits(&current, &mut queue, credits);
+            let shape = plan(current.markers.len(), queue.len(), prunes.len(), self.soft_max());
+            let (included, balance) = self.take_credits(&current, &mut queue, shape.credits);
             if included.is_empty() {
                 return Ok(());
             }
             let prunes: Vec<String> = match current.mode {
+                WriteMode::Replace(_) if shape.whole => prunes,
                 WriteMode::Replace(_) => prunes
                     .into_iter()
                     .take(WRITE_XATTR_SPECS_MAX - included.len())
@@ -118,9 +119,24 @@ impl Turns<'_> {
                     )
                 })
                 .collect();
-            let mut changes: Vec<(&str, Option<Value>)> =
-                values.iter().map(|(m, v)| (m.as_str(), Some(v.clone()))).collect();
-            changes.extend(prunes.iter().map(|path| (path.as_str(), None)));
+            // The markers this write leaves on the wallet.
+            let mut after = current.markers.clone();
+            for path in &prunes {
+                after.remove(marker_name(path));
+            }
+            for (path, value) in &values {
+                after.insert(marker_name(path).to_string(), value.clone());
+            }
+            let changes: Vec<(&str, Option<Value>)> = match shape.whole {
+                // One spec: the whole object, exactly the state this write
+                // is conditional on, changed by this write alone.
+                true => vec![(MARKERS_XATTR, Some(Value::Object(after.clone())))],
+                false => values
+                    .iter()
+                    .map(|(m, v)| (m.as_str(), Some(v.clone())))
+                    .chain(prunes.iter().map(|path| (path.as_str(), None)))
+                    .collect(),
+            };
             let body = balance.get().to_string();
             let written = self
                 .store
@@ -141,12 +157,7 @@ impl Turns<'_> {
                     return Ok(());
                 }
             };
-            for path in &prunes {
-                current.markers.remove(marker_name(path));
-            }
-            for (path, value) in values {
-                current.markers.insert(marker_name(&path).to_string(), value);
-            }
+            current.markers = after;
             (current.balance, current.mode) = (balance, WriteMode::Replace(cas));
             metrics::counter!(m::WALLET_WRITES).increment(1);
             metrics::counter!(m::WALLET_WRITE_CREDITS).increment(included.len() as u64);

@@ -1,6 +1,8 @@
 //! A hot wallet under Couchbase's limits: batches larger than one write go
-//! in turns, a conflict between turns is recovered exactly, and markers stay
-//! bounded when several processes share the wallet.
+//! in turns (a batch's markers go whole, in one spec, up to
+//! `WHOLE_WRITE_CREDITS_MAX` credits a write), a conflict between turns is
+//! recovered exactly, and markers stay bounded when several processes share
+//! the wallet.
 
 use super::*;
 use crate::domain::keys::marker_path;
@@ -39,7 +41,7 @@ impl Hook for TakeoverBetweenTurns {
             return Fault::Pass;
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
-        if self.taken_over.load(Ordering::SeqCst) > 0 || self.marked().await < WRITE_XATTR_SPECS_MAX {
+        if self.taken_over.load(Ordering::SeqCst) > 0 || self.marked().await < WHOLE_WRITE_CREDITS_MAX {
             return Fault::Pass;
         }
         // At most 15 markers per write, as the store demands.
@@ -50,12 +52,21 @@ impl Hook for TakeoverBetweenTurns {
                 .await
                 .expect("read hot");
             let markers = doc.xattrs[0].clone().unwrap_or_default();
-            let missing: Vec<&String> = self
-                .actions
-                .iter()
-                .filter(|id| markers.get(&marker_path(id)["ledger.applied.".len()..]).is_none())
-                .take(15)
-                .collect();
+            // As a worker would: no marker while the record is still
+            // committed means not applied (a completed action's marker may
+            // have been pruned).
+            let mut missing: Vec<&String> = Vec::new();
+            for id in &self.actions {
+                if missing.len() == 15 || markers.get(&marker_path(id)["ledger.applied.".len()..]).is_some() {
+                    continue;
+                }
+                let record = crate::protocol::read_tx(&self.store, id)
+                    .await
+                    .expect("read the record");
+                if record.is_some_and(|(tx, _)| tx.state == crate::protocol::records::TxState::Committed) {
+                    missing.push(id);
+                }
+            }
             if missing.is_empty() {
                 return Fault::Pass;
             }
@@ -100,7 +111,8 @@ impl TakeoverBetweenTurns {
 
 #[tokio::test(start_paused = true)]
 async fn a_takeover_between_two_turns_of_a_batch_credits_nothing_twice() {
-    const ACTIONS: u64 = 24;
+    // More credits than one write carries, even whole.
+    const ACTIONS: u64 = WHOLE_WRITE_CREDITS_MAX as u64 + 24;
     let w = World::new();
     w.set_balance("hot", "5").await;
     let ids = enqueue_hot(&w, "t", ACTIONS).await;
@@ -192,7 +204,7 @@ async fn markers_stay_bounded_on_a_hot_wallet_two_processes_share() {
     assert_eq!(w.balance("hot"), Some(done * 100_000_000));
 }
 
-use crate::protocol::write_plan::WRITE_XATTR_SPECS_MAX;
+use crate::protocol::write_plan::{WHOLE_WRITE_CREDITS_MAX, WRITE_XATTR_SPECS_MAX};
 
 #[tokio::test]
 async fn a_write_answered_path_not_found_is_read_again_like_a_cas_mismatch() {
@@ -252,4 +264,83 @@ async fn losing_the_commit_race_to_a_finished_worker_is_a_duplicate() {
     let a = process_action(&store, "r", &Options::default()).await;
     assert_eq!(a, Ok(Outcome::Duplicate), "A credited nothing");
     assert_eq!((w.balance("a"), w.balance("b")), (Some(100_000_000), Some(200_000_000)));
+}
+
+/// A batch too large for one spec per marker sends the wallet's markers
+/// whole: the object must keep the marker of an action another process
+/// credited and has not completed yet, or that action, taken over, would be
+/// credited again ("no marker, record still committed" reads as not applied).
+#[tokio::test(start_paused = true)]
+async fn a_whole_markers_write_keeps_the_markers_of_actions_still_in_progress() {
+    const ACTIONS: u64 = 40;
+    let w = World::new();
+    w.set_balance("hot", "5").await;
+    // Another process committed "x" and credited `hot`, then stopped.
+    let x = enqueue_hot(&w, "x", 1).await.remove(0);
+    let plan = crate::domain::plan_action(w.store.peek(Bucket::Queue, &action_key(&x)).expect("queued").as_slice())
+        .expect("plan");
+    w.store
+        .insert(Bucket::Ledger, &tx_key(&x), &TxRecord::committed(&x, &plan).to_bytes())
+        .await
+        .expect("commit x");
+    let hot = w
+        .store
+        .get_with_xattrs(Bucket::Ledger, &balance_key("hot"), &[MARKERS_XATTR])
+        .await
+        .expect("read hot");
+    let units = crate::domain::Units::new(100_000_000).expect("units");
+    w.store
+        .write_with_xattrs(
+            Bucket::Ledger,
+            &balance_key("hot"),
+            (5 + 100_000_000u64).to_string().as_bytes(),
+            &[(marker_path(&x).as_str(), Some(marker_value(&x, units, 0)))],
+            crate::store::WriteMode::Replace(hot.cas),
+        )
+        .await
+        .expect("x's credit");
+    // This process: more credits to `hot` at once than one write's paths carry.
+    let ids = enqueue_hot(&w, "t", ACTIONS).await;
+    for id in &ids {
+        let plan = crate::domain::plan_action(w.store.peek(Bucket::Queue, &action_key(id)).expect("queued").as_slice())
+            .expect("plan");
+        w.store
+            .insert(Bucket::Ledger, &tx_key(id), &TxRecord::committed(id, &plan).to_bytes())
+            .await
+            .expect("commit");
+    }
+    let store = Hooked::new(
+        arc(&w.store),
+        SlowCounting {
+            key: balance_key("hot"),
+            writes: AtomicU64::new(0),
+        },
+    );
+    let opts = Options::default();
+    let outcomes = futures::future::join_all(ids.iter().map(|id| process_action(&store, id, &opts))).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Completed { .. }))));
+    // Fewer writes than one spec per marker allows: some went whole.
+    let writes = store.hook.writes.load(Ordering::SeqCst);
+    assert!(
+        writes < ACTIONS.div_ceil(WRITE_XATTR_SPECS_MAX as u64),
+        "the batch did not go whole: {writes} writes"
+    );
+    let markers = w.store.xattrs(Bucket::Ledger, &balance_key("hot")).unwrap_or_default();
+    assert!(
+        markers
+            .pointer(&format!(
+                "/ledger/applied/{}",
+                &marker_path(&x)["ledger.applied.".len()..]
+            ))
+            .is_some(),
+        "x's marker was dropped: {markers}"
+    );
+    // A worker takes "x" over: it finds its credit applied.
+    let taken_over = process_action(&store, &x, &opts).await;
+    assert!(matches!(taken_over, Ok(Outcome::Completed { .. })), "{taken_over:?}");
+    assert_eq!(
+        w.balance("hot"),
+        Some(5 + (ACTIONS + 1) * 100_000_000),
+        "each credit once"
+    );
 }
