@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, tx_key};
 use crate::domain::{plan_action, Plan};
-use crate::store::{Bucket, Cas, Doc, Store, StoreError};
+use crate::store::{Bucket, Cas, Doc, GroupCas, GroupWrite, Store, StoreError, WriteGroup};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
 pub use coalesce::Coalescer;
@@ -283,7 +283,12 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
                 Applied::Done | Applied::CompletedElsewhere => {}
             }
         }
-        complete(store, id, &tx, tx_cas).await?;
+        if sha256_hex(&claim.body) == tx.digest {
+            (progress.completed, progress.removed) = complete_and_remove(store, id, &tx, tx_cas, claim).await;
+        }
+        if !progress.completed {
+            complete(store, id, &tx, tx_cas).await?;
+        }
     }
     // From here the record is completed: this action's markers may go.
     opts.recent.insert(id);
@@ -374,6 +379,33 @@ async fn commit(store: &dyn Store, id: &str, claim: &Claim, plan: &Plan, opts: &
         },
         e => Err(e.into()),
     }
+}
+
+/// Steps 5 and 6 handed to the store as one ordered group: the record's
+/// completion, then the removal of the action under the claim's CAS, each
+/// exactly the write its step makes alone (a transactional store commits
+/// both at once; Couchbase runs them one after the other). Returns whether
+/// each succeeded; what did not is then done by the steps themselves,
+/// which recover from any state the group can leave (a failed or
+/// ambiguous completion is read again; a removal that failed is retried or
+/// judged by `finish`).
+async fn complete_and_remove(store: &dyn Store, id: &str, tx: &TxRecord, cas: Cas, claim: &Claim) -> (bool, bool) {
+    let group: WriteGroup = vec![
+        vec![GroupWrite::Replace {
+            bucket: Bucket::Ledger,
+            key: tx_key(id),
+            body: tx.completed_now().to_bytes(),
+            cas: GroupCas::Known(cas),
+        }],
+        vec![GroupWrite::Remove {
+            bucket: Bucket::Queue,
+            key: action_key(id),
+            cas: Some(claim.cas()),
+        }],
+    ];
+    let results = store.write_group(&group).await;
+    let ok = |stage: usize| matches!(results.get(stage).and_then(|s| s.first()), Some(Some(Ok(_))));
+    (ok(0), ok(0) && ok(1))
 }
 
 /// Step 5: mark the record completed (one write when nothing interferes).

@@ -99,3 +99,61 @@ async fn the_group_is_taken_only_while_no_other_credit_to_its_wallets_is_on_its_
     assert!(wrote_b(&store.hook.0.lock().expect("lock")));
     assert_eq!(w.balance("b"), Some(29_000_000));
 }
+
+/// Notes, when the record's completion reaches the hook, whether the
+/// action is already gone: a group is shown to a watching hook only after
+/// the store ran all of it, single writes before they run.
+struct CompletionSeesRemoval {
+    store: MemoryStore,
+    id: String,
+    seen: std::sync::Mutex<Option<bool>>,
+}
+
+#[async_trait::async_trait]
+impl Hook for CompletionSeesRemoval {
+    async fn before(&self, kind: OpKind, key: &str) -> Fault {
+        if kind == OpKind::Replace && key == tx_key(&self.id) {
+            let gone = self.store.peek(Bucket::Queue, &action_key(&self.id)).is_none();
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(gone);
+        }
+        Fault::Pass
+    }
+    fn watches_only(&self) -> bool {
+        true
+    }
+}
+
+/// An action resumed from its committed record (so not through the whole
+/// write group) still hands steps 5 and 6 to the store as one group: the
+/// completion and the removal commit together on a transactional store.
+#[tokio::test]
+async fn a_resumed_action_completes_and_is_removed_in_one_group() {
+    let w = World::new();
+    w.enqueue("r", BODY).await;
+    let plan = crate::domain::plan_action(BODY.as_bytes()).expect("plan");
+    w.store
+        .insert(
+            Bucket::Ledger,
+            &tx_key("r"),
+            &TxRecord::committed("r", &plan).to_bytes(),
+        )
+        .await
+        .expect("commit");
+    let store = Hooked::new(
+        arc(&w.store),
+        CompletionSeesRemoval {
+            store: w.store.clone(),
+            id: "r".into(),
+            seen: std::sync::Mutex::new(None),
+        },
+    );
+    let outcome = process_action(&store, "r", &w.opts).await;
+    assert!(matches!(outcome, Ok(Outcome::Completed { .. })), "{outcome:?}");
+    assert_eq!(w.tx("r").map(|t| t.state), Some(TxState::Completed));
+    assert!(!w.has(Bucket::Queue, &action_key("r")));
+    assert_eq!(
+        *store.hook.seen.lock().unwrap_or_else(|p| p.into_inner()),
+        Some(true),
+        "the completion was written alone, not in a group with the removal"
+    );
+}
