@@ -133,26 +133,15 @@ pub(super) async fn try_group(
         });
     }
     let tx = TxRecord::committed(id, plan);
-    let done = tx.completed_now();
-    let group: WriteGroup = vec![
+    let mut group: WriteGroup = vec![
         vec![GroupWrite::Insert {
             bucket: Bucket::Ledger,
             key: tx_key(id),
             body: tx.to_bytes(),
         }],
         wallets.iter().map(|w| w.write.clone()).collect(),
-        vec![GroupWrite::Replace {
-            bucket: Bucket::Ledger,
-            key: tx_key(id),
-            body: done.to_bytes(),
-            cas: GroupCas::LeftBy(0, 0),
-        }],
-        vec![GroupWrite::Remove {
-            bucket: Bucket::Queue,
-            key: action_key(id),
-            cas: Some(claim.cas()),
-        }],
     ];
+    group.extend(complete_and_remove_stages(id, &tx, GroupCas::LeftBy(0, 0), claim));
     let results = store.write_group(&group).await;
     let ran = |stage: usize, i: usize| results.get(stage).and_then(|s| s.get(i)).cloned().flatten();
     let cas = match ran(0, 0) {
@@ -195,6 +184,29 @@ pub(super) async fn try_group(
         removed,
     };
     Reached::Committed { tx, cas, done }
+}
+
+/// Steps 5 and 6 as the last two stages of a group: `tx` marked completed
+/// under `cas`, then the action removed under the claim's CAS.
+pub(super) fn complete_and_remove_stages(
+    id: &str,
+    tx: &TxRecord,
+    cas: GroupCas,
+    claim: &Claim,
+) -> [Vec<GroupWrite>; 2] {
+    [
+        vec![GroupWrite::Replace {
+            bucket: Bucket::Ledger,
+            key: tx_key(id),
+            body: tx.completed_now().to_bytes(),
+            cas,
+        }],
+        vec![GroupWrite::Remove {
+            bucket: Bucket::Queue,
+            key: action_key(id),
+            cas: Some(claim.cas()),
+        }],
+    ]
 }
 
 /// How many known-completed markers one credit's write removes, or `None`

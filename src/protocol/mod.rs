@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, tx_key};
 use crate::domain::{plan_action, Plan};
-use crate::store::{Bucket, Cas, Doc, GroupCas, GroupWrite, Store, StoreError, WriteGroup};
+use crate::store::{Bucket, Cas, Doc, GroupCas, Store, StoreError, WriteGroup};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
 pub use coalesce::Coalescer;
@@ -390,19 +390,7 @@ async fn commit(store: &dyn Store, id: &str, claim: &Claim, plan: &Plan, opts: &
 /// ambiguous completion is read again; a removal that failed is retried or
 /// judged by `finish`).
 async fn complete_and_remove(store: &dyn Store, id: &str, tx: &TxRecord, cas: Cas, claim: &Claim) -> (bool, bool) {
-    let group: WriteGroup = vec![
-        vec![GroupWrite::Replace {
-            bucket: Bucket::Ledger,
-            key: tx_key(id),
-            body: tx.completed_now().to_bytes(),
-            cas: GroupCas::Known(cas),
-        }],
-        vec![GroupWrite::Remove {
-            bucket: Bucket::Queue,
-            key: action_key(id),
-            cas: Some(claim.cas()),
-        }],
-    ];
+    let group: WriteGroup = grouped::complete_and_remove_stages(id, tx, GroupCas::Known(cas), claim).into();
     let results = store.write_group(&group).await;
     let ok = |stage: usize| matches!(results.get(stage).and_then(|s| s.first()), Some(Some(Ok(_))));
     (ok(0), ok(0) && ok(1))

@@ -28,7 +28,8 @@
 //! Couchbase takes at most 16 specs in one sub-document mutation, and the
 //! balance is one: a write carries one spec per marker while they fit, and
 //! otherwise the whole markers object as one spec (`write_plan`), up to
-//! `WHOLE_WRITE_CREDITS_MAX` credits. A larger batch is written in turns, each a CAS write on the state the previous turn left,
+//! `WHOLE_WRITE_CREDITS_MAX` credits. A larger batch is written in turns,
+//! each a CAS write on the state the previous turn left,
 //! so that each later credit's proof (against the basis) still holds — the
 //! state it is written on descends from the basis through this batch's own
 //! writes alone. A turn that fails starts the rest over from a fresh read.

@@ -130,15 +130,7 @@ impl Hook for CompletionSeesRemoval {
 async fn a_resumed_action_completes_and_is_removed_in_one_group() {
     let w = World::new();
     w.enqueue("r", BODY).await;
-    let plan = crate::domain::plan_action(BODY.as_bytes()).expect("plan");
-    w.store
-        .insert(
-            Bucket::Ledger,
-            &tx_key("r"),
-            &TxRecord::committed("r", &plan).to_bytes(),
-        )
-        .await
-        .expect("commit");
+    w.commit_queued(&["r".to_string()]).await;
     let store = Hooked::new(
         arc(&w.store),
         CompletionSeesRemoval {

@@ -21,19 +21,6 @@ async fn enqueue_hot(w: &World, prefix: &str, count: u64) -> Vec<String> {
     ids
 }
 
-/// Inserts each queued action's record, committed, as a worker that stopped
-/// right after its commit point would have left it.
-async fn commit_records(w: &World, ids: &[String]) {
-    for id in ids {
-        let plan = crate::domain::plan_action(w.store.peek(Bucket::Queue, &action_key(id)).expect("queued").as_slice())
-            .expect("plan");
-        w.store
-            .insert(Bucket::Ledger, &tx_key(id), &TxRecord::committed(id, &plan).to_bytes())
-            .await
-            .expect("commit");
-    }
-}
-
 /// Once a full turn of credits is on `hot` and some are still missing,
 /// another process finishes the missing ones before the next write (as a
 /// worker that took over after a lapsed lease would): the batch's next turn
@@ -139,7 +126,7 @@ async fn a_takeover_between_two_turns_of_a_batch_credits_nothing_twice() {
     let opts = Options::default();
     // Commit every action first, so that all their hot credits meet in one
     // batch (more than one write can carry).
-    commit_records(&w, &ids).await;
+    w.commit_queued(&ids).await;
     let outcomes = futures::future::join_all(ids.iter().map(|id| process_action(&store, id, &opts))).await;
     let mut reported = 0;
     for outcome in outcomes {
@@ -283,7 +270,7 @@ async fn a_whole_markers_write_keeps_the_markers_of_actions_still_in_progress() 
     w.set_balance("hot", "5").await;
     // Another process committed "x" and credited `hot`, then stopped.
     let x = enqueue_hot(&w, "x", 1).await.remove(0);
-    commit_records(&w, std::slice::from_ref(&x)).await;
+    w.commit_queued(std::slice::from_ref(&x)).await;
     let hot = w
         .store
         .get_with_xattrs(Bucket::Ledger, &balance_key("hot"), &[MARKERS_XATTR])
@@ -302,7 +289,7 @@ async fn a_whole_markers_write_keeps_the_markers_of_actions_still_in_progress() 
         .expect("x's credit");
     // This process: more credits to `hot` at once than one write's paths carry.
     let ids = enqueue_hot(&w, "t", ACTIONS).await;
-    commit_records(&w, &ids).await;
+    w.commit_queued(&ids).await;
     let store = Hooked::new(
         arc(&w.store),
         SlowCounting {

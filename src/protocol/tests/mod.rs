@@ -42,6 +42,19 @@ impl World {
             .expect("enqueue");
     }
 
+    /// Inserts each queued action's record, committed, as a worker that
+    /// stopped right after its commit point would have left it.
+    async fn commit_queued(&self, ids: &[String]) {
+        for id in ids {
+            let body = self.store.peek(Bucket::Queue, &action_key(id)).expect("queued");
+            let plan = crate::domain::plan_action(&body).expect("plan");
+            self.store
+                .insert(Bucket::Ledger, &tx_key(id), &TxRecord::committed(id, &plan).to_bytes())
+                .await
+                .expect("commit");
+        }
+    }
+
     async fn set_balance(&self, hash: &str, body: &str) {
         let key = balance_key(hash);
         let _ = self.store.remove(Bucket::Ledger, &key, None).await;

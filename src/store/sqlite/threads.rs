@@ -3,7 +3,6 @@
 //! transactions, and the reader, which serves point reads in batches.
 
 use std::cell::{Cell, RefCell};
-use std::collections::hash_map::Entry as Entry_;
 use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -126,8 +125,8 @@ struct Cached {
 /// The documents the open transaction has read or changed. A document is
 /// read from the database at most once per transaction and written back at
 /// most once, just before COMMIT (`Tx::write_back`): a record inserted and
-/// then completed in one write group is one insert, and k credits to one
-/// wallet in one batch are one update.
+/// then completed in one write group is an INSERT and an UPDATE (no read),
+/// and k writes of one wallet in one batch are one read and one UPDATE.
 #[derive(Default)]
 struct TxDocs {
     by_bucket: HashMap<String, HashMap<String, Cached>>,
@@ -139,14 +138,12 @@ impl TxDocs {
     }
 
     fn put(&mut self, bucket: &str, key: &str, cached: Cached) -> &mut Cached {
-        let docs = self.by_bucket.entry(bucket.to_string()).or_default();
-        match docs.entry(key.to_string()) {
-            Entry_::Occupied(mut o) => {
-                o.insert(cached);
-                o.into_mut()
-            }
-            Entry_::Vacant(v) => v.insert(cached),
-        }
+        self.by_bucket
+            .entry(bucket.to_string())
+            .or_default()
+            .entry(key.to_string())
+            .insert_entry(cached)
+            .into_mut()
     }
 }
 
@@ -261,8 +258,8 @@ fn fingerprint(slot: &Slot) -> Option<(Cas, Option<u64>)> {
 /// builds the document from nothing (it must succeed on an empty slot, as
 /// an insert does), and the row is inserted unless one exists (`Exists`).
 /// The same answer as `apply_mutation` with an insert, without reading the
-/// row first.
-/// A document the transaction already holds is created (or refused) there.
+/// row first. A document the transaction already holds is created (or
+/// refused) there instead.
 pub(super) fn apply_insert<T>(
     tx: &Tx<'_>,
     bucket: &str,
@@ -501,8 +498,8 @@ mod tests {
         assert_eq!(body(&conn, "old"), Some(b"o".to_vec()));
     }
 
-    /// A document created, then changed, in one transaction is one INSERT
-    /// and one UPDATE; one only read is not written at all.
+    /// A document absent when the transaction read it, then created by a
+    /// mutation, is one INSERT at write-back.
     #[test]
     fn a_document_not_yet_stored_is_created_at_write_back() {
         let conn = open();
