@@ -23,8 +23,10 @@ use super::group::{self, GroupCas, GroupResults, GroupWrite, WriteGroup};
 use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
+use early::Unsettled;
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
+mod early;
 mod fairness;
 mod threads;
 
@@ -75,6 +77,8 @@ pub struct SqliteStore {
     writer: Arc<Mutex<std::sync::mpsc::Sender<Job>>>,
     /// Where single-document reads go (see `reader_loop`).
     reader: Arc<Mutex<std::sync::mpsc::Sender<ReadJob>>>,
+    /// Claims answered before their batch committed (see `early.rs`).
+    unsettled: Arc<Unsettled>,
 }
 
 fn connect(path: &Path) -> StoreResult<Connection> {
@@ -158,6 +162,8 @@ impl SqliteStore {
             .map_err(sql_error)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let database = path.to_path_buf();
+        let unsettled = Arc::new(Unsettled::new());
+        let writer_unsettled = unsettled.clone();
         std::thread::Builder::new()
             .name("ledgerd-sqlite-writer".into())
             .spawn(move || {
@@ -166,7 +172,7 @@ impl SqliteStore {
                 if let Err(e) = installed {
                     tracing::warn!(error = %e, "SQLite writer: fair busy handler not installed; using SQLite's own");
                 }
-                writer_loop(writer_conn, queue, fairness::hand_path(&database))
+                writer_loop(writer_conn, queue, fairness::hand_path(&database), writer_unsettled)
             })
             .map_err(|e| StoreError::Permanent(format!("starting the SQLite writer: {e}")))?;
         let reader_conn = connect(path)?;
@@ -184,6 +190,7 @@ impl SqliteStore {
             pool: Arc::new(Mutex::new(vec![conn])),
             writer: Arc::new(Mutex::new(jobs)),
             reader: Arc::new(Mutex::new(reads)),
+            unsettled,
         })
     }
 
@@ -287,6 +294,8 @@ impl SqliteStore {
         op: impl FnOnce(&Slot, u64) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
+        // Read-your-writes: a claim on this document answered early is seen.
+        self.unsettled.key_settled(&bucket, &key).await;
         let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
         let job: ReadJob = Box::new(move |conn: &Connection| {
             let result = load(conn, &bucket, &key).and_then(|slot| op(&slot, clock_ms()));
@@ -311,6 +320,23 @@ async fn hand_over<J, T>(
         .send(job)
         .map_err(|_| stopped())?;
     answered.await.map_err(|_| stopped())?
+}
+
+/// A claim for the writer, answered as soon as it is applied (`early.rs`).
+fn claim_job(bucket: String, key: String, lock: Duration) -> (Job, tokio::sync::oneshot::Receiver<StoreResult<Doc>>) {
+    let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<Doc>>();
+    let job: Job = Box::new(move |tx: Option<&Tx<'_>>| {
+        let result = match tx {
+            Some(tx) => apply_mutation(tx, &bucket, &key, |slot, now, cas| {
+                model::get_and_lock(slot, &key, lock, now, cas)
+            })
+            .inspect(|_| tx.answering_early(&bucket, &key)),
+            None => Err(StoreError::Transient("not applied".into())),
+        };
+        let _ = answer.send(result);
+        Box::new(|_committed: Result<(), StoreError>| {})
+    });
+    (job, answered)
 }
 
 /// One write inside the writer's transaction, alone or as part of a group
@@ -411,12 +437,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// Answered once applied, before its batch commits: see `early.rs`.
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
-        let owned = key.to_string();
-        self.mutate(bucket, key, move |slot, now, cas| {
-            model::get_and_lock(slot, &owned, lock, now, cas)
-        })
-        .await
+        let (job, answered) = claim_job(self.bucket_name(bucket), key.to_string(), lock);
+        hand_over(&self.writer, job, answered, "writer").await
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
@@ -541,6 +565,8 @@ impl Store for SqliteStore {
         let (lower, upper) = prefix_range(prefix)?;
         let bucket = self.bucket_name(bucket);
         let json_path = format!("$.{path}");
+        // The one scan that sees locks: every claim answered early is seen.
+        self.unsettled.all_settled().await;
         self.run(move |conn| {
             let now = i64::try_from(threads::clock_ms()).unwrap_or(i64::MAX);
             let (total, locked, marked, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) = conn
@@ -603,5 +629,169 @@ impl Store for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use tokio::sync::oneshot;
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("early.db"), "queue", "ledger", OpenMode::Create).expect("open");
+        store.insert(Bucket::Queue, "action:a", b"{}").await.expect("queue");
+        store.insert(Bucket::Ledger, "balance:w", b"1").await.expect("wallet");
+        (store, dir)
+    }
+
+    fn send(store: &SqliteStore, job: Job) {
+        store.writer.lock().expect("writer").send(job).expect("writer running");
+    }
+
+    /// A writer job that holds its batch open (before COMMIT) until released.
+    fn hold(store: &SqliteStore) -> (oneshot::Receiver<()>, mpsc::Sender<()>) {
+        let (entered, has_entered) = oneshot::channel();
+        let (release, released) = mpsc::channel::<()>();
+        send(
+            store,
+            Box::new(move |_tx: Option<&Tx<'_>>| {
+                let _ = entered.send(());
+                let _ = released.recv();
+                Box::new(|_: Result<(), StoreError>| {})
+            }),
+        );
+        (has_entered, release)
+    }
+
+    async fn finishes<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_millis(100), f).await.ok()
+    }
+
+    /// What must finish: a test that would hang fails instead.
+    async fn finished<T>(f: impl std::future::Future<Output = T>, what: &str) -> T {
+        tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} never finished"))
+    }
+
+    async fn locked(store: &SqliteStore) -> u64 {
+        let census = store
+            .census(Bucket::Queue, "action:", "ledger.blocked", None)
+            .await
+            .expect("census");
+        census.states.expect("states").0
+    }
+
+    /// The claim is answered while its batch is still open; a read of the
+    /// claimed document waits for the commit (and then sees the lock); a
+    /// read of another document does not wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_is_answered_before_its_batch_commits_and_its_document_is_read_after() {
+        let (store, _dir) = store().await;
+        // Batch 1 is held while batch 2 queues up: the claim, then a hold.
+        let (first_in, release_first) = hold(&store);
+        first_in.await.expect("first batch open");
+        let (claim, claimed) = claim_job("queue".into(), "action:a".into(), LEASE);
+        send(&store, claim);
+        let (second_in, release_second) = hold(&store);
+        release_first.send(()).expect("release the first batch");
+        second_in.await.expect("second batch open");
+
+        let doc = finishes(claimed)
+            .await
+            .expect("the claim is answered before its batch commits")
+            .expect("answered")
+            .expect("claimed");
+        assert_eq!(doc.body, b"{}");
+        let wallet = finishes(store.get(Bucket::Ledger, "balance:w"))
+            .await
+            .expect("another document is read at once");
+        assert_eq!(wallet.expect("wallet").body, b"1");
+        let reading = tokio::spawn({
+            let store = store.clone();
+            async move { store.get(Bucket::Queue, "action:a").await }
+        });
+        let counting = tokio::spawn({
+            let store = store.clone();
+            async move { locked(&store).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !reading.is_finished(),
+            "a read of the claimed document waits for the commit"
+        );
+        assert!(!counting.is_finished(), "a census waits for the commit");
+        release_second.send(()).expect("release the second batch");
+        finished(reading, "the read")
+            .await
+            .expect("read")
+            .expect("the action is there");
+        assert_eq!(
+            finished(counting, "the census").await.expect("census"),
+            1,
+            "the census sees the claim"
+        );
+        assert_eq!(
+            store.get_and_lock(Bucket::Queue, "action:a", LEASE).await,
+            Err(StoreError::Locked)
+        );
+    }
+
+    /// A claim answered in a batch that then rolls back is a lock lost: the
+    /// action is not locked, and the CAS the claim showed is never handed
+    /// out again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_whose_batch_rolls_back_is_lost_and_its_cas_never_reused() {
+        let (store, _dir) = store().await;
+        let (first_in, release_first) = hold(&store);
+        first_in.await.expect("first batch open");
+        let (claim, claimed) = claim_job("queue".into(), "action:a".into(), LEASE);
+        send(&store, claim);
+        // SQLite rolls a transaction back by itself after an I/O error.
+        let (rolled, rolled_back) = oneshot::channel();
+        send(
+            &store,
+            Box::new(move |tx: Option<&Tx<'_>>| {
+                if let Some(tx) = tx {
+                    let _ = tx.conn.execute_batch("ROLLBACK");
+                }
+                Box::new(move |outcome: Result<(), StoreError>| {
+                    let _ = rolled.send(outcome);
+                })
+            }),
+        );
+        release_first.send(()).expect("release the first batch");
+        let lost = finished(claimed, "the claim")
+            .await
+            .expect("answered")
+            .expect("claimed");
+        assert!(
+            finished(rolled_back, "the batch").await.expect("outcome").is_err(),
+            "the batch rolled back"
+        );
+        assert_eq!(locked(&store).await, 0, "the claim was lost with its batch");
+        let again = store
+            .get_and_lock(Bucket::Queue, "action:a", LEASE)
+            .await
+            .expect("claim again");
+        assert!(
+            again.cas > lost.cas,
+            "CAS {} handed out again after {}",
+            again.cas,
+            lost.cas
+        );
+        store
+            .unlock(Bucket::Queue, "action:a", again.cas)
+            .await
+            .expect("unlock");
+        assert_eq!(
+            store.remove(Bucket::Queue, "action:a", Some(lost.cas)).await,
+            Err(StoreError::CasMismatch),
+            "the lost claim's CAS matches nothing"
+        );
     }
 }

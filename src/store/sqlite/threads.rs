@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+use super::early::Unsettled;
 use crate::store::model::{Entry, Slot};
 use crate::store::{Cas, StoreError, StoreResult};
 
@@ -159,9 +160,23 @@ pub(super) struct Tx<'c> {
     /// An operation failed after changing its document: the model promises
     /// it never does, and the batch is rolled back if it ever did.
     broken: Cell<bool>,
+    /// This batch's number, and the claims answered in it before it
+    /// settles (see `early.rs`).
+    batch: u64,
+    unsettled: &'c Unsettled,
+    answered_early: RefCell<Vec<(String, String)>>,
 }
 
 impl Tx<'_> {
+    /// Records that a claim on `key`, applied in this transaction, is being
+    /// answered before the transaction commits.
+    pub(super) fn answering_early(&self, bucket: &str, key: &str) {
+        self.unsettled.note(bucket, key, self.batch);
+        self.answered_early
+            .borrow_mut()
+            .push((bucket.to_string(), key.to_string()));
+    }
+
     fn next_cas(&self) -> Cas {
         let next = self.last_cas.get().saturating_add(1);
         self.last_cas.set(next);
@@ -290,7 +305,8 @@ pub(super) fn apply_insert<T>(
     Ok(out)
 }
 
-/// Answers one caller once the fate of its batch is known.
+/// Answers one caller once the fate of its batch is known (a claim answered
+/// early answers nothing more).
 type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A mutation for the writer: applied to the open transaction (`Some`), or
 /// not applied at all (`None`); it returns how to answer its caller.
@@ -299,10 +315,22 @@ pub(super) type Job = Box<dyn FnOnce(Option<&Tx<'_>>) -> Answer + Send>;
 /// Group commit: one thread per store handle takes every mutation waiting,
 /// applies them in order inside ONE `BEGIN IMMEDIATE` transaction, commits
 /// (one fsync for the batch), and only then answers each caller. Every
-/// answer still means "durably committed"; the order is a valid serial
-/// order; and other processes still see one writer at a time.
-pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>, hand: std::path::PathBuf) {
+/// answer still means "durably committed" (except a claim's, answered once
+/// applied: see `early.rs`); the order is a valid serial order; and other
+/// processes still see one writer at a time.
+pub(super) fn writer_loop(
+    conn: Connection,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    hand: std::path::PathBuf,
+    unsettled: std::sync::Arc<Unsettled>,
+) {
+    let mut batch_number = 0u64;
+    // The highest CAS value this writer has handed out. A batch that rolls
+    // back leaves the stored sequence behind it, and a claim answered early
+    // in that batch has shown its CAS to a caller: never hand it out again.
+    let mut cas_floor = 0i64;
     while let Ok(first) = jobs.recv() {
+        batch_number += 1;
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
             match jobs.try_recv() {
@@ -316,7 +344,7 @@ pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>
                 .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)))
         });
         let first_cas = match begun {
-            Ok(cas) => cas,
+            Ok(cas) => cas.max(cas_floor),
             Err(e) => {
                 let e = sql_error(e);
                 if !conn.is_autocommit() {
@@ -334,6 +362,9 @@ pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>
             last_cas: Cell::new(first_cas),
             docs: RefCell::default(),
             broken: Cell::new(false),
+            batch: batch_number,
+            unsettled: &unsettled,
+            answered_early: RefCell::default(),
         };
         let mut answers = Vec::with_capacity(batch.len());
         let mut rolled_back = false;
@@ -380,6 +411,8 @@ pub(super) fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>
                 StoreError::Ambiguous(format!("commit failed: {e}"))
             }),
         };
+        cas_floor = tx.last_cas.get();
+        unsettled.settle(batch_number, tx.answered_early.take());
         for answer in answers {
             answer(outcome.clone());
         }
@@ -436,13 +469,16 @@ mod tests {
         conn
     }
 
-    fn tx(conn: &Connection) -> Tx<'_> {
+    fn tx<'c>(conn: &'c Connection, unsettled: &'c Unsettled) -> Tx<'c> {
         Tx {
             conn,
             now_ms: 1_000,
             last_cas: Cell::new(0),
             docs: RefCell::default(),
             broken: Cell::new(false),
+            batch: 1,
+            unsettled,
+            answered_early: RefCell::default(),
         }
     }
 
@@ -470,7 +506,8 @@ mod tests {
     fn a_transaction_sees_its_own_writes_and_writes_each_document_back_once() {
         let conn = open();
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        let tx = tx(&conn);
+        let unsettled = Unsettled::new();
+        let tx = tx(&conn, &unsettled);
         let first = insert(&tx, "k", b"1").expect("insert");
         assert!(matches!(insert(&tx, "k", b"x"), Err(StoreError::Exists)));
         let second = replace(&tx, "k", b"2", first).expect("replace on the insert's CAS");
@@ -504,7 +541,8 @@ mod tests {
     fn a_document_not_yet_stored_is_created_at_write_back() {
         let conn = open();
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        let tx = tx(&conn);
+        let unsettled = Unsettled::new();
+        let tx = tx(&conn, &unsettled);
         // Absent when read, created by a mutation: an INSERT at write-back.
         assert!(matches!(remove(&tx, "new"), Err(StoreError::NotFound)));
         apply_mutation(&tx, "b", "new", |slot, now, cas| {
