@@ -251,14 +251,26 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
         return reject(store, id, claim, "invalid action id", &format!("action id {e}")).await;
     }
     let mut progress = Progress::default();
-    let (tx, tx_cas, prefetched) = match read_tx(store, id).await? {
+    // Step 3's lookup of the record and, for a body that plans, its reads of
+    // the wallets go out together: one round trip. The reads are only used
+    // if the record is absent, and then our own insert of it, after them,
+    // proves that no credit of this action was applied before them.
+    let (record, planned) = match plan_action(&claim.body) {
+        Ok(plan) => {
+            let (record, reads) =
+                futures::join!(read_tx(store, id), apply::observe_wallets(store, &plan.credits, opts));
+            (record?, Ok((plan, reads)))
+        }
+        Err(e) => (read_tx(store, id).await?, Err(e)),
+    };
+    let (tx, tx_cas, prefetched) = match record {
         Some((tx, cas)) => (tx, cas, None),
         None => {
-            let plan = match plan_action(&claim.body) {
-                Ok(plan) => plan,
+            let (plan, reads) = match planned {
+                Ok((plan, reads)) => (plan, reads?),
                 Err(e) => return reject(store, id, claim, &e.kind(), &e.to_string()).await,
             };
-            match commit(store, id, claim, &plan, opts).await? {
+            match commit(store, id, claim, &plan, reads, opts).await? {
                 Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
                 // A record another worker already completed (it won the
                 // commit race and finished) makes this a duplicate too.
@@ -334,10 +346,17 @@ enum Commit {
     },
 }
 
-/// Step 3: pre-check the wallets, then insert the record (the commit point),
-/// as the first write of a group with steps 4 to 6 where that is safe.
-async fn commit(store: &dyn Store, id: &str, claim: &Claim, plan: &Plan, opts: &Options) -> Result<Commit> {
-    let reads = apply::observe_wallets(store, &plan.credits, opts).await?;
+/// Step 3: pre-check the wallets (`reads`, observed before the record
+/// exists), then insert the record (the commit point), as the first write
+/// of a group with steps 4 to 6 where that is safe.
+async fn commit(
+    store: &dyn Store,
+    id: &str,
+    claim: &Claim,
+    plan: &Plan,
+    reads: Vec<wallet::Snapshot>,
+    opts: &Options,
+) -> Result<Commit> {
     let own = crate::domain::keys::marker_path(id);
     for (credit, read) in plan.credits.iter().zip(&reads) {
         if let Some(reason) = read.precheck(credit, wallet::marker_name(&own)) {
