@@ -667,6 +667,16 @@ mod tests {
         (has_entered, release)
     }
 
+    /// Holds the writer in a first batch and queues a claim of `action:a`
+    /// behind it: the claim opens the next batch once the first is released.
+    async fn claim_behind_a_held_batch(store: &SqliteStore) -> (oneshot::Receiver<StoreResult<Doc>>, mpsc::Sender<()>) {
+        let (first_in, release_first) = hold(store);
+        first_in.await.expect("first batch open");
+        let (claim, claimed) = claim_job("queue".into(), "action:a".into(), LEASE);
+        send(store, claim);
+        (claimed, release_first)
+    }
+
     async fn finishes<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
         tokio::time::timeout(Duration::from_millis(100), f).await.ok()
     }
@@ -692,11 +702,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_claim_is_answered_before_its_batch_commits_and_its_document_is_read_after() {
         let (store, _dir) = store().await;
-        // Batch 1 is held while batch 2 queues up: the claim, then a hold.
-        let (first_in, release_first) = hold(&store);
-        first_in.await.expect("first batch open");
-        let (claim, claimed) = claim_job("queue".into(), "action:a".into(), LEASE);
-        send(&store, claim);
+        // Batch 2: the claim, then a hold.
+        let (claimed, release_first) = claim_behind_a_held_batch(&store).await;
         let (second_in, release_second) = hold(&store);
         release_first.send(()).expect("release the first batch");
         second_in.await.expect("second batch open");
@@ -747,10 +754,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_claim_whose_batch_rolls_back_is_lost_and_its_cas_never_reused() {
         let (store, _dir) = store().await;
-        let (first_in, release_first) = hold(&store);
-        first_in.await.expect("first batch open");
-        let (claim, claimed) = claim_job("queue".into(), "action:a".into(), LEASE);
-        send(&store, claim);
+        let (claimed, release_first) = claim_behind_a_held_batch(&store).await;
         // SQLite rolls a transaction back by itself after an I/O error.
         let (rolled, rolled_back) = oneshot::channel();
         send(
