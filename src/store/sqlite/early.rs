@@ -75,6 +75,11 @@ impl Unsettled {
         }
     }
 
+    /// A guard that, when dropped, settles every batch for good.
+    pub(super) fn settle_all_on_drop(&self) -> SettleAllOnDrop<'_> {
+        SettleAllOnDrop(self)
+    }
+
     /// Waits until no claim answered early on this document is unsettled.
     pub(super) async fn key_settled(&self, bucket: &str, key: &str) {
         let batch = self
@@ -98,6 +103,15 @@ impl Unsettled {
         let mut settled = self.settled.subscribe();
         // The sender lives as long as `self`: an error cannot happen here.
         let _ = settled.wait_for(|s| *s >= batch).await;
+    }
+}
+
+/// See [`Unsettled::settle_all_on_drop`].
+pub(super) struct SettleAllOnDrop<'a>(&'a Unsettled);
+
+impl Drop for SettleAllOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.settled.send_replace(u64::MAX);
     }
 }
 

@@ -748,6 +748,30 @@ mod tests {
         );
     }
 
+    /// A writer that dies in the middle of a batch (a panic in a job) leaves
+    /// no read waiting for a batch that will never settle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_dies_mid_batch_leaves_no_read_waiting() {
+        let (store, _dir) = store().await;
+        let (claimed, release_first) = claim_behind_a_held_batch(&store).await;
+        send(
+            &store,
+            Box::new(|_tx: Option<&Tx<'_>>| -> threads::Answer { panic!("a job that panics, on purpose") }),
+        );
+        release_first.send(()).expect("release the first batch");
+        finished(claimed, "the claim")
+            .await
+            .expect("answered")
+            .expect("claimed");
+        let read = finished(store.get(Bucket::Queue, "action:a"), "the read of the claimed document").await;
+        assert!(read.is_ok(), "{read:?}");
+        finished(locked(&store), "the census").await;
+        assert!(
+            store.insert(Bucket::Queue, "action:b", b"{}").await.is_err(),
+            "the writer is gone"
+        );
+    }
+
     /// A claim answered in a batch that then rolls back is a lock lost: the
     /// action is not locked, and the CAS the claim showed is never handed
     /// out again.

@@ -307,7 +307,7 @@ pub(super) fn apply_insert<T>(
 
 /// Answers one caller once the fate of its batch is known (a claim answered
 /// early answers nothing more).
-type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+pub(super) type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A mutation for the writer: applied to the open transaction (`Some`), or
 /// not applied at all (`None`); it returns how to answer its caller.
 pub(super) type Job = Box<dyn FnOnce(Option<&Tx<'_>>) -> Answer + Send>;
@@ -324,6 +324,10 @@ pub(super) fn writer_loop(
     hand: std::path::PathBuf,
     unsettled: std::sync::Arc<Unsettled>,
 ) {
+    // However the writer ends (its store dropped, or a panic unwinding it
+    // in the middle of a batch), no read waits for a batch that will never
+    // settle: such a claim is lost, as a rolled-back one is.
+    let _settle_on_exit = unsettled.settle_all_on_drop();
     let mut batch_number = 0u64;
     // The highest CAS value this writer has handed out. A batch that rolls
     // back leaves the stored sequence behind it, and a claim answered early
