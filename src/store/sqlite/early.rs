@@ -55,23 +55,15 @@ impl Unsettled {
         self.latest.fetch_max(batch, Ordering::SeqCst);
     }
 
-    /// The writer, once `batch` has committed or rolled back; `keys` are
-    /// the documents it noted in it.
-    pub(super) fn settle(&self, batch: u64, keys: Vec<(String, String)>) {
+    /// The writer, once `batch` has committed or rolled back (batches
+    /// settle in order, so every earlier one has too).
+    pub(super) fn settle(&self, batch: u64) {
         // First the fate, then the entries: a reader that still finds an
         // entry of this batch finds it settled.
         self.settled.send_replace(batch);
-        if keys.is_empty() {
-            return;
-        }
-        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        for (bucket, key) in keys {
-            let Some(in_bucket) = map.get_mut(&bucket) else {
-                continue;
-            };
-            if in_bucket.get(&key).is_some_and(|b| *b <= batch) {
-                in_bucket.remove(&key);
-            }
+        // At most one entry per claim in flight.
+        for in_bucket in self.keys.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
+            in_bucket.retain(|_, noted| *noted > batch);
         }
     }
 
@@ -120,10 +112,6 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn key(k: &str) -> (String, String) {
-        ("q".to_string(), k.to_string())
-    }
-
     async fn finishes(f: impl std::future::Future<Output = ()>) -> bool {
         tokio::time::timeout(Duration::from_millis(50), f).await.is_ok()
     }
@@ -149,7 +137,7 @@ mod tests {
             finishes(u.key_settled("l", "a")).await,
             "the same key in another bucket does not wait"
         );
-        u.settle(1, vec![key("a")]);
+        u.settle(1);
         assert!(finishes(u.key_settled("q", "a")).await);
         assert!(finishes(u.all_settled()).await);
         let left: usize = u.keys.lock().expect("lock").values().map(HashMap::len).sum();
@@ -163,9 +151,9 @@ mod tests {
         let u = Unsettled::new();
         u.note("q", "a", 1);
         u.note("q", "a", 2);
-        u.settle(1, vec![key("a")]);
+        u.settle(1);
         assert!(!finishes(u.key_settled("q", "a")).await);
-        u.settle(2, vec![key("a")]);
+        u.settle(2);
         assert!(finishes(u.key_settled("q", "a")).await);
     }
 }

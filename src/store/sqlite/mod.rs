@@ -274,16 +274,7 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
-        let job: Job = Box::new(move |tx: Option<&Tx<'_>>| {
-            let result = match tx {
-                Some(tx) => work(tx),
-                None => Err(StoreError::Transient("not applied".into())),
-            };
-            Box::new(move |committed: Result<(), StoreError>| {
-                let _ = answer.send(committed.and(result));
-            })
-        });
+        let (job, answered) = writer_job(work, Answered::Committed);
         hand_over(&self.writer, job, answered, "writer").await
     }
 
@@ -322,21 +313,50 @@ async fn hand_over<J, T>(
     answered.await.map_err(|_| stopped())?
 }
 
-/// A claim for the writer, answered as soon as it is applied (`early.rs`).
-fn claim_job(bucket: String, key: String, lock: Duration) -> (Job, tokio::sync::oneshot::Receiver<StoreResult<Doc>>) {
-    let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<Doc>>();
+/// When the writer answers a job's caller.
+#[derive(Clone, Copy)]
+enum Answered {
+    /// Once the transaction's fate is known (after COMMIT): every write.
+    Committed,
+    /// As soon as the job is applied: a claim (`early.rs`).
+    Applied,
+}
+
+/// `work` as a job for the writer, and where its answer arrives.
+fn writer_job<T: Send + 'static>(
+    work: impl FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
+    when: Answered,
+) -> (Job, tokio::sync::oneshot::Receiver<StoreResult<T>>) {
+    let (answer, answered) = tokio::sync::oneshot::channel::<StoreResult<T>>();
     let job: Job = Box::new(move |tx: Option<&Tx<'_>>| {
         let result = match tx {
-            Some(tx) => apply_mutation(tx, &bucket, &key, |slot, now, cas| {
-                model::get_and_lock(slot, &key, lock, now, cas)
-            })
-            .inspect(|_| tx.answering_early(&bucket, &key)),
+            Some(tx) => work(tx),
             None => Err(StoreError::Transient("not applied".into())),
         };
-        let _ = answer.send(result);
-        Box::new(|_committed: Result<(), StoreError>| {})
+        match when {
+            Answered::Committed => Box::new(move |committed: Result<(), StoreError>| {
+                let _ = answer.send(committed.and(result));
+            }),
+            Answered::Applied => {
+                let _ = answer.send(result);
+                Box::new(|_: Result<(), StoreError>| {})
+            }
+        }
     });
     (job, answered)
+}
+
+/// A claim for the writer, answered as soon as it is applied (`early.rs`).
+fn claim_job(bucket: String, key: String, lock: Duration) -> (Job, tokio::sync::oneshot::Receiver<StoreResult<Doc>>) {
+    writer_job(
+        move |tx| {
+            apply_mutation(tx, &bucket, &key, |slot, now, cas| {
+                model::get_and_lock(slot, &key, lock, now, cas)
+            })
+            .inspect(|_| tx.answering_early(&bucket, &key))
+        },
+        Answered::Applied,
+    )
 }
 
 /// One write inside the writer's transaction, alone or as part of a group

@@ -160,11 +160,10 @@ pub(super) struct Tx<'c> {
     /// An operation failed after changing its document: the model promises
     /// it never does, and the batch is rolled back if it ever did.
     broken: Cell<bool>,
-    /// This batch's number, and the claims answered in it before it
-    /// settles (see `early.rs`).
+    /// This batch's number, and where claims answered in it before it
+    /// settles are noted (see `early.rs`).
     batch: u64,
     unsettled: &'c Unsettled,
-    answered_early: RefCell<Vec<(String, String)>>,
 }
 
 impl Tx<'_> {
@@ -172,9 +171,6 @@ impl Tx<'_> {
     /// answered before the transaction commits.
     pub(super) fn answering_early(&self, bucket: &str, key: &str) {
         self.unsettled.note(bucket, key, self.batch);
-        self.answered_early
-            .borrow_mut()
-            .push((bucket.to_string(), key.to_string()));
     }
 
     fn next_cas(&self) -> Cas {
@@ -368,7 +364,6 @@ pub(super) fn writer_loop(
             broken: Cell::new(false),
             batch: batch_number,
             unsettled: &unsettled,
-            answered_early: RefCell::default(),
         };
         let mut answers = Vec::with_capacity(batch.len());
         let mut rolled_back = false;
@@ -416,7 +411,7 @@ pub(super) fn writer_loop(
             }),
         };
         cas_floor = tx.last_cas.get();
-        unsettled.settle(batch_number, tx.answered_early.take());
+        unsettled.settle(batch_number);
         for answer in answers {
             answer(outcome.clone());
         }
@@ -467,10 +462,13 @@ mod tests {
     use super::*;
     use crate::store::model;
 
-    fn open() -> Connection {
+    /// A fresh database with its write transaction begun, and the writer's
+    /// record of early claims, for `tx`.
+    fn begun() -> (Connection, Unsettled) {
         let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(super::super::SCHEMA).expect("schema");
-        conn
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        (conn, Unsettled::new())
     }
 
     fn tx<'c>(conn: &'c Connection, unsettled: &'c Unsettled) -> Tx<'c> {
@@ -482,7 +480,6 @@ mod tests {
             broken: Cell::new(false),
             batch: 1,
             unsettled,
-            answered_early: RefCell::default(),
         }
     }
 
@@ -508,9 +505,7 @@ mod tests {
     /// each changed document is written back once, as the last of them left it.
     #[test]
     fn a_transaction_sees_its_own_writes_and_writes_each_document_back_once() {
-        let conn = open();
-        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        let unsettled = Unsettled::new();
+        let (conn, unsettled) = begun();
         let tx = tx(&conn, &unsettled);
         let first = insert(&tx, "k", b"1").expect("insert");
         assert!(matches!(insert(&tx, "k", b"x"), Err(StoreError::Exists)));
@@ -543,9 +538,7 @@ mod tests {
     /// mutation, is one INSERT at write-back.
     #[test]
     fn a_document_not_yet_stored_is_created_at_write_back() {
-        let conn = open();
-        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        let unsettled = Unsettled::new();
+        let (conn, unsettled) = begun();
         let tx = tx(&conn, &unsettled);
         // Absent when read, created by a mutation: an INSERT at write-back.
         assert!(matches!(remove(&tx, "new"), Err(StoreError::NotFound)));
