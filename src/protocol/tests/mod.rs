@@ -611,3 +611,14 @@ async fn a_claim_is_renewed_while_its_action_is_slow() {
     assert_eq!(w.balance("a"), Some(150_000_000));
     assert!(!w.has(Bucket::Queue, &action_key("slow")));
 }
+
+/// Every xattr path ledgerd sends is under one xattr key, so it never
+/// depends on several keys in one sub-document call (which older servers
+/// refused; see docs/couchbase.md).
+#[test]
+fn every_xattr_path_is_under_one_key() {
+    let key = |path: &str| path.split('.').next().map(str::to_string);
+    let marker = crate::domain::keys::marker_path("any-action");
+    let paths = [MARKERS_XATTR, BLOCKED_XATTR, marker.as_str()];
+    assert!(paths.iter().all(|p| key(p) == Some("ledger".into())), "{paths:?}");
+}
