@@ -78,24 +78,35 @@ impl Snapshot {
     /// knows completed (`prunable`: dropped by the next write), and old ones
     /// of unknown actions (`stale`: `(path, action id)`, checked later).
     pub(crate) fn foreign_markers(&self, recent: &RecentlyCompleted) -> (Vec<String>, Vec<(String, String)>) {
-        let (mut prunable, mut stale) = (Vec::new(), Vec::new());
         let Snapshot::Present { markers, .. } = self else {
-            return (prunable, stale);
+            return (Vec::new(), Vec::new());
         };
         let cutoff = now_ms().saturating_sub(FOREIGN_MARKER_AGE_MS_MIN);
-        for (name, v) in markers.iter() {
-            let Some(action) = v.get("tx").and_then(Value::as_str) else {
-                continue;
-            };
-            let path = format!("{MARKERS_XATTR}.{name}");
-            if recent.contains(action) {
-                prunable.push(path);
-            } else if v.get("at_ms").and_then(Value::as_u64).is_some_and(|at| at < cutoff) {
-                stale.push((path, action.to_string()));
-            }
-        }
-        (prunable, stale)
+        let stale = markers
+            .iter()
+            .filter_map(|(name, v)| {
+                let action = marker_action(v).filter(|a| !recent.contains(a))?;
+                let old = v.get("at_ms").and_then(Value::as_u64).is_some_and(|at| at < cutoff);
+                old.then(|| (format!("{MARKERS_XATTR}.{name}"), action.to_string()))
+            })
+            .collect();
+        (known_completed(markers, recent), stale)
     }
+}
+
+/// The action a marker's value names (its `tx`), if it names one.
+pub(crate) fn marker_action(value: &Value) -> Option<&str> {
+    value.get("tx").and_then(Value::as_str)
+}
+
+/// The paths of the markers whose actions this process knows completed:
+/// the next write of their wallet may drop them.
+pub(crate) fn known_completed(markers: &Map<String, Value>, recent: &RecentlyCompleted) -> Vec<String> {
+    markers
+        .iter()
+        .filter(|(_, v)| marker_action(v).is_some_and(|a| recent.contains(a)))
+        .map(|(name, _)| format!("{MARKERS_XATTR}.{name}"))
+        .collect()
 }
 
 /// Why a credit is refused when it would take its wallet past the supply.

@@ -15,7 +15,7 @@ use crate::domain::keys::MARKERS_XATTR;
 use crate::domain::Units;
 use crate::ops::metrics as m;
 use crate::protocol::records::{marker_value, now_ms, TxState};
-use crate::protocol::wallet::{marker_name, over_supply, Seen, Snapshot};
+use crate::protocol::wallet::{known_completed, marker_action, marker_name, over_supply, Seen, Snapshot};
 use crate::protocol::write_plan::{plan, WRITE_XATTR_SPECS_MAX};
 use crate::protocol::{read_tx, Options, RecentlyCompleted};
 use crate::store::{Bucket, Store, StoreError, WriteMode};
@@ -44,22 +44,13 @@ impl Current {
         }
     }
 
-    /// Marker paths of actions this process knows completed.
-    fn known_prunable(&self, recent: &RecentlyCompleted) -> Vec<String> {
-        self.markers
-            .iter()
-            .filter(|(_, v)| v.get("tx").and_then(Value::as_str).is_some_and(|a| recent.contains(a)))
-            .map(|(name, _)| format!("{MARKERS_XATTR}.{name}"))
-            .collect()
-    }
-
     /// Markers of actions not known completed, oldest first: `(path, action)`.
     fn unknown(&self, recent: &RecentlyCompleted) -> Vec<(String, String)> {
         let mut found: Vec<(u64, String, String)> = self
             .markers
             .iter()
             .filter_map(|(name, v)| {
-                let action = v.get("tx").and_then(Value::as_str)?;
+                let action = marker_action(v)?;
                 let at = v.get("at_ms").and_then(Value::as_u64).unwrap_or(0);
                 (!recent.contains(action)).then(|| (at, format!("{MARKERS_XATTR}.{name}"), action.to_string()))
             })
@@ -198,7 +189,7 @@ impl Turns<'_> {
             return Vec::new();
         }
         let recent = &self.opts.recent;
-        let mut prunes = current.known_prunable(recent);
+        let mut prunes = known_completed(&current.markers, recent);
         let wanted = plan(current.markers.len(), pending, prunes.len(), self.soft_max()).prunes_wanted;
         if wanted <= prunes.len() {
             return prunes;
