@@ -25,7 +25,9 @@ use crate::store::{Bucket, Store, StoreError, WriteMode};
 struct Current {
     balance: Units,
     mode: WriteMode,
-    markers: Map<String, Value>,
+    /// Shared with the slot's known state once written: cloned only where
+    /// a write changes it.
+    markers: Arc<Map<String, Value>>,
 }
 
 impl Current {
@@ -34,12 +36,12 @@ impl Current {
             Snapshot::Present { balance, cas, markers } => Self {
                 balance: *balance,
                 mode: WriteMode::Replace(*cas),
-                markers: (**markers).clone(),
+                markers: markers.clone(),
             },
             _ => Self {
                 balance: Units::ZERO,
                 mode: WriteMode::Insert,
-                markers: Map::new(),
+                markers: Arc::default(),
             },
         }
     }
@@ -111,17 +113,18 @@ impl Turns<'_> {
                 })
                 .collect();
             // The markers this write leaves on the wallet.
-            let mut after = current.markers.clone();
+            let mut after = (*current.markers).clone();
             for path in &prunes {
                 after.remove(marker_name(path));
             }
             for (path, value) in &values {
                 after.insert(marker_name(path).to_string(), value.clone());
             }
-            let changes: Vec<(&str, Option<Value>)> = match shape.whole {
+            let mut changes: Vec<(&str, Option<Value>)> = match shape.whole {
                 // One spec: the whole object, exactly the state this write
-                // is conditional on, changed by this write alone.
-                true => vec![(MARKERS_XATTR, Some(Value::Object(after.clone())))],
+                // is conditional on, changed by this write alone (taken
+                // back after the write).
+                true => vec![(MARKERS_XATTR, Some(Value::Object(std::mem::take(&mut after))))],
                 false => values
                     .iter()
                     .map(|(m, v)| (m.as_str(), Some(v.clone())))
@@ -148,7 +151,12 @@ impl Turns<'_> {
                     return Ok(());
                 }
             };
-            current.markers = after;
+            if shape.whole {
+                if let [(_, Some(Value::Object(whole)))] = changes.as_mut_slice() {
+                    after = std::mem::take(whole);
+                }
+            }
+            current.markers = Arc::new(after);
             (current.balance, current.mode) = (balance, WriteMode::Replace(cas));
             metrics::counter!(m::WALLET_WRITES).increment(1);
             metrics::counter!(m::WALLET_WRITE_CREDITS).increment(included.len() as u64);
@@ -158,7 +166,7 @@ impl Turns<'_> {
                 state: Snapshot::Present {
                     balance,
                     cas,
-                    markers: Arc::new(current.markers.clone()),
+                    markers: current.markers.clone(),
                 },
                 lineage: lineage.clone(),
                 at: Instant::now(),
