@@ -109,12 +109,8 @@ pub(super) async fn try_group(
             WriteMode::Replace(_) => prunable.into_iter().take(prunes).collect(),
         };
         stale.extend(old.into_iter().map(|(path, other)| (credit.hash.clone(), path, other)));
-        let mut after = markers;
-        for path in &prunes {
-            after.remove(wallet::marker_name(path));
-        }
         let value = marker_value(id, credit.units, at);
-        after.insert(own.clone(), value.clone());
+        let after = wallet::markers_after(markers, &prunes, [(marker.clone(), value.clone())]);
         let mut xattrs = vec![(marker.clone(), Some(value))];
         xattrs.extend(prunes.iter().map(|p| (p.clone(), None)));
         wallets.push(WalletWrite {

@@ -109,6 +109,22 @@ pub(crate) fn known_completed(markers: &Map<String, Value>, recent: &RecentlyCom
         .collect()
 }
 
+/// The markers a write leaves on a wallet: `markers` less the `prunes`
+/// (paths), plus `added` (path, value).
+pub(crate) fn markers_after(
+    mut markers: Map<String, Value>,
+    prunes: &[String],
+    added: impl IntoIterator<Item = (String, Value)>,
+) -> Map<String, Value> {
+    for path in prunes {
+        markers.remove(marker_name(path));
+    }
+    for (path, value) in added {
+        markers.insert(marker_name(&path).to_string(), value);
+    }
+    markers
+}
+
 /// Why a credit is refused when it would take its wallet past the supply.
 pub(crate) fn over_supply(hash: &str, units: Units) -> String {
     format!("wallet {hash:?}: crediting {units} would exceed the total supply")

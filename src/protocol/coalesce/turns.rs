@@ -15,7 +15,7 @@ use crate::domain::keys::MARKERS_XATTR;
 use crate::domain::Units;
 use crate::ops::metrics as m;
 use crate::protocol::records::{marker_value, now_ms, TxState};
-use crate::protocol::wallet::{known_completed, marker_action, marker_name, over_supply, Seen, Snapshot};
+use crate::protocol::wallet::{known_completed, marker_action, markers_after, over_supply, Seen, Snapshot};
 use crate::protocol::write_plan::{plan, WRITE_XATTR_SPECS_MAX};
 use crate::protocol::{read_tx, Options, RecentlyCompleted};
 use crate::store::{Bucket, Store, StoreError, WriteMode};
@@ -112,19 +112,13 @@ impl Turns<'_> {
                     )
                 })
                 .collect();
-            // The markers this write leaves on the wallet.
-            let mut after = (*current.markers).clone();
-            for path in &prunes {
-                after.remove(marker_name(path));
-            }
-            for (path, value) in &values {
-                after.insert(marker_name(path).to_string(), value.clone());
-            }
             let mut changes: Vec<(&str, Option<Value>)> = match shape.whole {
-                // One spec: the whole object, exactly the state this write
-                // is conditional on, changed by this write alone (taken
-                // back after the write).
-                true => vec![(MARKERS_XATTR, Some(Value::Object(std::mem::take(&mut after))))],
+                // One spec: the whole object this write leaves, exactly the
+                // state it is conditional on, changed by this write alone.
+                true => {
+                    let after = markers_after((*current.markers).clone(), &prunes, values.iter().cloned());
+                    vec![(MARKERS_XATTR, Some(Value::Object(after)))]
+                }
                 false => values
                     .iter()
                     .map(|(m, v)| (m.as_str(), Some(v.clone())))
@@ -151,11 +145,12 @@ impl Turns<'_> {
                     return Ok(());
                 }
             };
-            if shape.whole {
-                if let [(_, Some(Value::Object(whole)))] = changes.as_mut_slice() {
-                    after = std::mem::take(whole);
-                }
-            }
+            // The markers the write left: the object it sent whole, or the
+            // state it was conditional on with its changes by path.
+            let after = match changes.pop() {
+                Some((_, Some(Value::Object(sent)))) if shape.whole => sent,
+                _ => markers_after((*current.markers).clone(), &prunes, values),
+            };
             current.markers = Arc::new(after);
             (current.balance, current.mode) = (balance, WriteMode::Replace(cas));
             metrics::counter!(m::WALLET_WRITES).increment(1);
