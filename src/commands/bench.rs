@@ -20,7 +20,7 @@ use crate::domain::keys::{action_key, balance_key, ACTION_PREFIX, BALANCE_PREFIX
 use crate::domain::Units;
 use crate::store::hooked::{Fault, Hook, Hooked, InFlight, OpKind};
 use crate::store::{open, Bucket, OpenMode, Store, StoreError};
-use crate::worker::{self, WorkerConfig};
+use crate::worker::{self, Latencies, WorkerConfig};
 
 /// Wallets the `uniform` scenario draws from.
 const UNIFORM_WALLETS: u64 = 100_000;
@@ -76,8 +76,9 @@ pub struct OpCounter {
 /// and its store operations.
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct ProcessReport {
-    /// Claim-to-completion of each action it completed, in ms.
-    pub latencies_ms: Vec<f64>,
+    /// Claim-to-completion of the actions it completed (a fixed-size
+    /// histogram, whatever the number of actions).
+    pub latencies: Latencies,
     /// Store reads.
     pub reads: u64,
     /// Store writes.
@@ -98,9 +99,9 @@ pub struct ProcessReport {
 
 impl ProcessReport {
     /// The report of a worker that ran with `counter`.
-    pub fn new(latencies: &[Duration], counter: &OpCounter) -> Self {
+    pub fn new(latencies: &Latencies, counter: &OpCounter) -> Self {
         Self {
-            latencies_ms: latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect(),
+            latencies: latencies.clone(),
             reads: counter.reads.load(Ordering::Relaxed),
             writes: counter.writes.load(Ordering::Relaxed),
             wallet_writes: counter.wallet_writes.load(Ordering::Relaxed),
@@ -111,7 +112,7 @@ impl ProcessReport {
     }
 
     fn add(&mut self, other: ProcessReport) {
-        self.latencies_ms.extend(other.latencies_ms);
+        self.latencies.merge(&other.latencies);
         self.reads += other.reads;
         self.writes += other.writes;
         self.wallet_writes += other.wallet_writes;
@@ -199,11 +200,6 @@ fn peak_rss_bytes() -> u64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         .map_or(0, |kb| kb * 1024)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or(0.0)
 }
 
 /// What `ledgerd bench` was asked to do.
@@ -302,14 +298,10 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
         actions: args.actions,
         actions_per_sec: done / secs,
         credits_per_sec: done * credits_per_action / secs,
-        latency_ms: {
-            let mut l = merged.latencies_ms.clone();
-            l.sort_by(f64::total_cmp);
-            Latency {
-                p50: percentile(&l, 0.5),
-                p99: percentile(&l, 0.99),
-                max: percentile(&l, 1.0),
-            }
+        latency_ms: Latency {
+            p50: merged.latencies.quantile_ms(0.5),
+            p99: merged.latencies.quantile_ms(0.99),
+            max: merged.latencies.max_ms(),
         },
         store_ops_per_action: OpsPerAction {
             reads: merged.reads as f64 / done,
@@ -469,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn calls_started_together_are_one_round_trip_however_fast_the_store() {
         let store = Hooked::new(Arc::new(MemoryStore::new()), OpCounter::default());
-        let trips = |store: &Hooked<OpCounter>| ProcessReport::new(&[], &store.hook).round_trips;
+        let trips = |store: &Hooked<OpCounter>| ProcessReport::new(&Latencies::new(), &store.hook).round_trips;
         IN_FLIGHT
             .scope(Default::default(), async {
                 let (a, b) = tokio::join!(

@@ -29,7 +29,7 @@ use crate::domain::{plan_action, Plan};
 use crate::store::{Bucket, Cas, Doc, GroupCas, Store, StoreError, WriteGroup};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
-pub use coalesce::Coalescer;
+pub use coalesce::{Coalescer, LINEAGE_MAX, SLOTS_MAX};
 use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
 use grouped::Progress;
 use records::{TxRecord, TxState};
@@ -74,7 +74,7 @@ impl Default for Options {
 }
 
 /// Most action ids remembered as completed.
-const RECENT_COMPLETED_MAX: usize = 4_096;
+pub const RECENT_COMPLETED_MAX: usize = 4_096;
 
 /// Actions this process knows to be completed: their markers may go, and go
 /// in the next write each of their wallets gets anyway (no extra write).
@@ -100,6 +100,16 @@ impl RecentlyCompleted {
     /// Whether `id` is known completed.
     pub fn contains(&self, id: &str) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).0.contains(id)
+    }
+
+    /// How many ids it remembers (at most [`RECENT_COMPLETED_MAX`]).
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+    }
+
+    /// Whether it remembers none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 
 /// How long one line stands for the repeats of its cause.
 pub const COLLAPSE_INTERVAL: Duration = Duration::from_secs(10);
+/// Most causes with an open window. Causes are messages with the action id
+/// taken out, but a message may still name a wallet, a key or a CAS: a
+/// store failing in many ways at once must cost a bounded table (and a
+/// bounded number of lines), not one entry per distinct message.
+pub const COLLAPSE_CAUSES_MAX: usize = 64;
+/// The cause that stands for every cause beyond [`COLLAPSE_CAUSES_MAX`].
+pub const OTHER_CAUSES: &str = "other causes (more distinct causes than are collapsed one by one)";
 
 /// Repeats of one cause since its last full line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +40,10 @@ impl Collapser {
     /// Whether to log a line for `cause` now (about `action`); a repeat
     /// within the interval is counted instead.
     pub fn admit(&mut self, cause: &str, action: &str, now: Instant) -> bool {
+        let cause = match self.windows.len() >= COLLAPSE_CAUSES_MAX && !self.windows.contains_key(cause) {
+            true => OTHER_CAUSES,
+            false => cause,
+        };
         match self.windows.get_mut(cause) {
             Some((opened, held, last)) if now.duration_since(*opened) < COLLAPSE_INTERVAL => {
                 *held += 1;
@@ -64,6 +75,17 @@ impl Collapser {
         });
         out.sort_by(|a, b| a.cause.cmp(&b.cause));
         out
+    }
+
+    /// How many causes have an open window (at most
+    /// [`COLLAPSE_CAUSES_MAX`] + 1, the one for [`OTHER_CAUSES`]).
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Whether no cause has an open window.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
     }
 }
 
@@ -105,6 +127,25 @@ mod tests {
         let rest = c.due(t0 + COLLAPSE_INTERVAL, true);
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].count, 1);
+    }
+
+    #[test]
+    fn distinct_causes_beyond_the_bound_share_one_window() {
+        let mut c = Collapser::default();
+        let t0 = Instant::now();
+        for i in 0..COLLAPSE_CAUSES_MAX {
+            assert!(c.admit(&format!("wallet w{i} is invalid"), "a", t0));
+        }
+        // The first cause beyond the bound is logged, the next ones counted.
+        assert!(c.admit("wallet x is invalid", "a", t0));
+        for i in 0..1_000 {
+            assert!(!c.admit(&format!("wallet y{i} is invalid"), "b", t0));
+        }
+        assert_eq!(c.len(), COLLAPSE_CAUSES_MAX + 1);
+        let due = c.due(t0 + COLLAPSE_INTERVAL, false);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!((due[0].cause.as_str(), due[0].count), (OTHER_CAUSES, 1_000));
+        assert_eq!(c.len(), 0, "every window closed");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The worker: discovers queued actions, runs the protocol on up to
 //! `concurrency` of them at once, and stops cleanly when told to.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +17,14 @@ use crate::protocol::{self, process_attempt, Attempt, Outcome, ProtocolError, Sk
 use crate::store::{Bucket, Store};
 use crate::telemetry::ACTION_TARGET;
 use collapse::{cause, Collapser, COLLAPSE_INTERVAL};
+pub use latency::Latencies;
 use pass::Pass;
+use put_off::PutOff;
 
 pub mod collapse;
+pub mod latency;
 mod pass;
+pub mod put_off;
 
 /// First pause after a pass that found nothing to do.
 const IDLE_BACKOFF_MS_MIN: u64 = 20;
@@ -56,7 +60,7 @@ pub struct WorkerConfig {
 }
 
 /// What a worker did, by outcome.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunStats {
     /// Actions credited and removed.
     pub completed: u64,
@@ -70,13 +74,42 @@ pub struct RunStats {
     pub errors: u64,
     /// Units credited.
     pub units: u128,
-    /// Claim-to-completion time of each completed action.
-    pub latencies: Vec<Duration>,
+    /// Claim-to-completion times of the completed actions, as a histogram
+    /// of fixed size (never one sample per action).
+    pub latencies: Latencies,
     /// Why the worker stopped before the queue was idle (with
     /// `exit_when_idle`, a discovery that cannot work), if it did.
     pub stopped: Option<String>,
     /// With `exit_when_idle`: what it left in the queue when it went idle.
     pub left: Option<LeftBehind>,
+    /// What the worker held when it stopped.
+    pub footprint: Footprint,
+}
+
+/// What a worker holds, table by table, in entries: each is bounded by
+/// configuration, never by the actions processed (docs/operations.md lists
+/// the bounds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Actions in flight (at most `concurrency`).
+    pub in_flight: usize,
+    /// Actions put off after a blocked or failed attempt (at most
+    /// [`put_off::PUT_OFF_MAX`], and only those still queued).
+    pub put_off: usize,
+    /// Log causes with an open collapse window, both tables (at most
+    /// [`collapse::COLLAPSE_CAUSES_MAX`] + 1 each).
+    pub collapsed_causes: usize,
+    /// Counters of the latency histogram (fixed).
+    pub latency_counters: usize,
+    /// The coalescer's wallet slots (at most [`protocol::SLOTS_MAX`]
+    /// beyond those in use).
+    pub coalescer_slots: usize,
+    /// Wallet states in the slots' lineages (at most
+    /// [`protocol::LINEAGE_MAX`] per slot, none older than the longest lock).
+    pub lineage_states: usize,
+    /// Action ids remembered as completed (at most
+    /// [`protocol::RECENT_COMPLETED_MAX`]).
+    pub recently_completed: usize,
 }
 
 /// What `--exit-when-idle` left in the queue: nothing it could claim, but
@@ -124,11 +157,10 @@ struct Loop {
     discovery_logged: Option<tokio::time::Instant>,
     opts: protocol::Options,
     tasks: JoinSet<Finished>,
+    /// At most `concurrency` ids.
     in_flight: HashSet<String>,
-    /// Actions to leave alone until the instant given, with their attempt count.
-    deferred: HashMap<String, (Instant, u32)>,
-    /// Actions whose last attempt here ended in an error.
-    errored: HashSet<String>,
+    /// Actions to leave alone for a while (bounded: see `put_off.rs`).
+    put_off: PutOff,
     claims_this_pass: u64,
     stats: RunStats,
     /// Repeated "attempt failed" lines, collapsed per error.
@@ -157,8 +189,7 @@ pub async fn run(
         opts,
         tasks: JoinSet::new(),
         in_flight: HashSet::new(),
-        deferred: HashMap::new(),
-        errored: HashSet::new(),
+        put_off: PutOff::default(),
         claims_this_pass: 0,
         stats: RunStats::default(),
         errors_logged: Collapser::default(),
@@ -180,6 +211,7 @@ pub async fn run(
         _ = w.discover() => {}
     }
     w.drain_within_grace().await;
+    w.stats.footprint = w.footprint();
     w.log_repeats(true);
     crate::lifecycle!(
         completed = w.stats.completed,
@@ -193,6 +225,20 @@ pub async fn run(
 }
 
 impl Loop {
+    /// What this worker holds now.
+    fn footprint(&self) -> Footprint {
+        let (coalescer_slots, lineage_states) = self.opts.coalescer.footprint();
+        Footprint {
+            in_flight: self.in_flight.len(),
+            put_off: self.put_off.len(),
+            collapsed_causes: self.errors_logged.len() + self.blocked_logged.len(),
+            latency_counters: self.stats.latencies.counters(),
+            coalescer_slots,
+            lineage_states,
+            recently_completed: self.opts.recent.len(),
+        }
+    }
+
     /// Passes over the queue until idle (with `exit_when_idle`) or forever.
     async fn discover(&mut self) {
         let semaphore = Arc::new(Semaphore::new(self.cfg.concurrency));
@@ -240,6 +286,7 @@ impl Loop {
                 while let Some(done) = self.tasks.join_next().await {
                     self.record(done);
                 }
+                self.put_off.pass_over();
                 let claimed = std::mem::take(&mut self.claims_this_pass);
                 if claimed == 0 {
                     if self.cfg.exit_when_idle {
@@ -315,7 +362,8 @@ impl Loop {
         ids.shuffle(&mut rand::thread_rng());
         let now = Instant::now();
         for id in ids {
-            if self.in_flight.contains(&id) || self.deferred.get(&id).is_some_and(|(until, _)| *until > now) {
+            let waiting = self.put_off.listed_and_waiting(&id, now);
+            if waiting || self.in_flight.contains(&id) {
                 continue;
             }
             let Ok(permit) = semaphore.clone().acquire_owned().await else {
@@ -325,7 +373,7 @@ impl Loop {
             self.in_flight.insert(id.clone());
             metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
             let (store, opts) = (self.store.clone(), self.opts.clone());
-            let number = self.deferred.get(&id).map_or(0, |(_, n)| *n) + 1;
+            let number = self.put_off.attempts(&id) + 1;
             let attempt = Attempt {
                 number,
                 retry_in: retry_delay(number),
@@ -375,7 +423,7 @@ impl Loop {
                 metrics::counter!(m::CREDITS).increment(*credits as u64);
                 metrics::counter!(m::UNITS).increment(*units);
                 metrics::histogram!(m::ACTION_SECONDS).record(elapsed.as_secs_f64());
-                self.stats.latencies.push(elapsed);
+                self.stats.latencies.record(elapsed);
                 tracing::info!(
                     target: ACTION_TARGET,
                     action = id,
@@ -443,18 +491,13 @@ impl Loop {
             }
         }
         self.claims_this_pass += 1;
-        if result.is_err() {
-            self.errored.insert(id.clone());
-        } else {
-            self.errored.remove(&id);
-        }
         if matches!(result, Ok(Outcome::Blocked { .. }) | Err(_)) {
             // The delay chosen when the attempt started: a blocked action
             // says on itself when it is tried again.
-            self.deferred
-                .insert(id, (Instant::now() + attempt.retry_in, attempt.number));
+            let until = Instant::now() + attempt.retry_in;
+            self.put_off.put_off(id, until, attempt.number, result.is_err());
         } else {
-            self.deferred.remove(&id);
+            self.put_off.clear(&id);
         }
     }
 
@@ -474,7 +517,7 @@ impl Loop {
             }
             Err(e) => left.unknown = Some(format!("the queue could not be read: {e}")),
         }
-        for id in &self.errored {
+        for id in self.put_off.after_errors() {
             match self
                 .store
                 .get(Bucket::Queue, &crate::domain::keys::action_key(id))

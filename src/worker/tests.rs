@@ -137,3 +137,84 @@ fn retry_delays_grow_to_a_minute_and_are_jittered_per_action() {
     }
     assert!(retry_delay(99) <= Duration::from_millis(RETRY_DELAY_MS_MAX));
 }
+
+/// Bounded memory: after many actions, some blocked and then removed by
+/// someone else, every table the worker keeps holds what its bound allows
+/// and nothing per action processed (the latency histogram keeps its one
+/// size; no put-off entry outlives its action).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_nothing_per_action_processed() {
+    let inner = MemoryStore::new();
+    let actions = 3_000u64;
+    for i in 0..actions {
+        let body = format!(r#"{{"beneficiaries":{{"w{}":"1","v{}":"2"}}}}"#, i % 50, i % 7);
+        inner
+            .insert(Bucket::Queue, &action_key(&format!("a{i:05}")), body.as_bytes())
+            .await
+            .expect("enqueue");
+    }
+    // Ten actions credit a wallet that is not a valid balance: blocked.
+    inner
+        .insert(Bucket::Ledger, "balance:broken", b"\"not a number\"")
+        .await
+        .expect("broken wallet");
+    for i in 0..10 {
+        inner
+            .insert(
+                Bucket::Queue,
+                &action_key(&format!("blocked{i}")),
+                br#"{"beneficiaries":{"broken":"1"}}"#,
+            )
+            .await
+            .expect("enqueue");
+    }
+    let store: Arc<dyn Store> = Arc::new(inner.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(run(store, config(false), Arc::default(), async {
+        let _ = stopped.await;
+    }));
+    for _ in 0..6_000 {
+        if inner.snapshot(Bucket::Queue).len() == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        inner.snapshot(Bucket::Queue).len(),
+        10,
+        "only the blocked actions are left"
+    );
+    // Someone else (an operator) removes the blocked actions: the worker
+    // must forget them once a pass no longer lists them.
+    for i in 0..10 {
+        let key = action_key(&format!("blocked{i}"));
+        // A retry of the worker's may hold it for a moment.
+        while let Err(e) = inner.remove(Bucket::Queue, &key, None).await {
+            assert_eq!(e, StoreError::Locked, "remove {key}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // Idle passes (each at most idle_backoff_max apart) see them gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop.send(());
+    let stats = worker.await.expect("worker");
+    assert_eq!(stats.completed, actions);
+    assert!(stats.blocked >= 10);
+    assert_eq!(
+        stats.latencies.count(),
+        actions,
+        "every completed action is in the histogram"
+    );
+    let f = stats.footprint;
+    assert_eq!(
+        f.latency_counters,
+        Latencies::new().counters(),
+        "the histogram keeps its one size"
+    );
+    assert_eq!(f.put_off, 0, "no entry outlives its action: {f:?}");
+    assert_eq!(f.in_flight, 0);
+    assert!(f.recently_completed <= protocol::RECENT_COMPLETED_MAX, "{f:?}");
+    assert!(f.coalescer_slots <= 58, "one slot per wallet at most: {f:?}");
+    assert!(f.lineage_states <= f.coalescer_slots * protocol::LINEAGE_MAX, "{f:?}");
+    assert!(f.collapsed_causes <= 2 * (collapse::COLLAPSE_CAUSES_MAX + 1), "{f:?}");
+}

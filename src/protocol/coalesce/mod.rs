@@ -47,6 +47,7 @@ use super::{backoff, count_retry, read_tx, Options, ProtocolError, Result};
 use crate::domain::keys::balance_key;
 use crate::ops::metrics::{self as m, result_label};
 use crate::store::Store;
+pub use slot::LINEAGE_MAX;
 use slot::{answer, enqueue, fail_all, locked, Known, Lineage, Pending, Slot, KNOWN_FRESH};
 pub(crate) use slot::{CreditRequest, Credited};
 use turns::Turns;
@@ -55,7 +56,7 @@ mod slot;
 mod turns;
 
 /// Wallet slots kept before idle ones (and their cached states) are dropped.
-const SLOTS_MAX: usize = 8_192;
+pub const SLOTS_MAX: usize = 8_192;
 /// The per-process coalescer of wallet writes (shared by a process's workers).
 #[derive(Default)]
 pub struct Coalescer {
@@ -83,6 +84,17 @@ impl Coalescer {
         let slot = Arc::new(Slot::default());
         slots.insert(hash.to_string(), slot.clone());
         slot
+    }
+
+    /// What it holds: wallet slots (at most [`SLOTS_MAX`] beyond those in
+    /// use), and the states remembered in their lineages.
+    pub fn footprint(&self) -> (usize, usize) {
+        let slots = locked(&self.slots);
+        let states = slots
+            .values()
+            .map(|s| locked(&s.known).as_ref().map_or(0, |k| k.lineage.len()))
+            .sum();
+        (slots.len(), states)
     }
 
     /// A state of `hash` this process wrote moments ago, if it has one.

@@ -14,7 +14,13 @@ use crate::protocol::wallet::{Seen, Snapshot};
 use crate::protocol::{ProtocolError, Result};
 
 /// States in one lineage remembered (older observations need a record read).
-const LINEAGE_MAX: usize = 1_024;
+pub const LINEAGE_MAX: usize = 1_024;
+/// How long a state stays in a lineage: Couchbase's longest lock, so an
+/// observation made by any action still within its lease is kept. Without
+/// an age, a wallet this process writes again and again would keep
+/// [`LINEAGE_MAX`] states (about 50 KiB) for the life of the process;
+/// forgetting one only costs a record read, never money.
+const LINEAGE_AGE_MAX: Duration = Duration::from_secs(crate::store::limits::LOCK_SECS_MAX);
 /// How long a state this process wrote stands in for a pre-commit read.
 /// Only a heuristic for work: a stale state costs a failed write, never money.
 pub(super) const KNOWN_FRESH: Duration = Duration::from_secs(1);
@@ -66,7 +72,8 @@ pub(super) struct Known {
 #[derive(Clone, Default)]
 pub(super) struct Lineage {
     pub(super) set: HashSet<Seen>,
-    pub(super) order: VecDeque<Seen>,
+    /// Oldest first, with when each joined.
+    pub(super) order: VecDeque<(Seen, Instant)>,
 }
 
 impl Lineage {
@@ -79,14 +86,26 @@ impl Lineage {
     }
 
     pub(super) fn push(&mut self, seen: Seen) {
+        let now = Instant::now();
         if self.set.insert(seen) {
-            self.order.push_back(seen);
-            if self.order.len() > LINEAGE_MAX {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
+            self.order.push_back((seen, now));
+        }
+        // The newest state always stays.
+        while self.order.len() > 1
+            && self
+                .order
+                .front()
+                .is_some_and(|(_, at)| self.order.len() > LINEAGE_MAX || now.duration_since(*at) > LINEAGE_AGE_MAX)
+        {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.set.remove(&old);
             }
         }
+    }
+
+    /// How many states it holds (at most [`LINEAGE_MAX`]).
+    pub(super) fn len(&self) -> usize {
+        self.order.len()
     }
 
     pub(super) fn contains(&self, seen: Option<Seen>) -> bool {
