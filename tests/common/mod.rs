@@ -234,6 +234,11 @@ fn signal(child: &std::process::Child, name: &str) {
 impl Freezer {
     pub fn new(s: &Scratch) -> Self {
         let conn = rusqlite::Connection::open(s.db()).expect("open the store file");
+        // A reader may find the WAL being recovered after a child was killed
+        // (SQLITE_BUSY_RECOVERY): wait for the recovery, as ledgerd's own
+        // connections do, rather than fail the count.
+        conn.busy_timeout(std::time::Duration::from_secs(60))
+            .expect("set the busy timeout");
         Self { conn }
     }
 
