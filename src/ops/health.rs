@@ -1,6 +1,8 @@
 //! What the worker knows about its own ability to work, for `/readyz`: a
 //! failing discovery makes the worker not ready, with the cause, until a
-//! discovery succeeds again; a worker shutting down is not ready either.
+//! discovery succeeds again; so does a fault of the whole store (a full
+//! disk, a read-only, failing or damaged store) until a probe of the store
+//! works again; a worker shutting down is not ready either.
 //! (What the store itself can do, `/readyz` asks the store: see
 //! `Store::ping`.)
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::ops::metrics as m;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreFault};
 
 /// How long a readiness check waits for the store.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,10 +68,41 @@ impl DiscoveryFailure {
     }
 }
 
+/// A fault of the whole store in progress: claiming is paused.
+#[derive(Debug, Clone)]
+pub struct StoreOutage {
+    /// The last fault seen.
+    pub fault: StoreFault,
+    /// What the last probe of the store answered, when that was not a
+    /// fault of the whole store.
+    pub probe_error: Option<String>,
+    /// When the outage began.
+    pub since: Instant,
+    /// Probes of the store since then.
+    pub probes: u64,
+}
+
+impl StoreOutage {
+    /// One line for operators: the cause, where, what to do, for how long.
+    pub fn describe(&self) -> String {
+        let mut line = format!(
+            "{} (for {} s, {} probes; no actions are claimed meanwhile)",
+            self.fault,
+            self.since.elapsed().as_secs(),
+            self.probes
+        );
+        if let Some(e) = &self.probe_error {
+            line.push_str(&format!("; the last probe failed with: {e}"));
+        }
+        line
+    }
+}
+
 /// Shared by a worker (which reports) and the ops listener (which reads).
 #[derive(Debug, Default)]
 pub struct Health {
     discovery: Mutex<Option<DiscoveryFailure>>,
+    store: Mutex<Option<StoreOutage>>,
     stopping: AtomicBool,
 }
 
@@ -98,6 +131,53 @@ impl Health {
         self.discovery.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Records a fault of the whole store (the first starts an outage);
+    /// returns the outage as it now stands.
+    pub fn store_faulted(&self, fault: &StoreFault) -> StoreOutage {
+        let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let outage = match slot.take() {
+            Some(mut o) => {
+                o.fault = fault.clone();
+                o.probe_error = None;
+                o
+            }
+            None => StoreOutage {
+                fault: fault.clone(),
+                probe_error: None,
+                since: Instant::now(),
+                probes: 0,
+            },
+        };
+        *slot = Some(outage.clone());
+        outage
+    }
+
+    /// Records a probe of the store during an outage that failed with
+    /// `error`; returns the outage as it now stands (`None` if there is none).
+    pub fn store_probe_failed(&self, error: &StoreError) -> Option<StoreOutage> {
+        let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let outage = slot.as_mut()?;
+        outage.probes += 1;
+        match error.fault() {
+            Some(f) => {
+                outage.fault = f.clone();
+                outage.probe_error = None;
+            }
+            None => outage.probe_error = Some(error.to_string()),
+        }
+        Some(outage.clone())
+    }
+
+    /// The store outage in progress, if any.
+    pub fn store_outage(&self) -> Option<StoreOutage> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records that the store works again; returns the outage it ends.
+    pub fn store_works(&self) -> Option<StoreOutage> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// Records that the worker was asked to stop: it claims nothing more.
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -107,6 +187,9 @@ impl Health {
     pub fn problem(&self) -> Option<String> {
         if self.stopping.load(Ordering::Relaxed) {
             return Some("shutting down: claiming no more actions, finishing those in flight".into());
+        }
+        if let Some(outage) = self.store.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Some(outage.describe());
         }
         self.discovery
             .lock()
@@ -132,6 +215,24 @@ mod tests {
             .problem()
             .is_some_and(|p| p.contains("no index") && p.contains("2 attempts")));
         assert!(h.discovery_ok().is_some());
+        assert_eq!(h.problem(), None);
+    }
+
+    #[test]
+    fn a_store_outage_lasts_until_the_store_works_and_names_its_cause() {
+        use crate::store::FaultKind;
+        let h = Health::default();
+        let full = StoreFault::new(FaultKind::Full, "database or disk is full").at("/data/ledgerd.db");
+        assert!(h.store_probe_failed(&StoreError::Fault(full.clone())).is_none());
+        h.store_faulted(&full);
+        let o = h
+            .store_probe_failed(&StoreError::Transient("busy".into()))
+            .expect("an outage");
+        assert_eq!(o.probes, 1);
+        let problem = h.problem().expect("not ready");
+        assert!(problem.contains("disk holding the store is full") && problem.contains("/data/ledgerd.db"));
+        assert!(problem.contains("busy"));
+        assert!(h.store_works().is_some());
         assert_eq!(h.problem(), None);
     }
 

@@ -49,6 +49,10 @@ pub const DISCOVERY_FAILURES: &str = "ledgerd_discovery_failures_total";
 /// 1 while discovery is failing (the worker is then not ready), else 0.
 pub const DISCOVERY_FAILING: &str = "ledgerd_discovery_failing";
 
+/// 1 while the store as a whole is faulted, by `kind`: disk_full,
+/// read_only, io_error, corrupt (claiming is paused meanwhile), else 0.
+pub const STORE_FAULT: &str = "ledgerd_store_fault";
+
 /// Queued actions, all states (sampled; every store can tell).
 pub const QUEUE_DEPTH: &str = "ledgerd_queue_depth";
 /// 1 while the worker is ready (what `/readyz` answers, checked at every
@@ -100,6 +104,9 @@ fn register_at_zero() {
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
     metrics::gauge!(DISCOVERY_FAILING).set(0.0);
+    for kind in crate::worker::outage::FAULT_KINDS {
+        metrics::gauge!(STORE_FAULT, "kind" => kind.name()).set(0.0);
+    }
     metrics::gauge!(READY).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -156,6 +163,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         DISCOVERY_FAILING,
         "1 while discovery is failing (the worker is not ready)."
     );
+    describe_gauge!(
+        STORE_FAULT,
+        "1 while the store as a whole is faulted, by kind: disk_full, read_only, io_error, corrupt (no actions are claimed)."
+    );
     describe_gauge!(QUEUE_DEPTH, "Queued actions, all states (sampled).");
     describe_gauge!(READY, "1 while the worker is ready (as /readyz answers), else 0.");
     describe_gauge!(
@@ -198,6 +209,7 @@ const RESULT_LABELS: &[&str] = &[
     "permanent",
     "limit_exceeded",
     "path_not_found",
+    "fault",
 ];
 
 /// The label value of a store result.
@@ -213,6 +225,7 @@ pub fn result_label(error: Option<&StoreError>) -> &'static str {
         Some(StoreError::Permanent(_)) => "permanent",
         Some(StoreError::LimitExceeded(_)) => "limit_exceeded",
         Some(StoreError::PathNotFound(_)) => "path_not_found",
+        Some(StoreError::Fault(_)) => "fault",
     }
 }
 
@@ -302,6 +315,10 @@ mod tests {
             Some(StoreError::Permanent(String::new())),
             Some(StoreError::LimitExceeded(String::new())),
             Some(StoreError::PathNotFound(String::new())),
+            Some(StoreError::Fault(crate::store::StoreFault::new(
+                crate::store::FaultKind::Full,
+                String::new(),
+            ))),
         ];
         let labels: Vec<&str> = errors.iter().map(|e| result_label(e.as_ref())).collect();
         assert_eq!(labels, RESULT_LABELS);

@@ -174,6 +174,14 @@ impl ProtocolError {
             ProtocolError::Contention(_) => true,
         }
     }
+
+    /// The fault of the whole store behind this error, if it is one.
+    pub fn fault(&self) -> Option<&crate::store::StoreFault> {
+        match self {
+            ProtocolError::Store(e) => e.fault(),
+            _ => None,
+        }
+    }
 }
 
 /// Result of the protocol's steps.

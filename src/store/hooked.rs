@@ -104,6 +104,11 @@ pub trait Hook: Send + Sync {
     async fn before(&self, _kind: OpKind, _key: &str) -> Fault {
         Fault::Pass
     }
+    /// Before a readiness probe ([`Store::ping`]): `Some` fails it with
+    /// that error instead of asking the inner store.
+    async fn before_ping(&self) -> Option<StoreError> {
+        None
+    }
     /// After the operation, with the error reported to the caller, if any.
     fn after(&self, _kind: OpKind, _key: &str, _error: Option<&StoreError>) {}
     /// True for a hook that only watches (`before` always passes, and
@@ -219,7 +224,10 @@ impl<H: Hook> Store for Hooked<H> {
         self.inner.init().await
     }
     async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
+        match self.hook.before_ping().await {
+            Some(e) => Err(e),
+            None => self.inner.ping().await,
+        }
     }
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
         hooked!(self, OpKind::Get, key, self.inner.get(bucket, key))

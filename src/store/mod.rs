@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub mod contract;
 pub mod couchbase;
+pub mod fault;
 pub mod faulty;
 pub mod group;
 pub mod hooked;
@@ -31,6 +32,7 @@ mod model;
 pub mod open;
 pub mod sqlite;
 
+pub use fault::{FaultKind, StoreFault};
 pub use group::{GroupCas, GroupResults, GroupWrite, WriteGroup};
 pub use open::{open, OpenError, OpenMode};
 
@@ -136,6 +138,14 @@ pub enum StoreError {
     /// believed. Read it again, as after a CAS mismatch.
     #[error("sub-document path not found: {0}")]
     PathNotFound(String),
+    /// The store as a whole cannot work (a full disk, a read-only or
+    /// failing file, a damaged store): every operation fails alike until
+    /// the cause is fixed. Not retried step by step: the worker pauses
+    /// claiming and probes the store (see [`fault`]). A write that met it
+    /// may or may not have happened, as after a crash; the protocol rolls
+    /// forward from whatever is stored, as it does after one.
+    #[error("{0}")]
+    Fault(StoreFault),
 }
 
 impl StoreError {
@@ -144,6 +154,14 @@ impl StoreError {
     /// the caller acts on, not failures.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Ambiguous(_) | StoreError::Transient(_))
+    }
+
+    /// The fault of the store as a whole this error is, if it is one.
+    pub fn fault(&self) -> Option<&StoreFault> {
+        match self {
+            StoreError::Fault(f) => Some(f),
+            _ => None,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use put_off::PutOff;
 
 pub mod collapse;
 pub mod latency;
+pub mod outage;
 mod pass;
 pub mod put_off;
 
@@ -155,6 +156,8 @@ struct Loop {
     health: Arc<Health>,
     /// When a failing discovery was last logged at ERROR.
     discovery_logged: Option<tokio::time::Instant>,
+    /// When the store's fault was last logged at ERROR (see `outage.rs`).
+    fault_logged: Option<tokio::time::Instant>,
     opts: protocol::Options,
     tasks: JoinSet<Finished>,
     /// At most `concurrency` ids.
@@ -186,6 +189,7 @@ pub async fn run(
         cfg,
         health,
         discovery_logged: None,
+        fault_logged: None,
         opts,
         tasks: JoinSet::new(),
         in_flight: HashSet::new(),
@@ -250,6 +254,10 @@ impl Loop {
         loop {
             self.reap();
             self.log_repeats(false);
+            if let Err(fatal) = self.ride_out_store_fault().await {
+                self.stats.stopped = Some(fatal);
+                return;
+            }
             let listed = Instant::now();
             let page = self
                 .store
@@ -260,6 +268,11 @@ impl Loop {
                 Ok(page) => {
                     self.discovery_works();
                     page
+                }
+                Err(crate::store::StoreError::Fault(fault)) => {
+                    // The store as a whole, not discovery: paused above.
+                    self.store_faulted(&fault);
+                    continue;
                 }
                 Err(e) => match self.discovery_failed(&e) {
                     Ok(pause) => {
@@ -370,6 +383,11 @@ impl Loop {
                 return;
             };
             self.reap();
+            if self.health.store_outage().is_some() {
+                // The store as a whole fails: the rest of the page waits
+                // for the next pass, after the store works again.
+                return;
+            }
             self.in_flight.insert(id.clone());
             metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
             let (store, opts) = (self.store.clone(), self.opts.clone());
@@ -470,6 +488,18 @@ impl Loop {
                         COLLAPSE_INTERVAL.as_secs()
                     );
                 }
+            }
+            Err(e) if e.fault().is_some() => {
+                // The store as a whole failed, not this action: claiming
+                // pauses (see `outage.rs`), and the action is not put off
+                // (it is claimed again as soon as the store works).
+                self.stats.errors += 1;
+                if let Some(fault) = e.fault() {
+                    self.store_faulted(&fault.clone());
+                }
+                self.claims_this_pass += 1;
+                self.put_off.clear(&id);
+                return;
             }
             Err(e) => {
                 self.stats.errors += 1;

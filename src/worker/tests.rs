@@ -141,8 +141,9 @@ fn retry_delays_grow_to_a_minute_and_are_jittered_per_action() {
 /// Bounded memory: after many actions, some blocked and then removed by
 /// someone else, every table the worker keeps holds what its bound allows
 /// and nothing per action processed (the latency histogram keeps its one
-/// size; no put-off entry outlives its action).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// size; no put-off entry outlives its action). On paused time: every
+/// wait below is the worker's own idle passes, never the machine's speed.
+#[tokio::test(start_paused = true)]
 async fn a_worker_keeps_nothing_per_action_processed() {
     let inner = MemoryStore::new();
     let actions = 3_000u64;
@@ -173,8 +174,23 @@ async fn a_worker_keeps_nothing_per_action_processed() {
     let worker = tokio::spawn(run(store, config(false), Arc::default(), async {
         let _ = stopped.await;
     }));
+    // Until every other action is credited and every blocked one was
+    // tried (it says so on itself).
+    let all_tried = || async {
+        for i in 0..10 {
+            let key = action_key(&format!("blocked{i}"));
+            match inner
+                .get_with_xattrs(Bucket::Queue, &key, &[protocol::BLOCKED_XATTR])
+                .await
+            {
+                Ok(d) if d.xattrs.first().is_some_and(Option::is_some) => {}
+                _ => return false,
+            }
+        }
+        true
+    };
     for _ in 0..6_000 {
-        if inner.snapshot(Bucket::Queue).len() == 10 {
+        if inner.snapshot(Bucket::Queue).len() == 10 && all_tried().await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -29,6 +29,7 @@ use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_err
 mod early;
 mod fairness;
 mod threads;
+pub mod wal;
 
 /// How long a connection waits for another process's write lock.
 const BUSY_TIMEOUT_MS: u64 = 10_000;
@@ -139,6 +140,10 @@ impl SqliteStore {
                 path.display()
             )));
         }
+        // Faults name the file by its absolute path: the one an operator
+        // looks for on the host, whatever directory the worker runs in.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let path = absolute.as_path();
         let conn = connect(path)?;
         // Opening an existing store writes nothing, unless a table a newer
         // ledgerd added is missing; creating runs the whole schema.
@@ -157,9 +162,8 @@ impl SqliteStore {
         writer_conn
             .pragma_update(None, "cache_size", -CACHE_KIB)
             .map_err(sql_error)?;
-        writer_conn
-            .pragma_update(None, "wal_autocheckpoint", 10_000)
-            .map_err(sql_error)?;
+        wal::configure(&writer_conn)?;
+        let wal_bound = wal::WalBound::new(path, wal::WAL_BYTES_MAX);
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let database = path.to_path_buf();
         let unsettled = Arc::new(Unsettled::new());
@@ -172,7 +176,13 @@ impl SqliteStore {
                 if let Err(e) = installed {
                     tracing::warn!(error = %e, "SQLite writer: fair busy handler not installed; using SQLite's own");
                 }
-                writer_loop(writer_conn, queue, fairness::hand_path(&database), writer_unsettled)
+                writer_loop(
+                    writer_conn,
+                    queue,
+                    fairness::hand_path(&database),
+                    writer_unsettled,
+                    wal_bound,
+                )
             })
             .map_err(|e| StoreError::Permanent(format!("starting the SQLite writer: {e}")))?;
         let reader_conn = connect(path)?;
@@ -236,6 +246,7 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+        .map_err(|e| placed(e, &self.path))
     }
 
     async fn mutate<T: Send + 'static>(
@@ -275,7 +286,9 @@ impl SqliteStore {
         work: impl FnOnce(&Tx<'_>) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (job, answered) = writer_job(work, Answered::Committed);
-        hand_over(&self.writer, job, answered, "writer").await
+        hand_over(&self.writer, job, answered, "writer")
+            .await
+            .map_err(|e| placed(e, &self.path))
     }
 
     async fn read<T: Send + 'static>(
@@ -292,7 +305,17 @@ impl SqliteStore {
             let result = load(conn, &bucket, &key).and_then(|slot| op(&slot, clock_ms()));
             let _ = answer.send(result);
         });
-        hand_over(&self.reader, job, answered, "reader").await
+        hand_over(&self.reader, job, answered, "reader")
+            .await
+            .map_err(|e| placed(e, &self.path))
+    }
+}
+
+/// A fault of the whole store, placed at the store's file.
+fn placed(e: StoreError, path: &Path) -> StoreError {
+    match e {
+        StoreError::Fault(f) => StoreError::Fault(f.at(&path.display().to_string())),
+        e => e,
     }
 }
 
@@ -427,18 +450,21 @@ impl Store for SqliteStore {
                 .map_err(sql_error)
         })
         .await
-        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))??;
+        .map_err(|e| StoreError::Permanent(format!("store task failed: {e}")))?
+        .map_err(|e| placed(e, &self.path))?;
         // Discovery's own statement, then a write committed by the writer
         // like any other (a full disk fails it).
         self.list_keys(Bucket::Queue, ACTION_PREFIX, None, 1)
             .await
             .map_err(|e| match e {
+                StoreError::Fault(f) => StoreError::Fault(f),
                 StoreError::Transient(m) => StoreError::Transient(format!("discovery of queued actions fails: {m}")),
                 other => StoreError::Permanent(format!("discovery of queued actions fails: {other}")),
             })?;
-        self.commit_probe()
-            .await
-            .map_err(|e| StoreError::Permanent(format!("a write cannot commit: {e}")))
+        self.commit_probe().await.map_err(|e| match e {
+            StoreError::Fault(f) => StoreError::Fault(f),
+            other => StoreError::Permanent(format!("a write cannot commit: {other}")),
+        })
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {
@@ -460,7 +486,9 @@ impl Store for SqliteStore {
     /// Answered once applied, before its batch commits: see `early.rs`.
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
         let (job, answered) = claim_job(self.bucket_name(bucket), key.to_string(), lock);
-        hand_over(&self.writer, job, answered, "writer").await
+        hand_over(&self.writer, job, answered, "writer")
+            .await
+            .map_err(|e| placed(e, &self.path))
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {

@@ -9,8 +9,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::early::Unsettled;
+use crate::store::fault::sqlite_fault;
 use crate::store::model::{Entry, Slot};
-use crate::store::{Cas, StoreError, StoreResult};
+use crate::store::{Cas, StoreError, StoreFault, StoreResult};
 
 /// Most mutations committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 512;
@@ -43,7 +44,39 @@ pub(super) fn sql_error(e: rusqlite::Error) -> StoreError {
         {
             StoreError::Transient(e.to_string())
         }
+        rusqlite::Error::SqliteFailure(f, _) => match sqlite_fault(f.code) {
+            Some(kind) => {
+                let fault = StoreFault::new(kind, e.to_string());
+                LAST_FAULT.with(|last| *last.borrow_mut() = Some(fault.clone()));
+                StoreError::Fault(fault)
+            }
+            None => StoreError::Permanent(e.to_string()),
+        },
         _ => StoreError::Permanent(e.to_string()),
+    }
+}
+
+thread_local! {
+    /// The last fault of the whole store that `sql_error` met on this
+    /// thread. The writer reads it when SQLite rolls a batch back by
+    /// itself (it does so on a full disk or an I/O error), so that every
+    /// caller of the batch hears the cause, not just "rolled back".
+    static LAST_FAULT: std::cell::RefCell<Option<StoreFault>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes the last fault `sql_error` met on this thread.
+fn take_last_fault() -> Option<StoreFault> {
+    LAST_FAULT.with(|last| last.borrow_mut().take())
+}
+
+/// A failure that left a batch not applied: a fault of the whole store as
+/// it is, anything else as `Transient` (or `Permanent`, if the store broke
+/// its own model).
+fn not_applied(e: StoreError, broken: bool) -> StoreError {
+    match e {
+        StoreError::Fault(f) => StoreError::Fault(f),
+        e if broken => StoreError::Permanent(format!("not applied: {e}")),
+        e => StoreError::Transient(format!("not applied: {e}")),
     }
 }
 
@@ -319,6 +352,7 @@ pub(super) fn writer_loop(
     jobs: std::sync::mpsc::Receiver<Job>,
     hand: std::path::PathBuf,
     unsettled: std::sync::Arc<Unsettled>,
+    mut wal: super::wal::WalBound,
 ) {
     // However the writer ends (its store dropped, or a panic unwinding it
     // in the middle of a batch), no read waits for a batch that will never
@@ -339,6 +373,7 @@ pub(super) fn writer_loop(
             }
         }
         let holding = std::time::Instant::now();
+        take_last_fault();
         let begun = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
             conn.prepare_cached("SELECT value FROM cas_seq WHERE id = 1")
                 .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)))
@@ -367,11 +402,15 @@ pub(super) fn writer_loop(
         };
         let mut answers = Vec::with_capacity(batch.len());
         let mut rolled_back = false;
+        let rolled_back_error = || match take_last_fault() {
+            Some(fault) => StoreError::Fault(fault),
+            None => StoreError::Transient("not applied: SQLite rolled the batch back".into()),
+        };
+        let mut rollback_cause = None;
         for job in batch {
             if rolled_back {
-                job(None)(Err(StoreError::Transient(
-                    "not applied: SQLite rolled the batch back".into(),
-                )));
+                let cause = rollback_cause.get_or_insert_with(rolled_back_error).clone();
+                job(None)(Err(cause));
                 continue;
             }
             answers.push(job(Some(&tx)));
@@ -382,7 +421,7 @@ pub(super) fn writer_loop(
         // The batch's documents, then the CAS sequence, written back; a
         // failure there rolls the whole batch back.
         let written = match rolled_back {
-            true => Err(StoreError::Transient("SQLite rolled the batch back".into())),
+            true => Err(rollback_cause.take().unwrap_or_else(rolled_back_error)),
             false => tx.write_back().and_then(|()| match tx.last_cas.get() == first_cas {
                 true => Ok(()),
                 false => conn
@@ -398,22 +437,34 @@ pub(super) fn writer_loop(
                     let _ = conn.execute_batch("ROLLBACK");
                 }
                 // Nothing in the batch was applied: worth another try,
-                // unless the store broke its own model.
-                Err(match tx.broken.get() {
-                    true => StoreError::Permanent(format!("not applied: {e}")),
-                    false => StoreError::Transient(format!("not applied: {e}")),
-                })
+                // unless the store broke its own model or faulted.
+                Err(not_applied(e, tx.broken.get()))
             }
             Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
-                // A failed COMMIT may or may not have reached the disk.
-                StoreError::Ambiguous(format!("commit failed: {e}"))
+                // A failed COMMIT may or may not have reached the disk. A
+                // fault of the whole store says so by itself (see
+                // `StoreError::Fault`): the attempt ends, and the next one
+                // rolls forward from what is stored, as after a crash.
+                match sql_error(e) {
+                    StoreError::Fault(f) => StoreError::Fault(f),
+                    e => StoreError::Ambiguous(format!("commit failed: {e}")),
+                }
             }),
         };
         cas_floor = tx.last_cas.get();
         unsettled.settle(batch_number);
+        let committed = outcome.is_ok();
         for answer in answers {
             answer(outcome.clone());
+        }
+        // Keep the WAL within its bound (see `wal.rs`); the batch is
+        // answered first. A checkpoint that fails (a full disk) is tried
+        // again after later commits; the commits stand.
+        if committed {
+            if let Err(e) = wal.after_commit(&conn) {
+                tracing::warn!(error = %e, "SQLite WAL checkpoint failed; retried after later commits");
+            }
         }
         // Another process's writer is waiting for the lock: let it have a turn.
         if super::fairness::other_hand_raised(&hand, std::time::SystemTime::now()) {

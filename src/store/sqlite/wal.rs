@@ -1,0 +1,177 @@
+//! The WAL's bound. SQLite's automatic checkpoints are passive: a reader
+//! holding an old snapshot stops them short, and the WAL file only restarts
+//! from its beginning after a checkpoint that reached its end. Under
+//! continuous load with readers (this process's, other workers', an
+//! operator's `status`) it can therefore grow without limit, and a file
+//! once grown keeps its size: space freed on a full disk is eaten again.
+//! So the writer sets `journal_size_limit` (a WAL that restarts is cut back
+//! to it) and, after a commit that leaves the WAL above [`WAL_BYTES_MAX`],
+//! runs a TRUNCATE checkpoint, which waits for readers (through the busy
+//! handler) instead of giving up, copies every frame into the database and
+//! empties the WAL file.
+//! (SQLite documents both: <https://www.sqlite.org/pragma.html#pragma_journal_size_limit>,
+//! <https://www.sqlite.org/pragma.html#pragma_wal_checkpoint> and
+//! <https://www.sqlite.org/wal.html#avoiding_excessively_large_wal_files>.)
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use super::threads::sql_error;
+use crate::store::StoreResult;
+
+/// Pages in the WAL after which a commit runs SQLite's passive automatic
+/// checkpoint: 10,000 pages of 4 KiB, 40 MiB (SQLite's default of 1,000
+/// checkpoints ten times as often, a cost on every batch).
+pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+
+/// Most bytes the WAL file may hold after a commit: above it, the writer
+/// forces a TRUNCATE checkpoint. 64 MiB: the automatic checkpoint's 40 MiB
+/// with room for the batches committed while a reader holds it off.
+pub const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// After a forced checkpoint that readers held off, how much more the WAL
+/// must grow before the writer tries again (never one try per batch).
+const WAL_RETRY_GROWTH: u64 = 4 * 1024 * 1024;
+
+/// Sets the writer connection's WAL settings.
+pub(super) fn configure(conn: &Connection) -> StoreResult<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+        .map_err(sql_error)?;
+    let limit = i64::try_from(WAL_BYTES_MAX).unwrap_or(i64::MAX);
+    conn.pragma_update_and_check(None, "journal_size_limit", limit, |_| Ok(()))
+        .map_err(sql_error)
+}
+
+/// Keeps one writer's WAL within a bound.
+pub(super) struct WalBound {
+    wal: PathBuf,
+    max: u64,
+    /// The WAL's size when a forced checkpoint last fell short.
+    fell_short_at: Option<u64>,
+}
+
+/// What [`WalBound::after_commit`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Checkpoint {
+    /// The WAL was within its bound.
+    NotNeeded,
+    /// A TRUNCATE checkpoint emptied the WAL.
+    Truncated,
+    /// Readers held the checkpoint off; tried again after more growth.
+    HeldOff,
+}
+
+impl WalBound {
+    /// The bound of the WAL of the database at `db`.
+    pub(super) fn new(db: &Path, max: u64) -> Self {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        Self {
+            wal: PathBuf::from(wal),
+            max,
+            fell_short_at: None,
+        }
+    }
+
+    /// Called after each commit: checkpoints and truncates the WAL if it
+    /// is above the bound (a stat of the file otherwise).
+    pub(super) fn after_commit(&mut self, conn: &Connection) -> StoreResult<Checkpoint> {
+        let size = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        if size <= self.max {
+            self.fell_short_at = None;
+            return Ok(Checkpoint::NotNeeded);
+        }
+        if self
+            .fell_short_at
+            .is_some_and(|at| size < at.saturating_add(WAL_RETRY_GROWTH))
+        {
+            return Ok(Checkpoint::HeldOff);
+        }
+        // (busy, frames in the WAL, frames checkpointed): busy is 1 when a
+        // reader or another writer held the checkpoint off.
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(sql_error)?;
+        if busy == 0 {
+            self.fell_short_at = None;
+            return Ok(Checkpoint::Truncated);
+        }
+        self.fell_short_at = Some(size);
+        tracing::warn!(
+            wal_bytes = size,
+            wal_bytes_max = self.max,
+            "the SQLite WAL is above its bound and readers held its checkpoint off; trying again as it grows"
+        );
+        Ok(Checkpoint::HeldOff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_size(db: &Path) -> u64 {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn open(db: &Path) -> Connection {
+        let conn = Connection::open(db).expect("open");
+        conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
+        conn
+    }
+
+    /// Writes about `bytes` through `conn`, one commit per 64 KiB.
+    fn write(conn: &Connection, bytes: usize) {
+        let blob = vec![7u8; 64 * 1024];
+        for _ in 0..bytes / blob.len() {
+            conn.execute("INSERT INTO t (b) VALUES (?1)", [&blob]).expect("insert");
+        }
+    }
+
+    #[test]
+    fn a_wal_held_open_by_a_reader_is_truncated_once_the_reader_lets_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        let writer = open(&db);
+        configure(&writer).expect("configure");
+        writer.execute_batch("CREATE TABLE t (b BLOB)").expect("table");
+        // A reader holding a snapshot: no checkpoint can pass it, so the
+        // WAL grows past the automatic checkpoint's size.
+        let reader = open(&db);
+        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").expect("read");
+        write(&writer, 2 * 1024 * 1024);
+        let max = 1024 * 1024;
+        assert!(wal_size(&db) > max, "the WAL grew while a reader held it");
+        let mut bound = WalBound::new(&db, max);
+        writer
+            .busy_timeout(std::time::Duration::from_millis(50))
+            .expect("timeout");
+        assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::HeldOff);
+        // Not tried again until the WAL has grown by WAL_RETRY_GROWTH.
+        assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::HeldOff);
+        reader.execute_batch("COMMIT").expect("end read");
+        write(&writer, WAL_RETRY_GROWTH as usize + 128 * 1024);
+        assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::Truncated);
+        assert_eq!(wal_size(&db), 0, "a TRUNCATE checkpoint empties the WAL file");
+        assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::NotNeeded);
+    }
+
+    #[test]
+    fn the_writer_limits_the_wal_it_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        let writer = open(&db);
+        configure(&writer).expect("configure");
+        let limit: i64 = writer
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .expect("read the limit");
+        assert_eq!(limit, WAL_BYTES_MAX as i64);
+        let pages: i64 = writer
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .expect("read the checkpoint size");
+        assert_eq!(pages, WAL_AUTOCHECKPOINT_PAGES);
+    }
+}
