@@ -165,6 +165,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that the store is sound; exit 1 on any problem.
+    ///
+    /// Embedded store: the file, the ledgerd tables, SQLite's integrity
+    /// check (quick by default: every page and b-tree; --full also matches
+    /// every index to its table), the WAL's size, and a probe write (not on
+    /// a damaged file). The integrity check reads the whole file: on a
+    /// large store it takes minutes, beside running workers. Couchbase: the
+    /// server's version, each bucket (management service and a key-value
+    /// read), the ledgerd indexes and their states, and the Query service.
+    /// One line per check; --json: one {"check","ok","detail"} per line.
+    Check {
+        /// The full integrity check (SQLite's integrity_check, not quick_check).
+        #[arg(long)]
+        full: bool,
+        /// JSON Lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a self-contained demonstration in a temporary store and remove it.
     Demo(DemoArgs),
     /// Prove exactly-once: run the crediting protocol under injected faults.

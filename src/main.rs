@@ -10,6 +10,7 @@ use ledgerd::cli::{Cli, Command, FailedAction, QueueAction, SabotageArg};
 use ledgerd::commands::{self, Exit};
 use ledgerd::config::Settings;
 use ledgerd::sim::Sabotage;
+use ledgerd::store::check::Depth;
 use ledgerd::store::{open, OpenError, OpenMode};
 
 /// mimalloc, not the system allocator: a worker allocates on one thread
@@ -173,6 +174,10 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
                 ..
             } => commands::queue::show(existing().await?.as_ref(), &id, stdout).await,
             Command::Status { json } => commands::inspect::status(existing().await?.as_ref(), json, stdout).await,
+            Command::Check { full, json } => {
+                let depth = if full { Depth::Full } else { Depth::Quick };
+                commands::check::run(&settings, depth, json, stdout).await
+            }
             Command::Demo(args) => commands::demo::run(args.actions, args.workers).await,
             Command::Bench(args) => {
                 let args = commands::bench::BenchArgs {

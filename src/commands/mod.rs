@@ -4,6 +4,7 @@
 pub mod adjust;
 pub mod audit;
 pub mod bench;
+pub mod check;
 pub mod demo;
 pub mod enqueue;
 pub mod failed;

@@ -86,10 +86,15 @@ impl StoreOutage {
     /// One line for operators: the cause, where, what to do, for how long.
     pub fn describe(&self) -> String {
         let mut line = format!(
-            "{} (for {} s, {} probes; no actions are claimed meanwhile)",
+            "{} (for {} s, {} probes; {})",
             self.fault,
             self.since.elapsed().as_secs(),
-            self.probes
+            self.probes,
+            if self.fault.kind.may_heal() {
+                "no actions are claimed until a probe works, then the worker resumes by itself"
+            } else {
+                "no actions are claimed until the worker is restarted on a sound store"
+            }
         );
         if let Some(e) = &self.probe_error {
             line.push_str(&format!("; the last probe failed with: {e}"));

@@ -43,15 +43,15 @@ impl FaultKind {
     /// What an operator should do about it.
     pub fn what_to_do(self) -> &'static str {
         match self {
-            FaultKind::Full => "free space on that disk (or grow it); the worker resumes by itself",
+            FaultKind::Full => "free space on that disk (or grow it)",
             FaultKind::ReadOnly => {
                 "make the file, its directory and its -wal and -shm files writable by the worker \
-                 (or remount the file system read-write); the worker resumes by itself"
+                 (or remount the file system read-write)"
             }
-            FaultKind::Io => "check the disk and the kernel log (dmesg); the worker retries by itself",
+            FaultKind::Io => "check the disk and the kernel log (dmesg)",
             FaultKind::Corrupt => {
-                "stop every worker on this store and run `ledgerd check --full`, then restore \
-                 the store from a backup (docs/deployment.md); this worker claims nothing more"
+                "stop every worker on this store, run `ledgerd check --full`, and restore the \
+                 store from a backup (docs/deployment.md)"
             }
         }
     }

@@ -223,6 +223,9 @@ impl<H: Hook> Store for Hooked<H> {
     async fn init(&self) -> StoreResult<()> {
         self.inner.init().await
     }
+    async fn check(&self, depth: crate::store::check::Depth) -> Vec<crate::store::check::Finding> {
+        self.inner.check(depth).await
+    }
     async fn ping(&self) -> StoreResult<()> {
         match self.hook.before_ping().await {
             Some(e) => Err(e),

@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub mod check;
 pub mod contract;
 pub mod couchbase;
 pub mod fault;
@@ -230,6 +231,16 @@ pub trait Store: Send + Sync {
     /// itself can fail to commit, as an embedded file on a full disk) that
     /// a write commits.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// `ledgerd check`: what the store's own health checks find, one
+    /// finding per thing looked at. By default, the probe `/readyz` runs.
+    async fn check(&self, _depth: check::Depth) -> Vec<check::Finding> {
+        vec![check::Finding::from_result(
+            "store",
+            self.ping().await,
+            "the store answers as a worker needs",
+        )]
+    }
 
     /// Reads a document.
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc>;

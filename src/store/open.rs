@@ -71,6 +71,9 @@ fn check_existing(url: &str, path: &Path) -> Result<(), OpenError> {
             "{} is not a ledgerd store (it has no ledgerd tables): point --store at a ledgerd store, or create one with `ledgerd init`",
             absolute.display()
         ))),
+        // A damaged or unreadable file is the store's fault, not the
+        // configuration's: `ledgerd check` reports it.
+        Err(e @ StoreError::Fault(_)) => Err(OpenError::Store(e)),
         Err(e) => Err(OpenError::Config(format!("{} cannot be read as a store: {e}", absolute.display()))),
     }
 }

@@ -223,7 +223,8 @@ pub struct Freezer {
     conn: rusqlite::Connection,
 }
 
-fn signal(child: &std::process::Child, name: &str) {
+/// Sends the signal `name` (e.g. `STOP`, `CONT`) to a child.
+pub fn signal(child: &std::process::Child, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &child.id().to_string()])
         .status()

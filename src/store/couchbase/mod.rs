@@ -11,6 +11,7 @@
 //! - writes to a locked document are retried until the lock lapses by the
 //!   default strategy, so every call uses one that surfaces "locked" at once.
 
+mod check;
 pub mod errors;
 mod init;
 pub mod statements;
@@ -214,6 +215,10 @@ impl Store for CouchbaseStore {
 
     async fn init(&self) -> StoreResult<()> {
         init::run(self).await
+    }
+
+    async fn check(&self, _depth: crate::store::check::Depth) -> Vec<crate::store::check::Finding> {
+        check::run(self).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -66,6 +66,11 @@ pub fn index_states() -> &'static str {
     "SELECT RAW state FROM system:indexes WHERE keyspace_id = $bucket AND name LIKE \"ix_ledgerd_%\""
 }
 
+/// Names and states of a bucket's ledgerd indexes (`ledgerd check`).
+pub fn index_names_and_states() -> &'static str {
+    "SELECT name, state FROM system:indexes WHERE keyspace_id = $bucket AND name LIKE \"ix_ledgerd_%\""
+}
+
 /// Builds the named deferred indexes of a bucket in one pass.
 pub fn build_indexes(bucket: &str, names: &[String]) -> String {
     let list: Vec<String> = names.iter().map(|n| ident(n)).collect();

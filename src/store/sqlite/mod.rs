@@ -26,6 +26,7 @@ use crate::domain::keys::ACTION_PREFIX;
 use early::Unsettled;
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
+mod check;
 mod early;
 mod fairness;
 mod threads;
@@ -465,6 +466,25 @@ impl Store for SqliteStore {
             StoreError::Fault(f) => StoreError::Fault(f),
             other => StoreError::Permanent(format!("a write cannot commit: {other}")),
         })
+    }
+
+    async fn check(&self, depth: crate::store::check::Depth) -> Vec<crate::store::check::Finding> {
+        let path = self.path.clone();
+        let mut found = tokio::task::spawn_blocking(move || check::inspect(&path, depth))
+            .await
+            .unwrap_or_else(|e| {
+                vec![crate::store::check::Finding::problem(
+                    "file",
+                    format!("the check task failed: {e}"),
+                )]
+            });
+        // A damaged file is not written to, not even a probe.
+        if found.iter().all(|f| f.ok) {
+            found.push(check::writes(
+                self.commit_probe().await.map_err(|e| placed(e, &self.path)),
+            ));
+        }
+        found
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> StoreResult<Doc> {

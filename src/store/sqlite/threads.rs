@@ -465,6 +465,8 @@ pub(super) fn writer_loop(
             if let Err(e) = wal.after_commit(&conn) {
                 tracing::warn!(error = %e, "SQLite WAL checkpoint failed; retried after later commits");
             }
+        } else if matches!(&outcome, Err(StoreError::Fault(f)) if f.kind == crate::store::FaultKind::Full) {
+            wal.after_full(&conn);
         }
         // Another process's writer is waiting for the lock: let it have a turn.
         if super::fairness::other_hand_raised(&hand, std::time::SystemTime::now()) {

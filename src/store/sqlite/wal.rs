@@ -30,6 +30,11 @@ pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 /// with room for the batches committed while a reader holds it off.
 pub const WAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
+/// The least a full disk can lower the bound to (see
+/// [`WalBound::after_full`]): below it, a checkpoint would follow nearly
+/// every batch.
+pub const WAL_BYTES_MIN: u64 = 256 * 1024;
+
 /// After a forced checkpoint that readers held off, how much more the WAL
 /// must grow before the writer tries again (never one try per batch).
 const WAL_RETRY_GROWTH: u64 = 4 * 1024 * 1024;
@@ -72,6 +77,32 @@ impl WalBound {
             max,
             fell_short_at: None,
         }
+    }
+
+    /// Called after a batch failed because the disk is full. A WAL that
+    /// filled its disk would fill it again once space is freed (it only
+    /// shrinks when truncated), so this process's bound drops to half the
+    /// size at which the disk filled (never below [`WAL_BYTES_MIN`]); and a
+    /// checkpoint is tried at once, in case the space it needs is there.
+    pub(super) fn after_full(&mut self, conn: &Connection) {
+        let size = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        let lowered = (size / 2).max(WAL_BYTES_MIN);
+        if lowered < self.max {
+            tracing::warn!(
+                wal_bytes = size,
+                wal_bytes_max = lowered,
+                "the disk holding the store filled up: this worker now keeps the SQLite WAL under half the size it reached"
+            );
+            self.max = lowered;
+        }
+        self.fell_short_at = None;
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
+    /// The bound now in force.
+    #[cfg(test)]
+    pub(super) fn max(&self) -> u64 {
+        self.max
     }
 
     /// Called after each commit: checkpoints and truncates the WAL if it
@@ -157,6 +188,29 @@ mod tests {
         assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::Truncated);
         assert_eq!(wal_size(&db), 0, "a TRUNCATE checkpoint empties the WAL file");
         assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::NotNeeded);
+    }
+
+    #[test]
+    fn a_full_disk_lowers_the_bound_to_half_the_wal_it_filled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        let writer = open(&db);
+        writer.execute_batch("CREATE TABLE t (b BLOB)").expect("table");
+        let reader = open(&db);
+        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").expect("read");
+        write(&writer, 2 * 1024 * 1024);
+        let filled = wal_size(&db);
+        let mut bound = WalBound::new(&db, WAL_BYTES_MAX);
+        bound.after_full(&writer);
+        assert_eq!(bound.max(), filled / 2);
+        reader.execute_batch("COMMIT").expect("end read");
+        // The next commit above the lowered bound truncates the WAL.
+        write(&writer, 64 * 1024);
+        assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::Truncated);
+        assert_eq!(wal_size(&db), 0);
+        // Never below the floor, and never raised by a smaller WAL.
+        bound.after_full(&writer);
+        assert_eq!(bound.max(), WAL_BYTES_MIN);
     }
 
     #[test]
