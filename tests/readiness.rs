@@ -9,16 +9,9 @@ mod common;
 use std::process::Stdio;
 
 use common::{
-    balances, free_port, get, json_lines, metric_sample, sigterm, start_watched, stderr, wait_until, Scratch,
+    balances, free_port, get, json_lines, metric_sample, readyz_answers, sigterm, start_watched, stderr, store_probes,
+    unit_actions, wait_until, Scratch,
 };
-
-/// Waits until `/readyz` answers 503, and returns its body.
-fn not_ready(port: u16) -> String {
-    wait_until("/readyz answers 503", || {
-        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
-    });
-    get(port, "/readyz").expect("readyz").1
-}
 
 /// A store whose `docs` table lacks the columns discovery reads: as
 /// permanent a discovery failure as a missing index or Query service.
@@ -58,7 +51,7 @@ fn a_discovery_that_cannot_work_stops_an_exit_when_idle_run_with_one_message() {
 fn a_running_worker_is_not_ready_while_discovery_fails_and_says_so_once() {
     let s = broken_discovery();
     let (child, port) = start_watched(&s, "info", &[]);
-    let body = not_ready(port);
+    let body = readyz_answers(port, 503);
     assert!(body.contains("discovery") && body.contains("no such column"), "{body}");
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200), "alive, only not ready");
     // Several failed attempts, counted.
@@ -78,28 +71,10 @@ fn a_running_worker_is_not_ready_while_discovery_fails_and_says_so_once() {
     );
 }
 
-/// `count` valid actions, one unit each to one of five wallets.
-fn actions(count: u64) -> String {
-    (0..count)
-        .map(|i| {
-            format!(
-                "{{\"id\":\"d{i:05}\",\"doc\":{{\"beneficiaries\":{{\"w{}\":\"0.00000001\"}}}}}}\n",
-                i % 5
-            )
-        })
-        .collect()
-}
-
-/// The number `/readyz` gives for the probes of a faulted store.
-fn probes(body: &str) -> Option<u64> {
-    let (_, after) = body.split_once(" s, ")?;
-    after.split(' ').next()?.parse().ok()
-}
-
 #[test]
 fn a_disk_that_takes_no_more_writes_pauses_claiming_and_the_same_worker_resumes() {
     let s = Scratch::new();
-    let out = s.run(&["enqueue"], &actions(2_000));
+    let out = s.run(&["enqueue"], &unit_actions("d", 2_000));
     assert!(out.status.success(), "{}", stderr(&out));
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -127,7 +102,7 @@ fn a_disk_that_takes_no_more_writes_pauses_claiming_and_the_same_worker_resumes(
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = limited.stdout(Stdio::null()).stderr(log).spawn().expect("start");
     let started = std::time::Instant::now();
-    let body = not_ready(port);
+    let body = readyz_answers(port, 503);
     assert!(
         body.contains("failed a read or a write") && body.contains(&s.db().display().to_string()),
         "names the cause and the file: {body}"
@@ -140,7 +115,7 @@ fn a_disk_that_takes_no_more_writes_pauses_claiming_and_the_same_worker_resumes(
             .unwrap_or(0.0)
     };
     wait_until("the store has been probed 4 times", || {
-        get(port, "/readyz").is_some_and(|(_, b)| probes(&b).is_some_and(|n| n >= 4))
+        get(port, "/readyz").is_some_and(|(_, b)| store_probes(&b).is_some_and(|n| n >= 4))
     });
     let failed = errors();
     assert!(

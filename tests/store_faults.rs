@@ -13,7 +13,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{free_port, get, json_lines, metric_sample, signal, sigterm, stderr, stdout, wait_until, Scratch};
+use common::{
+    free_port, get, json_lines, metric_sample, readyz_answers, signal, sigterm, stderr, stdout, store_probes,
+    unit_actions, wait_until, Scratch,
+};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 fn main() {
@@ -32,20 +35,8 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// `count` valid actions, one unit each to one of five wallets.
-fn actions(count: u64) -> String {
-    (0..count)
-        .map(|i| {
-            format!(
-                "{{\"id\":\"f{i:05}\",\"doc\":{{\"beneficiaries\":{{\"w{}\":\"0.00000001\"}}}}}}\n",
-                i % 5
-            )
-        })
-        .collect()
-}
-
 fn enqueue(s: &Scratch, count: u64) {
-    let out = s.run(&["enqueue"], &actions(count));
+    let out = s.run(&["enqueue"], &unit_actions("f", count));
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -130,10 +121,7 @@ fn a_damaged_store_is_found_by_check_and_stops_the_worker() -> Result<(), Failed
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
-    wait_until("/readyz answers 503", || {
-        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
-    });
-    let body = get(port, "/readyz").expect("readyz").1;
+    let body = readyz_answers(port, 503);
     assert!(
         body.contains("the store is damaged") && body.contains(&s.db().display().to_string()),
         "{body}"
@@ -243,28 +231,19 @@ fn a_full_disk_pauses_claiming_and_the_same_worker_resumes_once_space_is_freed()
     let started = std::time::Instant::now();
     // The disk fills while the worker runs, with work queued: it is frozen
     // while the actions are queued and the disk is filled.
-    wait_until("/readyz answers 200", || {
-        get(port, "/readyz").is_some_and(|(code, _)| code == 200)
-    });
+    readyz_answers(port, 200);
     signal(&child, "STOP");
-    let out = s.run_with(ledgerd(&["enqueue"]), &actions(1_000));
+    let out = s.run_with(ledgerd(&["enqueue"]), &unit_actions("f", 1_000));
     assert!(out.status.success(), "{}", stderr(&out));
     let filler = fill(&disk);
     signal(&child, "CONT");
-    wait_until("/readyz answers 503", || {
-        get(port, "/readyz").is_some_and(|(code, _)| code == 503)
-    });
-    let body = get(port, "/readyz").expect("readyz").1;
+    let body = readyz_answers(port, 503);
     assert!(
         body.contains("the disk holding the store is full") && body.contains(&disk.display().to_string()),
         "names the cause and the file: {body}"
     );
     wait_until("the store has been probed 4 times", || {
-        get(port, "/readyz").is_some_and(|(_, b)| {
-            b.split_once(" s, ")
-                .and_then(|(_, after)| after.split(' ').next()?.parse::<u64>().ok())
-                .is_some_and(|n| n >= 4)
-        })
+        get(port, "/readyz").is_some_and(|(_, b)| store_probes(&b).is_some_and(|n| n >= 4))
     });
     let metrics = get(port, "/metrics").expect("metrics").1;
     let failed = metric_sample(&metrics, r#"ledgerd_actions_total{outcome="error"}"#).unwrap_or(0.0);

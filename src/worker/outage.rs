@@ -124,12 +124,25 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::domain::keys::action_key;
     use crate::ops::health::Health;
     use crate::store::hooked::{Fault, Hook, Hooked, OpKind};
     use crate::store::memory::MemoryStore;
     use crate::store::{Bucket, Store, StoreError};
-    use crate::worker::{run, WorkerConfig};
+    use crate::worker::tests::{config, queued};
+    use crate::worker::{run, RunStats};
+
+    /// Starts a worker (not `exit_when_idle`) on `store`; it stops when the
+    /// sender is used (or dropped).
+    fn spawn(
+        store: Arc<dyn Store>,
+        health: &Arc<Health>,
+    ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<RunStats>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(run(store, config(false), health.clone(), async {
+            let _ = stopped.await;
+        }));
+        (stop, worker)
+    }
 
     #[test]
     fn probes_back_off_to_a_cap() {
@@ -137,17 +150,6 @@ mod tests {
         assert_eq!(probe_pause(1), Duration::from_millis(2 * STORE_PROBE_MS_MIN));
         assert_eq!(probe_pause(u64::MAX), Duration::from_millis(STORE_PROBE_MS_MAX));
         assert!((0..64).all(|n| probe_pause(n) <= Duration::from_millis(STORE_PROBE_MS_MAX)));
-    }
-
-    fn config(exit_when_idle: bool) -> WorkerConfig {
-        WorkerConfig {
-            concurrency: 4,
-            lease: Duration::from_secs(5),
-            page_size: 16,
-            idle_backoff_max: Duration::from_millis(100),
-            exit_when_idle,
-            shutdown_grace: Duration::from_secs(5),
-        }
     }
 
     /// What a faulted store saw.
@@ -192,14 +194,7 @@ mod tests {
     /// operation of a kind in `failing` and every readiness probe fail with
     /// `fault`.
     async fn faulted(fault: StoreFault, failing: &'static [OpKind]) -> (Arc<dyn Store>, MemoryStore, Arc<Seen>) {
-        let inner = MemoryStore::new();
-        for i in 0..3 {
-            let body = format!(r#"{{"beneficiaries":{{"w{i}":"1"}}}}"#);
-            inner
-                .insert(Bucket::Queue, &action_key(&i.to_string()), body.as_bytes())
-                .await
-                .expect("enqueue");
-        }
+        let inner = queued(3).await;
         let seen = Arc::new(Seen::default());
         seen.broken.store(true, Ordering::SeqCst);
         let store = Hooked::new(
@@ -269,10 +264,7 @@ mod tests {
             let fault = StoreFault::new(kind, "attempt to write a readonly database").at("/data/ledgerd.db");
             let (store, inner, seen) = faulted(fault, failing).await;
             let health = Arc::new(Health::default());
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let worker = tokio::spawn(run(store, config(false), health.clone(), async {
-                let _ = stopped.await;
-            }));
+            let (stop, worker) = spawn(store, &health);
             tokio::time::sleep(Duration::from_secs(50)).await;
 
             let problem = health.problem().expect("not ready while the store is faulted");
@@ -327,10 +319,7 @@ mod tests {
         let fault = StoreFault::new(FaultKind::Corrupt, "database disk image is malformed").at("/data/ledgerd.db");
         let (store, inner, seen) = faulted(fault.clone(), &[OpKind::GetAndLock]).await;
         let health = Arc::new(Health::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let worker = tokio::spawn(run(store, config(false), health.clone(), async {
-            let _ = stopped.await;
-        }));
+        let (stop, worker) = spawn(store, &health);
         tokio::time::sleep(Duration::from_secs(120)).await;
         let problem = health.problem().expect("not ready");
         assert!(problem.contains("ledgerd check"), "{problem}");

@@ -10,7 +10,7 @@ use crate::store::faulty::{Fault, FaultyStore, OpKind};
 use crate::store::memory::MemoryStore;
 use crate::store::StoreError;
 
-fn config(exit_when_idle: bool) -> WorkerConfig {
+pub(super) fn config(exit_when_idle: bool) -> WorkerConfig {
     WorkerConfig {
         concurrency: 4,
         lease: Duration::from_secs(5),
@@ -21,9 +21,9 @@ fn config(exit_when_idle: bool) -> WorkerConfig {
     }
 }
 
-/// A memory store with `n` queued actions whose discovery fails with
-/// `error` while `broken` is set; counts the failed attempts.
-async fn store_with(n: u64, error: StoreError) -> (Arc<dyn Store>, MemoryStore, Arc<AtomicBool>, Arc<AtomicU64>) {
+/// A memory store with `n` queued actions, `0` to `n - 1`, each one unit
+/// to its own wallet.
+pub(super) async fn queued(n: u64) -> MemoryStore {
     let inner = MemoryStore::new();
     for i in 0..n {
         let body = format!(r#"{{"beneficiaries":{{"w{i}":"1"}}}}"#);
@@ -32,6 +32,13 @@ async fn store_with(n: u64, error: StoreError) -> (Arc<dyn Store>, MemoryStore, 
             .await
             .expect("enqueue");
     }
+    inner
+}
+
+/// A memory store with `n` queued actions whose discovery fails with
+/// `error` while `broken` is set; counts the failed attempts.
+async fn store_with(n: u64, error: StoreError) -> (Arc<dyn Store>, MemoryStore, Arc<AtomicBool>, Arc<AtomicU64>) {
+    let inner = queued(n).await;
     let (broken, attempts) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)));
     let (b, a) = (broken.clone(), attempts.clone());
     let store = FaultyStore::with_plan(

@@ -194,6 +194,33 @@ pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// `count` valid actions with ids `PREFIX00000`…, one unit each to one of
+/// five wallets (`w0` to `w4`), as JSON Lines for `enqueue`.
+pub fn unit_actions(prefix: &str, count: u64) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"{prefix}{i:05}\",\"doc\":{{\"beneficiaries\":{{\"w{}\":\"0.00000001\"}}}}}}\n",
+                i % 5
+            )
+        })
+        .collect()
+}
+
+/// Waits until `/readyz` answers `code`, and returns its body.
+pub fn readyz_answers(port: u16, code: u16) -> String {
+    wait_until(&format!("/readyz answers {code}"), || {
+        get(port, "/readyz").is_some_and(|(c, _)| c == code)
+    });
+    get(port, "/readyz").expect("readyz").1
+}
+
+/// The number of probes `/readyz` gives for a faulted store.
+pub fn store_probes(body: &str) -> Option<u64> {
+    let (_, after) = body.split_once(" s, ")?;
+    after.split(' ').next()?.parse().ok()
+}
+
 /// Sends SIGTERM to a child.
 pub fn sigterm(child: &std::process::Child) {
     signal(child, "TERM");

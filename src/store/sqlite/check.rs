@@ -13,7 +13,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags};
 
 use super::threads::sql_error;
-use super::wal::WAL_BYTES_MAX;
+use super::wal::{wal_bytes, WAL_BYTES_MAX};
 use crate::store::check::{Depth, Finding};
 use crate::store::StoreError;
 
@@ -139,9 +139,7 @@ fn integrity(conn: &Connection, depth: Depth) -> Finding {
 }
 
 fn wal(path: &Path) -> Finding {
-    let mut name = path.as_os_str().to_owned();
-    name.push("-wal");
-    let bytes = std::fs::metadata(&name).map(|m| m.len()).unwrap_or(0);
+    let bytes = wal_bytes(path);
     let mib = |b: u64| b / (1024 * 1024);
     // Above its bound only while a reader holds a checkpoint off, or after
     // a worker stopped mid-way: not damage (so not a problem), but a sign

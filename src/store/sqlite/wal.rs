@@ -48,6 +48,18 @@ pub(super) fn configure(conn: &Connection) -> StoreResult<()> {
         .map_err(sql_error)
 }
 
+/// The WAL file of the database at `db`: SQLite names it `<db>-wal`.
+pub(super) fn wal_path(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// The size of the WAL file of the database at `db` (0 when there is none).
+pub(super) fn wal_bytes(db: &Path) -> u64 {
+    std::fs::metadata(wal_path(db)).map(|m| m.len()).unwrap_or(0)
+}
+
 /// Keeps one writer's WAL within a bound.
 pub(super) struct WalBound {
     wal: PathBuf,
@@ -70,10 +82,8 @@ pub(super) enum Checkpoint {
 impl WalBound {
     /// The bound of the WAL of the database at `db`.
     pub(super) fn new(db: &Path, max: u64) -> Self {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
         Self {
-            wal: PathBuf::from(wal),
+            wal: wal_path(db),
             max,
             fell_short_at: None,
         }
@@ -85,7 +95,7 @@ impl WalBound {
     /// size at which the disk filled (never below [`WAL_BYTES_MIN`]); and a
     /// checkpoint is tried at once, in case the space it needs is there.
     pub(super) fn after_full(&mut self, conn: &Connection) {
-        let size = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        let size = self.size();
         let lowered = (size / 2).max(WAL_BYTES_MIN);
         if lowered < self.max {
             tracing::warn!(
@@ -99,6 +109,11 @@ impl WalBound {
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
 
+    /// The WAL file's size now.
+    fn size(&self) -> u64 {
+        std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0)
+    }
+
     /// The bound now in force.
     #[cfg(test)]
     pub(super) fn max(&self) -> u64 {
@@ -108,7 +123,7 @@ impl WalBound {
     /// Called after each commit: checkpoints and truncates the WAL if it
     /// is above the bound (a stat of the file otherwise).
     pub(super) fn after_commit(&mut self, conn: &Connection) -> StoreResult<Checkpoint> {
-        let size = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        let size = self.size();
         if size <= self.max {
             self.fell_short_at = None;
             return Ok(Checkpoint::NotNeeded);
@@ -142,12 +157,6 @@ impl WalBound {
 mod tests {
     use super::*;
 
-    fn wal_size(db: &Path) -> u64 {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
-        std::fs::metadata(PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0)
-    }
-
     fn open(db: &Path) -> Connection {
         let conn = Connection::open(db).expect("open");
         conn.pragma_update(None, "journal_mode", "WAL").expect("wal");
@@ -162,20 +171,26 @@ mod tests {
         }
     }
 
+    /// A writer (with the store's WAL settings) and a reader holding a
+    /// snapshot, after 2 MiB written: no checkpoint can pass the reader, so
+    /// the WAL holds all of it.
+    fn grown_behind_a_reader(db: &Path) -> (Connection, Connection) {
+        let writer = open(db);
+        configure(&writer).expect("configure");
+        writer.execute_batch("CREATE TABLE t (b BLOB)").expect("table");
+        let reader = open(db);
+        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").expect("read");
+        write(&writer, 2 * 1024 * 1024);
+        (writer, reader)
+    }
+
     #[test]
     fn a_wal_held_open_by_a_reader_is_truncated_once_the_reader_lets_go() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("w.db");
-        let writer = open(&db);
-        configure(&writer).expect("configure");
-        writer.execute_batch("CREATE TABLE t (b BLOB)").expect("table");
-        // A reader holding a snapshot: no checkpoint can pass it, so the
-        // WAL grows past the automatic checkpoint's size.
-        let reader = open(&db);
-        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").expect("read");
-        write(&writer, 2 * 1024 * 1024);
+        let (writer, reader) = grown_behind_a_reader(&db);
         let max = 1024 * 1024;
-        assert!(wal_size(&db) > max, "the WAL grew while a reader held it");
+        assert!(wal_bytes(&db) > max, "the WAL grew while a reader held it");
         let mut bound = WalBound::new(&db, max);
         writer
             .busy_timeout(std::time::Duration::from_millis(50))
@@ -186,7 +201,7 @@ mod tests {
         reader.execute_batch("COMMIT").expect("end read");
         write(&writer, WAL_RETRY_GROWTH as usize + 128 * 1024);
         assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::Truncated);
-        assert_eq!(wal_size(&db), 0, "a TRUNCATE checkpoint empties the WAL file");
+        assert_eq!(wal_bytes(&db), 0, "a TRUNCATE checkpoint empties the WAL file");
         assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::NotNeeded);
     }
 
@@ -194,12 +209,8 @@ mod tests {
     fn a_full_disk_lowers_the_bound_to_half_the_wal_it_filled() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("w.db");
-        let writer = open(&db);
-        writer.execute_batch("CREATE TABLE t (b BLOB)").expect("table");
-        let reader = open(&db);
-        reader.execute_batch("BEGIN; SELECT COUNT(*) FROM t;").expect("read");
-        write(&writer, 2 * 1024 * 1024);
-        let filled = wal_size(&db);
+        let (writer, reader) = grown_behind_a_reader(&db);
+        let filled = wal_bytes(&db);
         let mut bound = WalBound::new(&db, WAL_BYTES_MAX);
         bound.after_full(&writer);
         assert_eq!(bound.max(), filled / 2);
@@ -207,7 +218,7 @@ mod tests {
         // The next commit above the lowered bound truncates the WAL.
         write(&writer, 64 * 1024);
         assert_eq!(bound.after_commit(&writer).expect("checkpoint"), Checkpoint::Truncated);
-        assert_eq!(wal_size(&db), 0);
+        assert_eq!(wal_bytes(&db), 0);
         // Never below the floor, and never raised by a smaller WAL.
         bound.after_full(&writer);
         assert_eq!(bound.max(), WAL_BYTES_MIN);
