@@ -138,10 +138,10 @@ fn killed_and_restarted_processes_credit_every_action_exactly_once() {
             break;
         }
         freezer.step(&workers);
-        if freezer.claimed() == 0 {
+        if freezer.claimed(&workers) == 0 {
             continue;
         }
-        assert!(freezer.queued() > 0);
+        assert!(freezer.queued_while(&workers) > 0);
         // SIGKILL two workers mid-action, then start replacements.
         for victim in workers.iter_mut().take(2) {
             victim.kill().expect("SIGKILL");

@@ -119,10 +119,10 @@ fn sigterm_mid_run_leaves_nothing_half_done() {
         .expect("start");
     let frozen = std::slice::from_mut(&mut child);
     freezer.stop(frozen);
-    while freezer.claimed() == 0 {
+    while freezer.claimed(frozen) == 0 {
         freezer.step(frozen);
     }
-    let queued_at_signal = freezer.queued();
+    let queued_at_signal = freezer.queued_while(frozen);
     assert!(queued_at_signal > 8, "more queued than the worker can hold at once");
     sigterm(&frozen[0]);
     freezer.resume(frozen);

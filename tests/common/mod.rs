@@ -245,7 +245,12 @@ pub fn balances(s: &Scratch) -> std::collections::BTreeMap<String, u64> {
 /// while they are frozen: the test can look at the queue and act (kill,
 /// signal) at a moment when work is known to remain and workers hold claims
 /// they cannot finish, whatever the speed of the machine or of ledgerd.
-/// (Reads of a WAL database never wait for a writer, frozen or not.)
+/// Reads of a WAL database never wait for a writer, frozen or not, with one
+/// exception: a process that opens the file after another was killed may
+/// recover the WAL index, and readers wait for that recovery
+/// (SQLITE_BUSY_RECOVERY). A child frozen mid-recovery would make them wait
+/// for ever, so a count that finds the file busy lets the frozen children
+/// run a step and asks again.
 pub struct Freezer {
     conn: rusqlite::Connection,
 }
@@ -262,10 +267,9 @@ pub fn signal(child: &std::process::Child, name: &str) {
 impl Freezer {
     pub fn new(s: &Scratch) -> Self {
         let conn = rusqlite::Connection::open(s.db()).expect("open the store file");
-        // A reader may find the WAL being recovered after a child was killed
-        // (SQLITE_BUSY_RECOVERY): wait for the recovery, as ledgerd's own
-        // connections do, rather than fail the count.
-        conn.busy_timeout(std::time::Duration::from_secs(60))
+        // Short: a busy file is met by stepping the frozen children (or, if
+        // none are frozen, by asking again), never by one long wait.
+        conn.busy_timeout(std::time::Duration::from_millis(50))
             .expect("set the busy timeout");
         Self { conn }
     }
@@ -287,31 +291,49 @@ impl Freezer {
         self.stop(children);
     }
 
-    /// Queued actions with a lock that lapses after `after_ms` (0: all).
-    fn queued_locked_after(&self, after_ms: i64) -> u64 {
-        let n: i64 = self
-            .conn
-            .query_row(
+    /// Queued actions with a lock that lapses after `after_ms` (0: all),
+    /// read while `frozen` are stopped (none: nobody is frozen).
+    fn queued_locked_after(&self, after_ms: i64, frozen: &[std::process::Child]) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let counted = self.conn.query_row(
                 "SELECT COUNT(*) FROM docs WHERE bucket = 'queue' AND key >= 'action:' AND key < 'action;'
                  AND (?1 = 0 OR lock_until_ms > ?1)",
                 [after_ms],
-                |r| r.get(0),
-            )
-            .expect("count the queue");
-        n as u64
+                |r| r.get::<_, i64>(0),
+            );
+            match counted {
+                Ok(n) => return u64::try_from(n).expect("a count is never negative"),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                    assert!(std::time::Instant::now() < deadline, "the store file stayed busy: {e}");
+                    if frozen.is_empty() {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    } else {
+                        self.step(frozen);
+                    }
+                }
+                Err(e) => panic!("count the queue: {e}"),
+            }
+        }
     }
 
-    /// Actions still queued.
+    /// Actions still queued (no child frozen by this freezer).
     pub fn queued(&self) -> u64 {
-        self.queued_locked_after(0)
+        self.queued_locked_after(0, &[])
     }
 
-    /// Queued actions that a worker holds claimed right now.
-    pub fn claimed(&self) -> u64 {
+    /// Actions still queued, counted while `frozen` are stopped.
+    pub fn queued_while(&self, frozen: &[std::process::Child]) -> u64 {
+        self.queued_locked_after(0, frozen)
+    }
+
+    /// Queued actions that a worker holds claimed right now, counted while
+    /// `frozen` are stopped.
+    pub fn claimed(&self, frozen: &[std::process::Child]) -> u64 {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .as_millis();
-        self.queued_locked_after(i64::try_from(now_ms).expect("ms"))
+        self.queued_locked_after(i64::try_from(now_ms).expect("ms"), frozen)
     }
 }
