@@ -34,8 +34,21 @@ pub mod wal;
 
 /// How long a connection waits for another process's write lock.
 const BUSY_TIMEOUT_MS: u64 = 10_000;
-/// Page cache of the writer's and the reader's connection, in KiB.
-const CACHE_KIB: i64 = 32 * 1024;
+/// Page cache of the writer's connection, in KiB: the pages a batch
+/// dirties and the B-tree's upper levels, kept across batches (a commit of
+/// the connection's own does not invalidate them).
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+/// Page cache of the reader's connection, in KiB. SQLite drops a
+/// connection's whole cache when its next read transaction finds the WAL
+/// changed, which under load is after every batch of the writer, so a
+/// larger cache holds nothing longer: it only made memory churn (the pages
+/// of the 32 MiB cache this replaced were freed and allocated again batch
+/// after batch). One read batch's pages (at most `READ_BATCH_MAX` lookups,
+/// a leaf each below shared upper levels) fit.
+const READER_CACHE_KIB: i64 = 4 * 1024;
+/// Page cache of each pooled connection (listings and counts), in KiB:
+/// SQLite's own default, named so that the bound is written down.
+const POOL_CACHE_KIB: i64 = 2_000;
 /// Idle connections kept for reuse.
 const POOL_IDLE_MAX: usize = 16;
 const SCHEMA: &str = "
@@ -89,6 +102,8 @@ fn connect(path: &Path) -> StoreResult<Connection> {
         .map_err(sql_error)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql_error)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(sql_error)?;
+    conn.pragma_update(None, "cache_size", -POOL_CACHE_KIB)
+        .map_err(sql_error)?;
     Ok(conn)
 }
 
@@ -161,7 +176,7 @@ impl SqliteStore {
         add_created_column(&conn)?;
         let writer_conn = connect(path)?;
         writer_conn
-            .pragma_update(None, "cache_size", -CACHE_KIB)
+            .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(sql_error)?;
         wal::configure(&writer_conn)?;
         let wal_bound = wal::WalBound::new(path, wal::WAL_BYTES_MAX);
@@ -188,7 +203,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Permanent(format!("starting the SQLite writer: {e}")))?;
         let reader_conn = connect(path)?;
         reader_conn
-            .pragma_update(None, "cache_size", -CACHE_KIB)
+            .pragma_update(None, "cache_size", -READER_CACHE_KIB)
             .map_err(sql_error)?;
         let (reads, read_queue) = std::sync::mpsc::channel::<ReadJob>();
         std::thread::Builder::new()
