@@ -4,6 +4,7 @@
 pub mod action;
 pub mod decimal;
 pub mod keys;
+pub mod shard;
 pub mod split;
 pub mod time;
 pub mod units;

@@ -335,6 +335,22 @@ impl<H: Hook> Store for Hooked<H> {
             self.inner.list_keys(bucket, prefix, after, limit)
         )
     }
+    async fn list_shard_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shard: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        hooked!(
+            self,
+            OpKind::ListKeys,
+            prefix,
+            self.inner.list_shard_keys(bucket, prefix, shard, after, limit)
+        )
+    }
+
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         hooked!(self, OpKind::CountKeys, prefix, self.inner.count_keys(bucket, prefix))
     }

@@ -122,6 +122,21 @@ impl Default for MemoryStore {
     }
 }
 
+/// The keys under `prefix` after `after`, in order.
+fn keys_after<'a>(
+    map: &'a BTreeMap<String, model::Entry>,
+    prefix: &'a str,
+    after: Option<&str>,
+) -> impl Iterator<Item = &'a String> + 'a {
+    let start = match after {
+        Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
+        _ => std::ops::Bound::Included(prefix.to_string()),
+    };
+    map.range((start, std::ops::Bound::Unbounded))
+        .map(|(k, _)| k)
+        .take_while(move |k| k.starts_with(prefix))
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     fn describe(&self) -> String {
@@ -247,15 +262,23 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> StoreResult<Vec<String>> {
         let mut inner = self.lock();
-        let map = inner.bucket(bucket);
-        let start = match after {
-            Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
-            _ => std::ops::Bound::Included(prefix.to_string()),
-        };
-        Ok(map
-            .range((start, std::ops::Bound::Unbounded))
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
+        Ok(keys_after(inner.bucket(bucket), prefix, after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn list_shard_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shard: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let mut inner = self.lock();
+        Ok(keys_after(inner.bucket(bucket), prefix, after)
+            .filter(|k| crate::domain::shard::shard_of(k) == shard)
             .take(limit)
             .cloned()
             .collect())

@@ -348,6 +348,52 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<String>>;
 
+    /// Up to `limit` keys starting with `prefix`, in `shard` (see
+    /// [`crate::domain::shard`]) and greater than `after`, in ascending
+    /// byte order. By default by listing every key and keeping the shard's:
+    /// right, but it reads every key. The stores filter where the keys are,
+    /// for queued actions (SQLite: an expression index; Couchbase: a GSI
+    /// index over an expression on `META().id`).
+    async fn list_shard_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shard: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        list_shard_keys_by_scan(self, bucket, prefix, shard, after, limit).await
+    }
+
     /// How many keys start with `prefix`.
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64>;
+}
+
+/// [`Store::list_shard_keys`] by listing every key under `prefix` and
+/// keeping the shard's: what a store without a shard index does.
+pub async fn list_shard_keys_by_scan<S: Store + ?Sized>(
+    store: &S,
+    bucket: Bucket,
+    prefix: &str,
+    shard: u32,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<String>> {
+    let mut found = Vec::new();
+    let mut cursor = after.map(str::to_string);
+    while found.len() < limit {
+        let page = store.list_keys(bucket, prefix, cursor.as_deref(), KEY_PAGE).await?;
+        let last_page = page.len() < KEY_PAGE;
+        cursor = page.last().cloned();
+        let wanted = limit - found.len();
+        found.extend(
+            page.into_iter()
+                .filter(|k| crate::domain::shard::shard_of(k) == shard)
+                .take(wanted),
+        );
+        if last_page {
+            break;
+        }
+    }
+    Ok(found)
 }

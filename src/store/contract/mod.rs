@@ -462,6 +462,52 @@ pub async fn keys_list_in_pages(h: &dyn Harness) {
     assert_eq!(tail, vec![format!("{prefix}23"), format!("{prefix}24")]);
 }
 
+/// A shard's listing holds exactly the queued actions of that shard
+/// ([`crate::domain::shard::shard_of`]), in key order, in pages.
+pub async fn shards_list_their_own_keys(h: &dyn Harness) {
+    use crate::domain::keys::ACTION_PREFIX;
+    use crate::domain::shard::shard_of;
+    let s = h.store();
+    let prefix = format!("{ACTION_PREFIX}{}:", fresh("shard"));
+    // Endings of every common shape: digits, hex, letters, separators.
+    let keys: Vec<String> = (0..48u64)
+        .map(|i| format!("{prefix}{:x}-{}", i.wrapping_mul(0x9E37_79B9), i * 7))
+        .collect();
+    for k in &keys {
+        ok!(s.insert(Bucket::Queue, k, b"{}").await);
+    }
+    ok!(s.insert(Bucket::Ledger, &keys[0], b"another bucket").await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ok!(s.count_keys(Bucket::Queue, &prefix).await) < 48 && std::time::Instant::now() < deadline {
+        h.advance(Duration::from_millis(200)).await;
+    }
+    let mut shards: Vec<u32> = keys.iter().map(|k| shard_of(k)).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    assert!(shards.len() > 10, "the keys fall in many shards");
+    for shard in shards {
+        let mut expected: Vec<String> = keys.iter().filter(|k| shard_of(k) == shard).cloned().collect();
+        expected.sort();
+        // Pages of 2, from just before this run's keys until past them.
+        let (mut seen, mut after) = (Vec::new(), prefix.clone());
+        loop {
+            let page = ok!(s
+                .list_shard_keys(Bucket::Queue, ACTION_PREFIX, shard, Some(&after), 2)
+                .await);
+            assert!(page.len() <= 2);
+            assert!(page.iter().all(|k| shard_of(k) == shard), "shard {shard}: {page:?}");
+            let ours: Vec<String> = page.iter().filter(|k| k.starts_with(&prefix)).cloned().collect();
+            let done = page.len() < 2 || ours.len() < page.len();
+            seen.extend(ours);
+            match page.last() {
+                Some(last) if !done => after = last.clone(),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, expected, "shard {shard}");
+    }
+}
+
 /// One contract case: its name and how to run it on a harness.
 pub struct Case {
     /// The case's function name.
@@ -594,6 +640,7 @@ case_list!(
     locks_lapse,
     xattr_writes_are_atomic,
     keys_list_in_pages,
+    shards_list_their_own_keys,
     sub_document_calls_take_at_most_16_specs,
     keys_take_at_most_250_bytes,
     documents_take_at_most_20_mib,
@@ -624,6 +671,7 @@ macro_rules! contract_tests {
             read_your_writes, insert_is_exclusive, xattr_only_writes_keep_the_body,
             census_counts_by_state, cas_guards_writes, locks_exclude_others,
             unlock_needs_the_lock_cas, locks_lapse, xattr_writes_are_atomic, keys_list_in_pages,
+            shards_list_their_own_keys,
             sub_document_calls_take_at_most_16_specs, keys_take_at_most_250_bytes,
             documents_take_at_most_20_mib, xattrs_count_against_the_document_size,
             locks_last_1_to_30_seconds, a_full_document_write_drops_user_xattrs,

@@ -452,6 +452,27 @@ impl Store for CouchbaseStore {
         self.query::<String>(statement, &params).await
     }
 
+    async fn list_shard_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shard: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        if prefix != ACTION_PREFIX {
+            // Only queued actions are indexed by shard.
+            return super::list_shard_keys_by_scan(self, bucket, prefix, shard, after, limit).await;
+        }
+        let statement = statements::list_shard_keys(self.bucket_name(bucket));
+        let params = [
+            ("shard", Value::from(shard)),
+            ("after", Value::from(after.unwrap_or(""))),
+            ("limit", Value::from(limit as u64)),
+        ];
+        self.query::<String>(statement, &params).await
+    }
+
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         let statement = statements::count_keys(self.bucket_name(bucket), prefix);
         Ok(self.query::<u64>(statement, &[]).await?.first().copied().unwrap_or(0))

@@ -13,6 +13,8 @@ pub const INDEX_QUEUE_ACTIONS: &str = "ix_ledgerd_queue_action";
 pub const INDEX_QUEUE_IDS: &str = "ix_ledgerd_queue_id";
 /// Name of the index over every id in the ledger bucket.
 pub const INDEX_LEDGER_IDS: &str = "ix_ledgerd_ledger_id";
+/// Name of the partial index over queued actions by shard.
+pub const INDEX_QUEUE_SHARDS: &str = "ix_ledgerd_queue_shard";
 
 /// A bucket name as a SQL++ identifier.
 pub fn ident(name: &str) -> String {
@@ -34,6 +36,15 @@ pub fn create_indexes(queue: &str, ledger: &str) -> Vec<(String, &'static str, S
             format!(
                 "CREATE INDEX {INDEX_QUEUE_ACTIONS} IF NOT EXISTS ON {}(META().id) WHERE META().id LIKE \"action:%\" {defer}",
                 ident(queue)
+            ),
+        ),
+        (
+            queue.to_string(),
+            INDEX_QUEUE_SHARDS,
+            format!(
+                "CREATE INDEX {INDEX_QUEUE_SHARDS} IF NOT EXISTS ON {}({}, META().id) WHERE META().id LIKE \"action:%\" {defer}",
+                ident(queue),
+                shard_expression()
             ),
         ),
         (
@@ -112,6 +123,42 @@ pub fn list_keys(bucket: &str, prefix: &str) -> String {
     )
 }
 
+/// A queued action's shard (see `domain::shard`) in SQL++: `POSITION`
+/// gives a character's 0-based place in the alphabet (-1 if absent),
+/// `SUBSTR(id, LENGTH(id) - k, 1)` the `k`th character from the end (SQL++
+/// "String Functions": `SUBSTR` and `POSITION` are zero-based). Each term is
+/// guarded with `IFMISSINGORNULL` so that no key can make the index key
+/// MISSING (a document whose leading index key is MISSING is left out of
+/// the index, and its action would never be listed by shard). The same
+/// text in the index and in the query lets the planner match them.
+pub fn shard_expression() -> String {
+    use crate::domain::shard::{SHARDS, SHARD_ALPHABET, SHARD_WEIGHTS};
+    let terms: Vec<String> = SHARD_WEIGHTS
+        .iter()
+        .enumerate()
+        .map(|(k, weight)| {
+            format!(
+                "(1 + IFMISSINGORNULL(POSITION({}, SUBSTR(META().id, LENGTH(META().id) - {}, 1)), -1)) * {weight}",
+                literal(SHARD_ALPHABET),
+                k + 1
+            )
+        })
+        .collect();
+    format!("(({}) % {SHARDS})", terms.join(" + "))
+}
+
+/// Up to `$limit` queued actions of shard `$shard` after `$after`, in
+/// order, from the shard index: equality on its leading key, then the id
+/// range, so the index answers in id order and reads no other shard.
+pub fn list_shard_keys(bucket: &str) -> String {
+    format!(
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"action:%\" AND {} = $shard \
+         AND META().id > $after ORDER BY META().id LIMIT $limit",
+        ident(bucket),
+        shard_expression(),
+    )
+}
+
 /// How many ids start with `prefix`.
 pub fn count_keys(bucket: &str, prefix: &str) -> String {
     format!(
@@ -143,16 +190,27 @@ mod tests {
     #[test]
     fn index_definitions() {
         let all = create_indexes("queue", "ledger");
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 4);
         assert_eq!(
             all[0].2,
             "CREATE INDEX ix_ledgerd_queue_action IF NOT EXISTS ON `queue`(META().id) WHERE META().id LIKE \"action:%\" WITH {\"defer_build\": true}"
         );
-        assert_eq!(all[2].0, "ledger");
+        assert_eq!(all[3].0, "ledger");
         assert_eq!(
             build_indexes("queue", &["a".into(), "b".into()]),
             "BUILD INDEX ON `queue`(`a`, `b`)"
         );
+    }
+
+    #[test]
+    fn the_shard_listing_uses_the_shard_index_expression() {
+        let index = &create_indexes("queue", "ledger")[1].2;
+        assert!(index.contains(&format!("ON `queue`({}, META().id)", shard_expression())));
+        assert!(list_shard_keys("queue").contains(&format!("AND {} = $shard", shard_expression())));
+        assert!(shard_expression().starts_with(
+            "(((1 + IFMISSINGORNULL(POSITION(\"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.:\", SUBSTR(META().id, LENGTH(META().id) - 1, 1)), -1)) * 1 + "
+        ));
+        assert!(shard_expression().ends_with(" * 1331) % 256)"));
     }
 
     #[test]
@@ -164,7 +222,11 @@ mod tests {
         }
         text.push_str(&build_indexes(
             "queue",
-            &[INDEX_QUEUE_ACTIONS.into(), INDEX_QUEUE_IDS.into()],
+            &[
+                INDEX_QUEUE_ACTIONS.into(),
+                INDEX_QUEUE_SHARDS.into(),
+                INDEX_QUEUE_IDS.into(),
+            ],
         ));
         text.push_str(";\n");
         text.push_str(&build_indexes("ledger", &[INDEX_LEDGER_IDS.into()]));

@@ -24,11 +24,13 @@ use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
 use early::Unsettled;
+use shard::{list_shard_sql, shard_index_sql, SHARD_INDEX};
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
 mod check;
 mod early;
 mod fairness;
+mod shard;
 mod threads;
 pub mod wal;
 
@@ -165,13 +167,15 @@ impl SqliteStore {
         // ledgerd added is missing; creating runs the whole schema.
         let missing: i64 = conn
             .query_row(
-                "SELECT 3 - COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('docs', 'cas_seq', 'ready_probe')",
-                [],
+                "SELECT 4 - COUNT(*) FROM sqlite_master WHERE (type = 'table' AND name IN ('docs', 'cas_seq', 'ready_probe'))
+                 OR (type = 'index' AND name = ?1)",
+                [SHARD_INDEX],
                 |r| r.get(0),
             )
             .map_err(sql_error)?;
         if mode == OpenMode::Create || missing > 0 {
             conn.execute_batch(SCHEMA).map_err(sql_error)?;
+            conn.execute_batch(&shard_index_sql()).map_err(sql_error)?;
         }
         add_created_column(&conn)?;
         let writer_conn = connect(path)?;
@@ -692,6 +696,31 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let rows = stmt
                 .query_map(params![bucket, lower, upper, after, limit], |r| r.get::<_, String>(0))
+                .map_err(sql_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn list_shard_keys(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shard: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        if prefix != ACTION_PREFIX {
+            // Only queued actions are indexed by shard.
+            return super::list_shard_keys_by_scan(self, bucket, prefix, shard, after, limit).await;
+        }
+        let bucket = self.bucket_name(bucket);
+        let after = after.unwrap_or("").to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&list_shard_sql()).map_err(sql_error)?;
+            let rows = stmt
+                .query_map(params![bucket, shard, after, limit], |r| r.get::<_, String>(0))
                 .map_err(sql_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
         })

@@ -1,0 +1,82 @@
+//! Queued actions by shard (see [`crate::domain::shard`]): the expression
+//! index a replica's discovery reads its own shards through, written with
+//! SQLite's built-in functions only, so that every connection (another
+//! process, the `sqlite3` shell) can maintain it.
+
+/// A queued action's shard (see [`crate::domain::shard`]) as SQLite
+/// computes it: `instr` gives a character's 1-based place in the alphabet
+/// (0 if absent), `substr(key, -k, 1)` the `k`th character from the end.
+/// Action keys have at least 8 characters, so all four exist. The same text
+/// in the index and in the query lets the planner use the index.
+pub(super) fn shard_sql() -> String {
+    use crate::domain::shard::{SHARDS, SHARD_ALPHABET, SHARD_WEIGHTS};
+    let terms: Vec<String> = SHARD_WEIGHTS
+        .iter()
+        .enumerate()
+        .map(|(k, weight)| format!("instr('{SHARD_ALPHABET}', substr(key, -{}, 1)) * {weight}", k + 1))
+        .collect();
+    format!("(({}) % {SHARDS})", terms.join(" + "))
+}
+
+/// The index that serves a replica's discovery of its own shards: queued
+/// actions by bucket, shard and key, so that a listing of one shard reads
+/// that shard's keys and no others.
+pub(super) const SHARD_INDEX: &str = "docs_action_shard";
+
+pub(super) fn shard_index_sql() -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS {SHARD_INDEX} ON docs (bucket, {}, key) WHERE key >= 'action:' AND key < 'action;'",
+        shard_sql()
+    )
+}
+
+/// One shard's queued actions after a key, in order, through the index.
+pub(super) fn list_shard_sql() -> String {
+    format!(
+        "SELECT key FROM docs WHERE bucket = ?1 AND key >= 'action:' AND key < 'action;' AND {} = ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+        shard_sql()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::shard::shard_of;
+    use proptest::prelude::*;
+    use rusqlite::Connection;
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(super::super::SCHEMA).expect("schema");
+        conn.execute_batch(&shard_index_sql()).expect("index");
+        conn
+    }
+
+    proptest! {
+        /// SQLite's expression and the Rust function agree on every action
+        /// key, whatever its characters.
+        #[test]
+        fn sqlite_computes_the_shard_as_rust_does(id in "\\PC{1,12}") {
+            let key = format!("action:{id}");
+            let conn = Connection::open_in_memory().expect("open");
+            let sql = format!("SELECT {} FROM (SELECT ?1 AS key)", shard_sql());
+            let shard: u32 = conn.query_row(&sql, [&key], |r| r.get(0)).expect("shard");
+            prop_assert_eq!(shard, shard_of(&key), "{}", key);
+        }
+    }
+
+    #[test]
+    fn a_shard_is_read_through_its_index_in_key_order() {
+        let conn = db();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", list_shard_sql()))
+            .expect("plan")
+            .query_map(rusqlite::params!["queue", 7, "", 10], |r| r.get::<_, String>(3))
+            .expect("plan rows")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        let plan = plan.join("; ");
+        assert!(plan.contains(SHARD_INDEX), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+}
