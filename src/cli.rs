@@ -213,8 +213,20 @@ pub struct BenchArgs {
     pub concurrency: usize,
     /// Worker processes (each a `ledgerd run` on the store); latency, store
     /// operations and memory are reported across all of them.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "replicas")]
     pub processes: usize,
+    /// Replicas in this process, each with its own discovery, coalescer and
+    /// membership identity, as separate processes would have (1 to 256).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub replicas: u16,
+    /// Make every store call of the replicas wait this long first, as a
+    /// call over a network does (Couchbase is round-trip bound).
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub store_latency_ms: u64,
+    /// Queue the actions at this rate (a second) while the workers run: a
+    /// steady state. Without it, all are queued first: a backlog.
+    #[arg(long, value_name = "PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
     /// Store URL to benchmark (must have no queued actions and no wallets:
     /// every balance is checked at the end); default: a fresh temporary
     /// embedded store.

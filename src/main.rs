@@ -185,6 +185,9 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
                     actions: args.actions.max(1),
                     concurrency: args.concurrency.clamp(1, ledgerd::config::CONCURRENCY_MAX),
                     processes: args.processes.clamp(1, 64),
+                    replicas: usize::from(args.replicas),
+                    store_latency: std::time::Duration::from_millis(args.store_latency_ms),
+                    rate: args.rate,
                     target: args.target,
                     json: args.json,
                 };

@@ -127,7 +127,7 @@ pub async fn run(
     };
     let stats = worker::run(store, cfg, health, shutdown).await;
     if let (Some(path), Some(counter)) = (bench_report, &counter) {
-        let report = super::bench::ProcessReport::new(&stats.latencies, &counter.hook);
+        let report = super::bench::ProcessReport::new(&stats, &counter.hook);
         std::fs::write(path, serde_json::to_vec(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
     let _ = stop_listener.send(());

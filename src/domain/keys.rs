@@ -16,6 +16,12 @@ pub const BALANCE_PREFIX: &str = "balance:";
 pub const TX_PREFIX: &str = "tx:";
 /// Prefix of operators' wallet adjustments in the ledger bucket.
 pub const ADJ_PREFIX: &str = "adj:";
+/// The queue-bucket document whose xattrs list the replicas (the
+/// membership, see `worker::membership`). Its prefix is no action's.
+pub const MEMBERS_KEY: &str = "members:ledgerd";
+/// Extended attribute under which the members' heartbeats live, one path
+/// per member id.
+pub const MEMBERS_XATTR: &str = "ledger.members";
 /// Extended attribute under which a wallet's idempotency markers live.
 pub const MARKERS_XATTR: &str = "ledger.applied";
 

@@ -49,6 +49,19 @@ pub const DISCOVERY_FAILURES: &str = "ledgerd_discovery_failures_total";
 /// 1 while discovery is failing (the worker is then not ready), else 0.
 pub const DISCOVERY_FAILING: &str = "ledgerd_discovery_failing";
 
+/// Live members in this replica's view of the membership (itself included).
+pub const MEMBERS: &str = "ledgerd_members";
+/// Queue shards this replica owns in its view (see `domain::shard`).
+pub const SHARDS_OWNED: &str = "ledgerd_shards_owned";
+/// Distinct membership views among the live members, as they last
+/// published them: 1 when the replicas agree.
+pub const MEMBERSHIP_VIEWS: &str = "ledgerd_membership_views";
+/// Failed exchanges with the membership document (heartbeat and read).
+pub const MEMBERSHIP_FAILURES: &str = "ledgerd_membership_failures_total";
+/// Keys read by discovery (divided by the actions finished: keys read per
+/// action).
+pub const DISCOVERY_KEYS: &str = "ledgerd_discovery_keys_total";
+
 /// 1 while the store as a whole is faulted, by `kind`: disk_full,
 /// read_only, io_error, corrupt (claiming is paused meanwhile), else 0.
 pub const STORE_FAULT: &str = "ledgerd_store_fault";
@@ -104,6 +117,8 @@ fn register_at_zero() {
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
     metrics::gauge!(DISCOVERY_FAILING).set(0.0);
+    metrics::counter!(MEMBERSHIP_FAILURES).absolute(0);
+    metrics::counter!(DISCOVERY_KEYS).absolute(0);
     for kind in crate::worker::outage::FAULT_KINDS {
         metrics::gauge!(STORE_FAULT, "kind" => kind.name()).set(0.0);
     }
@@ -180,6 +195,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_gauge!(FAILED_ACTIONS, "Action ids with rejected bodies in failed: (sampled).");
     describe_gauge!(BUILD_INFO, "1, labelled with the running version.");
+    describe_gauge!(MEMBERS, "Live members in this replica's view, itself included.");
+    describe_gauge!(SHARDS_OWNED, "Queue shards this replica owns in its view.");
+    describe_gauge!(
+        MEMBERSHIP_VIEWS,
+        "Distinct membership views among the live members (1 when they agree)."
+    );
+    describe_counter!(MEMBERSHIP_FAILURES, "Failed exchanges with the membership document.");
+    describe_counter!(DISCOVERY_KEYS, "Keys read by discovery.");
     register_at_zero();
     tokio::spawn(upkeep(handle.clone()));
     Ok(handle)

@@ -260,7 +260,9 @@ async fn mark_blocked(store: &dyn Store, key: &str, cas: Cas, reason: &str, atte
         "attempts": attempt.number,
         "retry_after": crate::domain::time::rfc3339_from_unix_ms(now.saturating_add(retry_ms)),
     });
-    store.set_xattr(Bucket::Queue, key, BLOCKED_XATTR, &note, cas).await?;
+    store
+        .set_xattr(Bucket::Queue, key, BLOCKED_XATTR, &note, Some(cas))
+        .await?;
     Ok(())
 }
 

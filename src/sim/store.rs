@@ -345,7 +345,14 @@ impl Store for SimStore {
             self.shared.inner.remove_xattr(bucket, key, path).await
         )
     }
-    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+    async fn set_xattr(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        path: &str,
+        value: &Value,
+        cas: Option<Cas>,
+    ) -> StoreResult<Cas> {
         op!(
             self,
             OpKind::SetXattr,

@@ -126,6 +126,12 @@ pub trait Hook: Send + Sync {
     fn counts_round_trips(&self) -> bool {
         false
     }
+    /// How long every call waits before it goes to the inner store (a
+    /// write group: this long per stage), as a call to a server over a
+    /// network does: `bench --store-latency-ms`.
+    fn latency(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Runs a store call so that it never completes on its first poll, as a
@@ -202,6 +208,10 @@ impl<H: Hook> Hooked<H> {
 macro_rules! hooked {
     ($self:ident, $kind:expr, $key:expr, $call:expr) => {{
         let result = match $self.hook.before($kind, $key).await {
+            Fault::Pass if !$self.hook.latency().is_zero() => {
+                tokio::time::sleep($self.hook.latency()).await;
+                $call.await
+            }
             Fault::Pass if $self.hook.counts_round_trips() => as_if_remote($call).await,
             Fault::Pass => $call.await,
             Fault::FailBefore(e) => Err(e),
@@ -282,6 +292,11 @@ impl<H: Hook> Store for Hooked<H> {
         if !self.hook.watches_only() {
             return super::group::write_in_stages(self, group).await;
         }
+        let latency = self.hook.latency();
+        if !latency.is_zero() {
+            let stages = u32::try_from(group.len()).unwrap_or(u32::MAX);
+            tokio::time::sleep(latency.saturating_mul(stages)).await;
+        }
         let results = self.inner.write_group(group).await;
         for (stage, done) in group.iter().zip(&results) {
             let ran: Vec<(&GroupWrite, &StoreResult<Cas>)> = stage
@@ -306,7 +321,14 @@ impl<H: Hook> Store for Hooked<H> {
             self.inner.remove_xattr(bucket, key, path)
         )
     }
-    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+    async fn set_xattr(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        path: &str,
+        value: &Value,
+        cas: Option<Cas>,
+    ) -> StoreResult<Cas> {
         hooked!(
             self,
             OpKind::SetXattr,

@@ -213,7 +213,14 @@ impl Store for MemoryStore {
             .with_slot(bucket, key, |slot, cas| model::remove_xattr(slot, key, path, now, cas))
     }
 
-    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+    async fn set_xattr(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        path: &str,
+        value: &Value,
+        cas: Option<Cas>,
+    ) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
         self.lock().with_slot(bucket, key, |slot, new| {
             model::set_xattr(slot, key, path, value, cas, now, new)

@@ -292,10 +292,20 @@ pub trait Store: Send + Sync {
     /// Removes one xattr path; `Ok(false)` if the path was absent.
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool>;
 
-    /// Sets one xattr path if the CAS is still `cas`, leaving the body as it
-    /// is. With a lock's CAS it succeeds on the locked document and
-    /// releases the lock, as any mutation with the lock's CAS does.
-    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas>;
+    /// Sets one xattr path, leaving the body as it is: under `cas` when
+    /// given (with a lock's CAS it succeeds on the locked document and
+    /// releases the lock, as any mutation with the lock's CAS does), else
+    /// whatever the document's CAS (a locked document then fails with
+    /// `Locked`). Writes to other paths never make it fail without a CAS:
+    /// the server applies sub-document mutations one after the other.
+    async fn set_xattr(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        path: &str,
+        value: &Value,
+        cas: Option<Cas>,
+    ) -> StoreResult<Cas>;
 
     /// When a document was created and until when it is locked, where the
     /// store can tell (`NotFound` if it is gone). By default it cannot

@@ -226,22 +226,23 @@ pub(crate) fn remove_xattr(slot: &mut Slot, key: &str, path: &str, now_ms: u64, 
     Ok(true)
 }
 
-/// Sets one xattr path under `cas`, leaving the body as it is. With the
-/// CAS of a lock it succeeds on the locked document and releases the lock,
-/// as every mutation with the lock's CAS does on Couchbase.
+/// Sets one xattr path (under `cas` when given), leaving the body as it
+/// is. With the CAS of a lock it succeeds on the locked document and
+/// releases the lock, as every mutation with the lock's CAS does on
+/// Couchbase.
 pub(crate) fn set_xattr(
     slot: &mut Slot,
     key: &str,
     path: &str,
     value: &Value,
-    cas: Cas,
+    cas: Option<Cas>,
     now_ms: u64,
     new_cas: Cas,
 ) -> StoreResult<Cas> {
     limits::check_key(key)?;
     limits::check_mutation(std::iter::once(path))?;
     let e = existing(slot)?;
-    e.check_write(Some(cas), now_ms)?;
+    e.check_write(cas, now_ms)?;
     let mut next = e.clone();
     set_path(&mut next.xattrs, path, value.clone())?;
     limits::check_item(&next.body, &next.xattrs)?;

@@ -18,11 +18,13 @@ use crate::store::{Bucket, Store};
 use crate::telemetry::ACTION_TARGET;
 use collapse::{cause, Collapser, COLLAPSE_INTERVAL};
 pub use latency::Latencies;
-use pass::Pass;
+use membership::Membership;
+use pass::{Listing, Pass, Sightings};
 use put_off::PutOff;
 
 pub mod collapse;
 pub mod latency;
+pub mod membership;
 pub mod outage;
 mod pass;
 pub mod put_off;
@@ -75,6 +77,12 @@ pub struct RunStats {
     pub errors: u64,
     /// Units credited.
     pub units: u128,
+    /// Claims tried (each a get-and-lock of a queued action).
+    pub claim_attempts: u64,
+    /// Keys read by discovery.
+    pub discovery_keys: u64,
+    /// Live members in this replica's last view of the membership.
+    pub members: usize,
     /// Claim-to-completion times of the completed actions, as a histogram
     /// of fixed size (never one sample per action).
     pub latencies: Latencies,
@@ -111,6 +119,11 @@ pub struct Footprint {
     /// Action ids remembered as completed (at most
     /// [`protocol::RECENT_COMPLETED_MAX`]).
     pub recently_completed: usize,
+    /// Keys remembered at the head of the queue (at most one discovery
+    /// page).
+    pub head_sightings: usize,
+    /// Members remembered (at most [`membership::MEMBERS_MAX`]).
+    pub members_remembered: usize,
 }
 
 /// What `--exit-when-idle` left in the queue: nothing it could claim, but
@@ -166,6 +179,10 @@ struct Loop {
     put_off: PutOff,
     claims_this_pass: u64,
     stats: RunStats,
+    /// This replica's heartbeat and view of the others.
+    membership: Membership,
+    /// Keys at the head of the queue and since when (one page at most).
+    sightings: Sightings,
     /// Repeated "attempt failed" lines, collapsed per error.
     errors_logged: Collapser,
     /// Repeated "blocked" lines, collapsed per reason.
@@ -184,8 +201,12 @@ pub async fn run(
         lease: cfg.lease,
         ..protocol::Options::default()
     };
+    // A key of another member's shard is tried by anyone once it waited at
+    // the head of the queue for a lease (its claim may be held that long)
+    // and a membership timeout (its owner may be dead that long).
+    let stale_after = cfg.lease + membership::MEMBER_TIMEOUT;
     let mut w = Loop {
-        store,
+        store: store.clone(),
         cfg,
         health,
         discovery_logged: None,
@@ -196,6 +217,8 @@ pub async fn run(
         put_off: PutOff::default(),
         claims_this_pass: 0,
         stats: RunStats::default(),
+        membership: Membership::new(store.clone()),
+        sightings: Sightings::new(stale_after),
         errors_logged: Collapser::default(),
         blocked_logged: Collapser::default(),
     };
@@ -215,6 +238,8 @@ pub async fn run(
         _ = w.discover() => {}
     }
     w.drain_within_grace().await;
+    w.membership.leave().await;
+    w.stats.members = w.membership.view().members.len();
     w.stats.footprint = w.footprint();
     w.log_repeats(true);
     crate::lifecycle!(
@@ -240,16 +265,15 @@ impl Loop {
             coalescer_slots,
             lineage_states,
             recently_completed: self.opts.recent.len(),
+            head_sightings: self.sightings.len(),
+            members_remembered: self.membership.remembered(),
         }
     }
 
     /// Passes over the queue until idle (with `exit_when_idle`) or forever.
     async fn discover(&mut self) {
         let semaphore = Arc::new(Semaphore::new(self.cfg.concurrency));
-        // The first pass starts at the head; each later one after a key
-        // picked at random from the previous pass.
-        let mut pass = Pass::new(None);
-        let (mut seen, mut next_start): (u64, Option<String>) = (0, None);
+        let mut pass = self.new_pass().await;
         let mut idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
         loop {
             self.reap();
@@ -258,61 +282,101 @@ impl Loop {
                 self.stats.stopped = Some(fatal);
                 return;
             }
-            let listed = Instant::now();
-            let page = self
-                .store
-                .list_keys(Bucket::Queue, ACTION_PREFIX, pass.cursor(), self.cfg.page_size)
-                .await;
-            metrics::histogram!(m::DISCOVERY_SECONDS).record(listed.elapsed().as_secs_f64());
-            let page = match page {
-                Ok(page) => {
-                    self.discovery_works();
-                    page
-                }
-                Err(crate::store::StoreError::Fault(fault)) => {
-                    // The store as a whole, not discovery: paused above.
-                    self.store_faulted(&fault);
-                    continue;
-                }
-                Err(e) => match self.discovery_failed(&e) {
-                    Ok(pause) => {
-                        tokio::time::sleep(pause).await;
-                        continue;
-                    }
-                    Err(fatal) => {
-                        self.stats.stopped = Some(fatal);
-                        return;
-                    }
-                },
-            };
-            let (page, over) = pass.take(page);
-            for key in &page {
-                // Reservoir sampling: each key of the pass equally likely.
-                seen += 1;
-                if rand::Rng::gen_range(&mut rand::thread_rng(), 0..seen) == 0 {
-                    next_start = Some(key.clone());
+            if !pass.is_everything() && self.membership.due() {
+                // The view may change mid-pass (a member joined, left or
+                // fell silent): a long pass over a backlog must not hold
+                // on to shards it no longer owns, nor leave the new ones.
+                let before = self.membership.view().id;
+                if self.membership.refresh().await.id != before {
+                    pass = self.new_pass().await;
                 }
             }
-            self.spawn_page(page, &semaphore).await;
-            if over {
-                // End of a pass: settle everything it started, then decide.
-                while let Some(done) = self.tasks.join_next().await {
-                    self.record(done);
-                }
-                self.put_off.pass_over();
-                let claimed = std::mem::take(&mut self.claims_this_pass);
-                if claimed == 0 {
-                    if self.cfg.exit_when_idle {
-                        self.stats.left = Some(self.left_behind().await);
-                        return;
+            if let Some(listing) = pass.listing().cloned() {
+                let listed = Instant::now();
+                let page = self.list(&listing).await;
+                metrics::histogram!(m::DISCOVERY_SECONDS).record(listed.elapsed().as_secs_f64());
+                let page = match page {
+                    Ok(page) => {
+                        self.discovery_works();
+                        page
                     }
-                    tokio::time::sleep(idle).await;
-                    idle = (idle * 2).min(self.cfg.idle_backoff_max);
-                } else {
-                    idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
-                }
-                pass = Pass::new(next_start.take());
-                seen = 0;
+                    Err(crate::store::StoreError::Fault(fault)) => {
+                        // The store as a whole, not discovery: paused above.
+                        self.store_faulted(&fault);
+                        continue;
+                    }
+                    Err(e) => match self.discovery_failed(&e) {
+                        Ok(pause) => {
+                            tokio::time::sleep(pause).await;
+                            continue;
+                        }
+                        Err(fatal) => {
+                            self.stats.stopped = Some(fatal);
+                            return;
+                        }
+                    },
+                };
+                let read = page.len() as u64;
+                self.stats.discovery_keys += read;
+                metrics::counter!(m::DISCOVERY_KEYS).increment(read);
+                let view = self.membership.view().clone();
+                let keys = pass.take(
+                    page,
+                    self.cfg.page_size,
+                    &view,
+                    &mut self.sightings,
+                    tokio::time::Instant::now(),
+                );
+                self.spawn_page(keys, &semaphore).await;
+                continue;
+            }
+            // End of a pass: settle everything it started, then decide.
+            while let Some(done) = self.tasks.join_next().await {
+                self.record(done);
+            }
+            self.put_off.pass_over();
+            let claimed = std::mem::take(&mut self.claims_this_pass);
+            if claimed > 0 {
+                idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
+                pass = self.new_pass().await;
+            } else if self.cfg.exit_when_idle && !pass.is_everything() {
+                // Before exiting, one pass over every key, whoever owns
+                // it: an exiting worker leaves nothing it could claim.
+                pass = Pass::everything();
+            } else if self.cfg.exit_when_idle {
+                self.stats.left = Some(self.left_behind().await);
+                return;
+            } else {
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(self.cfg.idle_backoff_max);
+                pass = self.new_pass().await;
+            }
+        }
+    }
+
+    /// A pass over this member's share, after a heartbeat when one is due;
+    /// its shards in random order, so that members whose views overlap
+    /// for a moment rarely list the same shard at the same time.
+    async fn new_pass(&mut self) -> Pass {
+        let mut shards = self.membership.refresh().await.shards.clone();
+        shards.shuffle(&mut rand::thread_rng());
+        Pass::new(shards)
+    }
+
+    /// One page of a listing.
+    async fn list(&self, listing: &Listing) -> crate::store::StoreResult<Vec<String>> {
+        let page = self.cfg.page_size;
+        match listing {
+            Listing::Head => self.store.list_keys(Bucket::Queue, ACTION_PREFIX, None, page).await,
+            Listing::All { after } => {
+                self.store
+                    .list_keys(Bucket::Queue, ACTION_PREFIX, after.as_deref(), page)
+                    .await
+            }
+            Listing::Shard { shard, after } => {
+                self.store
+                    .list_shard_keys(Bucket::Queue, ACTION_PREFIX, *shard, after.as_deref(), page)
+                    .await
             }
         }
     }
@@ -389,6 +453,7 @@ impl Loop {
                 return;
             }
             self.in_flight.insert(id.clone());
+            self.stats.claim_attempts += 1;
             metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
             let (store, opts) = (self.store.clone(), self.opts.clone());
             let number = self.put_off.attempts(&id) + 1;

@@ -127,8 +127,8 @@ mod tests {
     use crate::ops::health::Health;
     use crate::store::hooked::{Fault, Hook, Hooked, OpKind};
     use crate::store::memory::MemoryStore;
-    use crate::store::{Bucket, Store, StoreError};
-    use crate::worker::tests::{config, queued};
+    use crate::store::{Store, StoreError};
+    use crate::worker::tests::{actions_left, config, queued};
     use crate::worker::{run, RunStats};
 
     /// Starts a worker (not `exit_when_idle`) on `store`; it stops when the
@@ -282,7 +282,7 @@ mod tests {
                 (5..=20).contains(&pings),
                 "{kind:?}: probed with a capped backoff, not in a loop: {pings} probes in 50 s"
             );
-            assert_eq!(inner.snapshot(Bucket::Queue).len(), 3, "nothing claimed meanwhile");
+            assert_eq!(actions_left(&inner), 3, "nothing claimed meanwhile");
             assert_eq!(
                 log.lines_with(&kind.to_string()),
                 1,
@@ -291,7 +291,7 @@ mod tests {
 
             seen.broken.store(false, Ordering::SeqCst);
             let healed = tokio::time::Instant::now();
-            while !inner.snapshot(Bucket::Queue).is_empty() {
+            while actions_left(&inner) > 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 assert!(healed.elapsed() < Duration::from_secs(60), "{kind:?}: the queue drains");
             }
@@ -332,7 +332,7 @@ mod tests {
         );
         seen.broken.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(inner.snapshot(Bucket::Queue).len(), 3, "still nothing claimed");
+        assert_eq!(actions_left(&inner), 3, "still nothing claimed");
         let _ = stop.send(());
         let stats = worker.await.expect("worker");
         assert_eq!(stats.completed, 0);

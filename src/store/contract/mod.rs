@@ -51,15 +51,18 @@ pub async fn xattr_only_writes_keep_the_body(h: &dyn Harness) {
     let key = fresh("sx");
     let mark = json!({"reason": "r", "attempts": 1});
     assert_eq!(
-        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, 1).await,
+        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, Some(1)).await,
         Err(StoreError::NotFound)
     );
     let cas = ok!(s.insert(Bucket::Queue, &key, b"\xffraw").await);
     assert_eq!(
-        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, cas ^ 1).await,
+        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, Some(cas ^ 1))
+            .await,
         Err(StoreError::CasMismatch)
     );
-    let cas2 = ok!(s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, cas).await);
+    let cas2 = ok!(s
+        .set_xattr(Bucket::Queue, &key, "ledger.blocked", &mark, Some(cas))
+        .await);
     assert_ne!(cas2, cas);
     let doc = ok!(s.get_with_xattrs(Bucket::Queue, &key, &["ledger.blocked"]).await);
     assert_eq!(doc.body, b"\xffraw");
@@ -67,12 +70,12 @@ pub async fn xattr_only_writes_keep_the_body(h: &dyn Harness) {
 
     let lock = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK * 10).await);
     assert_eq!(
-        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &json!(2), cas2)
+        s.set_xattr(Bucket::Queue, &key, "ledger.blocked", &json!(2), Some(cas2))
             .await,
         Err(StoreError::Locked)
     );
     ok!(s
-        .set_xattr(Bucket::Queue, &key, "ledger.blocked", &json!(3), lock.cas)
+        .set_xattr(Bucket::Queue, &key, "ledger.blocked", &json!(3), Some(lock.cas))
         .await);
     // The write released the lock: the document can be locked again at once.
     let again = ok!(s.get_and_lock(Bucket::Queue, &key, LOCK).await);
@@ -96,7 +99,13 @@ pub async fn census_counts_by_state(h: &dyn Harness) {
     ok!(s.insert(Bucket::Queue, &key("ready"), b"1").await);
     let cas = ok!(s.insert(Bucket::Queue, &key("blocked"), b"2").await);
     ok!(s
-        .set_xattr(Bucket::Queue, &key("blocked"), "ledger.blocked", &json!({"r": 1}), cas)
+        .set_xattr(
+            Bucket::Queue,
+            &key("blocked"),
+            "ledger.blocked",
+            &json!({"r": 1}),
+            Some(cas)
+        )
         .await);
     // A lock that lapsed is no lock.
     ok!(s.insert(Bucket::Queue, &key("lapsed"), b"4").await);

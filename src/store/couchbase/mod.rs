@@ -415,7 +415,14 @@ impl Store for CouchbaseStore {
         }
     }
 
-    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+    async fn set_xattr(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        path: &str,
+        value: &Value,
+        cas: Option<Cas>,
+    ) -> StoreResult<Cas> {
         let bytes = serde_json::to_vec(value).unwrap_or_default();
         let specs = [MutateInSpec::upsert_raw(
             path,
@@ -425,11 +432,14 @@ impl Store for CouchbaseStore {
         let options = MutateInOptions::new()
             .durability_level(self.durability.clone())
             .retry_strategy(self.retry.clone())
-            .store_semantics(StoreSemantics::Replace)
-            .cas(cas);
+            .store_semantics(StoreSemantics::Replace);
+        let (options, call) = match cas {
+            Some(cas) => (options.cas(cas), Call::WriteWithCas),
+            None => (options, Call::Write),
+        };
         let r = self
             .kv(
-                Call::WriteWithCas,
+                call,
                 "mutate_in",
                 self.collection(bucket).mutate_in(key, &specs, options),
             )

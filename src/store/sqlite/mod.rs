@@ -24,7 +24,7 @@ use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
 use early::Unsettled;
-use shard::{list_shard_sql, shard_index_sql, SHARD_INDEX};
+use shard::list_shard_sql;
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
 mod check;
@@ -96,6 +96,9 @@ pub struct SqliteStore {
     reader: Arc<Mutex<std::sync::mpsc::Sender<ReadJob>>>,
     /// Claims answered before their batch committed (see `early.rs`).
     unsettled: Arc<Unsettled>,
+    /// Whether the shard index exists (see `shard.rs`); without it, a
+    /// shard is listed by a scan.
+    shard_index: bool,
 }
 
 fn connect(path: &Path) -> StoreResult<Connection> {
@@ -167,16 +170,15 @@ impl SqliteStore {
         // ledgerd added is missing; creating runs the whole schema.
         let missing: i64 = conn
             .query_row(
-                "SELECT 4 - COUNT(*) FROM sqlite_master WHERE (type = 'table' AND name IN ('docs', 'cas_seq', 'ready_probe'))
-                 OR (type = 'index' AND name = ?1)",
-                [SHARD_INDEX],
+                "SELECT 3 - COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('docs', 'cas_seq', 'ready_probe')",
+                [],
                 |r| r.get(0),
             )
             .map_err(sql_error)?;
         if mode == OpenMode::Create || missing > 0 {
             conn.execute_batch(SCHEMA).map_err(sql_error)?;
-            conn.execute_batch(&shard_index_sql()).map_err(sql_error)?;
         }
+        let shard_index = shard::ensure_index(&conn);
         add_created_column(&conn)?;
         let writer_conn = connect(path)?;
         writer_conn
@@ -221,6 +223,7 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(jobs)),
             reader: Arc::new(Mutex::new(reads)),
             unsettled,
+            shard_index,
         })
     }
 
@@ -634,7 +637,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_xattr(&self, bucket: Bucket, key: &str, path: &str, value: &Value, cas: Cas) -> StoreResult<Cas> {
+    async fn set_xattr(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        path: &str,
+        value: &Value,
+        cas: Option<Cas>,
+    ) -> StoreResult<Cas> {
         let (path, value, owned) = (path.to_string(), value.clone(), key.to_string());
         self.mutate(bucket, key, move |slot, now, new| {
             model::set_xattr(slot, &owned, &path, &value, cas, now, new)
@@ -710,7 +720,7 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
-        if prefix != ACTION_PREFIX {
+        if prefix != ACTION_PREFIX || !self.shard_index {
             // Only queued actions are indexed by shard.
             return super::list_shard_keys_by_scan(self, bucket, prefix, shard, after, limit).await;
         }

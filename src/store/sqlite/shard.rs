@@ -21,13 +21,44 @@ pub(super) fn shard_sql() -> String {
 /// The index that serves a replica's discovery of its own shards: queued
 /// actions by bucket, shard and key, so that a listing of one shard reads
 /// that shard's keys and no others.
-pub(super) const SHARD_INDEX: &str = "docs_action_shard";
+const SHARD_INDEX: &str = "docs_action_shard";
 
-pub(super) fn shard_index_sql() -> String {
+fn shard_index_sql() -> String {
     format!(
         "CREATE INDEX IF NOT EXISTS {SHARD_INDEX} ON docs (bucket, {}, key) WHERE key >= 'action:' AND key < 'action;'",
         shard_sql()
     )
+}
+
+/// Creates the shard index if a store made by an earlier release lacks it
+/// (once: one pass over the queued actions), and says whether it exists.
+/// A store where it cannot be made (a read-only file, a damaged table) is
+/// still opened: shards are then listed by a scan, and the cause logged.
+pub(super) fn ensure_index(conn: &rusqlite::Connection) -> bool {
+    let exists = |conn: &rusqlite::Connection| {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [SHARD_INDEX],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n > 0)
+    };
+    if exists(conn) {
+        return true;
+    }
+    match conn.execute_batch(&shard_index_sql()) {
+        Ok(()) => true,
+        // Another process made it first.
+        Err(_) if exists(conn) => true,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                index = SHARD_INDEX,
+                "the store's shard index cannot be created: replicas will read every queued key to find their share"
+            );
+            false
+        }
+    }
 }
 
 /// One shard's queued actions after a key, in order, through the index.
