@@ -227,6 +227,11 @@ pub struct BenchArgs {
     /// steady state. Without it, all are queued first: a backlog.
     #[arg(long, value_name = "PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
+    /// Workers do not divide the queue: each lists every key and claims
+    /// whatever it finds, racing the others (how discovery worked before
+    /// the membership; for comparison). Replicas only.
+    #[arg(long, conflicts_with = "processes")]
+    pub unpartitioned: bool,
     /// Store URL to benchmark (must have no queued actions and no wallets:
     /// every balance is checked at the end); default: a fresh temporary
     /// embedded store.
@@ -395,6 +400,11 @@ pub struct RunArgs {
     /// seconds as Couchbase counts them (default 15000).
     #[arg(long, value_name = "MS")]
     pub lease_ms: Option<u64>,
+    /// How long a replica's heartbeat may stay unchanged before the other
+    /// replicas take it for dead and divide its share of the queue,
+    /// 1000–60000 ms (default 10000); heartbeats go every fifth of it.
+    #[arg(long, value_name = "MS")]
+    pub member_timeout_ms: Option<u64>,
     /// Exit 0 once a full pass over the queue finds nothing to claim and
     /// nothing is in flight (for batch jobs and tests). Exit 1, with the
     /// cause, if discovery cannot work: at once when it will not heal by
@@ -504,6 +514,9 @@ impl Cli {
             }
             if let Some(ms) = run.lease_ms {
                 out.push(("lease_ms", ms.to_string()));
+            }
+            if let Some(ms) = run.member_timeout_ms {
+                out.push(("member_timeout_ms", ms.to_string()));
             }
             if let Some(addr) = &run.metrics_addr {
                 out.push(("metrics_addr", addr.clone()));

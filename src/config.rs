@@ -15,6 +15,11 @@ pub const LEASE_MS_MAX: u64 = 30_000;
 pub const LEASE_MS_MIN: u64 = 1_000;
 /// Most actions one process works on at once.
 pub const CONCURRENCY_MAX: usize = 1_024;
+/// Shortest membership timeout: five heartbeats of 200 ms.
+pub const MEMBER_TIMEOUT_MS_MIN: u64 = 1_000;
+/// Longest membership timeout: a dead replica's share waits at most this
+/// (and a lease) for the others.
+pub const MEMBER_TIMEOUT_MS_MAX: u64 = 60_000;
 /// Most keys read by one discovery query.
 pub const DISCOVERY_PAGE_SIZE_MAX: usize = 10_000;
 
@@ -62,6 +67,10 @@ pub struct Settings {
     pub concurrency: usize,
     /// How long a claimed action stays locked to its worker.
     pub lease_ms: u64,
+    /// How long a replica's heartbeat may stay unchanged before the others
+    /// take it for dead and divide its share of the queue (it writes one
+    /// every fifth of this).
+    pub member_timeout_ms: u64,
     /// Longest pause between discovery passes when the queue is idle.
     pub idle_backoff_ms_max: u64,
     /// Keys read per discovery query.
@@ -134,6 +143,7 @@ const KEYS: &[&str] = &[
     "ledger_bucket",
     "concurrency",
     "lease_ms",
+    "member_timeout_ms",
     "idle_backoff_ms_max",
     "discovery_page_size",
     "shutdown_grace_ms",
@@ -196,6 +206,7 @@ impl Settings {
             .set_default("ledger_bucket", "ledger")?
             .set_default("concurrency", 64)?
             .set_default("lease_ms", 15_000)?
+            .set_default("member_timeout_ms", 10_000)?
             .set_default("idle_backoff_ms_max", 1_000)?
             .set_default("discovery_page_size", 256)?
             .set_default("shutdown_grace_ms", 10_000)?
@@ -236,6 +247,15 @@ impl Settings {
             return invalid(
                 "lease_ms",
                 format!("must be {LEASE_MS_MIN} to {LEASE_MS_MAX}, got {}", self.lease_ms),
+            );
+        }
+        if !(MEMBER_TIMEOUT_MS_MIN..=MEMBER_TIMEOUT_MS_MAX).contains(&self.member_timeout_ms) {
+            return invalid(
+                "member_timeout_ms",
+                format!(
+                    "must be {MEMBER_TIMEOUT_MS_MIN} to {MEMBER_TIMEOUT_MS_MAX}, got {}",
+                    self.member_timeout_ms
+                ),
             );
         }
         if !(1..=DISCOVERY_PAGE_SIZE_MAX).contains(&self.discovery_page_size) {

@@ -188,6 +188,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
                     replicas: usize::from(args.replicas),
                     store_latency: std::time::Duration::from_millis(args.store_latency_ms),
                     rate: args.rate,
+                    partition: !args.unpartitioned,
                     target: args.target,
                     json: args.json,
                 };

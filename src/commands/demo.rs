@@ -82,6 +82,8 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
         idle_backoff_max: Duration::from_millis(200),
         exit_when_idle: true,
         shutdown_grace: Duration::from_secs(10),
+        member_timeout: crate::worker::membership::MEMBER_TIMEOUT,
+        partition: true,
     };
     let mut runs = Vec::new();
     for _ in 0..workers {

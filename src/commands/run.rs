@@ -30,6 +30,8 @@ pub fn worker_config(settings: &Settings, exit_when_idle: bool) -> WorkerConfig 
         idle_backoff_max: Duration::from_millis(settings.idle_backoff_ms_max),
         exit_when_idle,
         shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms),
+        member_timeout: Duration::from_millis(settings.member_timeout_ms),
+        partition: true,
     }
 }
 

@@ -7,7 +7,10 @@
 //!
 //! Simulated: ambiguous writes (applied or not), transient errors, reordering
 //! between workers, locks lapsing mid-action, workers stopping dead at any
-//! store call and never returning, fresh workers taking over, duplicate
+//! store call and never returning, fresh workers taking over (and joining
+//! the membership, whose heartbeats meet the same faults; one worker in
+//! three holds a stale view, so two may claim one share; a member also
+//! claims keys of others' shards, as the stale rule does), duplicate
 //! deliveries (same and different body), a producer rewriting queued
 //! actions, a wallet corrupted by someone else, and balances near the supply.
 //! The store keeps Couchbase Server's limits (`store::limits`), and a
@@ -33,9 +36,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::domain::keys::{action_key, balance_key, ACTION_PREFIX};
+use crate::domain::shard::shard_of;
 use crate::protocol::{self, process_action, Outcome};
 use crate::store::memory::{Clock, MemoryStore};
 use crate::store::{Bucket, Store};
+use crate::worker::membership::{Membership, View};
 use checker::{Delivery, Facts};
 pub use store::Sabotage;
 use store::{Shared, SimStore};
@@ -59,6 +64,32 @@ const WALLET_MARKERS_SOFT_MAX_CROWDED: usize = 3;
 const CROWDED_ONE_IN: u64 = 3;
 /// Lease used in the simulation (virtual milliseconds).
 const LEASE_MS: u64 = 1_000;
+/// Membership timeout in the simulation (virtual milliseconds).
+const MEMBER_TIMEOUT_MS: u64 = 1_000;
+/// One worker in this many holds a stale view of the membership.
+const STALE_VIEW_ONE_IN: u64 = 3;
+/// A member claims one key of another member's share in this many.
+const FOREIGN_ONE_IN: u64 = 4;
+
+/// A simulated worker's membership: real heartbeats through the faulty
+/// store, and a view that may be stale.
+struct Member {
+    membership: Membership,
+    /// Reads the membership once, when it joins, and never again.
+    stale: bool,
+    joined: bool,
+}
+
+impl Member {
+    /// The view this member claims by.
+    async fn view(&mut self) -> View {
+        if !self.stale || !self.joined {
+            self.joined = true;
+            return self.membership.refresh().await.clone();
+        }
+        self.membership.view().clone()
+    }
+}
 
 /// What one seed found.
 #[derive(Debug, Clone)]
@@ -196,8 +227,10 @@ impl Run {
 
     /// A worker: passes over the queue, a few actions at a time (so that
     /// its credits to one wallet coalesce). Returns whether its last pass
-    /// made progress.
-    async fn work(&self, store: &SimStore, passes: usize, record_blocked: bool) -> bool {
+    /// made progress. A member claims only its view's share (and, one key
+    /// in [`FOREIGN_ONE_IN`], another member's, as the stale rule does); a
+    /// worker without one claims everything.
+    async fn work(&self, store: &SimStore, passes: usize, record_blocked: bool, mut member: Option<Member>) -> bool {
         let opts = worker_options(self.wallet_markers_soft_max);
         let mut progress = false;
         for _ in 0..passes {
@@ -208,6 +241,21 @@ impl Run {
             if keys.is_empty() {
                 return false;
             }
+            let keys = match member.as_mut() {
+                Some(member) => {
+                    let view = member.view().await;
+                    self.shared.trace(format!(
+                        "{} holds a view of {} members, {} shards",
+                        store.describe(),
+                        view.members.len(),
+                        view.shards.len()
+                    ));
+                    keys.into_iter()
+                        .filter(|k| view.owns(shard_of(k)) || self.shared.gen_range(0..FOREIGN_ONE_IN) == 0)
+                        .collect()
+                }
+                None => keys,
+            };
             let mut ids: Vec<String> = keys
                 .iter()
                 .filter_map(|k| k.strip_prefix(ACTION_PREFIX).map(str::to_string))
@@ -310,9 +358,21 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
     let mut tasks = Vec::new();
     let worker = |name: String, dies_at: Option<u64>| {
         let (run, shared) = (run.clone(), shared.clone());
+        // Membership faults: a member that never reads the membership again
+        // after joining holds a stale view (and may claim another's share);
+        // its heartbeats go through the same faulty store.
+        let stale = shared.gen_range(0..STALE_VIEW_ONE_IN) == 0;
+        let id = format!("{:016x}", shared.gen_range(0..u64::MAX));
         tokio::spawn(async move {
+            let heartbeats: Arc<dyn Store> =
+                Arc::new(SimStore::new(shared.clone(), format!("{name}-heart"), true, None));
+            let member = Member {
+                membership: Membership::with_id(heartbeats, Duration::from_millis(MEMBER_TIMEOUT_MS), id),
+                stale,
+                joined: false,
+            };
             let store = SimStore::new(shared, name, true, dies_at);
-            run.work(&store, WORKER_PASSES_MAX, false).await;
+            run.work(&store, WORKER_PASSES_MAX, false, Some(member)).await;
         })
     };
     for w in 0..WORKERS_FIRST {
@@ -342,7 +402,7 @@ async fn simulate(seed: u64, sabotage: Sabotage) -> Report {
     handle.fetch_add(60_000, std::sync::atomic::Ordering::SeqCst);
     let recovery = SimStore::new(shared.clone(), "recovery".into(), false, None);
     run.blocked.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    run.work(&recovery, RECOVERY_PASSES_MAX, true).await;
+    run.work(&recovery, RECOVERY_PASSES_MAX, true, None).await;
     if let Err(e) = protocol::sweep_markers(&recovery).await {
         shared.violation(format!("the marker sweep failed: {e}"));
     }

@@ -254,8 +254,10 @@ pub trait Store: Send + Sync {
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc>;
 
     /// Releases a lock taken with `get_and_lock`; `cas` is the lock's CAS.
-    /// Another CAS on a locked document fails with `Locked`; a document
-    /// that is not locked fails with `CasMismatch`.
+    /// Another CAS on a locked document fails with `Locked` or
+    /// `CasMismatch` (the server answers "locked", and the Rust SDK reports
+    /// that as a CAS mismatch: callers must not tell them apart); a
+    /// document that is not locked fails with `CasMismatch`.
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()>;
 
     /// Creates a document; fails with `Exists` if the key exists.

@@ -4,7 +4,7 @@
 //!
 //! One document in the queue bucket ([`MEMBERS_KEY`]) carries one xattr
 //! path per member ([`MEMBERS_XATTR`]`.<id>`): its heartbeat, a counter it
-//! raises every [`HEARTBEAT_INTERVAL`] from its discovery loop, with who it
+//! raises every fifth of the timeout from its discovery loop, with who it
 //! is and the view it holds. Every member reads the document at the same
 //! pace (one read and one sub-document write per interval, whatever the
 //! number of members), and takes for alive the members whose counter it
@@ -35,13 +35,15 @@ use crate::domain::shard::owned_shards;
 use crate::ops::metrics as m;
 use crate::store::{Bucket, Store, StoreError, StoreResult};
 
-/// How often a member writes its heartbeat and reads the others'.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// A member whose heartbeat has not changed for this long is taken for
-/// dead, and its shards go to the others: five missed heartbeats.
+/// dead, and its shards go to the others, unless configured otherwise
+/// (`member_timeout_ms`).
 pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeats per timeout: a member is taken for dead after this many
+/// missed heartbeats.
+pub const HEARTBEATS_PER_TIMEOUT: u32 = 5;
 /// A member silent for this long is removed from the document, so that it
-/// lists only recent members.
+/// lists only recent members (five times the longest timeout).
 pub const MEMBER_FORGET_AFTER: Duration = Duration::from_secs(300);
 /// Most members the document lists (about 200 bytes each: 200 KiB at
 /// most, within Couchbase's 1 MiB of user xattrs per document). A replica
@@ -122,9 +124,10 @@ struct Sighting {
 
 /// The members this one has seen, judged by its own clock. Bounded by the
 /// document: an id no longer listed is dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Roster {
     seen: HashMap<String, Sighting>,
+    timeout: Duration,
 }
 
 /// What one reading of the document says.
@@ -139,6 +142,14 @@ pub struct Reading {
 }
 
 impl Roster {
+    /// A roster that takes a member silent for `timeout` for dead.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            seen: HashMap::new(),
+            timeout,
+        }
+    }
+
     /// Reads the members' entries at `now` (`now_ms` by the wall clock).
     pub fn observe(&mut self, me: &str, entries: &Map<String, Value>, now: Instant, now_ms: u64) -> Reading {
         let mut reading = Reading {
@@ -172,7 +183,7 @@ impl Roster {
                 };
             }
             let silent = now.saturating_duration_since(sighting.changed);
-            if silent < MEMBER_TIMEOUT {
+            if silent < self.timeout {
                 reading.live.push(id.clone());
                 reading.views.push(beat.view);
             } else if silent >= MEMBER_FORGET_AFTER {
@@ -198,6 +209,7 @@ impl Roster {
 pub struct Membership {
     store: Arc<dyn Store>,
     me: String,
+    timeout: Duration,
     started_ms: u64,
     beat: u64,
     roster: Roster,
@@ -211,16 +223,22 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// A new member with a random id, alone until its first exchange.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        let me = format!("{:016x}", rand::random::<u64>());
+    /// A new member with a random id, alone until its first exchange,
+    /// that takes another for dead after `timeout` without a heartbeat.
+    pub fn new(store: Arc<dyn Store>, timeout: Duration) -> Self {
+        Self::with_id(store, timeout, format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// A new member with the id `me` (a path component: letters, digits).
+    pub fn with_id(store: Arc<dyn Store>, timeout: Duration, me: String) -> Self {
         let view = View::of(&me, vec![me.clone()]);
         Self {
             store,
             me,
+            timeout,
             started_ms: crate::protocol::records::now_ms(),
             beat: 0,
-            roster: Roster::default(),
+            roster: Roster::new(timeout),
             view,
             due: None,
             worked: None,
@@ -236,6 +254,11 @@ impl Membership {
     /// The view in force.
     pub fn view(&self) -> &View {
         &self.view
+    }
+
+    /// How often this member writes its heartbeat.
+    pub fn interval(&self) -> Duration {
+        self.timeout / HEARTBEATS_PER_TIMEOUT
     }
 
     /// Whether a heartbeat is due (then [`Membership::refresh`] exchanges).
@@ -255,7 +278,7 @@ impl Membership {
         if self.due.is_some_and(|due| now < due) {
             return &self.view;
         }
-        self.due = Some(now + HEARTBEAT_INTERVAL);
+        self.due = Some(now + self.interval());
         match self.exchange(now).await {
             Ok(view) => {
                 if self.worked.is_none_or(|at| now.duration_since(at) >= MEMBER_TIMEOUT)
@@ -280,11 +303,11 @@ impl Membership {
         &self.view
     }
 
-    /// Notes a failed exchange: after [`MEMBER_TIMEOUT`] without one that
+    /// Notes a failed exchange: after the timeout without one that
     /// worked, this member works alone (every shard is its own).
     fn failed(&mut self, e: &StoreError, now: Instant) {
         metrics::counter!(m::MEMBERSHIP_FAILURES).increment(1);
-        let lapsed = self.worked.is_none_or(|at| now.duration_since(at) >= MEMBER_TIMEOUT);
+        let lapsed = self.worked.is_none_or(|at| now.duration_since(at) >= self.timeout);
         if lapsed && self.view.members.len() > 1 {
             self.view = View::of(&self.me, vec![self.me.clone()]);
         }
@@ -380,7 +403,7 @@ impl Membership {
     }
 
     /// Removes this member's heartbeat, so that the others take its
-    /// shards at once instead of after [`MEMBER_TIMEOUT`] (best effort).
+    /// shards at once instead of after the timeout (best effort).
     pub async fn leave(&mut self) {
         let path = format!("{MEMBERS_XATTR}.{}", self.me);
         if let Err(e) = self.store.remove_xattr(Bucket::Queue, MEMBERS_KEY, &path).await {

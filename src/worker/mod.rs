@@ -60,6 +60,13 @@ pub struct WorkerConfig {
     pub exit_when_idle: bool,
     /// How long in-flight actions may run on after shutdown is requested.
     pub shutdown_grace: Duration,
+    /// How long another replica's heartbeat may stay unchanged before this
+    /// one takes it for dead (see [`membership`]).
+    pub member_timeout: Duration,
+    /// Divide the queue with the other replicas (see [`membership`]);
+    /// without, this worker lists and claims every shard, racing the others
+    /// for the same actions (what `bench --unpartitioned` measures).
+    pub partition: bool,
 }
 
 /// What a worker did, by outcome.
@@ -183,6 +190,9 @@ struct Loop {
     membership: Membership,
     /// Keys at the head of the queue and since when (one page at most).
     sightings: Sightings,
+    /// Unpartitioned: a key of the last page listed, where the next pass
+    /// begins (every pass from a different place in the queue).
+    last_listed: Option<String>,
     /// Repeated "attempt failed" lines, collapsed per error.
     errors_logged: Collapser,
     /// Repeated "blocked" lines, collapsed per reason.
@@ -204,7 +214,8 @@ pub async fn run(
     // A key of another member's shard is tried by anyone once it waited at
     // the head of the queue for a lease (its claim may be held that long)
     // and a membership timeout (its owner may be dead that long).
-    let stale_after = cfg.lease + membership::MEMBER_TIMEOUT;
+    let stale_after = cfg.lease + cfg.member_timeout;
+    let membership = Membership::new(store.clone(), cfg.member_timeout);
     let mut w = Loop {
         store: store.clone(),
         cfg,
@@ -217,8 +228,9 @@ pub async fn run(
         put_off: PutOff::default(),
         claims_this_pass: 0,
         stats: RunStats::default(),
-        membership: Membership::new(store.clone()),
+        membership,
         sightings: Sightings::new(stale_after),
+        last_listed: None,
         errors_logged: Collapser::default(),
         blocked_logged: Collapser::default(),
     };
@@ -238,7 +250,9 @@ pub async fn run(
         _ = w.discover() => {}
     }
     w.drain_within_grace().await;
-    w.membership.leave().await;
+    if w.cfg.partition {
+        w.membership.leave().await;
+    }
     w.stats.members = w.membership.view().members.len();
     w.stats.footprint = w.footprint();
     w.log_repeats(true);
@@ -282,7 +296,7 @@ impl Loop {
                 self.stats.stopped = Some(fatal);
                 return;
             }
-            if !pass.is_everything() && self.membership.due() {
+            if self.cfg.partition && !pass.is_everything() && self.membership.due() {
                 // The view may change mid-pass (a member joined, left or
                 // fell silent): a long pass over a backlog must not hold
                 // on to shards it no longer owns, nor leave the new ones.
@@ -319,6 +333,12 @@ impl Loop {
                 let read = page.len() as u64;
                 self.stats.discovery_keys += read;
                 metrics::counter!(m::DISCOVERY_KEYS).increment(read);
+                if !self.cfg.partition {
+                    self.last_listed = page
+                        .choose(&mut rand::thread_rng())
+                        .cloned()
+                        .or(self.last_listed.take());
+                }
                 let view = self.membership.view().clone();
                 let keys = pass.take(
                     page,
@@ -339,7 +359,7 @@ impl Loop {
             if claimed > 0 {
                 idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
                 pass = self.new_pass().await;
-            } else if self.cfg.exit_when_idle && !pass.is_everything() {
+            } else if self.cfg.exit_when_idle && !pass.is_everything() && self.cfg.partition {
                 // Before exiting, one pass over every key, whoever owns
                 // it: an exiting worker leaves nothing it could claim.
                 pass = Pass::everything();
@@ -358,9 +378,12 @@ impl Loop {
     /// its shards in random order, so that members whose views overlap
     /// for a moment rarely list the same shard at the same time.
     async fn new_pass(&mut self) -> Pass {
+        if !self.cfg.partition {
+            return Pass::everything_from(self.last_listed.take());
+        }
         let mut shards = self.membership.refresh().await.shards.clone();
         shards.shuffle(&mut rand::thread_rng());
-        Pass::new(shards)
+        Pass::new(shards, self.sightings.head_due(tokio::time::Instant::now()))
     }
 
     /// One page of a listing.

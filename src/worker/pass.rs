@@ -49,27 +49,49 @@ pub(crate) struct Pass {
     shards: VecDeque<u32>,
     /// Whether it lists every key, whoever owns it.
     everything: bool,
+    /// For an everything pass that began after a key: that key, and
+    /// whether the listing has wrapped around to the head since.
+    start: Option<String>,
+    wrapped: bool,
     /// Keys listed in all (the pass's cost in keys read).
     pub(crate) keys_read: u64,
 }
 
 impl Pass {
-    /// A pass over the head, then `view`'s shards in the order given.
-    pub(crate) fn new(shards: Vec<u32>) -> Self {
+    /// A pass over the head (when `with_head`), then this member's
+    /// `shards` in the order given.
+    pub(crate) fn new(shards: Vec<u32>, with_head: bool) -> Self {
+        let mut shards: VecDeque<u32> = shards.into();
+        let next = if with_head {
+            Some(Listing::Head)
+        } else {
+            shards.pop_front().map(|shard| Listing::Shard { shard, after: None })
+        };
         Self {
-            next: Some(Listing::Head),
-            shards: shards.into(),
+            next,
+            shards,
             everything: false,
+            start: None,
+            wrapped: false,
             keys_read: 0,
         }
     }
 
     /// A pass over every key, whoever owns it.
     pub(crate) fn everything() -> Self {
+        Self::everything_from(None)
+    }
+
+    /// A pass over every key, beginning after `start` and wrapping around
+    /// to the head up to it: how every worker discovered before the queue
+    /// was divided (`WorkerConfig::partition` off), each from a random key.
+    pub(crate) fn everything_from(start: Option<String>) -> Self {
         Self {
-            next: Some(Listing::All { after: None }),
+            next: Some(Listing::All { after: start.clone() }),
             shards: VecDeque::new(),
             everything: true,
+            wrapped: start.is_none(),
+            start,
             keys_read: 0,
         }
     }
@@ -101,7 +123,7 @@ impl Pass {
         };
         match listing {
             Listing::Head => {
-                sightings.saw(&page, now);
+                sightings.saw(&page, full, now);
                 let keys = page
                     .into_iter()
                     .filter(|k| {
@@ -125,10 +147,21 @@ impl Pass {
                 page
             }
             Listing::All { .. } => {
+                let page = match (&self.start, self.wrapped) {
+                    // Back at the start: the pass is over.
+                    (Some(start), true) if page.last().is_some_and(|last| last >= start) => {
+                        return page.into_iter().filter(|k| k <= start).collect();
+                    }
+                    _ => page,
+                };
                 if full {
                     self.next = Some(Listing::All {
                         after: page.last().cloned(),
                     });
+                } else if !self.wrapped {
+                    // The end of the keys: on from the head up to the start.
+                    self.wrapped = true;
+                    self.next = Some(Listing::All { after: None });
                 }
                 page
             }
@@ -150,6 +183,12 @@ impl Pass {
     }
 }
 
+/// How often the head of the queue is read while it shows a backlog:
+/// often enough to see keys that stay there for a stale bound (a lease and
+/// a membership timeout, 25 s by default), rarely enough that the head's
+/// page costs little beside the shards' own listings.
+pub(crate) const HEAD_RECHECK: Duration = Duration::from_secs(5);
+
 /// When this member first saw each key now at the head of the queue: a
 /// key of another member's shard that stays there for `stale_after` is
 /// tried by this member too. Bounded by one page: keys no longer at the
@@ -158,6 +197,8 @@ impl Pass {
 pub(crate) struct Sightings {
     first_seen: HashMap<String, Instant>,
     stale_after: Duration,
+    /// When the head was last read, and whether it was full (a backlog).
+    read: Option<(Instant, bool)>,
 }
 
 impl Sightings {
@@ -166,11 +207,21 @@ impl Sightings {
         Self {
             first_seen: HashMap::new(),
             stale_after,
+            read: None,
         }
     }
 
+    /// Whether the next pass reads the head: always, but while a backlog
+    /// was seen less than [`HEAD_RECHECK`] ago (its shards bring this
+    /// member's keys then).
+    pub(crate) fn head_due(&self, now: Instant) -> bool {
+        self.read
+            .is_none_or(|(at, full)| !full || now.saturating_duration_since(at) >= HEAD_RECHECK)
+    }
+
     /// Notes the keys of a head page, forgetting those no longer in it.
-    pub(crate) fn saw(&mut self, head: &[String], now: Instant) {
+    pub(crate) fn saw(&mut self, head: &[String], full: bool, now: Instant) {
+        self.read = Some((now, full));
         let mut seen: HashMap<String, Instant> = HashMap::with_capacity(head.len());
         for key in head {
             let first = self.first_seen.get(key).copied().unwrap_or(now);
@@ -219,7 +270,7 @@ mod tests {
         let mut sightings = Sightings::new(Duration::from_secs(25));
         let (mine, theirs) = (keys(true, 1), keys(false, 2));
         let head: Vec<String> = [mine.clone(), theirs].concat();
-        let mut pass = Pass::new(view.shards.clone());
+        let mut pass = Pass::new(view.shards.clone(), true);
         assert_eq!(pass.listing(), Some(&Listing::Head));
         let tried = pass.take(head, PAGE, &view, &mut sightings, Instant::now());
         assert_eq!(tried, mine);
@@ -231,7 +282,7 @@ mod tests {
     async fn a_full_head_is_a_backlog_read_shard_by_shard() {
         let view = view_of(1, 2);
         let mut sightings = Sightings::new(Duration::from_secs(25));
-        let mut pass = Pass::new(vec![3, 5]);
+        let mut pass = Pass::new(vec![3, 5], true);
         let head = keys(true, PAGE);
         assert!(pass.take(head, PAGE, &view, &mut sightings, Instant::now()).is_empty());
         assert_eq!(pass.listing(), Some(&Listing::Shard { shard: 3, after: None }));
@@ -251,6 +302,14 @@ mod tests {
         assert_eq!(pass.listing(), Some(&Listing::Shard { shard: 5, after: None }));
         pass.take(Vec::new(), PAGE, &view, &mut sightings, Instant::now());
         assert_eq!(pass.listing(), None);
+        // While the backlog lasts, the next passes go straight to the
+        // shards, and read the head again after a while.
+        assert!(!sightings.head_due(Instant::now()));
+        assert_eq!(
+            Pass::new(vec![7], sightings.head_due(Instant::now())).listing(),
+            Some(&Listing::Shard { shard: 7, after: None })
+        );
+        assert!(sightings.head_due(Instant::now() + HEAD_RECHECK));
     }
 
     #[tokio::test(start_paused = true)]
@@ -262,19 +321,22 @@ mod tests {
         let head: Vec<String> = [mine.clone(), theirs.clone()].concat();
         let t0 = Instant::now();
         assert_eq!(
-            Pass::new(vec![]).take(head.clone(), PAGE, &view, &mut sightings, t0),
+            Pass::new(vec![], true).take(head.clone(), PAGE, &view, &mut sightings, t0),
             mine
         );
         let later = t0 + stale_after;
         assert_eq!(
-            Pass::new(vec![]).take(head.clone(), PAGE, &view, &mut sightings, later),
+            Pass::new(vec![], true).take(head.clone(), PAGE, &view, &mut sightings, later),
             head,
             "the other member's key waited too long"
         );
         // A key that left the head is forgotten, and starts over if it is back.
-        Pass::new(vec![]).take(mine.clone(), PAGE, &view, &mut sightings, later);
+        Pass::new(vec![], true).take(mine.clone(), PAGE, &view, &mut sightings, later);
         assert_eq!(sightings.len(), 1);
-        assert_eq!(Pass::new(vec![]).take(head, PAGE, &view, &mut sightings, later), mine);
+        assert_eq!(
+            Pass::new(vec![], true).take(head, PAGE, &view, &mut sightings, later),
+            mine
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -301,5 +363,27 @@ mod tests {
         );
         assert_eq!(pass.listing(), None);
         assert!(pass.is_everything(), "still known for one once over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_everything_pass_from_a_key_wraps_around_to_it() {
+        let view = view_of(0, 1);
+        let mut sightings = Sightings::new(Duration::from_secs(25));
+        let all: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+        let mut pass = Pass::everything_from(Some("k3".into()));
+        let mut seen = Vec::new();
+        while let Some(listing) = pass.listing().cloned() {
+            let Listing::All { after } = listing else {
+                panic!("an everything pass lists all keys");
+            };
+            let page: Vec<String> = all
+                .iter()
+                .filter(|k| after.as_ref().is_none_or(|a| *k > a))
+                .take(PAGE)
+                .cloned()
+                .collect();
+            seen.extend(pass.take(page, PAGE, &view, &mut sightings, Instant::now()));
+        }
+        assert_eq!(seen, ["k4", "k5", "k0", "k1", "k2", "k3"]);
     }
 }

@@ -18,6 +18,8 @@ pub(super) fn config(exit_when_idle: bool) -> WorkerConfig {
         idle_backoff_max: Duration::from_millis(100),
         exit_when_idle,
         shutdown_grace: Duration::from_secs(5),
+        member_timeout: crate::worker::membership::MEMBER_TIMEOUT,
+        partition: true,
     }
 }
 

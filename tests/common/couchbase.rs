@@ -102,6 +102,8 @@ pub async fn end_to_end(settings: &Settings) {
         idle_backoff_max: Duration::from_millis(500),
         exit_when_idle: true,
         shutdown_grace: Duration::from_secs(10),
+        member_timeout: ledgerd::worker::membership::MEMBER_TIMEOUT,
+        partition: true,
     };
     for _round in 0..20 {
         let mut runs = Vec::new();

@@ -264,6 +264,30 @@ pub fn signal(child: &std::process::Child, name: &str) {
     assert!(status.success(), "kill -{name} {}", child.id());
 }
 
+/// Waits until every thread of process `pid` is stopped (or gone), as
+/// `/proc/<pid>/task/*/stat` says (state `T` or `t`; Linux).
+fn wait_stopped(pid: u32) {
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return true; // gone
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+                // "pid (comm) S ...": the state follows the last ')'.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next());
+                matches!(state, Some('T' | 't' | 'Z' | 'X') | None)
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stopped() {
+        assert!(std::time::Instant::now() < deadline, "process {pid} never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 impl Freezer {
     pub fn new(s: &Scratch) -> Self {
         let conn = rusqlite::Connection::open(s.db()).expect("open the store file");
@@ -274,9 +298,12 @@ impl Freezer {
         Self { conn }
     }
 
-    /// Freezes every child.
+    /// Freezes every child, and returns once every thread of each has
+    /// stopped: `kill` returns when the signal is sent, and a thread busy
+    /// on another core could otherwise take a lock after the test looked.
     pub fn stop(&self, children: &[std::process::Child]) {
         children.iter().for_each(|c| signal(c, "STOP"));
+        children.iter().for_each(|c| wait_stopped(c.id()));
     }
 
     /// Lets every child run again.
@@ -314,6 +341,71 @@ impl Freezer {
                 }
                 Err(e) => panic!("count the queue: {e}"),
             }
+        }
+    }
+
+    /// The replicas the membership document lists, `(member id, pid)`,
+    /// read while `frozen` are stopped.
+    pub fn members(&self, frozen: &[std::process::Child]) -> Vec<(String, u64)> {
+        let xattrs: Option<String> = loop {
+            match self.conn.query_row(
+                "SELECT xattrs FROM docs WHERE bucket = 'queue' AND key = 'members:ledgerd'",
+                [],
+                |r| r.get(0),
+            ) {
+                Ok(x) => break Some(x),
+                Err(rusqlite::Error::QueryReturnedNoRows) => break None,
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                    self.step(frozen)
+                }
+                Err(e) => panic!("read the members: {e}"),
+            }
+        };
+        let Some(xattrs) = xattrs else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&xattrs).expect("xattrs are JSON");
+        let mut members: Vec<(String, u64)> = v["ledger"]["members"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, beat)| (id.clone(), beat["pid"].as_u64().expect("pid")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort();
+        members
+    }
+
+    /// The keys still queued, read while `frozen` are stopped.
+    pub fn queued_keys(&self, frozen: &[std::process::Child]) -> Vec<String> {
+        loop {
+            let listed: Result<Vec<String>, _> = self
+                .conn
+                .prepare("SELECT key FROM docs WHERE bucket = 'queue' AND key >= 'action:' AND key < 'action;'")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect());
+            match listed {
+                Ok(keys) => return keys,
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                    self.step(frozen)
+                }
+                Err(e) => panic!("list the queue: {e}"),
+            }
+        }
+    }
+
+    /// Whether no process holds SQLite's write lock on the file now (one
+    /// frozen while it does would stall every other writer), read while
+    /// `frozen` are stopped.
+    pub fn write_lock_free(&self, frozen: &[std::process::Child]) -> bool {
+        let _ = frozen;
+        match self.conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                self.conn.execute_batch("ROLLBACK").expect("roll back the probe");
+                true
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => false,
+            Err(e) => panic!("probe the write lock: {e}"),
         }
     }
 

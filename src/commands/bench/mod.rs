@@ -82,6 +82,8 @@ struct Report {
     replicas: usize,
     /// What every store call of the replicas waited first.
     store_latency_ms: u64,
+    /// Whether the workers divided the queue between them.
+    partitioned: bool,
     /// This process's (with replicas, the workers' too: they run here,
     /// beside the generated workload the bench keeps for its checks).
     peak_rss_bytes: u64,
@@ -110,6 +112,8 @@ pub struct BenchArgs {
     pub store_latency: Duration,
     /// Actions queued a second while the workers run; `None`: all first.
     pub rate: Option<u64>,
+    /// Workers divide the queue (else each races for every action).
+    pub partition: bool,
     /// Store URL; `None` for a fresh embedded store in a temporary directory.
     pub target: Option<String>,
     /// Print one JSON object.
@@ -182,6 +186,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
         processes: args.processes.max(1),
         replicas: if args.processes > 1 { 0 } else { args.replicas.max(1) },
         store_latency_ms: u64::try_from(args.store_latency.as_millis()).unwrap_or(u64::MAX),
+        partitioned: args.partition,
         peak_rss_bytes: peak_rss_bytes(),
         worker_peak_rss_bytes: (args.processes > 1).then_some(merged.peak_rss_bytes),
         balances_exact: true,
@@ -214,6 +219,7 @@ async fn run_replicas(
         } else {
             REPLICA_IDLE_BACKOFF_MAX
         },
+        partition: args.partition,
         ..super::run::worker_config(settings, lone)
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -239,7 +245,9 @@ async fn run_replicas(
     let started = if lone {
         Instant::now()
     } else {
-        converge(store.as_ref(), replicas_n).await?;
+        if args.partition {
+            converge(store.as_ref(), replicas_n, cfg.member_timeout).await?;
+        }
         let started = Instant::now();
         let actions = actions.take().unwrap_or_default();
         match args.rate {
@@ -267,7 +275,7 @@ async fn run_replicas(
 /// Waits until the membership lists `replicas` members and each has read
 /// it again since (two heartbeats), so that the measure starts with the
 /// queue divided, as in a deployment that has been up for a while.
-async fn converge(store: &dyn Store, replicas: usize) -> anyhow::Result<()> {
+async fn converge(store: &dyn Store, replicas: usize, member_timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + CONVERGE_MAX;
     while crate::worker::membership::listed(store).await?.len() < replicas {
         anyhow::ensure!(
@@ -276,7 +284,7 @@ async fn converge(store: &dyn Store, replicas: usize) -> anyhow::Result<()> {
         );
         tokio::time::sleep(DRAINED_POLL).await;
     }
-    tokio::time::sleep(crate::worker::membership::HEARTBEAT_INTERVAL * 2).await;
+    tokio::time::sleep(member_timeout * 2 / crate::worker::membership::HEARTBEATS_PER_TIMEOUT).await;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ fn entries(list: &[(&str, u64, u64)]) -> Map<String, Value> {
 
 #[tokio::test(start_paused = true)]
 async fn a_member_lives_while_its_heartbeat_changes_and_is_forgotten_long_after() {
-    let mut roster = Roster::default();
+    let mut roster = Roster::new(MEMBER_TIMEOUT);
     let now_ms = 1_000_000_000;
     let t0 = Instant::now();
     let r = roster.observe("me", &entries(&[("a", 1, now_ms), ("b", 1, now_ms)]), t0, now_ms);
@@ -35,7 +35,7 @@ async fn a_member_lives_while_its_heartbeat_changes_and_is_forgotten_long_after(
 
 #[tokio::test(start_paused = true)]
 async fn an_entry_first_seen_is_judged_by_its_own_time() {
-    let mut roster = Roster::default();
+    let mut roster = Roster::new(MEMBER_TIMEOUT);
     let now_ms = 1_000_000_000;
     let timeout_ms = MEMBER_TIMEOUT.as_millis() as u64;
     let forget_ms = MEMBER_FORGET_AFTER.as_millis() as u64;
@@ -57,10 +57,13 @@ async fn an_entry_first_seen_is_judged_by_its_own_time() {
 }
 
 async fn two_members(store: &Arc<MemoryStore>) -> (Membership, Membership) {
-    let (mut a, mut b) = (Membership::new(store.clone()), Membership::new(store.clone()));
+    let (mut a, mut b) = (
+        Membership::new(store.clone(), MEMBER_TIMEOUT),
+        Membership::new(store.clone(), MEMBER_TIMEOUT),
+    );
     a.refresh().await;
     b.refresh().await;
-    tokio::time::advance(HEARTBEAT_INTERVAL).await;
+    tokio::time::advance(MEMBER_TIMEOUT / HEARTBEATS_PER_TIMEOUT).await;
     a.refresh().await;
     b.refresh().await;
     (a, b)
@@ -80,8 +83,8 @@ async fn members_divide_every_shard_and_take_over_a_silent_ones_share() {
 
     // b stops (SIGSTOP, SIGKILL): a takes every shard within the timeout
     // and one heartbeat after b's last.
-    for _ in 0..=(MEMBER_TIMEOUT.as_secs() / HEARTBEAT_INTERVAL.as_secs()) {
-        tokio::time::advance(HEARTBEAT_INTERVAL).await;
+    for _ in 0..=HEARTBEATS_PER_TIMEOUT {
+        tokio::time::advance(MEMBER_TIMEOUT / HEARTBEATS_PER_TIMEOUT).await;
         a.refresh().await;
     }
     assert_eq!(a.view().members, [a.id().to_string()]);
@@ -103,7 +106,7 @@ async fn a_member_that_leaves_hands_its_shards_over_at_the_next_heartbeat() {
     let store = Arc::new(MemoryStore::new());
     let (mut a, mut b) = two_members(&store).await;
     b.leave().await;
-    tokio::time::advance(HEARTBEAT_INTERVAL).await;
+    tokio::time::advance(MEMBER_TIMEOUT / HEARTBEATS_PER_TIMEOUT).await;
     a.refresh().await;
     assert_eq!(a.view().shards.len(), SHARDS as usize);
 }
@@ -124,19 +127,22 @@ async fn a_member_that_cannot_reach_the_membership_works_alone_after_the_timeout
     }
     let store = Arc::new(MemoryStore::new());
     let hooked = Arc::new(Hooked::new(store.clone(), Down(false.into())));
-    let (mut a, mut b) = (Membership::new(hooked.clone()), Membership::new(store.clone()));
+    let (mut a, mut b) = (
+        Membership::new(hooked.clone(), MEMBER_TIMEOUT),
+        Membership::new(store.clone(), MEMBER_TIMEOUT),
+    );
     a.refresh().await;
     b.refresh().await;
-    tokio::time::advance(HEARTBEAT_INTERVAL).await;
+    tokio::time::advance(MEMBER_TIMEOUT / HEARTBEATS_PER_TIMEOUT).await;
     a.refresh().await;
     b.refresh().await;
     assert_eq!(a.view().members.len(), 2);
     hooked.hook.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::advance(HEARTBEAT_INTERVAL).await;
+    tokio::time::advance(MEMBER_TIMEOUT / HEARTBEATS_PER_TIMEOUT).await;
     a.refresh().await;
     assert_eq!(a.view().members.len(), 2, "a short failure keeps the last view");
-    for _ in 0..(MEMBER_TIMEOUT.as_secs() / HEARTBEAT_INTERVAL.as_secs()) {
-        tokio::time::advance(HEARTBEAT_INTERVAL).await;
+    for _ in 0..HEARTBEATS_PER_TIMEOUT {
+        tokio::time::advance(MEMBER_TIMEOUT / HEARTBEATS_PER_TIMEOUT).await;
         a.refresh().await;
     }
     assert_eq!(a.view().shards.len(), SHARDS as usize, "alone: every shard");
