@@ -101,6 +101,10 @@ fn the_dashboard_shows_what_operators_watch() {
             "rate(ledgerd_wallet_write_credits_total[$__rate_interval])) / sum(rate(ledgerd_wallet_writes_total",
         ),
         ("readiness", "sum(ledgerd_ready)"),
+        ("members seen", "ledgerd_members"),
+        ("shards owned", "ledgerd_shards_owned"),
+        ("membership views", "max(ledgerd_membership_views)"),
+        ("discovery keys per action", "sum(rate(ledgerd_discovery_keys_total"),
     ] {
         assert!(exprs.contains(needle), "the dashboard shows no {what} ({needle})");
     }
@@ -120,6 +124,7 @@ fn every_alert_has_a_runbook_that_exists() {
         "LedgerdNoProgress",
         "LedgerdNotReady",
         "LedgerdLeaseRenewalsLost",
+        "LedgerdMembershipSplit",
     ] {
         assert!(names.contains(wanted), "no {wanted} rule in {names:?}");
     }

@@ -143,6 +143,19 @@ fn a_killed_replica_has_its_share_taken_over_and_nothing_is_lost() {
         ports.iter().all(|port| members_seen(*port) == Some(2.0))
     });
     wait(&s, "the queue is drained", || freezer.queued() == 0);
+    // `status` shows the survivors dividing the 256 shards (the victim's
+    // entry stays, silent, until it is forgotten).
+    wait(&s, "the survivors' heartbeats say 128 shards each", || {
+        let status = &common::json_lines(&s.run(&["status", "--json"], ""))[0];
+        let shards: Vec<u64> = status["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter(|m| m["pid"] != u64::from(victim_pid))
+            .map(|m| m["shards"].as_u64().expect("shards"))
+            .collect();
+        shards == [128, 128]
+    });
     finish(&s, children.into_iter().zip(ports).collect(), &expected);
 }
 

@@ -9,6 +9,7 @@ use super::Exit;
 use crate::domain::keys::{balance_key, ACTION_PREFIX, BALANCE_PREFIX, FAILED_PREFIX, TX_PREFIX};
 use crate::domain::Units;
 use crate::store::{Bucket, KeyPages, Store, StoreError};
+use crate::worker::membership::MEMBER_TIMEOUT;
 
 /// Pages through the keys under a prefix (see [`KeyPages`]), with errors
 /// for a person.
@@ -121,6 +122,7 @@ pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> an
     let oldest_age_s = census
         .oldest_created_ms
         .map(|ms| crate::domain::time::unix_ms_now().saturating_sub(ms) / 1000);
+    let members = members_json(store).await?;
     if as_json {
         writeln!(
             out,
@@ -129,6 +131,7 @@ pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> an
                 "queued": census.total, "ready": ready, "locked": locked, "blocked": blocked,
                 "oldest_queued_age_s": oldest_age_s,
                 "failed": failed, "transactions": transactions, "wallets": wallets,
+                "members": members,
             })
         )?;
     } else {
@@ -154,6 +157,47 @@ pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> an
         writeln!(out, "failed        {failed}")?;
         writeln!(out, "transactions  {transactions}")?;
         writeln!(out, "wallets       {wallets}")?;
+        let silent = members.iter().filter(|m| m["silent"] == true).count();
+        writeln!(
+            out,
+            "members       {} listed, {silent} silent for {} s or more",
+            members.len(),
+            MEMBER_TIMEOUT.as_secs()
+        )?;
+        for m in &members {
+            writeln!(
+                out,
+                "  {} {} pid {} ({}), {} shards, last heartbeat {} s ago",
+                m["id"].as_str().unwrap_or("?"),
+                m["host"].as_str().unwrap_or("?"),
+                m["pid"],
+                m["version"].as_str().unwrap_or("?"),
+                m["shards"],
+                m["heartbeat_age_s"]
+            )?;
+        }
     }
     Ok(Exit::Success)
+}
+
+/// The replicas the members document lists, for operators: who, how many
+/// shards each owns, and how long ago its last heartbeat was written (by
+/// its own clock against this host's; silent for [`MEMBER_TIMEOUT`], the
+/// default timeout, it is probably dead).
+async fn members_json(store: &dyn Store) -> anyhow::Result<Vec<serde_json::Value>> {
+    let now_ms = crate::domain::time::unix_ms_now();
+    let listed = crate::worker::membership::listed(store)
+        .await
+        .context("reading the members document")?;
+    Ok(listed
+        .into_iter()
+        .map(|(id, beat)| {
+            let age_s = now_ms.saturating_sub(beat.at_ms) / 1000;
+            json!({
+                "id": id, "host": beat.host, "pid": beat.pid, "version": beat.version,
+                "shards": beat.shards, "heartbeat_age_s": age_s,
+                "silent": age_s >= MEMBER_TIMEOUT.as_secs(),
+            })
+        })
+        .collect())
 }

@@ -53,6 +53,7 @@ impl Queued {
         json!({
             "id": self.id,
             "state": self.state.name(),
+            "shard": crate::domain::shard::shard_of(&action_key(&self.id)),
             "locked_until": self.locked_until_ms.map(rfc3339_from_unix_ms),
             "queued_at": self.created_ms.map(rfc3339_from_unix_ms),
             "age_s": self.created_ms.map(|c| now_ms.saturating_sub(c) / 1000),
