@@ -455,12 +455,26 @@ fn parse_hash(text: &str) -> Result<String, String> {
         .map_err(|e| format!("a wallet hash {e}"))
 }
 
-fn parse_signed_units(text: &str) -> Result<i128, String> {
-    let digits = text.strip_prefix('+').unwrap_or(text);
-    match digits.parse::<i128>() {
-        Ok(n) if n != 0 && n.unsigned_abs() <= u128::from(crate::domain::TOTAL_SUPPLY_UNITS) => Ok(n),
+/// A signed whole number of units: one sign (`+` or `-`) or none, then
+/// digits only. (Rust's own parser takes a sign too, so stripping a `+`
+/// first let `+-5` through as -5.)
+pub fn parse_signed_units(text: &str) -> Result<i128, String> {
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'+') => (false, &text[1..]),
+        Some(b'-') => (true, &text[1..]),
+        _ => (false, text),
+    };
+    let not_a_number = || format!("{text:?} is not a whole number of units with one sign or none, e.g. +250 or -3");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_a_number());
+    }
+    match digits.parse::<u128>() {
+        Ok(n) if n != 0 && n <= u128::from(crate::domain::TOTAL_SUPPLY_UNITS) => {
+            let n = i128::try_from(n).map_err(|_| not_a_number())?;
+            Ok(if negative { -n } else { n })
+        }
         Ok(_) => Err("must be a non-zero number of units within the total supply".into()),
-        Err(_) => Err(format!("{text:?} is not a whole number of units, e.g. +250 or -3")),
+        Err(_) => Err(not_a_number()),
     }
 }
 

@@ -172,6 +172,8 @@ fn adjust_refuses_what_would_be_wrong_and_changes_nothing() {
             "--reason",
             "past the supply",
         ],
+        // A mistyped hash must not create a wallet.
+        &["adjust", "nobody", "--by", "5", "--reason", "a typo"],
     ];
     for args in cases {
         let out = s.run(args, "");
@@ -182,9 +184,40 @@ fn adjust_refuses_what_would_be_wrong_and_changes_nothing() {
         &["adjust", "a", "--reason", "no change given"][..],
         &["adjust", "a", "--to", "5", "--reason", ""],
         &["adjust", "a", "--to", "5", "--by", "5", "--reason", "both"],
+        // One sign or none.
+        &["adjust", "a", "--by", "+-5", "--reason", "two signs"],
+        &["adjust", "a", "--by", "--5", "--reason", "two signs"],
+        &["adjust", "a", "--by", "+ 5", "--reason", "a space"],
     ] {
         assert_eq!(s.run(args, "").status.code(), Some(2), "{args:?}");
     }
     let a = stdout(&s.run(&["balance", "a"], ""));
     assert!(a.contains("(150000000 units)"), "unchanged: {a}");
+    let nobody = stdout(&s.run(&["balance", "nobody"], ""));
+    assert!(nobody.contains("no wallet"), "no wallet was created: {nobody}");
+}
+
+#[test]
+fn an_adjustment_id_given_again_with_other_arguments_is_refused() {
+    let s = scenario();
+    let first = &["adjust", "a", "--by", "+5", "--reason", "bonus", "--id", "fix-1"];
+    let out = s.run(first, "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record = stdout(&out);
+    // The same arguments again: the applied record, nothing applied twice.
+    let again = s.run(first, "");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), record);
+    for other in [
+        &["adjust", "a", "--by", "+6", "--reason", "bonus", "--id", "fix-1"][..],
+        &["adjust", "a", "--to", "5", "--reason", "bonus", "--id", "fix-1"],
+        &["adjust", "a", "--by", "+5", "--reason", "another", "--id", "fix-1"],
+    ] {
+        let out = s.run(other, "");
+        assert_eq!(out.status.code(), Some(1), "{other:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("adj:fix-1 exists with other arguments (by +5"), "{err}");
+    }
+    let a = stdout(&s.run(&["balance", "a"], ""));
+    assert!(a.contains("(150000005 units)"), "applied once: {a}");
 }

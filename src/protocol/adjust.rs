@@ -39,6 +39,16 @@ pub enum Change {
     By(i128),
 }
 
+impl Change {
+    /// How the request reads in the record: `to N`, `by +N` or `by -N`.
+    pub fn requested(self) -> String {
+        match self {
+            Change::To(units) => format!("to {units}"),
+            Change::By(delta) => format!("by {delta:+}"),
+        }
+    }
+}
+
 /// How an adjustment ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Adjusted {
@@ -57,6 +67,14 @@ pub async fn adjust(store: &dyn Store, id: &str, hash: &str, change: Change, rea
                 return Ok(Adjusted::Refused(format!(
                     "adj:{id} is an adjustment of wallet {}, not {hash}",
                     done.hash
+                )))
+            }
+            Ok(done) if done.requested.as_ref().is_some_and(|r| *r != change.requested()) || done.reason != reason => {
+                return Ok(Adjusted::Refused(format!(
+                    "adj:{id} exists with other arguments ({}, reason {:?}, {}): nothing changed; give a new --id for a new adjustment, or the same arguments to finish this one",
+                    done.requested.as_deref().unwrap_or("an earlier release's request"),
+                    done.reason,
+                    if done.state == AdjState::Applied { "applied" } else { "recorded, not applied" }
                 )))
             }
             Ok(done) if done.state == AdjState::Applied => return Ok(Adjusted::Applied(done)),
@@ -141,6 +159,12 @@ fn plan(
         Some(Ok(units)) => Some(*units),
         Some(Err(_)) => None,
     };
+    if view.balance.is_none() && matches!(change, Change::By(_)) {
+        // A mistyped hash must not create a wallet.
+        return Err(format!(
+            "wallet {hash} does not exist (a mistyped hash?): --by changes an existing balance; create a wallet with --to"
+        ));
+    }
     let after = match change {
         Change::To(units) => i128::from(units),
         Change::By(delta) => match before {
@@ -172,6 +196,7 @@ fn plan(
         state: AdjState::Recorded,
         at: rfc3339_from_unix_ms(now_ms()),
         applied_at: None,
+        requested: Some(change.requested()),
     })
 }
 

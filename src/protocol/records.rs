@@ -145,6 +145,11 @@ pub struct AdjRecord {
     /// When the wallet took it (informational).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<String>,
+    /// What the operator asked for, as `to N` or `by +N`/`by -N`, so that
+    /// the same id given again with other arguments is refused (absent in
+    /// records of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
 }
 
 impl AdjRecord {
