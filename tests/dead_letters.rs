@@ -208,6 +208,43 @@ fn requeue_and_purge_refuse_bad_usage_with_exit_2() {
 }
 
 #[test]
+fn requeue_and_purge_treat_a_selection_that_matches_nothing_alike() {
+    let s = alice_then_bob();
+    // Every id, filtered to nothing: both exit 0, count 0, and say so.
+    for (args, counts) in [
+        (
+            &["failed", "requeue", "--all", "--reason", "no-such-reason"][..],
+            r#"{"requeued":0,"refused":0}"#,
+        ),
+        (
+            &["failed", "purge", "--all", "--reason", "no-such-reason"],
+            r#"{"purged":0}"#,
+        ),
+    ] {
+        let out = s.run(args, "");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), counts, "{args:?}");
+        assert!(
+            stderr(&out).contains("nothing matched the selection"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // An id named that matches nothing: both exit 1, naming it.
+    for args in [
+        &["failed", "requeue", "x1", "--reason", "no-such-reason"][..],
+        &["failed", "purge", "x1", "--reason", "no-such-reason"],
+        &["failed", "requeue", "nope"],
+        &["failed", "purge", "nope"],
+    ] {
+        let out = s.run(args, "");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("nothing to"), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(listed(&s, &[]).len(), 2, "nothing changed");
+}
+
+#[test]
 fn a_failed_document_of_an_earlier_release_is_read_whole() {
     let s = Scratch::new();
     let legacy = serde_json::json!({

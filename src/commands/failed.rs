@@ -329,6 +329,9 @@ pub async fn purge(store: &dyn Store, which: &Selection, mut out: impl Write) ->
             exit = Exit::Rejected;
         }
     }
+    if purged == 0 && named.is_none() {
+        eprintln!("nothing matched the selection: nothing purged");
+    }
     writeln!(out, "{}", json!({"purged": purged}))?;
     Ok(exit)
 }
@@ -348,40 +351,62 @@ pub async fn requeue(
     if replacement.is_some() && ids.len() != 1 {
         return Err(super::Usage("--doc replaces the body of exactly one action: give one id".into()).into());
     }
-    let (mut requeued, mut refused) = (0u64, 0u64);
+    let named = which.ids().is_some();
+    let (mut requeued, mut refused, mut exit) = (0u64, 0u64, Exit::Success);
     for id in &ids {
         match requeue_one(store, id, which, replacement.as_deref()).await? {
-            Ok(()) => requeued += 1,
-            Err(why) => {
+            Requeued::Yes => requeued += 1,
+            // As for purge: an id the selection does not pick is no
+            // refusal; one named that matches nothing is reported.
+            Requeued::NotSelected(why) if named => {
+                eprintln!("{id}: nothing to requeue ({why})");
+                exit = Exit::Rejected;
+            }
+            Requeued::NotSelected(_) => {}
+            Requeued::Refused(why) => {
                 eprintln!("{id}: {why}");
                 refused += 1;
+                exit = Exit::Rejected;
             }
         }
     }
+    if requeued == 0 && refused == 0 && !named {
+        eprintln!("nothing matched the selection: nothing requeued");
+    }
     writeln!(out, "{}", json!({"requeued": requeued, "refused": refused}))?;
-    Ok(if refused == 0 { Exit::Success } else { Exit::Rejected })
+    Ok(exit)
 }
 
-/// Requeues one id. The inner `Err` says why it was refused (nothing changed).
+/// How the requeue of one id ended.
+enum Requeued {
+    /// Its body is back in the queue.
+    Yes,
+    /// The selection picks none of its entries (or it has none): why.
+    NotSelected(String),
+    /// A picked entry could not be requeued: why (nothing changed).
+    Refused(String),
+}
+
+/// Requeues one id.
 async fn requeue_one(
     store: &dyn Store,
     id: &str,
     which: &Selection,
     replacement: Option<&[u8]>,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<Requeued> {
     let mark = rfc3339_from_unix_ms(now_ms());
     let mut marked: Option<(String, Vec<u8>)> = None;
     for _ in 0..CAS_ATTEMPTS_MAX {
         let Some(mut read) = read(store, id).await? else {
-            return Ok(Err("no failed action with this id".into()));
+            return Ok(Requeued::NotSelected("no failed action with this id".into()));
         };
         let picked = which.pick(id, &read.letters);
         let entry = match picked.as_slice() {
-            [] => return Ok(Err("no rejected body of this id matches".into())),
+            [] => return Ok(Requeued::NotSelected("no rejected body of this id matches".into())),
             [one] => (*one).clone(),
             many => {
                 let digests: Vec<&str> = many.iter().map(|e| &e.digest[..12]).collect();
-                return Ok(Err(format!(
+                return Ok(Requeued::Refused(format!(
                     "{} rejected bodies match (digests {}…): pick one with --digest (see `ledgerd failed show {id}`)",
                     many.len(),
                     digests.join("…, ")
@@ -390,7 +415,7 @@ async fn requeue_one(
         };
         let body = replacement.map_or_else(|| entry.body.clone(), <[u8]>::to_vec);
         if let Err(why) = admissible(store, id, &body, replacement.is_some()).await? {
-            return Ok(Err(why));
+            return Ok(Requeued::Refused(why));
         }
         // Mark it first: a worker that rejects the body again clears the
         // mark, and then this requeue leaves the entry where it is.
@@ -409,7 +434,9 @@ async fn requeue_one(
         Ok(_) => {}
         Err(StoreError::Exists) => {
             unmark(store, id, &digest, &mark).await?;
-            return Ok(Err("already queued (action:<id> exists); left as it is".into()));
+            return Ok(Requeued::Refused(
+                "already queued (action:<id> exists); left as it is".into(),
+            ));
         }
         Err(e) => {
             return Err(e).with_context(|| {
@@ -420,7 +447,7 @@ async fn requeue_one(
         }
     }
     remove_entries(store, id, &[digest], Some(&mark)).await?;
-    Ok(Ok(()))
+    Ok(Requeued::Yes)
 }
 
 /// Whether `body` may be queued under `id`: it must pass the checks a
