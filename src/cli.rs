@@ -57,7 +57,7 @@ pub enum Command {
     /// `doc` is stored byte for byte as written (no re-serialisation); `raw`
     /// stores the string's bytes (for non-JSON bodies), `raw_base64` the
     /// bytes it encodes (for bodies that are not UTF-8). Ids already queued
-    /// are skipped. Prints {"enqueued":N,"skipped":M,"invalid":K,"not_written":L};
+    /// are skipped. Prints {"enqueued":N,"skipped":M,"invalid":K,"not_written":L,"blank":B,"lines":T};
     /// bad lines are reported with their line number and do not stop the
     /// others (exit 1 if any); a write the store refuses stops the rest.
     Enqueue,

@@ -159,7 +159,7 @@ fn enqueue_run_and_inspect() {
     assert_eq!(out.status.code(), Some(1), "a bad line makes enqueue exit 1");
     assert_eq!(
         stdout(&out).trim(),
-        r#"{"enqueued":4,"skipped":1,"invalid":1,"not_written":0}"#
+        r#"{"enqueued":4,"skipped":1,"invalid":1,"not_written":0,"blank":1,"lines":7}"#
     );
     assert!(stderr(&out).contains("line 6:"), "{}", stderr(&out));
 
@@ -171,7 +171,7 @@ fn enqueue_run_and_inspect() {
     assert_eq!(
         status,
         serde_json::json!({"queued":4,"ready":4,"locked":0,"blocked":0,"oldest_queued_age_s":0,
-            "failed":0,"transactions":0,"wallets":0})
+            "failed":0,"transactions":0,"wallets":0,"members":[]})
     );
 
     let out = s.run(&["run", "--exit-when-idle"], "");
@@ -207,7 +207,7 @@ fn enqueue_run_and_inspect() {
     assert_eq!(
         json_lines(&out)[0],
         serde_json::json!({"queued":0,"ready":0,"locked":0,"blocked":0,"oldest_queued_age_s":null,
-            "failed":2,"transactions":2,"wallets":3})
+            "failed":2,"transactions":2,"wallets":3,"members":[]})
     );
 
     // The last writes' markers are still on the wallets; the sweep takes
@@ -245,7 +245,7 @@ fn a_duplicate_delivery_credits_nothing_more() {
     // Delivered again after completion: removed, nothing credited.
     assert_eq!(
         stdout(&s.run(&["enqueue"], line)).trim(),
-        r#"{"enqueued":1,"skipped":0,"invalid":0,"not_written":0}"#
+        r#"{"enqueued":1,"skipped":0,"invalid":0,"not_written":0,"blank":0,"lines":1}"#
     );
     let out = s.run(&["run", "--exit-when-idle"], "");
     assert!(stderr(&out).contains(r#""outcome":"duplicate""#), "{}", stderr(&out));

@@ -24,7 +24,7 @@ fn a_line_that_is_not_utf8_is_skipped_and_the_others_are_written() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
         stdout(&out).trim(),
-        r#"{"enqueued":3,"skipped":0,"invalid":1,"not_written":0}"#
+        r#"{"enqueued":3,"skipped":0,"invalid":1,"not_written":0,"blank":0,"lines":4}"#
     );
     let err = stderr(&out);
     assert!(err.contains("line 2: not UTF-8") && err.contains("raw_base64"), "{err}");
@@ -61,6 +61,12 @@ fn a_store_that_refuses_writes_stops_enqueue_with_one_summary() {
         summary["not_written"].as_u64().expect("not_written"),
     );
     assert!(not_written > 0 && enqueued < 20_000, "{summary}");
+    let counted: u64 = ["enqueued", "skipped", "invalid", "not_written", "blank"]
+        .iter()
+        .map(|k| summary[k].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(counted, 20_000, "every line read is counted once: {summary}");
+    assert_eq!(summary["lines"], 20_000);
     assert_eq!(err.matches("stopped at line").count(), 1, "one message: {err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("line ")).count(), 0, "{err}");
 

@@ -108,8 +108,11 @@ struct Tally {
     invalid: u64,
     /// The first line whose write failed, and why.
     failed: Option<(u64, StoreError)>,
-    /// Lines read but not written because an earlier write failed.
+    /// Lines not written because a write failed: the failed line, and the
+    /// lines read after it (and any write in flight that failed too).
     not_written: u64,
+    /// Blank lines, passed over.
+    blank: u64,
 }
 
 /// Reads lines from `input` and writes their actions as they come; prints
@@ -150,7 +153,10 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
                 tally.invalid += 1;
                 continue;
             }
-            Read::Line(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Read::Line(line) if line.iter().all(u8::is_ascii_whitespace) => {
+                tally.blank += 1;
+                continue;
+            }
             Read::Line(line) => line,
         };
         let (id, body) = match parse_line(&line) {
@@ -178,11 +184,13 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
             "skipped": tally.skipped,
             "invalid": tally.invalid,
             "not_written": tally.not_written,
+            "blank": tally.blank,
+            "lines": number,
         })
     );
     if let Some((line, e)) = &tally.failed {
         eprintln!(
-            "ledgerd: stopped at line {line}: the store refused a write: {e}. {} lines were written; line {line} and the {} lines read after it were not. Once the store works, run the same input again: ids already queued are skipped.",
+            "ledgerd: stopped at line {line}: the store refused a write: {e}. {} lines were written, {} were not (line {line}, and every line read after it or written at the same time). Once the store works, run the same input again: ids already queued are skipped.",
             tally.enqueued, tally.not_written
         );
     }
@@ -198,14 +206,13 @@ fn settle(done: Option<(u64, Result<u64, StoreError>)>, tally: &mut Tally) {
     match done {
         Some((_, Ok(_))) => tally.enqueued += 1,
         Some((_, Err(StoreError::Exists))) => tally.skipped += 1,
-        Some((line, Err(e))) => match &tally.failed {
-            Some((first, _)) if *first <= line => tally.not_written += 1,
-            Some(_) => {
-                tally.not_written += 1;
+        Some((line, Err(e))) => {
+            // Every failed write is a line not written, the first included.
+            tally.not_written += 1;
+            if tally.failed.as_ref().is_none_or(|(first, _)| line < *first) {
                 tally.failed = Some((line, e));
             }
-            None => tally.failed = Some((line, e)),
-        },
+        }
         None => {}
     }
 }
