@@ -54,14 +54,16 @@ pub fn shard_of(key: &str) -> u32 {
 }
 
 /// The shards owned by the member at `place` among `members` live members
-/// (in the order every member sorts them), in ascending order: shard `s`
-/// belongs to member `s % members`. Balanced to one shard; a change of
-/// membership moves shards, which costs at most a few claims that meet
-/// another's lock, never money.
-pub fn owned_shards(place: usize, members: usize) -> Vec<u32> {
-    let members = u32::try_from(members.max(1)).unwrap_or(u32::MAX);
-    let place = u32::try_from(place).unwrap_or(u32::MAX);
-    (0..SHARDS).filter(|s| s % members == place).collect()
+/// (in the order every member sorts them): a contiguous range, so that one
+/// range scan of the shard index reads a member's whole share and nothing
+/// else. Balanced to one shard (more members than shards leave some with
+/// none); a change of membership moves shards, which costs at most a few
+/// claims that meet another's lock, never money.
+pub fn owned_shards(place: usize, members: usize) -> std::ops::Range<u32> {
+    let members = u64::try_from(members.max(1)).unwrap_or(u64::MAX);
+    let place = u64::try_from(place).unwrap_or(u64::MAX).min(members);
+    let bound = |p: u64| u32::try_from(p * u64::from(SHARDS) / members).map_or(SHARDS, |b| b.min(SHARDS));
+    bound(place)..bound(place + 1)
 }
 
 #[cfg(test)]
@@ -83,7 +85,8 @@ mod tests {
         let spread = |keys: Vec<String>, replicas: usize| {
             let mut per_member = vec![0u32; replicas];
             for key in &keys {
-                per_member[(shard_of(key) as usize) % replicas] += 1;
+                let owner = (0..replicas).find(|p| owned_shards(*p, replicas).contains(&shard_of(key)));
+                per_member[owner.expect("every shard has an owner")] += 1;
             }
             let mean = keys.len() as f64 / replicas as f64;
             let most = f64::from(per_member.iter().copied().max().unwrap_or(0));
@@ -113,6 +116,7 @@ mod tests {
             }
             prop_assert!(owners.iter().all(|&n| n == 1));
             let sizes: Vec<usize> = (0..members).map(|p| owned_shards(p, members).len()).collect();
+            prop_assert!(owned_shards(members, members).is_empty(), "no place beyond the members");
             let (least, most) = (sizes.iter().min().copied().unwrap_or(0), sizes.iter().max().copied().unwrap_or(0));
             prop_assert!(most - least <= 1, "balanced to one shard: {least}..{most}");
         }

@@ -373,6 +373,21 @@ impl<H: Hook> Store for Hooked<H> {
         )
     }
 
+    async fn list_shard_range(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shards: std::ops::Range<u32>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        hooked!(
+            self,
+            OpKind::ListKeys,
+            prefix,
+            self.inner.list_shard_range(bucket, prefix, shards.clone(), limit)
+        )
+    }
+
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         hooked!(self, OpKind::CountKeys, prefix, self.inner.count_keys(bucket, prefix))
     }

@@ -275,6 +275,21 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn list_shard_range(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shards: std::ops::Range<u32>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let mut inner = self.lock();
+        Ok(keys_after(inner.bucket(bucket), prefix, None)
+            .filter(|k| shards.contains(&crate::domain::shard::shard_of(k)))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     async fn list_shard_keys(
         &self,
         bucket: Bucket,

@@ -377,6 +377,21 @@ pub trait Store: Send + Sync {
         list_shard_keys_by_scan(self, bucket, prefix, shard, after, limit).await
     }
 
+    /// Up to `limit` keys starting with `prefix` whose shard is in
+    /// `shards`, in no set order: a member's whole share of a short queue
+    /// in one call (fewer than `limit` keys back: that is all of them). By
+    /// default by listing every key; the stores read only the range, from
+    /// their shard index, for queued actions.
+    async fn list_shard_range(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shards: std::ops::Range<u32>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        list_shard_range_by_scan(self, bucket, prefix, shards, limit).await
+    }
+
     /// How many keys start with `prefix`.
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64>;
 }
@@ -406,6 +421,31 @@ pub async fn list_shard_keys_by_scan<S: Store + ?Sized>(
         if last_page {
             break;
         }
+    }
+    Ok(found)
+}
+
+/// [`Store::list_shard_range`] by listing every key under `prefix` and
+/// keeping those of the range: what a store without a shard index does.
+pub async fn list_shard_range_by_scan<S: Store + ?Sized>(
+    store: &S,
+    bucket: Bucket,
+    prefix: &str,
+    shards: std::ops::Range<u32>,
+    limit: usize,
+) -> StoreResult<Vec<String>> {
+    let mut found = Vec::new();
+    let mut pages = KeyPages::new(store, bucket, prefix);
+    while found.len() < limit {
+        let Some(page) = pages.next_page().await? else {
+            break;
+        };
+        let wanted = limit - found.len();
+        found.extend(
+            page.into_iter()
+                .filter(|k| shards.contains(&crate::domain::shard::shard_of(k)))
+                .take(wanted),
+        );
     }
     Ok(found)
 }

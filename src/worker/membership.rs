@@ -86,7 +86,9 @@ pub struct Heartbeat {
 pub struct View {
     /// Live member ids, sorted (this member among them).
     pub members: Vec<String>,
-    /// This member's shards, ascending.
+    /// This member's shards, a contiguous range (see `domain::shard`).
+    pub range: std::ops::Range<u32>,
+    /// The same shards, ascending.
     pub shards: Vec<u32>,
     /// A fingerprint of `members`: equal views have equal ids.
     pub id: u32,
@@ -98,11 +100,13 @@ impl View {
     /// The view of `me` among the live `members` (sorted, `me` included).
     pub fn of(me: &str, members: Vec<String>) -> Self {
         let place = members.iter().position(|m| m == me).unwrap_or(0);
-        let shards = owned_shards(place, members.len());
+        let range = owned_shards(place, members.len());
+        let shards = range.clone().collect();
         let digest = crate::domain::keys::sha256_hex(members.join("\n").as_bytes());
         let id = u32::from_str_radix(&digest[..8], 16).unwrap_or(0);
         Self {
             members,
+            range,
             shards,
             id,
             distinct: 1,
@@ -111,7 +115,7 @@ impl View {
 
     /// Whether this member owns `shard`.
     pub fn owns(&self, shard: u32) -> bool {
-        self.shards.binary_search(&shard).is_ok()
+        self.range.contains(&shard)
     }
 }
 

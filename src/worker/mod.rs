@@ -126,8 +126,8 @@ pub struct Footprint {
     /// Action ids remembered as completed (at most
     /// [`protocol::RECENT_COMPLETED_MAX`]).
     pub recently_completed: usize,
-    /// Keys remembered at the head of the queue (at most one discovery
-    /// page).
+    /// Keys remembered at the head of the queue (at most
+    /// [`pass::HEAD_KEYS`]).
     pub head_sightings: usize,
     /// Members remembered (at most [`membership::MEMBERS_MAX`]).
     pub members_remembered: usize,
@@ -305,7 +305,14 @@ impl Loop {
                     pass = self.new_pass().await;
                 }
             }
-            if let Some(listing) = pass.listing().cloned() {
+            let now = tokio::time::Instant::now();
+            let head = self.cfg.partition && !pass.is_everything() && self.sightings.head_due(now);
+            let next = if head {
+                Some(Listing::Head)
+            } else {
+                pass.listing().cloned()
+            };
+            if let Some(listing) = next {
                 let listed = Instant::now();
                 let page = self.list(&listing).await;
                 metrics::histogram!(m::DISCOVERY_SECONDS).record(listed.elapsed().as_secs_f64());
@@ -339,14 +346,10 @@ impl Loop {
                         .cloned()
                         .or(self.last_listed.take());
                 }
-                let view = self.membership.view().clone();
-                let keys = pass.take(
-                    page,
-                    self.cfg.page_size,
-                    &view,
-                    &mut self.sightings,
-                    tokio::time::Instant::now(),
-                );
+                let keys = match listing {
+                    Listing::Head => self.sightings.saw(&page, self.membership.view(), now),
+                    _ => pass.take(page, self.cfg.page_size),
+                };
                 self.spawn_page(keys, &semaphore).await;
                 continue;
             }
@@ -383,14 +386,24 @@ impl Loop {
         }
         let mut shards = self.membership.refresh().await.shards.clone();
         shards.shuffle(&mut rand::thread_rng());
-        Pass::new(shards, self.sightings.head_due(tokio::time::Instant::now()))
+        Pass::new(shards)
     }
 
     /// One page of a listing.
     async fn list(&self, listing: &Listing) -> crate::store::StoreResult<Vec<String>> {
         let page = self.cfg.page_size;
         match listing {
-            Listing::Head => self.store.list_keys(Bucket::Queue, ACTION_PREFIX, None, page).await,
+            Listing::Head => {
+                self.store
+                    .list_keys(Bucket::Queue, ACTION_PREFIX, None, pass::HEAD_KEYS)
+                    .await
+            }
+            Listing::Share => {
+                let range = self.membership.view().range.clone();
+                self.store
+                    .list_shard_range(Bucket::Queue, ACTION_PREFIX, range, page)
+                    .await
+            }
             Listing::All { after } => {
                 self.store
                     .list_keys(Bucket::Queue, ACTION_PREFIX, after.as_deref(), page)

@@ -1,15 +1,19 @@
 //! One pass of discovery: what to list next, and which listed keys to try.
 //!
-//! A pass first lists the head of the queue (one page, every shard). If
-//! that page is short, it is the whole queue: the pass tries this member's
-//! own keys in it and is over, one listing whatever the number of
-//! replicas. If it is full (a backlog), the pass lists this member's shards
-//! one after the other, page by page, each from its head, and tries what
-//! they hold: other members' keys are never read. Either way, a key of
-//! another member's shard that has stayed at the head of the queue for
-//! [`Sightings::stale_after`] is tried too: its owner is slow, stopped, or
-//! unknown to this member's view, and the claim's lock keeps the attempt
-//! safe whoever owns it.
+//! A pass first lists this member's share: one range scan of the shard
+//! index over its shards ([`Listing::Share`]). If that page is short, it is
+//! the member's whole share of the queue, read in one call whatever the
+//! number of replicas, and the pass is over once those keys are tried. If
+//! it is full (a backlog), the pass lists the member's shards one after
+//! the other, page by page in key order ([`Listing::Shard`]), and tries
+//! what they hold. Other members' keys are never read by a pass.
+//!
+//! Apart from passes, a member reads the head of the queue (its first
+//! [`HEAD_KEYS`] keys, every shard) every quarter of its stale bound: a key
+//! of another member's shard that stays there for the stale bound (a lease
+//! and a membership timeout, 25 s by default) is tried by this member too.
+//! Its owner is slow, stopped, or unknown to this member's view; the
+//! claim's lock keeps the attempt safe whoever owns it.
 //!
 //! An "everything" pass (for `--exit-when-idle`, before it exits) lists
 //! every key from the head and tries them all, as a lone worker would.
@@ -22,11 +26,18 @@ use tokio::time::Instant;
 use super::membership::View;
 use crate::domain::shard::shard_of;
 
+/// Keys read at the head of the queue for the stale rule: few, since each
+/// replica reads them, at a pace that does not grow with the actions.
+pub(crate) const HEAD_KEYS: usize = 64;
+
 /// What to list next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Listing {
-    /// The first page of the whole queue.
+    /// The first [`HEAD_KEYS`] keys of the whole queue, for the stale rule
+    /// (read between listings of a pass, never by one).
     Head,
+    /// One page of this member's share (every one of its shards).
+    Share,
     /// A page of one shard, after a key.
     Shard {
         /// The shard.
@@ -53,27 +64,18 @@ pub(crate) struct Pass {
     /// whether the listing has wrapped around to the head since.
     start: Option<String>,
     wrapped: bool,
-    /// Keys listed in all (the pass's cost in keys read).
-    pub(crate) keys_read: u64,
 }
 
 impl Pass {
-    /// A pass over the head (when `with_head`), then this member's
-    /// `shards` in the order given.
-    pub(crate) fn new(shards: Vec<u32>, with_head: bool) -> Self {
-        let mut shards: VecDeque<u32> = shards.into();
-        let next = if with_head {
-            Some(Listing::Head)
-        } else {
-            shards.pop_front().map(|shard| Listing::Shard { shard, after: None })
-        };
+    /// A pass over this member's `shards` (in the order given): its share
+    /// first, then shard by shard if the share is a backlog.
+    pub(crate) fn new(shards: Vec<u32>) -> Self {
         Self {
-            next,
-            shards,
+            next: (!shards.is_empty()).then_some(Listing::Share),
+            shards: shards.into(),
             everything: false,
             start: None,
             wrapped: false,
-            keys_read: 0,
         }
     }
 
@@ -92,7 +94,6 @@ impl Pass {
             everything: true,
             wrapped: start.is_none(),
             start,
-            keys_read: 0,
         }
     }
 
@@ -108,35 +109,22 @@ impl Pass {
 
     /// Takes the page answered to [`Pass::listing`] (at most `page_size`
     /// keys) and returns the keys to try.
-    pub(crate) fn take(
-        &mut self,
-        page: Vec<String>,
-        page_size: usize,
-        view: &View,
-        sightings: &mut Sightings,
-        now: Instant,
-    ) -> Vec<String> {
-        self.keys_read += page.len() as u64;
+    pub(crate) fn take(&mut self, page: Vec<String>, page_size: usize) -> Vec<String> {
         let full = page.len() >= page_size;
         let Some(listing) = self.next.take() else {
             return Vec::new();
         };
         match listing {
-            Listing::Head => {
-                sightings.saw(&page, full, now);
-                let keys = page
-                    .into_iter()
-                    .filter(|k| {
-                        let own = view.owns(shard_of(k));
-                        // A full head page is a backlog: the shard listings
-                        // bring this member's own keys.
-                        (own && !full) || (!own && sightings.is_stale(k, now))
-                    })
-                    .collect();
+            Listing::Head => Vec::new(),
+            Listing::Share => {
                 if full {
+                    // A backlog: the shard listings bring these keys again,
+                    // in order and page by page.
                     self.next_shard(None);
+                    Vec::new()
+                } else {
+                    page
                 }
-                keys
             }
             Listing::Shard { shard, .. } => {
                 if full {
@@ -183,22 +171,16 @@ impl Pass {
     }
 }
 
-/// How often the head of the queue is read while it shows a backlog:
-/// often enough to see keys that stay there for a stale bound (a lease and
-/// a membership timeout, 25 s by default), rarely enough that the head's
-/// page costs little beside the shards' own listings.
-pub(crate) const HEAD_RECHECK: Duration = Duration::from_secs(5);
-
 /// When this member first saw each key now at the head of the queue: a
 /// key of another member's shard that stays there for `stale_after` is
-/// tried by this member too. Bounded by one page: keys no longer at the
-/// head are forgotten.
+/// tried by this member too. Bounded by [`HEAD_KEYS`]: keys no longer at
+/// the head are forgotten.
 #[derive(Debug)]
 pub(crate) struct Sightings {
     first_seen: HashMap<String, Instant>,
     stale_after: Duration,
-    /// When the head was last read, and whether it was full (a backlog).
-    read: Option<(Instant, bool)>,
+    /// When the head was last read.
+    read: Option<Instant>,
 }
 
 impl Sightings {
@@ -211,33 +193,37 @@ impl Sightings {
         }
     }
 
-    /// Whether the next pass reads the head: always, but while a backlog
-    /// was seen less than [`HEAD_RECHECK`] ago (its shards bring this
-    /// member's keys then).
+    /// Whether the head is due to be read again: every quarter of the
+    /// stale bound, so that a key is seen stale at most a quarter late.
     pub(crate) fn head_due(&self, now: Instant) -> bool {
         self.read
-            .is_none_or(|(at, full)| !full || now.saturating_duration_since(at) >= HEAD_RECHECK)
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.stale_after / 4)
     }
 
-    /// Notes the keys of a head page, forgetting those no longer in it.
-    pub(crate) fn saw(&mut self, head: &[String], full: bool, now: Instant) {
-        self.read = Some((now, full));
+    /// Notes the keys at the head, forgetting those no longer there, and
+    /// returns those of other members' shards (by `view`) that are stale.
+    pub(crate) fn saw(&mut self, head: &[String], view: &View, now: Instant) -> Vec<String> {
+        self.read = Some(now);
         let mut seen: HashMap<String, Instant> = HashMap::with_capacity(head.len());
         for key in head {
             let first = self.first_seen.get(key).copied().unwrap_or(now);
             seen.insert(key.clone(), first);
         }
         self.first_seen = seen;
+        head.iter()
+            .filter(|k| !view.owns(shard_of(k)) && self.is_stale(k, now))
+            .cloned()
+            .collect()
     }
 
     /// Whether `key` has been at the head for `stale_after`.
-    pub(crate) fn is_stale(&self, key: &str, now: Instant) -> bool {
+    fn is_stale(&self, key: &str, now: Instant) -> bool {
         self.first_seen
             .get(key)
             .is_some_and(|first| now.saturating_duration_since(*first) >= self.stale_after)
     }
 
-    /// Keys remembered (at most one page).
+    /// Keys remembered (at most [`HEAD_KEYS`]).
     pub(crate) fn len(&self) -> usize {
         self.first_seen.len()
     }
@@ -264,33 +250,23 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_short_head_is_the_whole_queue_and_only_own_keys_are_tried() {
-        let view = view_of(0, 2);
-        let mut sightings = Sightings::new(Duration::from_secs(25));
-        let (mine, theirs) = (keys(true, 1), keys(false, 2));
-        let head: Vec<String> = [mine.clone(), theirs].concat();
-        let mut pass = Pass::new(view.shards.clone(), true);
-        assert_eq!(pass.listing(), Some(&Listing::Head));
-        let tried = pass.take(head, PAGE, &view, &mut sightings, Instant::now());
-        assert_eq!(tried, mine);
+    #[test]
+    fn a_short_share_is_all_of_it_in_one_listing() {
+        let mine = keys(true, 3);
+        let mut pass = Pass::new(view_of(0, 2).shards);
+        assert_eq!(pass.listing(), Some(&Listing::Share));
+        assert_eq!(pass.take(mine.clone(), PAGE), mine);
         assert_eq!(pass.listing(), None, "one listing: the pass is over");
-        assert_eq!(pass.keys_read, 3);
+        assert_eq!(Pass::new(Vec::new()).listing(), None, "no shard, nothing to list");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_full_head_is_a_backlog_read_shard_by_shard() {
-        let view = view_of(1, 2);
-        let mut sightings = Sightings::new(Duration::from_secs(25));
-        let mut pass = Pass::new(vec![3, 5], true);
-        let head = keys(true, PAGE);
-        assert!(pass.take(head, PAGE, &view, &mut sightings, Instant::now()).is_empty());
+    #[test]
+    fn a_full_share_is_a_backlog_read_shard_by_shard() {
+        let mut pass = Pass::new(vec![3, 5]);
+        assert!(pass.take(keys(true, PAGE), PAGE).is_empty(), "the shards bring them");
         assert_eq!(pass.listing(), Some(&Listing::Shard { shard: 3, after: None }));
         let page: Vec<String> = (0..PAGE).map(|i| format!("k{i}")).collect();
-        assert_eq!(
-            pass.take(page.clone(), PAGE, &view, &mut sightings, Instant::now()),
-            page
-        );
+        assert_eq!(pass.take(page.clone(), PAGE), page);
         assert_eq!(
             pass.listing(),
             Some(&Listing::Shard {
@@ -298,58 +274,42 @@ mod tests {
                 after: Some("k3".into())
             })
         );
-        pass.take(vec!["k9".into()], PAGE, &view, &mut sightings, Instant::now());
+        pass.take(vec!["k9".into()], PAGE);
         assert_eq!(pass.listing(), Some(&Listing::Shard { shard: 5, after: None }));
-        pass.take(Vec::new(), PAGE, &view, &mut sightings, Instant::now());
+        pass.take(Vec::new(), PAGE);
         assert_eq!(pass.listing(), None);
-        // While the backlog lasts, the next passes go straight to the
-        // shards, and read the head again after a while.
-        assert!(!sightings.head_due(Instant::now()));
-        assert_eq!(
-            Pass::new(vec![7], sightings.head_due(Instant::now())).listing(),
-            Some(&Listing::Shard { shard: 7, after: None })
-        );
-        assert!(sightings.head_due(Instant::now() + HEAD_RECHECK));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_key_of_another_shard_is_tried_once_it_stays_at_the_head() {
         let view = view_of(0, 2);
-        let stale_after = Duration::from_secs(25);
+        let stale_after = Duration::from_secs(24);
         let mut sightings = Sightings::new(stale_after);
         let (mine, theirs) = (keys(true, 1), keys(false, 1));
         let head: Vec<String> = [mine.clone(), theirs.clone()].concat();
         let t0 = Instant::now();
-        assert_eq!(
-            Pass::new(vec![], true).take(head.clone(), PAGE, &view, &mut sightings, t0),
-            mine
-        );
+        assert!(sightings.head_due(t0));
+        assert!(sightings.saw(&head, &view, t0).is_empty());
+        assert!(!sightings.head_due(t0 + stale_after / 8));
+        assert!(sightings.head_due(t0 + stale_after / 4));
         let later = t0 + stale_after;
         assert_eq!(
-            Pass::new(vec![], true).take(head.clone(), PAGE, &view, &mut sightings, later),
-            head,
-            "the other member's key waited too long"
+            sightings.saw(&head, &view, later),
+            theirs,
+            "its own key is never stale to it"
         );
         // A key that left the head is forgotten, and starts over if it is back.
-        Pass::new(vec![], true).take(mine.clone(), PAGE, &view, &mut sightings, later);
+        sightings.saw(&mine, &view, later);
         assert_eq!(sightings.len(), 1);
-        assert_eq!(
-            Pass::new(vec![], true).take(head, PAGE, &view, &mut sightings, later),
-            mine
-        );
+        assert!(sightings.saw(&head, &view, later).is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_everything_pass_reads_every_key_in_pages() {
-        let view = view_of(0, 2);
-        let mut sightings = Sightings::new(Duration::from_secs(25));
+    #[test]
+    fn an_everything_pass_reads_every_key_in_pages() {
         let mut pass = Pass::everything();
         let all: Vec<String> = [keys(true, 3), keys(false, 3)].concat();
         let first: Vec<String> = all[..PAGE].to_vec();
-        assert_eq!(
-            pass.take(first.clone(), PAGE, &view, &mut sightings, Instant::now()),
-            first
-        );
+        assert_eq!(pass.take(first.clone(), PAGE), first);
         assert_eq!(
             pass.listing(),
             Some(&Listing::All {
@@ -357,18 +317,13 @@ mod tests {
             })
         );
         let rest: Vec<String> = all[PAGE..].to_vec();
-        assert_eq!(
-            pass.take(rest.clone(), PAGE, &view, &mut sightings, Instant::now()),
-            rest
-        );
+        assert_eq!(pass.take(rest.clone(), PAGE), rest);
         assert_eq!(pass.listing(), None);
         assert!(pass.is_everything(), "still known for one once over");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_everything_pass_from_a_key_wraps_around_to_it() {
-        let view = view_of(0, 1);
-        let mut sightings = Sightings::new(Duration::from_secs(25));
+    #[test]
+    fn an_everything_pass_from_a_key_wraps_around_to_it() {
         let all: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
         let mut pass = Pass::everything_from(Some("k3".into()));
         let mut seen = Vec::new();
@@ -382,7 +337,7 @@ mod tests {
                 .take(PAGE)
                 .cloned()
                 .collect();
-            seen.extend(pass.take(page, PAGE, &view, &mut sightings, Instant::now()));
+            seen.extend(pass.take(page, PAGE));
         }
         assert_eq!(seen, ["k4", "k5", "k0", "k1", "k2", "k3"]);
     }

@@ -245,6 +245,6 @@ async fn a_worker_keeps_nothing_per_action_processed() {
     assert!(f.coalescer_slots <= 58, "one slot per wallet at most: {f:?}");
     assert!(f.lineage_states <= f.coalescer_slots * protocol::LINEAGE_MAX, "{f:?}");
     assert!(f.collapsed_causes <= 2 * (collapse::COLLAPSE_CAUSES_MAX + 1), "{f:?}");
-    assert!(f.head_sightings <= config(false).page_size, "one page at most: {f:?}");
+    assert!(f.head_sightings <= pass::HEAD_KEYS, "the head's keys at most: {f:?}");
     assert!(f.members_remembered <= membership::MEMBERS_MAX, "{f:?}");
 }

@@ -563,6 +563,23 @@ pub async fn shards_list_their_own_keys(h: &dyn Harness) {
         }
         assert_eq!(seen, expected, "shard {shard}");
     }
+    // A range of shards: every key of this run in it (in any order), and
+    // no more than the limit.
+    let range = 64..192;
+    let mut expected: Vec<String> = keys.iter().filter(|k| range.contains(&shard_of(k))).cloned().collect();
+    expected.sort();
+    let mut listed = ok!(s
+        .list_shard_range(Bucket::Queue, ACTION_PREFIX, range.clone(), 1_000_000)
+        .await);
+    assert!(listed.iter().all(|k| range.contains(&shard_of(k))), "{listed:?}");
+    listed.retain(|k| k.starts_with(&prefix));
+    listed.sort();
+    assert_eq!(listed, expected);
+    let few = ok!(s.list_shard_range(Bucket::Queue, ACTION_PREFIX, range.clone(), 3).await);
+    assert!(
+        few.len() == 3 && few.iter().all(|k| range.contains(&shard_of(k))),
+        "{few:?}"
+    );
 }
 
 /// One contract case: its name and how to run it on a harness.

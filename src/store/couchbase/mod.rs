@@ -462,6 +462,26 @@ impl Store for CouchbaseStore {
         self.query::<String>(statement, &params).await
     }
 
+    async fn list_shard_range(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shards: std::ops::Range<u32>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        if prefix != ACTION_PREFIX {
+            // Only queued actions are indexed by shard.
+            return super::list_shard_range_by_scan(self, bucket, prefix, shards, limit).await;
+        }
+        let statement = statements::list_shard_range(self.bucket_name(bucket));
+        let params = [
+            ("lo", Value::from(shards.start)),
+            ("hi", Value::from(shards.end)),
+            ("limit", Value::from(limit as u64)),
+        ];
+        self.query::<String>(statement, &params).await
+    }
+
     async fn list_shard_keys(
         &self,
         bucket: Bucket,

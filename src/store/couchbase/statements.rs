@@ -159,6 +159,17 @@ pub fn list_shard_keys(bucket: &str) -> String {
     )
 }
 
+/// Up to `$limit` queued actions whose shard is in `[$lo, $hi)`, in the
+/// index's order (shard, then id): a range on the shard index's leading
+/// key, so the index reads one member's share and stops at the limit.
+pub fn list_shard_range(bucket: &str) -> String {
+    let shard = shard_expression();
+    format!(
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"action:%\" AND {shard} >= $lo AND {shard} < $hi LIMIT $limit",
+        ident(bucket),
+    )
+}
+
 /// How many ids start with `prefix`.
 pub fn count_keys(bucket: &str, prefix: &str) -> String {
     format!(
@@ -207,6 +218,7 @@ mod tests {
         let index = &create_indexes("queue", "ledger")[1].2;
         assert!(index.contains(&format!("ON `queue`({}, META().id)", shard_expression())));
         assert!(list_shard_keys("queue").contains(&format!("AND {} = $shard", shard_expression())));
+        assert!(list_shard_range("queue").contains(&format!("AND {} >= $lo", shard_expression())));
         assert!(shard_expression().starts_with(
             "(((1 + IFMISSINGORNULL(POSITION(\"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.:\", SUBSTR(META().id, LENGTH(META().id) - 1, 1)), -1)) * 1 + "
         ));

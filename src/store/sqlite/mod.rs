@@ -24,7 +24,7 @@ use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
 use early::Unsettled;
-use shard::list_shard_sql;
+use shard::{list_range_sql, list_shard_sql};
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
 mod check;
@@ -706,6 +706,30 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let rows = stmt
                 .query_map(params![bucket, lower, upper, after, limit], |r| r.get::<_, String>(0))
+                .map_err(sql_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn list_shard_range(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        shards: std::ops::Range<u32>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        if prefix != ACTION_PREFIX || !self.shard_index {
+            return super::list_shard_range_by_scan(self, bucket, prefix, shards, limit).await;
+        }
+        let bucket = self.bucket_name(bucket);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&list_range_sql()).map_err(sql_error)?;
+            let rows = stmt
+                .query_map(params![bucket, shards.start, shards.end, limit], |r| {
+                    r.get::<_, String>(0)
+                })
                 .map_err(sql_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
         })

@@ -61,6 +61,15 @@ pub(super) fn ensure_index(conn: &rusqlite::Connection) -> bool {
     }
 }
 
+/// Queued actions of a range of shards, in index order (shard, then key),
+/// through the index: a range scan over the shard, stopped at the limit.
+pub(super) fn list_range_sql() -> String {
+    let shard = shard_sql();
+    format!(
+        "SELECT key FROM docs WHERE bucket = ?1 AND key >= 'action:' AND key < 'action;' AND {shard} >= ?2 AND {shard} < ?3 LIMIT ?4"
+    )
+}
+
 /// One shard's queued actions after a key, in order, through the index.
 pub(super) fn list_shard_sql() -> String {
     format!(
@@ -103,6 +112,21 @@ mod tests {
             .prepare(&format!("EXPLAIN QUERY PLAN {}", list_shard_sql()))
             .expect("plan")
             .query_map(rusqlite::params!["queue", 7, "", 10], |r| r.get::<_, String>(3))
+            .expect("plan rows")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        let plan = plan.join("; ");
+        assert!(plan.contains(SHARD_INDEX), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    #[test]
+    fn a_range_of_shards_is_read_through_the_index() {
+        let conn = db();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", list_range_sql()))
+            .expect("plan")
+            .query_map(rusqlite::params!["queue", 16, 32, 10], |r| r.get::<_, String>(3))
             .expect("plan rows")
             .collect::<Result<_, _>>()
             .expect("plan rows");
