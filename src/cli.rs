@@ -142,7 +142,7 @@ pub enum Command {
     /// where the store can tell), or blocked (why, and when it is retried).
     ///
     /// Text: one line per action, then the counts. --json: one object per
-    /// line, {"id","state","locked_until","queued_at","age_s","blocked",
+    /// line, {"id","state","shard","locked_until","queued_at","age_s","blocked",
     /// "bytes"} (null where the store cannot tell: Couchbase knows neither
     /// lock expiry nor enqueue time). Reads each action once; changes
     /// nothing.

@@ -164,9 +164,10 @@ const KEYS: &[&str] = &[
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file or a value could not be read.
+    /// The config file or a value could not be read. (Not a `#[source]`:
+    /// the message already holds it, and an error chain would print it twice.)
     #[error("configuration: {0}")]
-    Source(#[from] config::ConfigError),
+    Source(config::ConfigError),
     /// The config file has a key we do not know (probably a typo).
     #[error("configuration file {file}: unknown key `{key}` (known keys: {known})")]
     UnknownKey {
@@ -185,6 +186,12 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Source(e)
+    }
 }
 
 impl Settings {

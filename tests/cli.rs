@@ -271,6 +271,24 @@ fn environment_and_flags_choose_the_store() {
 }
 
 #[test]
+fn a_store_url_naming_a_directory_says_so() {
+    let s = Scratch::empty();
+    std::fs::create_dir(s.path().join("data")).expect("a directory");
+    for args in [
+        &["--store", "sqlite://data", "init"][..],
+        &["--store", "sqlite://data", "status"],
+    ] {
+        let out = s.run(args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("is a directory") && err.contains("data/ledgerd.db"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn demo_runs_and_cleans_up() {
     let s = Scratch::empty();
     let out = s.run(&["demo", "--actions", "60", "--workers", "2"], "");
@@ -283,6 +301,13 @@ fn demo_runs_and_cleans_up() {
         "{text}"
     );
     assert!(text.contains("queue         0 actions left"), "{text}");
+    // Every rejected action shown with its reason, never a placeholder.
+    let reasons: Vec<&str> = text.lines().filter(|l| l.starts_with("  failed:")).collect();
+    assert!(!reasons.is_empty(), "{text}");
+    for line in reasons {
+        let (_, reason) = line.split_once(": ").expect("key: reason");
+        assert!(reason.len() > 3 && reason != "?", "{line}");
+    }
     assert!(!s.db().exists());
 }
 

@@ -81,3 +81,15 @@ fn a_store_that_refuses_writes_stops_enqueue_with_one_summary() {
     let status = &json_lines(&s.run(&["status", "--json"], ""))[0];
     assert_eq!(status["queued"], 20_000);
 }
+
+#[test]
+fn a_byte_order_mark_before_the_first_line_is_not_data() {
+    let s = Scratch::new();
+    let input = format!("\u{feff}{}", line("bom1"));
+    let out = s.run(&["enqueue"], &input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_lines(&out)[0]["enqueued"], 1);
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&s.run(&["queue", "show", "bom1"], ""))).expect("one JSON object");
+    assert!(shown["body"].as_str().is_some_and(|b| b.starts_with('{')), "{shown}");
+}

@@ -112,6 +112,17 @@ fn a_damaged_store_is_found_by_check_and_stops_the_worker() -> Result<(), Failed
         "{err}"
     );
 
+    // A command that reads the whole ledger names the cause, once.
+    let credited = Scratch::new();
+    enqueue(&credited, 1_000);
+    let out = credited.run(&["run", "--exit-when-idle", "--metrics-addr", "off"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    damage(&credited.db());
+    let audit = credited.run(&["audit"], "");
+    let err = stderr(&audit);
+    assert_eq!(audit.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("the store is damaged").count(), 1, "once: {err}");
+
     // A running worker is alive, not ready, says why, and claims nothing.
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use super::Exit;
 use crate::domain::keys::{action_key, balance_key, FAILED_PREFIX};
 use crate::domain::{plan_action, Units};
+use crate::protocol::dead_letters::DeadLetters;
 use crate::store::sqlite::{OpenMode, SqliteStore};
 use crate::store::{Bucket, Store};
 use crate::worker::{self, WorkerConfig};
@@ -110,8 +111,11 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
     println!("completed     {completed}");
     println!("failed        {failed}, preserved with their reasons, e.g.:");
     for key in store.list_keys(Bucket::Queue, FAILED_PREFIX, None, 4).await? {
-        let doc: serde_json::Value = serde_json::from_slice(&store.get(Bucket::Queue, &key).await?.body)?;
-        println!("  {key}: {}", doc["reason"].as_str().unwrap_or("?"));
+        // Read as every command reads it: one entry per rejected body.
+        let letters = DeadLetters::parse(&store.get(Bucket::Queue, &key).await?.body);
+        for entry in &letters.entries {
+            println!("  {key}: {}", entry.reason);
+        }
     }
 
     let mut mismatches = 0;

@@ -100,6 +100,9 @@ async fn next_line(input: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<O
     }
 }
 
+/// The UTF-8 byte order mark some editors write at the start of a file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// What enqueueing did.
 #[derive(Default)]
 struct Tally {
@@ -153,12 +156,15 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
                 tally.invalid += 1;
                 continue;
             }
-            Read::Line(line) if line.iter().all(u8::is_ascii_whitespace) => {
-                tally.blank += 1;
-                continue;
-            }
+            // A byte order mark that an editor put before the first line
+            // is not part of the data.
+            Read::Line(line) if number == 1 && line.starts_with(UTF8_BOM) => line[UTF8_BOM.len()..].to_vec(),
             Read::Line(line) => line,
         };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            tally.blank += 1;
+            continue;
+        }
         let (id, body) = match parse_line(&line) {
             Ok(job) => job,
             Err(e) => {

@@ -23,10 +23,10 @@ pub struct Units(u64);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
     /// The text is not a decimal number.
-    #[error("{0}")]
+    #[error(transparent)]
     Decimal(#[from] DecimalError),
     /// The decimal cannot be expressed in whole units within the supply.
-    #[error("{0}")]
+    #[error(transparent)]
     Scale(#[from] ScaleError),
     /// The amount exceeds the total supply.
     #[error("exceeds the total supply of {TOTAL_SUPPLY_UNITS} units")]

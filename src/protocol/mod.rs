@@ -154,15 +154,22 @@ pub enum Outcome {
 /// A failure that leaves the action queued for another attempt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
-    /// The store failed.
+    /// The store failed. (Not a `#[source]`: the message already holds
+    /// it, and an error chain would print it twice.)
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// A transaction record is unreadable or inconsistent.
     #[error("{0}")]
     CorruptRecord(String),
     /// Wallet writes kept conflicting; the attempt gave up for now.
     #[error("wallet contention: credits not settled after {0} rounds")]
     Contention(u32),
+}
+
+impl From<StoreError> for ProtocolError {
+    fn from(e: StoreError) -> Self {
+        ProtocolError::Store(e)
+    }
 }
 
 impl ProtocolError {

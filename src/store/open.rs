@@ -32,6 +32,16 @@ pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>,
             ));
         }
         let path = Path::new(path);
+        if path.is_dir() {
+            // SQLite would say "disk I/O error", naming neither the path
+            // nor the mistake.
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            return Err(OpenError::Config(format!(
+                "{} ({url}) is a directory: the store URL names the database file in it, e.g. sqlite://{}",
+                absolute.display(),
+                absolute.join("ledgerd.db").display()
+            )));
+        }
         if mode == OpenMode::Existing {
             check_existing(url, path)?;
         }

@@ -73,10 +73,16 @@ fn take_last_fault() -> Option<StoreFault> {
 /// it is, anything else as `Transient` (or `Permanent`, if the store broke
 /// its own model).
 fn not_applied(e: StoreError, broken: bool) -> StoreError {
+    // The cause's own message, without its kind: one kind per message, not
+    // "transient error: not applied: permanent error: …".
+    let cause = match &e {
+        StoreError::Permanent(m) | StoreError::Transient(m) | StoreError::Ambiguous(m) => m.clone(),
+        other => other.to_string(),
+    };
     match e {
         StoreError::Fault(f) => StoreError::Fault(f),
-        e if broken => StoreError::Permanent(format!("not applied: {e}")),
-        e => StoreError::Transient(format!("not applied: {e}")),
+        _ if broken => StoreError::Permanent(format!("not applied: {cause}")),
+        _ => StoreError::Transient(format!("not applied (its batch was rolled back): {cause}")),
     }
 }
 
@@ -514,6 +520,17 @@ pub(super) fn reader_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Read
 mod tests {
     use super::*;
     use crate::store::model;
+
+    #[test]
+    fn a_batch_not_applied_names_one_kind_and_its_cause() {
+        let e = not_applied(StoreError::Permanent("the body is not JSON".into()), false);
+        assert_eq!(
+            e.to_string(),
+            "transient error: not applied (its batch was rolled back): the body is not JSON"
+        );
+        let e = not_applied(StoreError::CasMismatch, true);
+        assert_eq!(e.to_string(), "permanent error: not applied: CAS mismatch");
+    }
 
     /// A fresh database with its write transaction begun, and the writer's
     /// record of early claims, for `tx`.
