@@ -28,7 +28,7 @@ use crate::domain::shard::shard_of;
 
 /// Keys read at the head of the queue for the stale rule: few, since each
 /// replica reads them, at a pace that does not grow with the actions.
-pub(crate) const HEAD_KEYS: usize = 64;
+pub(crate) const HEAD_KEYS: usize = 16;
 
 /// What to list next.
 #[derive(Debug, Clone, PartialEq, Eq)]
