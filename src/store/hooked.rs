@@ -373,6 +373,15 @@ impl<H: Hook> Store for Hooked<H> {
         )
     }
 
+    async fn wallet_records(&self, hash: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        hooked!(
+            self,
+            OpKind::ListKeys,
+            hash,
+            self.inner.wallet_records(hash, after, limit)
+        )
+    }
+
     async fn list_shard_range(
         &self,
         bucket: Bucket,

@@ -392,6 +392,16 @@ pub trait Store: Send + Sync {
         list_shard_range_by_scan(self, bucket, prefix, shards, limit).await
     }
 
+    /// Up to `limit` keys, after `after`, in key order, of the ledger
+    /// records that name wallet `hash`: transaction records (`tx:`) whose
+    /// `credits` include it, and adjustments (`adj:`) of it. By default by
+    /// reading every record (the whole ledger); the stores read an index
+    /// by wallet (SQLite: a table kept by triggers; Couchbase: a GSI array
+    /// index over the credits' hashes).
+    async fn wallet_records(&self, hash: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        wallet_records_by_scan(self, hash, after, limit).await
+    }
+
     /// How many keys start with `prefix`.
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64>;
 }
@@ -446,6 +456,64 @@ pub async fn list_shard_range_by_scan<S: Store + ?Sized>(
                 .filter(|k| shards.contains(&crate::domain::shard::shard_of(k)))
                 .take(wanted),
         );
+    }
+    Ok(found)
+}
+
+/// Whether a ledger record's body names wallet `hash`: a `tx:` whose
+/// `credits` hold it, an `adj:` of it.
+fn record_names(key: &str, body: &[u8], hash: &str) -> bool {
+    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    if key.starts_with(crate::domain::keys::TX_PREFIX) {
+        doc.get("credits").and_then(Value::as_array).is_some_and(|credits| {
+            credits
+                .iter()
+                .any(|c| c.get("hash").and_then(Value::as_str) == Some(hash))
+        })
+    } else {
+        doc.get("hash").and_then(Value::as_str) == Some(hash)
+    }
+}
+
+/// [`Store::wallet_records`] by reading every `adj:` and `tx:` record.
+pub async fn wallet_records_by_scan<S: Store + ?Sized>(
+    store: &S,
+    hash: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<String>> {
+    use crate::domain::keys::{ADJ_PREFIX, TX_PREFIX};
+    let mut found = Vec::new();
+    // Key order: every `adj:` key sorts before every `tx:` key.
+    for prefix in [ADJ_PREFIX, TX_PREFIX] {
+        let mut cursor = after.filter(|a| a.starts_with(prefix)).map(str::to_string);
+        if after.is_some_and(|a| a >= prefix && !a.starts_with(prefix)) {
+            continue;
+        }
+        loop {
+            let page = store
+                .list_keys(Bucket::Ledger, prefix, cursor.as_deref(), KEY_PAGE)
+                .await?;
+            let last_page = page.len() < KEY_PAGE;
+            cursor = page.last().cloned();
+            for key in page {
+                match store.get(Bucket::Ledger, &key).await {
+                    Ok(doc) if record_names(&key, &doc.body, hash) => {
+                        found.push(key);
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                    Ok(_) | Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if last_page {
+                break;
+            }
+        }
     }
     Ok(found)
 }

@@ -462,6 +462,29 @@ impl Store for CouchbaseStore {
         self.query::<String>(statement, &params).await
     }
 
+    async fn wallet_records(&self, hash: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        use crate::domain::keys::{ADJ_PREFIX, TX_PREFIX};
+        let bucket = self.bucket_name(Bucket::Ledger);
+        let mut found = Vec::new();
+        // Key order: every `adj:` key sorts before every `tx:` key.
+        for (prefix, statement) in [
+            (ADJ_PREFIX, statements::wallet_adjustments(bucket)),
+            (TX_PREFIX, statements::wallet_credits(bucket)),
+        ] {
+            if found.len() >= limit || after.is_some_and(|a| a >= prefix && !a.starts_with(prefix)) {
+                continue;
+            }
+            let cursor = after.filter(|a| a.starts_with(prefix)).unwrap_or("");
+            let params = [
+                ("hash", Value::from(hash)),
+                ("after", Value::from(cursor)),
+                ("limit", Value::from((limit - found.len()) as u64)),
+            ];
+            found.extend(self.query::<String>(statement, &params).await?);
+        }
+        Ok(found)
+    }
+
     async fn list_shard_range(
         &self,
         bucket: Bucket,

@@ -15,6 +15,10 @@ pub const INDEX_QUEUE_IDS: &str = "ix_ledgerd_queue_id";
 pub const INDEX_LEDGER_IDS: &str = "ix_ledgerd_ledger_id";
 /// Name of the partial index over queued actions by shard.
 pub const INDEX_QUEUE_SHARDS: &str = "ix_ledgerd_queue_shard";
+/// Name of the array index over the wallets transaction records credit.
+pub const INDEX_LEDGER_CREDITS: &str = "ix_ledgerd_ledger_credit";
+/// Name of the index over the wallet of each adjustment.
+pub const INDEX_LEDGER_ADJUSTMENTS: &str = "ix_ledgerd_ledger_adj";
 
 /// A bucket name as a SQL++ identifier.
 pub fn ident(name: &str) -> String {
@@ -56,6 +60,23 @@ pub fn create_indexes(queue: &str, ledger: &str) -> Vec<(String, &'static str, S
             ledger.to_string(),
             INDEX_LEDGER_IDS,
             format!("CREATE INDEX {INDEX_LEDGER_IDS} IF NOT EXISTS ON {}(META().id) {defer}", ident(ledger)),
+        ),
+        (
+            ledger.to_string(),
+            INDEX_LEDGER_CREDITS,
+            format!(
+                "CREATE INDEX {INDEX_LEDGER_CREDITS} IF NOT EXISTS ON {}(DISTINCT ARRAY c.`hash` FOR c IN credits END, META().id) \
+                 WHERE META().id LIKE \"tx:%\" {defer}",
+                ident(ledger)
+            ),
+        ),
+        (
+            ledger.to_string(),
+            INDEX_LEDGER_ADJUSTMENTS,
+            format!(
+                "CREATE INDEX {INDEX_LEDGER_ADJUSTMENTS} IF NOT EXISTS ON {}(`hash`, META().id) WHERE META().id LIKE \"adj:%\" {defer}",
+                ident(ledger)
+            ),
         ),
     ]
 }
@@ -170,6 +191,27 @@ pub fn list_shard_range(bucket: &str) -> String {
     )
 }
 
+/// Up to `$limit` transaction records that credit wallet `$hash`, after
+/// `$after`, in id order: the array index's span for one hash, covering
+/// (SQL++ "Array Indexing": `ANY ... SATISFIES` on a `DISTINCT ARRAY`
+/// index key).
+pub fn wallet_credits(bucket: &str) -> String {
+    format!(
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"tx:%\" \
+         AND ANY c IN credits SATISFIES c.`hash` = $hash END AND META().id > $after ORDER BY META().id LIMIT $limit",
+        ident(bucket)
+    )
+}
+
+/// Up to `$limit` adjustments of wallet `$hash`, after `$after`, in id order.
+pub fn wallet_adjustments(bucket: &str) -> String {
+    format!(
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"adj:%\" AND `hash` = $hash \
+         AND META().id > $after ORDER BY META().id LIMIT $limit",
+        ident(bucket)
+    )
+}
+
 /// How many ids start with `prefix`.
 pub fn count_keys(bucket: &str, prefix: &str) -> String {
     format!(
@@ -201,7 +243,7 @@ mod tests {
     #[test]
     fn index_definitions() {
         let all = create_indexes("queue", "ledger");
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 6);
         assert_eq!(
             all[0].2,
             "CREATE INDEX ix_ledgerd_queue_action IF NOT EXISTS ON `queue`(META().id) WHERE META().id LIKE \"action:%\" WITH {\"defer_build\": true}"
@@ -226,6 +268,19 @@ mod tests {
     }
 
     #[test]
+    fn a_wallets_records_are_read_from_their_indexes() {
+        let all = create_indexes("queue", "ledger");
+        assert!(all[4]
+            .2
+            .contains("ON `ledger`(DISTINCT ARRAY c.`hash` FOR c IN credits END, META().id)"));
+        assert!(all[5]
+            .2
+            .contains("ON `ledger`(`hash`, META().id) WHERE META().id LIKE \"adj:%\""));
+        assert!(wallet_credits("ledger").contains("ANY c IN credits SATISFIES c.`hash` = $hash END"));
+        assert!(wallet_adjustments("ledger").contains("`hash` = $hash"));
+    }
+
+    #[test]
     fn the_published_index_file_matches_what_init_runs() {
         let mut text = String::new();
         for (_, _, statement) in create_indexes("queue", "ledger") {
@@ -241,7 +296,14 @@ mod tests {
             ],
         ));
         text.push_str(";\n");
-        text.push_str(&build_indexes("ledger", &[INDEX_LEDGER_IDS.into()]));
+        text.push_str(&build_indexes(
+            "ledger",
+            &[
+                INDEX_LEDGER_IDS.into(),
+                INDEX_LEDGER_CREDITS.into(),
+                INDEX_LEDGER_ADJUSTMENTS.into(),
+            ],
+        ));
         text.push_str(";\n");
         assert_eq!(include_str!("../../../couchbase-init/indexes.n1ql"), text);
     }

@@ -30,6 +30,7 @@ use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_err
 mod check;
 mod early;
 mod fairness;
+mod records;
 mod shard;
 mod threads;
 pub mod wal;
@@ -99,6 +100,9 @@ pub struct SqliteStore {
     /// Whether the shard index exists (see `shard.rs`); without it, a
     /// shard is listed by a scan.
     shard_index: bool,
+    /// Whether the index of records by wallet exists (see `records.rs`);
+    /// without it, a wallet's records are found by reading every record.
+    wallet_index: bool,
 }
 
 fn connect(path: &Path) -> StoreResult<Connection> {
@@ -179,6 +183,7 @@ impl SqliteStore {
             conn.execute_batch(SCHEMA).map_err(sql_error)?;
         }
         let shard_index = shard::ensure_index(&conn);
+        let wallet_index = records::ensure(&conn, ledger_bucket);
         add_created_column(&conn)?;
         let writer_conn = connect(path)?;
         writer_conn
@@ -224,6 +229,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reads)),
             unsettled,
             shard_index,
+            wallet_index,
         })
     }
 
@@ -706,6 +712,22 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let rows = stmt
                 .query_map(params![bucket, lower, upper, after, limit], |r| r.get::<_, String>(0))
+                .map_err(sql_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn wallet_records(&self, hash: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        if !self.wallet_index {
+            return super::wallet_records_by_scan(self, hash, after, limit).await;
+        }
+        let (hash, after) = (hash.to_string(), after.unwrap_or("").to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(records::LIST_SQL).map_err(sql_error)?;
+            let rows = stmt
+                .query_map(params![hash, after, limit], |r| r.get::<_, String>(0))
                 .map_err(sql_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
         })
