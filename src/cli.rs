@@ -126,7 +126,10 @@ pub enum Command {
         /// Action id.
         id: String,
     },
-    /// List a wallet's credits as JSON Lines (reads every transaction record).
+    /// List a wallet's adjustments and credits as JSON Lines.
+    ///
+    /// Reads only that wallet's records, through the store's index by
+    /// wallet: its cost follows the wallet, not the ledger.
     History {
         /// Wallet hash.
         hash: String,
