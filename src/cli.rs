@@ -109,6 +109,12 @@ pub enum Command {
         /// balances (for a ledger that started with balances from elsewhere).
         #[arg(long)]
         snapshot: bool,
+        /// Wallets checked per pass over the ledger's records: what the
+        /// audit holds in memory (about 1 KiB each) is bounded by this,
+        /// and a ledger with more wallets is read once per this many.
+        #[arg(long, default_value_t = crate::protocol::accounting::WALLETS_PER_PASS as u64,
+              value_parser = clap::value_parser!(u64).range(2..=100_000_000))]
+        wallets_per_pass: u64,
     },
     /// Repair one wallet safely: set (--to) or change (--by) its balance,
     /// keeping its idempotency markers, and record the adjustment

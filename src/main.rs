@@ -150,8 +150,14 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
                 let which = selection(which)?;
                 commands::failed::purge(existing().await?.as_ref(), &which, stdout).await
             }
-            Command::Audit { snapshot: false } => commands::audit::audit(existing().await?.as_ref(), stdout).await,
-            Command::Audit { snapshot: true } => commands::audit::snapshot(existing().await?.as_ref(), stdout).await,
+            Command::Audit {
+                snapshot: false,
+                wallets_per_pass,
+            } => commands::audit::audit(existing().await?.as_ref(), passes(wallets_per_pass), stdout).await,
+            Command::Audit {
+                snapshot: true,
+                wallets_per_pass,
+            } => commands::audit::snapshot(existing().await?.as_ref(), passes(wallets_per_pass), stdout).await,
             Command::Adjust(args) => {
                 let change = match (args.to, args.by) {
                     (Some(units), _) => ledgerd::protocol::adjust::Change::To(units),
@@ -218,4 +224,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// `--wallets-per-pass` as a count (clap has bounded it).
+fn passes(wallets: u64) -> usize {
+    usize::try_from(wallets).unwrap_or(usize::MAX)
 }

@@ -233,6 +233,20 @@ fn enqueue_run_and_inspect() {
     );
     assert!(stdout(&out).contains("nobody  no wallet"), "{}", stdout(&out));
     assert_eq!(out.status.code(), Some(1), "an unknown wallet is not a zero balance");
+
+    // An audit a few wallets at a time says what one pass says.
+    let whole = s.run(&["audit"], "");
+    assert!(whole.status.success(), "{}", stdout(&whole));
+    assert!(
+        stdout(&whole).starts_with("audit: 3 wallets, 2 transactions,"),
+        "{}",
+        stdout(&whole)
+    );
+    let passes = s.run(&["audit", "--wallets-per-pass", "2"], "");
+    assert_eq!(stdout(&passes), stdout(&whole));
+    let out = s.run(&["audit", "--wallets-per-pass", "1"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--wallets-per-pass"), "{}", stderr(&out));
 }
 
 #[test]

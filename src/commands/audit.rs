@@ -26,41 +26,82 @@ fn progress(what: &str) {
     }
 }
 
-/// Compares every balance with what the ledger explains for it.
-pub async fn audit(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exit> {
-    progress("reading the wallets and the records");
-    let cut = accounting::cut(store).await.context("reading the ledger")?;
-    let mut mismatches = 0u64;
-    let (mut wallets, mut adjusted) = (0u64, 0u64);
-    let (mut total_balances, mut total_expected) = (0u128, 0i128);
-    for (hash, (view, explained)) in &cut.wallets {
-        let expected = explained.total();
-        total_expected += expected;
-        adjusted += u64::from(explained.adjustments != 0);
-        let sources = format!(
-            "opening {} + credits {} + adjustments {}",
-            explained.opening, explained.credits, explained.adjustments
-        );
-        let line = match &view.balance {
-            Some(Ok(units)) => {
-                wallets += 1;
-                total_balances += u128::from(*units);
-                if i128::from(*units) == expected {
-                    continue;
+/// What an audit has found so far, over the passes.
+#[derive(Default)]
+struct Tally {
+    wallets: u64,
+    adjusted: u64,
+    mismatches: u64,
+    total_balances: u128,
+    total_expected: i128,
+    records: Option<u64>,
+    opening_wallets: usize,
+    unsettled: Vec<String>,
+}
+
+impl Tally {
+    /// Writes the mismatches of one range's cut and counts the rest.
+    fn add(&mut self, cut: accounting::Cut, out: &mut impl Write) -> std::io::Result<()> {
+        // Every pass reads every record: the count is the first's.
+        self.records.get_or_insert(cut.records);
+        self.opening_wallets += cut.opening_wallets;
+        self.unsettled.extend(cut.unsettled);
+        for (hash, (view, explained)) in &cut.wallets {
+            let expected = explained.total();
+            self.total_expected += expected;
+            self.adjusted += u64::from(explained.adjustments != 0);
+            let sources = format!(
+                "opening {} + credits {} + adjustments {}",
+                explained.opening, explained.credits, explained.adjustments
+            );
+            let line = match &view.balance {
+                Some(Ok(units)) => {
+                    self.wallets += 1;
+                    self.total_balances += u128::from(*units);
+                    if i128::from(*units) == expected {
+                        continue;
+                    }
+                    format!("MISMATCH {hash}: balance {units} units, expected {expected} ({sources})")
                 }
-                format!("MISMATCH {hash}: balance {units} units, expected {expected} ({sources})")
-            }
-            Some(Err(e)) => {
-                wallets += 1;
-                format!("MISMATCH {hash}: the balance document is invalid ({e}); expected {expected} units ({sources})")
-            }
-            None if expected == 0 => continue,
-            None => format!("MISMATCH {hash}: no balance document, expected {expected} units ({sources})"),
-        };
-        mismatches += 1;
-        writeln!(out, "{line}")?;
+                Some(Err(e)) => {
+                    self.wallets += 1;
+                    format!(
+                        "MISMATCH {hash}: the balance document is invalid ({e}); expected {expected} units ({sources})"
+                    )
+                }
+                None if expected == 0 => continue,
+                None => format!("MISMATCH {hash}: no balance document, expected {expected} units ({sources})"),
+            };
+            self.mismatches += 1;
+            writeln!(out, "{line}")?;
+        }
+        out.flush()
     }
-    for hash in &cut.unsettled {
+}
+
+/// Compares every balance with what the ledger explains for it, holding
+/// at most `wallets_per_pass` wallets at once
+/// ([`accounting::cut_in_passes`]): mismatches are printed as each range
+/// is done, in hash order, then the totals.
+pub async fn audit(store: &dyn Store, wallets_per_pass: usize, mut out: impl Write) -> anyhow::Result<Exit> {
+    progress("reading the wallets and the records");
+    let mut tally = Tally::default();
+    accounting::cut_in_passes(store, wallets_per_pass, |cut| -> anyhow::Result<()> {
+        tally.add(cut, &mut out).context("writing the audit")
+    })
+    .await
+    .context("reading the ledger")?;
+    let Tally {
+        wallets,
+        adjusted,
+        mismatches,
+        total_balances,
+        total_expected,
+        records,
+        opening_wallets,
+        unsettled,
+    } = tally;
+    for hash in &unsettled {
         writeln!(
             out,
             "UNCHECKED {hash}: the wallet changed during every reading, even locked; run the audit again"
@@ -69,20 +110,20 @@ pub async fn audit(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exi
     writeln!(
         out,
         "audit: {wallets} wallets, {} transactions, balances {total_balances} units, expected {total_expected} units, {mismatches} mismatches{}{}{}",
-        cut.records,
+        records.unwrap_or(0),
         if adjusted == 0 { String::new() } else { format!(" ({adjusted} wallets adjusted)") },
-        if cut.opening_wallets == 0 {
+        if opening_wallets == 0 {
             String::new()
         } else {
-            format!(" (opening snapshot of {} wallets)", cut.opening_wallets)
+            format!(" (opening snapshot of {opening_wallets} wallets)")
         },
-        if cut.unsettled.is_empty() {
+        if unsettled.is_empty() {
             String::new()
         } else {
-            format!(", {} unchecked", cut.unsettled.len())
+            format!(", {} unchecked", unsettled.len())
         }
     )?;
-    Ok(if mismatches == 0 && cut.unsettled.is_empty() {
+    Ok(if mismatches == 0 && unsettled.is_empty() {
         Exit::Success
     } else {
         Exit::Rejected
@@ -92,36 +133,41 @@ pub async fn audit(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exi
 /// Records, as the opening snapshot, what each wallet holds beyond what the
 /// records explain (balances that came from elsewhere). Taken consistently
 /// while workers run: a credit in flight is counted as a credit, never as
-/// an opening balance.
-pub async fn snapshot(store: &dyn Store, mut out: impl Write) -> anyhow::Result<Exit> {
+/// an opening balance. Holds at most `wallets_per_pass` wallets' states at
+/// once, and the wallets with balances from outside.
+pub async fn snapshot(store: &dyn Store, wallets_per_pass: usize, mut out: impl Write) -> anyhow::Result<Exit> {
     if store.get(Bucket::Ledger, OPENING_KEY).await.is_ok() {
         bail!("an opening snapshot exists already ({OPENING_KEY}); it is never overwritten");
     }
     progress("reading the wallets and the records");
-    let cut = accounting::cut(store).await.context("reading the ledger")?;
-    if let Some(hash) = cut.unsettled.first() {
-        bail!("wallet {hash} changed during every reading, even locked: take the snapshot again");
-    }
     let mut opening = serde_json::Map::new();
-    for (hash, (view, explained)) in cut.wallets {
-        let balance = match view.balance {
-            None => continue,
-            Some(Ok(units)) => units,
-            Some(Err(e)) => {
-                bail!("wallet {hash}: the balance document is invalid ({e}): repair it with `ledgerd adjust` first")
+    accounting::cut_in_passes(store, wallets_per_pass, |cut| -> anyhow::Result<()> {
+        if let Some(hash) = cut.unsettled.first() {
+            bail!("wallet {hash} changed during every reading, even locked: take the snapshot again");
+        }
+        for (hash, (view, explained)) in cut.wallets {
+            let balance = match view.balance {
+                None => continue,
+                Some(Ok(units)) => units,
+                Some(Err(e)) => {
+                    bail!("wallet {hash}: the balance document is invalid ({e}): repair it with `ledgerd adjust` first")
+                }
+            };
+            let extra = i128::from(balance) - explained.total();
+            if extra < 0 {
+                bail!(
+                    "wallet {hash} holds {balance} units, less than the {} the ledger explains: audit it first",
+                    explained.total()
+                );
             }
-        };
-        let extra = i128::from(balance) - explained.total();
-        if extra < 0 {
-            bail!(
-                "wallet {hash} holds {balance} units, less than the {} the ledger explains: audit it first",
-                explained.total()
-            );
+            if extra > 0 {
+                opening.insert(hash, json!(u64::try_from(extra)?));
+            }
         }
-        if extra > 0 {
-            opening.insert(hash, json!(u64::try_from(extra)?));
-        }
-    }
+        Ok(())
+    })
+    .await
+    .context("reading the ledger")?;
     let wallets = opening.len();
     write_opening(store, opening, OPENING_PART_WALLETS_MAX).await?;
     writeln!(

@@ -30,7 +30,7 @@ use crate::domain::keys::{
     adj_marker_path, balance_key, marker_path, ADJ_PREFIX, BALANCE_PREFIX, MARKERS_XATTR, TX_PREFIX,
 };
 use crate::domain::Units;
-use crate::store::{Bucket, Cas, KeyPages, Store, StoreError, LOCKED_CAS};
+use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS};
 
 /// The ledger document holding balances that came from outside ledgerd
 /// (the first part of them, and how many parts there are).
@@ -90,18 +90,38 @@ pub async fn read_wallet(store: &dyn Store, hash: &str) -> Result<WalletView> {
     }
 }
 
-/// A credit as the scan found it.
-#[derive(Debug, Clone)]
-struct ScannedCredit {
-    action: String,
-    units: u64,
-    completed: bool,
+/// The wallets one pass of an audit takes: those whose hash is in
+/// `[lo, hi)` (`hi` `None`: no upper end). An audit goes through the
+/// ledger's wallets a range at a time, so that what it holds is bounded by
+/// the range's size, never by the ledger's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashRange {
+    /// The first hash in the range (the empty string: from the start).
+    pub lo: String,
+    /// The first hash after the range, if any.
+    pub hi: Option<String>,
 }
 
-/// The records of the ledger, read once.
+impl HashRange {
+    /// Every wallet.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether `hash` is in the range.
+    pub fn contains(&self, hash: &str) -> bool {
+        hash >= self.lo.as_str() && self.hi.as_deref().is_none_or(|hi| hash < hi)
+    }
+}
+
+/// The records of the ledger, read once, summed for the wallets of one
+/// range against one state of each (see [`scan`]).
 #[derive(Debug, Default)]
 pub struct Scan {
-    credits: HashMap<String, Vec<ScannedCredit>>,
+    /// By wallet: the completed credits whose marker is not on the state
+    /// the scan was given (those with a marker are counted from the
+    /// marker). Every wallet a record credits has an entry.
+    credits: HashMap<String, u128>,
     opening: BTreeMap<String, u64>,
     adjustments: HashMap<String, Vec<AdjRecord>>,
     /// Transaction records read.
@@ -127,7 +147,8 @@ impl Explained {
 }
 
 impl Scan {
-    /// Every wallet the records, the opening snapshot or an adjustment name.
+    /// Every wallet of the range the records, the opening snapshot or an
+    /// adjustment name.
     pub fn wallets(&self) -> BTreeSet<String> {
         self.credits
             .keys()
@@ -137,7 +158,7 @@ impl Scan {
             .collect()
     }
 
-    /// Wallets in the opening snapshot.
+    /// Wallets of the range in the opening snapshot.
     pub fn opening_wallets(&self) -> usize {
         self.opening.len()
     }
@@ -147,21 +168,17 @@ impl Scan {
         self.adjustments.get(hash).map_or(&[], Vec::as_slice)
     }
 
-    /// What the ledger explains for `hash` in the state `view`, which must
-    /// not have changed while this scan was taken (see the module doc).
+    /// What the ledger explains for `hash` in the state `view`: the state
+    /// this scan was given for it, which must not have changed while the
+    /// scan was taken (see the module doc).
     pub fn explained(&self, hash: &str, view: &WalletView) -> Explained {
-        let mut credits: u128 = view
+        let marked: u128 = view
             .markers
             .values()
             .filter(|m| m.get("tx").is_some())
             .filter_map(|m| m.get("units").and_then(Value::as_u64))
             .map(u128::from)
             .sum();
-        for c in self.credits.get(hash).into_iter().flatten() {
-            if c.completed && !view.has(&marker_path(&c.action)) {
-                credits += u128::from(c.units);
-            }
-        }
         let adjustments = self
             .adjustments_of(hash)
             .iter()
@@ -170,66 +187,167 @@ impl Scan {
             .sum();
         Explained {
             opening: self.opening.get(hash).copied().unwrap_or(0),
-            credits,
+            credits: marked + self.credits.get(hash).copied().unwrap_or(0),
             adjustments,
         }
     }
-}
 
-/// Reads every transaction record, the opening snapshot and every adjustment.
-pub async fn scan(store: &dyn Store) -> Result<Scan> {
-    let mut scan = Scan {
-        opening: read_opening(store).await?,
-        ..Scan::default()
-    };
-    for_each_doc(store, TX_PREFIX, |key, body| {
+    /// Adds one transaction record's credits to the wallets of `range`.
+    fn add_tx(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        range: &HashRange,
+        views: &BTreeMap<String, WalletView>,
+    ) -> Result<()> {
         let id = &key[TX_PREFIX.len()..];
         let tx = TxRecord::parse(id, body).map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
-        scan.records += 1;
-        for c in &tx.credits {
-            scan.credits.entry(c.hash.clone()).or_default().push(ScannedCredit {
-                action: tx.action_id.clone(),
-                units: c.units.get(),
-                completed: tx.state == TxState::Completed,
-            });
+        self.records += 1;
+        let completed = tx.state == TxState::Completed;
+        for c in tx.credits.iter().filter(|c| range.contains(&c.hash)) {
+            let sum = self.credits.entry(c.hash.clone()).or_default();
+            let marked = || views.get(&c.hash).is_some_and(|v| v.has(&marker_path(&tx.action_id)));
+            if completed && !marked() {
+                *sum += u128::from(c.units.get());
+            }
         }
         Ok(())
-    })
-    .await?;
-    for_each_doc(store, ADJ_PREFIX, |key, body| {
+    }
+
+    /// Adds one adjustment, if its wallet is in `range`.
+    fn add_adj(&mut self, key: &str, body: &[u8], range: &HashRange) -> Result<()> {
         let adj = AdjRecord::parse(&key[ADJ_PREFIX.len()..], body)
             .map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
-        scan.adjustments.entry(adj.hash.clone()).or_default().push(adj);
+        if range.contains(&adj.hash) {
+            self.adjustments.entry(adj.hash.clone()).or_default().push(adj);
+        }
         Ok(())
-    })
-    .await?;
+    }
+}
+
+/// Reads every transaction record, the opening snapshot and every
+/// adjustment once, in key order a page at a time, keeping for each wallet
+/// of `range` only sums (memory bounded by the range, not by the ledger).
+/// A credit is summed against the wallet's state in `views` (none: no
+/// marker), which the caller keeps for [`Scan::explained`].
+pub async fn scan(store: &dyn Store, range: &HashRange, views: &BTreeMap<String, WalletView>) -> Result<Scan> {
+    let mut scan = Scan {
+        opening: read_opening(store)
+            .await?
+            .into_iter()
+            .filter(|(hash, _)| range.contains(hash))
+            .collect(),
+        ..Scan::default()
+    };
+    for_each_doc(store, TX_PREFIX, |key, body| scan.add_tx(key, body, range, views)).await?;
+    for_each_doc(store, ADJ_PREFIX, |key, body| scan.add_adj(key, body, range)).await?;
     Ok(scan)
 }
 
-/// Calls `each` with every ledger document under `prefix` (skipping those
-/// removed since they were listed).
-async fn for_each_doc(store: &dyn Store, prefix: &str, mut each: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
-    let mut pages = KeyPages::new(store, Bucket::Ledger, prefix);
-    while let Some(page) = pages.next_page().await? {
+/// [`scan`] for one wallet, reading only its own records through the
+/// store's index by wallet ([`Store::wallet_records`]): what `adjust`
+/// needs, at the cost of the wallet's records, not the ledger's.
+pub async fn scan_wallet(store: &dyn Store, hash: &str, view: &WalletView) -> Result<Scan> {
+    let range = HashRange {
+        lo: hash.to_string(),
+        hi: Some(format!("{hash}\0")),
+    };
+    let views = BTreeMap::from([(hash.to_string(), view.clone())]);
+    let mut scan = Scan {
+        opening: read_opening(store)
+            .await?
+            .into_iter()
+            .filter(|(h, _)| h == hash)
+            .collect(),
+        ..Scan::default()
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let page = retry(|| store.wallet_records(hash, after.as_deref(), DOC_PAGE)).await?;
         for key in &page {
-            match retry(|| store.get(Bucket::Ledger, key)).await {
-                Ok(doc) => each(key, &doc.body)?,
-                Err(StoreError::NotFound) => {}
+            let body = match retry(|| store.get(Bucket::Ledger, key)).await {
+                Ok(doc) => doc.body,
+                Err(StoreError::NotFound) => continue,
                 Err(e) => return Err(e.into()),
+            };
+            if key.starts_with(TX_PREFIX) {
+                scan.add_tx(key, &body, &range, &views)?;
+            } else if key.starts_with(ADJ_PREFIX) {
+                scan.add_adj(key, &body, &range)?;
             }
         }
+        if page.len() < DOC_PAGE {
+            return Ok(scan);
+        }
+        after = page.last().cloned();
     }
-    Ok(())
 }
 
-/// Every wallet key's hash.
-pub async fn wallet_hashes(store: &dyn Store) -> Result<BTreeSet<String>> {
-    let mut hashes = BTreeSet::new();
-    let mut pages = KeyPages::new(store, Bucket::Ledger, BALANCE_PREFIX);
-    while let Some(page) = pages.next_page().await? {
-        hashes.extend(page.iter().map(|k| k[BALANCE_PREFIX.len()..].to_string()));
+/// Documents read per page by a scan.
+const DOC_PAGE: usize = 500;
+
+/// Calls `each` with every ledger document under `prefix`, in key order,
+/// a page at a time ([`Store::read_docs`]: one statement on the embedded
+/// store, pipelined gets on Couchbase).
+async fn for_each_doc(store: &dyn Store, prefix: &str, mut each: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let (page, next) = retry(|| store.read_docs(Bucket::Ledger, prefix, after.as_deref(), DOC_PAGE)).await?;
+        for (key, body) in &page {
+            each(key, body)?;
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(()),
+        }
     }
-    Ok(hashes)
+}
+
+/// The hash of every wallet document in `range`.
+pub async fn wallet_hashes_in(store: &dyn Store, range: &HashRange) -> Result<BTreeSet<String>> {
+    let mut hashes = BTreeSet::new();
+    // From the range's first hash: the one before it is listed after.
+    let mut after = (!range.lo.is_empty()).then(|| balance_key(&range.lo));
+    if let Some(first) = &after {
+        match retry(|| store.get(Bucket::Ledger, first)).await {
+            Ok(_) => {
+                hashes.insert(range.lo.clone());
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    loop {
+        let page = retry(|| store.list_keys(Bucket::Ledger, BALANCE_PREFIX, after.as_deref(), KEY_PAGE)).await?;
+        for key in &page {
+            let hash = &key[BALANCE_PREFIX.len()..];
+            if !range.contains(hash) {
+                return Ok(hashes);
+            }
+            hashes.insert(hash.to_string());
+        }
+        if page.len() < KEY_PAGE {
+            return Ok(hashes);
+        }
+        after = page.last().cloned();
+    }
+}
+
+/// The ranges of at most `wallets` wallet documents each (the last from
+/// where the one before ended), in hash order, listing `wallets + 1` keys
+/// a time: an audit's passes.
+async fn next_range(store: &dyn Store, lo: &str, wallets: usize) -> Result<HashRange> {
+    // Two at least: the range then ends past its first key, even the
+    // smallest (an empty hash), so every range moves on.
+    let wallets = wallets.max(2);
+    let after = (!lo.is_empty()).then(|| balance_key(lo));
+    // The range's first hash is `lo` itself (if it has a document): the
+    // listing after it holds the rest, and the first key past `wallets`.
+    let page = retry(|| store.list_keys(Bucket::Ledger, BALANCE_PREFIX, after.as_deref(), wallets)).await?;
+    let hi = (page.len() >= wallets)
+        .then(|| page.last().map(|k| k[BALANCE_PREFIX.len()..].to_string()))
+        .flatten();
+    Ok(HashRange { lo: lo.to_string(), hi })
 }
 
 /// The opening snapshot: every part's balances, by hash (empty if none).
@@ -266,7 +384,7 @@ fn add_balances(doc: &Value, key: &str, out: &mut BTreeMap<String, u64>) -> Resu
 }
 
 /// Each wallet's state with what the ledger explains for it, every pair
-/// taken consistently (see the module doc).
+/// taken consistently (see the module doc), for the wallets of one range.
 #[derive(Debug, Default)]
 pub struct Cut {
     /// By hash: the state, and what the ledger explains for it.
@@ -276,27 +394,59 @@ pub struct Cut {
     pub unsettled: BTreeSet<String>,
     /// Transaction records in the last scan.
     pub records: u64,
-    /// Wallets in the opening snapshot.
+    /// Wallets of the range in the opening snapshot.
     pub opening_wallets: usize,
 }
 
 /// Takes every wallet (those with a document, and those the ledger names)
-/// with what the ledger explains for it, consistently, while workers run.
+/// with what the ledger explains for it, consistently, while workers run:
+/// in one pass, holding every wallet at once. See [`cut_in_passes`].
 pub async fn cut(store: &dyn Store) -> Result<Cut> {
+    cut_range(store, &HashRange::all()).await
+}
+
+/// Wallets an audit holds at once unless told otherwise: about 1 KiB each
+/// (hash, two readings with their markers, the sums), so about 200 MiB at
+/// most, and one pass over the ledger for up to 200,000 wallets.
+pub const WALLETS_PER_PASS: usize = 200_000;
+
+/// [`cut`] a range of at most `wallets` wallet documents at a time (plus
+/// the wallets in that range that only the records name), handing each
+/// range's cut to `each` in hash order: memory bounded by `wallets`, never
+/// by the ledger; one read of the records per range (more for wallets
+/// that keep changing, as in [`cut`]).
+pub async fn cut_in_passes<E: From<ProtocolError>>(
+    store: &dyn Store,
+    wallets: usize,
+    mut each: impl FnMut(Cut) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut lo = String::new();
+    loop {
+        let range = next_range(store, &lo, wallets).await?;
+        each(cut_range(store, &range).await?)?;
+        match range.hi {
+            Some(hi) => lo = hi,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// [`cut`] for the wallets of `range`.
+pub async fn cut_range(store: &dyn Store, range: &HashRange) -> Result<Cut> {
     let mut cut = Cut::default();
     let mut pending = BTreeSet::new();
     let mut before = BTreeMap::new();
     for _ in 0..UNLOCKED_ROUNDS {
         // Wallets created since the last round are read before this scan too.
         pending.extend(
-            wallet_hashes(store)
+            wallet_hashes_in(store, range)
                 .await?
                 .into_iter()
                 .filter(|h| !cut.wallets.contains_key(h)),
         );
         let unread: BTreeSet<String> = pending.iter().filter(|h| !before.contains_key(*h)).cloned().collect();
         before.extend(read_all(store, &unread).await?);
-        let scan = scan(store).await?;
+        let scan = scan(store, range, &before).await?;
         (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());
         pending.extend(scan.wallets().into_iter().filter(|h| !cut.wallets.contains_key(h)));
         let after = read_all(store, &pending).await?;
@@ -316,7 +466,7 @@ pub async fn cut(store: &dyn Store) -> Result<Cut> {
         }
         before = after.into_iter().filter(|(h, _)| pending.contains(h)).collect();
     }
-    settle_locked(store, &mut cut, pending).await?;
+    settle_locked(store, range, &mut cut, pending).await?;
     Ok(cut)
 }
 
@@ -330,7 +480,7 @@ async fn read_all(store: &dyn Store, hashes: &BTreeSet<String>) -> Result<BTreeM
 
 /// The last round for wallets that kept changing: lock them, read them,
 /// scan, and keep those proven unchanged by their lock.
-async fn settle_locked(store: &dyn Store, cut: &mut Cut, pending: BTreeSet<String>) -> Result<()> {
+async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pending: BTreeSet<String>) -> Result<()> {
     let mut locked: Vec<(String, Option<Cas>, WalletView)> = Vec::new();
     for hash in pending {
         let lock = match store.get_and_lock(Bucket::Ledger, &balance_key(&hash), LOCK).await {
@@ -349,7 +499,8 @@ async fn settle_locked(store: &dyn Store, cut: &mut Cut, pending: BTreeSet<Strin
         let view = read_wallet(store, &hash).await?;
         locked.push((hash, lock, view));
     }
-    let scan = scan(store).await;
+    let views: BTreeMap<String, WalletView> = locked.iter().map(|(h, _, v)| (h.clone(), v.clone())).collect();
+    let scan = scan(store, range, &views).await;
     let unchanged = release(store, &locked).await;
     let scan = scan?;
     (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());

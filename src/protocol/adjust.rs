@@ -95,7 +95,7 @@ pub async fn adjust(store: &dyn Store, id: &str, hash: &str, change: Change, rea
             // An earlier attempt's write landed (its answer was lost).
             return mark_applied(store, id).await.map(Adjusted::Applied);
         }
-        let scan = accounting::scan(store).await?;
+        let scan = accounting::scan_wallet(store, hash, &view).await?;
         let explained = scan.explained(hash, &view).total();
         let record = match plan(id, hash, &view, explained, change, reason) {
             Ok(record) => record,

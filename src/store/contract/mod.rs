@@ -644,6 +644,41 @@ pub async fn records_list_by_wallet(h: &dyn Harness) {
     assert!(ok!(s.wallet_records(&format!("{run}-nobody"), None, 100).await).is_empty());
 }
 
+/// `read_docs` pages through the documents under a prefix in key order,
+/// bodies as stored, and nothing else: what `audit` reads the ledger with.
+pub async fn documents_read_in_key_order_by_page(h: &dyn Harness) {
+    let s = h.store();
+    let run = fresh("page").replace(':', "-");
+    let prefix = format!("tx:{run}-");
+    let mut expected = Vec::new();
+    // Written out of order; one removed again, one locked, one elsewhere.
+    for n in [4u32, 0, 3, 1, 2, 6, 5] {
+        let key = format!("{prefix}{n}");
+        let body = format!("{{\"n\":{n}}}");
+        ok!(s.insert(Bucket::Ledger, &key, body.as_bytes()).await);
+        expected.push((key, body.into_bytes()));
+    }
+    ok!(s.remove(Bucket::Ledger, &format!("{prefix}3"), None).await);
+    expected.retain(|(k, _)| !k.ends_with("-3"));
+    ok!(s
+        .get_and_lock(Bucket::Ledger, &format!("{prefix}5"), Duration::from_secs(5))
+        .await);
+    ok!(s.insert(Bucket::Queue, &format!("{prefix}9"), b"{}").await);
+    ok!(s.insert(Bucket::Ledger, &format!("tx:{run}+after"), b"{}").await);
+    expected.sort();
+    let (mut seen, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let (page, next) = ok!(s.read_docs(Bucket::Ledger, &prefix, after.as_deref(), 2).await);
+        assert!(page.len() <= 2, "a page holds at most its limit");
+        seen.extend(page);
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+}
+
 /// One contract case: its name and how to run it on a harness.
 pub struct Case {
     /// The case's function name.
@@ -779,6 +814,7 @@ case_list!(
     shards_list_their_own_keys,
     xattrs_set_without_a_cas,
     records_list_by_wallet,
+    documents_read_in_key_order_by_page,
     sub_document_calls_take_at_most_16_specs,
     keys_take_at_most_250_bytes,
     documents_take_at_most_20_mib,
@@ -810,6 +846,7 @@ macro_rules! contract_tests {
             census_counts_by_state, cas_guards_writes, locks_exclude_others,
             unlock_needs_the_lock_cas, locks_lapse, xattr_writes_are_atomic, keys_list_in_pages,
             shards_list_their_own_keys, xattrs_set_without_a_cas, records_list_by_wallet,
+            documents_read_in_key_order_by_page,
             sub_document_calls_take_at_most_16_specs, keys_take_at_most_250_bytes,
             documents_take_at_most_20_mib, xattrs_count_against_the_document_size,
             locks_last_1_to_30_seconds, a_full_document_write_drops_user_xattrs,

@@ -170,10 +170,42 @@ impl CouchbaseStore {
         }
     }
 
-    /// Runs a SQL++ statement with named parameters and collects its rows.
+    /// Runs a SQL++ statement over `bucket` with named parameters and
+    /// collects its rows. Queue listings read the index as it is
+    /// (`not_bounded`): discovery must never wait for the indexer, and an
+    /// action written a moment ago is found on the next pass. Ledger
+    /// listings (`audit`, `history`, `adjust`, `balances`, the sweep) wait
+    /// until the index holds every mutation made before the request
+    /// (`request_plus`): an operator's answer, or the sum an adjustment is
+    /// planned from, must include every record written before it was asked.
+    /// (SQL++ "Scan Consistency": https://docs.couchbase.com/server/current/n1ql/n1ql-manage/query-settings.html)
+    async fn query_in<T: DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+        statement: String,
+        params: &[(&str, Value)],
+    ) -> StoreResult<Vec<T>> {
+        let consistency = match bucket {
+            Bucket::Queue => ScanConsistency::NotBounded,
+            Bucket::Ledger => ScanConsistency::RequestPlus,
+        };
+        self.query_with(consistency, statement, params).await
+    }
+
+    /// Runs a SQL++ statement over the system keyspaces (index states,
+    /// the server's version), reading them as they are.
     async fn query<T: DeserializeOwned>(&self, statement: String, params: &[(&str, Value)]) -> StoreResult<Vec<T>> {
+        self.query_with(ScanConsistency::NotBounded, statement, params).await
+    }
+
+    async fn query_with<T: DeserializeOwned>(
+        &self,
+        consistency: ScanConsistency,
+        statement: String,
+        params: &[(&str, Value)],
+    ) -> StoreResult<Vec<T>> {
         let mut options = QueryOptions::new()
-            .scan_consistency(ScanConsistency::NotBounded)
+            .scan_consistency(consistency)
             .server_timeout(self.query_timeout)
             .retry_strategy(self.retry.clone());
         for (name, value) in params {
@@ -459,7 +491,7 @@ impl Store for CouchbaseStore {
             ("after", Value::from(after.unwrap_or(""))),
             ("limit", Value::from(limit as u64)),
         ];
-        self.query::<String>(statement, &params).await
+        self.query_in::<String>(bucket, statement, &params).await
     }
 
     async fn wallet_records(&self, hash: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
@@ -480,7 +512,7 @@ impl Store for CouchbaseStore {
                 ("after", Value::from(cursor)),
                 ("limit", Value::from((limit - found.len()) as u64)),
             ];
-            found.extend(self.query::<String>(statement, &params).await?);
+            found.extend(self.query_in::<String>(Bucket::Ledger, statement, &params).await?);
         }
         Ok(found)
     }
@@ -502,7 +534,7 @@ impl Store for CouchbaseStore {
             ("hi", Value::from(shards.end)),
             ("limit", Value::from(limit as u64)),
         ];
-        self.query::<String>(statement, &params).await
+        self.query_in::<String>(bucket, statement, &params).await
     }
 
     async fn list_shard_keys(
@@ -523,12 +555,17 @@ impl Store for CouchbaseStore {
             ("after", Value::from(after.unwrap_or(""))),
             ("limit", Value::from(limit as u64)),
         ];
-        self.query::<String>(statement, &params).await
+        self.query_in::<String>(bucket, statement, &params).await
     }
 
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         let statement = statements::count_keys(self.bucket_name(bucket), prefix);
-        Ok(self.query::<u64>(statement, &[]).await?.first().copied().unwrap_or(0))
+        Ok(self
+            .query_in::<u64>(bucket, statement, &[])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0))
     }
 }
 

@@ -718,6 +718,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn read_docs(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<super::DocPage> {
+        let (lower, upper) = prefix_range(prefix)?;
+        let bucket = self.bucket_name(bucket);
+        let after = after.unwrap_or("").to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, body FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3 AND key > ?4 ORDER BY key LIMIT ?5",
+                )
+                .map_err(sql_error)?;
+            let rows = stmt
+                .query_map(params![bucket, lower, upper, after, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, threads::body_bytes(r.get_ref(1)?)?))
+                })
+                .map_err(sql_error)?;
+            let docs = rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)?;
+            let full = i64::try_from(docs.len()).is_ok_and(|n| n >= limit.max(1));
+            let next = full.then(|| docs.last().map(|(k, _)| k.clone())).flatten();
+            Ok((docs, next))
+        })
+        .await
+    }
+
     async fn wallet_records(&self, hash: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
         if !self.wallet_index {
             return super::wallet_records_by_scan(self, hash, after, limit).await;

@@ -96,7 +96,7 @@ fn i64_of(cas: Cas) -> StoreResult<i64> {
 }
 
 /// A body as bytes, whether it was stored as a BLOB or, by another tool, as TEXT.
-fn body_bytes(value: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<Vec<u8>> {
+pub(super) fn body_bytes(value: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<Vec<u8>> {
     match value {
         rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => Ok(b.to_vec()),
         other => Err(rusqlite::Error::InvalidColumnType(0, "body".into(), other.data_type())),
