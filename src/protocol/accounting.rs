@@ -30,7 +30,7 @@ use crate::domain::keys::{
     adj_marker_path, balance_key, marker_path, ADJ_PREFIX, BALANCE_PREFIX, MARKERS_XATTR, TX_PREFIX,
 };
 use crate::domain::Units;
-use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS};
+use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS, READ_DOCS_IN_FLIGHT};
 
 /// The ledger document holding balances that came from outside ledgerd
 /// (the first part of them, and how many parts there are).
@@ -204,11 +204,24 @@ impl Scan {
         let tx = TxRecord::parse(id, body).map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
         self.records += 1;
         let completed = tx.state == TxState::Completed;
+        // The marker's path (a digest of the action id) only for a wallet
+        // that holds markers, and once per record.
+        let mut path: Option<String> = None;
         for c in tx.credits.iter().filter(|c| range.contains(&c.hash)) {
-            let sum = self.credits.entry(c.hash.clone()).or_default();
-            let marked = || views.get(&c.hash).is_some_and(|v| v.has(&marker_path(&tx.action_id)));
-            if completed && !marked() {
-                *sum += u128::from(c.units.get());
+            let marked = completed
+                && views.get(&c.hash).is_some_and(|v| {
+                    !v.markers.is_empty() && v.has(path.get_or_insert_with(|| marker_path(&tx.action_id)))
+                });
+            let units = if completed && !marked {
+                u128::from(c.units.get())
+            } else {
+                0
+            };
+            match self.credits.get_mut(&c.hash) {
+                Some(sum) => *sum += units,
+                None => {
+                    self.credits.insert(c.hash.clone(), units);
+                }
             }
         }
         Ok(())
@@ -289,17 +302,24 @@ const DOC_PAGE: usize = 500;
 /// Calls `each` with every ledger document under `prefix`, in key order,
 /// a page at a time ([`Store::read_docs`]: one statement on the embedded
 /// store, pipelined gets on Couchbase).
+///
+/// The next page is read while this one is handed to `each`: reading and
+/// parsing overlap.
 async fn for_each_doc(store: &dyn Store, prefix: &str, mut each: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
-    let mut after: Option<String> = None;
+    let read = |after: Option<String>| async move {
+        retry(|| store.read_docs(Bucket::Ledger, prefix, after.as_deref(), DOC_PAGE)).await
+    };
+    let (mut page, mut next) = read(None).await?;
     loop {
-        let (page, next) = retry(|| store.read_docs(Bucket::Ledger, prefix, after.as_deref(), DOC_PAGE)).await?;
-        for (key, body) in &page {
-            each(key, body)?;
-        }
-        match next {
-            Some(next) => after = Some(next),
-            None => return Ok(()),
-        }
+        let Some(after) = next else {
+            return page.iter().try_for_each(|(key, body)| each(key, body));
+        };
+        // The read is polled first, so it starts before the page is
+        // handed over.
+        let handled = async { page.iter().try_for_each(|(key, body)| each(key, body)) };
+        let (read, handled) = futures::join!(read(Some(after)), handled);
+        handled?;
+        (page, next) = read?;
     }
 }
 
@@ -470,12 +490,15 @@ pub async fn cut_range(store: &dyn Store, range: &HashRange) -> Result<Cut> {
     Ok(cut)
 }
 
+/// Reads the wallets, with at most [`READ_DOCS_IN_FLIGHT`] reads in
+/// flight (on Couchbase, pipelined: never one round trip after another).
 async fn read_all(store: &dyn Store, hashes: &BTreeSet<String>) -> Result<BTreeMap<String, WalletView>> {
-    let mut views = BTreeMap::new();
-    for hash in hashes {
-        views.insert(hash.clone(), read_wallet(store, hash).await?);
-    }
-    Ok(views)
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(hashes)
+        .map(|hash| async move { read_wallet(store, hash).await.map(|view| (hash.clone(), view)) })
+        .buffered(READ_DOCS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// The last round for wallets that kept changing: lock them, read them,

@@ -23,7 +23,7 @@ pub(super) fn shard_sql() -> String {
 /// that shard's keys and no others.
 const SHARD_INDEX: &str = "docs_action_shard";
 
-fn shard_index_sql() -> String {
+pub(super) fn shard_index_sql() -> String {
     format!(
         "CREATE INDEX IF NOT EXISTS {SHARD_INDEX} ON docs (bucket, {}, key) WHERE key >= 'action:' AND key < 'action;'",
         shard_sql()
@@ -70,10 +70,12 @@ pub(super) fn list_range_sql() -> String {
     )
 }
 
-/// One shard's queued actions after a key, in order, through the index.
+/// One shard's queued actions from a key (`?3`, at least `action:`) but
+/// not `?4` (the cursor), in order, through the index: one lower bound on
+/// the key, so that the seek starts at the cursor (see `seek_from`).
 pub(super) fn list_shard_sql() -> String {
     format!(
-        "SELECT key FROM docs WHERE bucket = ?1 AND key >= 'action:' AND key < 'action;' AND {} = ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+        "SELECT key FROM docs WHERE bucket = ?1 AND key >= ?3 AND key < 'action;' AND {} = ?2 AND key <> ?4 ORDER BY key LIMIT ?5",
         shard_sql()
     )
 }
@@ -111,7 +113,9 @@ mod tests {
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {}", list_shard_sql()))
             .expect("plan")
-            .query_map(rusqlite::params!["queue", 7, "", 10], |r| r.get::<_, String>(3))
+            .query_map(rusqlite::params!["queue", 7, "action:", "", 10], |r| {
+                r.get::<_, String>(3)
+            })
             .expect("plan rows")
             .collect::<Result<_, _>>()
             .expect("plan rows");
