@@ -241,52 +241,36 @@ pub async fn tx(store: &dyn Store, id: &str, mut out: impl Write) -> anyhow::Res
 /// own records through the store's index by wallet (`Store::wallet_records`),
 /// a page at a time: its cost follows the wallet, not the ledger.
 pub async fn history(store: &dyn Store, hash: &str, mut out: impl Write) -> anyhow::Result<Exit> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .wallet_records(hash, after.as_deref(), HISTORY_PAGE)
-            .await
-            .with_context(|| format!("listing the records of wallet {hash}"))?;
-        for key in &page {
-            let body = match store.get(Bucket::Ledger, key).await {
-                Ok(doc) => doc.body,
-                // Removed since it was listed (an operator's clean-up).
-                Err(StoreError::NotFound) => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading {key}")),
-            };
-            if let Some(id) = key.strip_prefix(TX_PREFIX) {
-                let tx = TxRecord::parse(id, &body)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| key.clone())?;
-                for c in tx.credits.iter().filter(|c| c.hash == hash) {
-                    let line = json!({
-                        "action_id": tx.action_id,
-                        "units": c.units.get(),
-                        "tokens": c.units.to_tokens_string(),
-                        "state": tx.state,
-                        "created_at": tx.created_at,
-                        "completed_at": tx.completed_at,
-                    });
-                    writeln!(out, "{line}")?;
-                }
-            } else if let Some(id) = key.strip_prefix(ADJ_PREFIX) {
-                let adj = AdjRecord::parse(id, &body)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| adj_key(id))?;
-                if adj.hash == hash {
-                    writeln!(out, "{}", json!({"adjustment": adj, "delta": adj.delta().to_string()}))?;
-                }
+    accounting::for_each_wallet_record(store, hash, |key, body| -> anyhow::Result<()> {
+        if let Some(id) = key.strip_prefix(TX_PREFIX) {
+            let tx = TxRecord::parse(id, body)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| key.to_string())?;
+            for c in tx.credits.iter().filter(|c| c.hash == hash) {
+                let line = json!({
+                    "action_id": tx.action_id,
+                    "units": c.units.get(),
+                    "tokens": c.units.to_tokens_string(),
+                    "state": tx.state,
+                    "created_at": tx.created_at,
+                    "completed_at": tx.completed_at,
+                });
+                writeln!(out, "{line}")?;
+            }
+        } else if let Some(id) = key.strip_prefix(ADJ_PREFIX) {
+            let adj = AdjRecord::parse(id, body)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| adj_key(id))?;
+            if adj.hash == hash {
+                writeln!(out, "{}", json!({"adjustment": adj, "delta": adj.delta().to_string()}))?;
             }
         }
-        if page.len() < HISTORY_PAGE {
-            return Ok(Exit::Success);
-        }
-        after = page.last().cloned();
-    }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("reading the records of wallet {hash}"))?;
+    Ok(Exit::Success)
 }
-
-/// Record keys read per page by `history`.
-const HISTORY_PAGE: usize = 256;
 
 #[cfg(test)]
 mod tests {

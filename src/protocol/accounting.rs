@@ -274,23 +274,40 @@ pub async fn scan_wallet(store: &dyn Store, hash: &str, view: &WalletView) -> Re
             .collect(),
         ..Scan::default()
     };
+    for_each_wallet_record(store, hash, |key, body| {
+        if key.starts_with(TX_PREFIX) {
+            scan.add_tx(key, body, &range, &views)
+        } else {
+            scan.add_adj(key, body, &range)
+        }
+    })
+    .await?;
+    Ok(scan)
+}
+
+/// Calls `each` with every record (`adj:` first, then `tx:`, each in key
+/// order) that names wallet `hash`, read through the store's index by
+/// wallet ([`Store::wallet_records`]) a page at a time, skipping records
+/// removed since they were listed: what `history` and `adjust` read.
+pub async fn for_each_wallet_record<E: From<ProtocolError>>(
+    store: &dyn Store,
+    hash: &str,
+    mut each: impl FnMut(&str, &[u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let mut after: Option<String> = None;
     loop {
-        let page = retry(|| store.wallet_records(hash, after.as_deref(), DOC_PAGE)).await?;
+        let page = retry(|| store.wallet_records(hash, after.as_deref(), DOC_PAGE))
+            .await
+            .map_err(ProtocolError::from)?;
         for key in &page {
-            let body = match retry(|| store.get(Bucket::Ledger, key)).await {
-                Ok(doc) => doc.body,
-                Err(StoreError::NotFound) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if key.starts_with(TX_PREFIX) {
-                scan.add_tx(key, &body, &range, &views)?;
-            } else if key.starts_with(ADJ_PREFIX) {
-                scan.add_adj(key, &body, &range)?;
+            match retry(|| store.get(Bucket::Ledger, key)).await {
+                Ok(doc) => each(key, &doc.body)?,
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(ProtocolError::from(e).into()),
             }
         }
         if page.len() < DOC_PAGE {
-            return Ok(scan);
+            return Ok(());
         }
         after = page.last().cloned();
     }
