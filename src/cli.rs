@@ -107,8 +107,18 @@ pub enum Command {
     Audit {
         /// Record what each wallet holds beyond its credits as the opening
         /// balances (for a ledger that started with balances from elsewhere).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["checkpoint", "since"])]
         snapshot: bool,
+        /// After a clean audit, take a checkpoint: later audits can then
+        /// check only what changed since (`--since`).
+        #[arg(long, conflicts_with = "since")]
+        checkpoint: bool,
+        /// Check only the wallets that changed since the last clean
+        /// audit's checkpoint (the number it printed, or `last`): a day's
+        /// changes cost a day's records, not the ledger's. If all match,
+        /// the checkpoint moves on. Needs a first `audit --checkpoint`.
+        #[arg(long, value_name = "CHECKPOINT", value_parser = parse_checkpoint)]
+        since: Option<Checkpoint>,
         /// Wallets checked per pass over the ledger's records: what the
         /// audit holds in memory (about 1 KiB each) is bounded by this,
         /// and a ledger with more wallets is read once per this many.
@@ -569,5 +579,24 @@ mod tests {
             cli.overrides(),
             vec![("store", "memory://".to_string()), ("lease_ms", "2000".to_string())]
         );
+    }
+}
+
+/// What `audit --since` was given: a checkpoint's number, or `last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// The last clean audit's checkpoint, whichever it is.
+    Last,
+    /// This one, which must be the last.
+    Named(u64),
+}
+
+fn parse_checkpoint(text: &str) -> Result<Checkpoint, String> {
+    match text {
+        "last" => Ok(Checkpoint::Last),
+        n => n
+            .parse()
+            .map(Checkpoint::Named)
+            .map_err(|_| format!("{n:?} is not a checkpoint: give the number a clean audit printed, or `last`")),
     }
 }

@@ -151,13 +151,22 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
                 commands::failed::purge(existing().await?.as_ref(), &which, stdout).await
             }
             Command::Audit {
-                snapshot: false,
-                wallets_per_pass,
-            } => commands::audit::audit(existing().await?.as_ref(), passes(wallets_per_pass), stdout).await,
-            Command::Audit {
                 snapshot: true,
                 wallets_per_pass,
+                ..
             } => commands::audit::snapshot(existing().await?.as_ref(), passes(wallets_per_pass), stdout).await,
+            Command::Audit { since: Some(since), .. } => {
+                let name = match since {
+                    ledgerd::cli::Checkpoint::Last => None,
+                    ledgerd::cli::Checkpoint::Named(n) => Some(n),
+                };
+                commands::audit::audit_since(existing().await?.as_ref(), name, stdout).await
+            }
+            Command::Audit {
+                wallets_per_pass,
+                checkpoint,
+                ..
+            } => commands::audit::audit(existing().await?.as_ref(), passes(wallets_per_pass), checkpoint, stdout).await,
             Command::Adjust(args) => {
                 let change = match (args.to, args.by) {
                     (Some(units), _) => ledgerd::protocol::adjust::Change::To(units),

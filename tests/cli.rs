@@ -250,6 +250,45 @@ fn enqueue_run_and_inspect() {
 }
 
 #[test]
+fn a_daily_audit_checks_what_changed_since_the_last_clean_one() {
+    let s = Scratch::new();
+    s.run(&["enqueue"], r#"{"id":"1","doc":{"beneficiaries":{"a":"1","b":"2"}}}"#);
+    assert!(s.run(&["run", "--exit-when-idle"], "").status.success());
+    let out = s.run(&["audit", "--since", "last"], "");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("ledgerd audit --checkpoint"), "{}", stderr(&out));
+    let out = s.run(&["audit", "--since", "yesterday"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a checkpoint"), "{}", stderr(&out));
+
+    let full = s.run(&["audit", "--checkpoint"], "");
+    assert!(full.status.success(), "{}", stdout(&full));
+    let checkpoint = stdout(&full)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("checkpoint ")
+                .and_then(|r| r.split(':').next())
+                .map(str::to_string)
+        })
+        .expect("a checkpoint is printed");
+    s.run(&["enqueue"], r#"{"id":"2","doc":{"beneficiaries":{"b":"1","c":"1"}}}"#);
+    assert!(s.run(&["run", "--exit-when-idle"], "").status.success());
+    let out = s.run(&["audit", "--since", &checkpoint], "");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("2 wallets changed"), "{}", stdout(&out));
+    // The checkpoint moved on: the old one is refused, naming the new.
+    let out = s.run(&["audit", "--since", &checkpoint], "");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("is not the last clean audit's"),
+        "{}",
+        stderr(&out)
+    );
+    let out = s.run(&["audit", "--since", "last", "--checkpoint"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn a_duplicate_delivery_credits_nothing_more() {
     let s = Scratch::new();
     let line = r#"{"id":"once","doc":{"beneficiaries":{"w":"12.5"}}}"#;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::Exit;
 use crate::domain::keys::{adj_key, tx_key, ADJ_PREFIX, TX_PREFIX};
-use crate::protocol::accounting::{self, opening_part_key, OPENING_KEY};
+use crate::protocol::accounting::{self, opening_part_key, since, OPENING_KEY};
 use crate::protocol::records::{now_ms, AdjRecord, TxRecord};
 use crate::store::{Bucket, Store, StoreError};
 
@@ -37,6 +37,8 @@ struct Tally {
     records: Option<u64>,
     opening_wallets: usize,
     unsettled: Vec<String>,
+    /// Records not final, for a checkpoint (bounded: see `since::PENDING_MAX`).
+    pending: std::collections::BTreeSet<String>,
 }
 
 impl Tally {
@@ -46,6 +48,9 @@ impl Tally {
         self.records.get_or_insert(cut.records);
         self.opening_wallets += cut.opening_wallets;
         self.unsettled.extend(cut.unsettled);
+        if self.pending.len() <= since::PENDING_MAX {
+            self.pending.extend(cut.pending);
+        }
         for (hash, (view, explained)) in &cut.wallets {
             let expected = explained.total();
             self.total_expected += expected;
@@ -82,8 +87,24 @@ impl Tally {
 /// Compares every balance with what the ledger explains for it, holding
 /// at most `wallets_per_pass` wallets at once
 /// ([`accounting::cut_in_passes`]): mismatches are printed as each range
-/// is done, in hash order, then the totals.
-pub async fn audit(store: &dyn Store, wallets_per_pass: usize, mut out: impl Write) -> anyhow::Result<Exit> {
+/// is done, in hash order, then the totals. With `checkpoint`, a clean
+/// audit begins a new line of checkpoints for `audit --since`.
+pub async fn audit(
+    store: &dyn Store,
+    wallets_per_pass: usize,
+    checkpoint: bool,
+    mut out: impl Write,
+) -> anyhow::Result<Exit> {
+    // Before anything is read: every record written after it has a greater CAS.
+    let floor = match checkpoint {
+        true => Some(
+            store
+                .cas_floor(Bucket::Ledger)
+                .await
+                .context("reading the store's clock")?,
+        ),
+        false => None,
+    };
     progress("reading the wallets and the records");
     let mut tally = Tally::default();
     accounting::cut_in_passes(store, wallets_per_pass, |cut| -> anyhow::Result<()> {
@@ -100,6 +121,7 @@ pub async fn audit(store: &dyn Store, wallets_per_pass: usize, mut out: impl Wri
         records,
         opening_wallets,
         unsettled,
+        pending,
     } = tally;
     for hash in &unsettled {
         writeln!(
@@ -123,11 +145,91 @@ pub async fn audit(store: &dyn Store, wallets_per_pass: usize, mut out: impl Wri
             format!(", {} unchecked", unsettled.len())
         }
     )?;
-    Ok(if mismatches == 0 && unsettled.is_empty() {
-        Exit::Success
-    } else {
-        Exit::Rejected
-    })
+    let clean = mismatches == 0 && unsettled.is_empty();
+    if let (Some(floor), true) = (floor, clean) {
+        let first = since::first(floor, pending).context("taking the checkpoint")?;
+        since::write_checkpoint(store, &first)
+            .await
+            .context("writing the checkpoint")?;
+        writeln!(
+            out,
+            "checkpoint {}: run `ledgerd audit --since {}` (or `--since last`) to check only what changes after it",
+            first.name(),
+            first.name()
+        )?;
+    }
+    Ok(if clean { Exit::Success } else { Exit::Rejected })
+}
+
+/// `audit --since CHECKPOINT`: checks only the wallets that may have
+/// changed since the last clean audit's checkpoint (`None`: whichever it
+/// is), against their settled sums and their records since
+/// ([`since::check`]); if every one matches, moves the checkpoint on.
+pub async fn audit_since(store: &dyn Store, name: Option<u64>, mut out: impl Write) -> anyhow::Result<Exit> {
+    let Some(checkpoint) = since::read_checkpoint(store).await.context("reading the checkpoint")? else {
+        bail!(
+            "there is no checkpoint ({}): run `ledgerd audit --checkpoint` once, a full audit that takes one",
+            since::CHECKPOINT_KEY
+        );
+    };
+    if let Some(name) = name {
+        if checkpoint.through_cas()? != name {
+            bail!(
+                "checkpoint {name} is not the last clean audit's, which is {}: run `ledgerd audit --since {}`, or a full `ledgerd audit --checkpoint`",
+                checkpoint.name(),
+                checkpoint.name()
+            );
+        }
+    }
+    progress("reading what changed since the checkpoint");
+    let found = since::check(store, &checkpoint).await.context("reading the ledger")?;
+    let mut mismatches = 0u64;
+    for (hash, checked) in &found.wallets {
+        let expected = checked.expected;
+        let line = match &checked.balance {
+            Some(Ok(units)) if i128::from(*units) == expected => continue,
+            Some(Ok(units)) => format!("MISMATCH {hash}: balance {units} units, expected {expected}"),
+            Some(Err(e)) => {
+                format!("MISMATCH {hash}: the balance document is invalid ({e}); expected {expected} units")
+            }
+            None if expected == 0 => continue,
+            None => format!("MISMATCH {hash}: no balance document, expected {expected} units"),
+        };
+        mismatches += 1;
+        writeln!(out, "{line}")?;
+    }
+    for hash in &found.unsettled {
+        writeln!(
+            out,
+            "UNCHECKED {hash}: the wallet changed during every reading, even locked; run the audit again"
+        )?;
+    }
+    writeln!(
+        out,
+        "audit since checkpoint {}: {} wallets changed, {} records read ({} wallets read in full, first seen since the last full audit), {mismatches} mismatches{}",
+        checkpoint.name(),
+        found.wallets.len() + found.unsettled.len(),
+        found.records,
+        found.from_the_start,
+        if found.unsettled.is_empty() {
+            String::new()
+        } else {
+            format!(", {} unchecked", found.unsettled.len())
+        }
+    )?;
+    if mismatches > 0 || !found.unsettled.is_empty() {
+        return Ok(Exit::Rejected);
+    }
+    let next = since::settle(store, &checkpoint, &found)
+        .await
+        .context("writing the checkpoint")?;
+    writeln!(
+        out,
+        "checkpoint {}: run `ledgerd audit --since {}` next",
+        next.name(),
+        next.name()
+    )?;
+    Ok(Exit::Success)
 }
 
 /// Records, as the opening snapshot, what each wallet holds beyond what the

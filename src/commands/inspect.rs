@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::Exit;
-use crate::domain::keys::{balance_key, ACTION_PREFIX, BALANCE_PREFIX, FAILED_PREFIX, TX_PREFIX};
+use crate::domain::keys::{balance_key, BALANCE_PREFIX, FAILED_PREFIX, TX_PREFIX};
 use crate::domain::Units;
 use crate::store::{Bucket, KeyPages, Store, StoreError};
 use crate::worker::membership::MEMBER_TIMEOUT;
@@ -104,14 +104,13 @@ pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> an
             .await
             .with_context(|| format!("counting {prefix} documents"))
     };
-    let census = store
-        .census(Bucket::Queue, ACTION_PREFIX, crate::protocol::BLOCKED_XATTR, None)
+    let census = crate::worker::membership::queue_census(store, None)
         .await
         .context("counting queued actions by state")?;
     let failed = count(Bucket::Queue, FAILED_PREFIX).await?;
     let transactions = count(Bucket::Ledger, TX_PREFIX).await?;
     let wallets = count(Bucket::Ledger, BALANCE_PREFIX).await?;
-    let (ready, locked, blocked) = match census.states {
+    let (ready, locked, blocked) = match census.locked.zip(census.marked) {
         Some((locked, blocked)) => (
             Some(census.total.saturating_sub(locked).saturating_sub(blocked)),
             Some(locked),

@@ -24,7 +24,8 @@ pub enum State {
     Ready,
     /// A worker holds it (or held it and died: until its lease lapses).
     Locked,
-    /// Its last attempt was blocked (see the reason); not locked now.
+    /// Its last attempt was blocked (see the reason): locked until its
+    /// retry time, so that no replica tries it sooner, then tried again.
     Blocked,
 }
 
@@ -101,10 +102,11 @@ async fn read(store: &dyn Store, id: &str) -> anyhow::Result<Option<Queued>> {
         Err(e) => return Err(e).with_context(|| format!("reading {key}")),
     };
     let blocked = doc.xattrs.into_iter().next().flatten();
-    let state = if doc.cas == LOCKED_CAS {
-        State::Locked
-    } else if blocked.is_some() {
+    let locked = doc.cas == LOCKED_CAS;
+    let state = if blocked.is_some() {
         State::Blocked
+    } else if locked {
+        State::Locked
     } else {
         State::Ready
     };
@@ -113,7 +115,7 @@ async fn read(store: &dyn Store, id: &str) -> anyhow::Result<Option<Queued>> {
         state,
         body: doc.body,
         blocked,
-        locked_until_ms: times.locked_until_ms.filter(|_| state == State::Locked),
+        locked_until_ms: times.locked_until_ms.filter(|_| locked),
         created_ms: times.created_ms,
     }))
 }

@@ -24,6 +24,12 @@ pub const MEMBERS_KEY: &str = "members:ledgerd";
 pub const MEMBERS_XATTR: &str = "ledger.members";
 /// Extended attribute under which a wallet's idempotency markers live.
 pub const MARKERS_XATTR: &str = "ledger.applied";
+/// The xattr on a queued action that says why its last attempt was blocked
+/// and when it is tried again, for operators (`ledgerd queue`, `status`,
+/// metrics): every process and command sees it, and Couchbase's queue
+/// state index covers it. The protocol never reads it; it goes with the
+/// action, or with a producer's rewrite of it.
+pub const BLOCKED_XATTR: &str = "ledger.blocked";
 
 /// Why a string cannot be used inside a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -82,8 +82,10 @@ pub const FAILED_ACTIONS: &str = "ledgerd_failed_actions";
 pub const BUILD_INFO: &str = "ledgerd_build_info";
 
 /// Most queued actions the sampler reads one by one to count them by state
-/// on a store that cannot count them in one scan (Couchbase: one lookup
-/// each); above it the per-state gauges read NaN.
+/// on a store that can count them neither in one scan (the embedded
+/// stores) nor in one query (Couchbase, from its state index); above it
+/// the per-state gauges read NaN. No store ledgerd ships takes that path
+/// for the queue.
 pub const QUEUE_PROBE_MAX: u64 = 1_000;
 
 /// Every label value each counter takes, so that each series exists, at 0,
@@ -284,20 +286,13 @@ pub async fn sample_queue(
 
 /// One sample (see [`sample_queue`]); what cannot be read reads NaN.
 pub async fn sample_queue_once(store: &dyn crate::store::Store) {
-    use crate::domain::keys::{ACTION_PREFIX, FAILED_PREFIX};
+    use crate::domain::keys::FAILED_PREFIX;
     use crate::store::Bucket;
-    let census = store
-        .census(
-            Bucket::Queue,
-            ACTION_PREFIX,
-            crate::protocol::BLOCKED_XATTR,
-            Some(QUEUE_PROBE_MAX),
-        )
-        .await;
+    let census = crate::worker::membership::queue_census(store, Some(QUEUE_PROBE_MAX)).await;
     metrics::gauge!(QUEUE_DEPTH).set(census.as_ref().map_or(f64::NAN, |c| c.total as f64));
     let (states, oldest) = match &census {
         Ok(c) => {
-            let states = c.states.map(|(locked, blocked)| {
+            let states = c.locked.zip(c.marked).map(|(locked, blocked)| {
                 let ready = c.total.saturating_sub(locked).saturating_sub(blocked);
                 [ready as f64, locked as f64, blocked as f64]
             });

@@ -32,6 +32,8 @@ use crate::domain::keys::{
 use crate::domain::Units;
 use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS, READ_DOCS_IN_FLIGHT};
 
+pub mod since;
+
 /// The ledger document holding balances that came from outside ledgerd
 /// (the first part of them, and how many parts there are).
 pub const OPENING_KEY: &str = "audit:opening";
@@ -126,6 +128,10 @@ pub struct Scan {
     adjustments: HashMap<String, Vec<AdjRecord>>,
     /// Transaction records read.
     pub records: u64,
+    /// Records read that are not final (a transaction record not
+    /// completed, an adjustment not applied), for a checkpoint
+    /// ([`since`]); at most [`since::PENDING_MAX`] + 1 are kept.
+    pending: BTreeSet<String>,
 }
 
 /// What the ledger explains for one wallet, by source.
@@ -204,6 +210,9 @@ impl Scan {
         let tx = TxRecord::parse(id, body).map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
         self.records += 1;
         let completed = tx.state == TxState::Completed;
+        if !completed && self.pending.len() <= since::PENDING_MAX {
+            self.pending.insert(key.to_string());
+        }
         // The marker's path (a digest of the action id) only for a wallet
         // that holds markers, and once per record.
         let mut path: Option<String> = None;
@@ -231,6 +240,9 @@ impl Scan {
     fn add_adj(&mut self, key: &str, body: &[u8], range: &HashRange) -> Result<()> {
         let adj = AdjRecord::parse(&key[ADJ_PREFIX.len()..], body)
             .map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
+        if adj.state != AdjState::Applied && self.pending.len() <= since::PENDING_MAX {
+            self.pending.insert(key.to_string());
+        }
         if range.contains(&adj.hash) {
             self.adjustments.entry(adj.hash.clone()).or_default().push(adj);
         }
@@ -433,6 +445,8 @@ pub struct Cut {
     pub records: u64,
     /// Wallets of the range in the opening snapshot.
     pub opening_wallets: usize,
+    /// Records not final in the scans (see [`Scan`]).
+    pub pending: BTreeSet<String>,
 }
 
 /// Takes every wallet (those with a document, and those the ledger names)
@@ -483,8 +497,9 @@ pub async fn cut_range(store: &dyn Store, range: &HashRange) -> Result<Cut> {
         );
         let unread: BTreeSet<String> = pending.iter().filter(|h| !before.contains_key(*h)).cloned().collect();
         before.extend(read_all(store, &unread).await?);
-        let scan = scan(store, range, &before).await?;
+        let mut scan = scan(store, range, &before).await?;
         (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());
+        cut.pending.append(&mut scan.pending);
         pending.extend(scan.wallets().into_iter().filter(|h| !cut.wallets.contains_key(h)));
         let after = read_all(store, &pending).await?;
         for hash in std::mem::take(&mut pending) {
@@ -542,8 +557,9 @@ async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pend
     let views: BTreeMap<String, WalletView> = locked.iter().map(|(h, _, v)| (h.clone(), v.clone())).collect();
     let scan = scan(store, range, &views).await;
     let unchanged = release(store, &locked).await;
-    let scan = scan?;
+    let mut scan = scan?;
     (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());
+    cut.pending.append(&mut scan.pending);
     for ((hash, _, view), unchanged) in locked.into_iter().zip(unchanged) {
         if unchanged {
             let explained = scan.explained(&hash, &view);

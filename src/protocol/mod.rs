@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, tx_key};
 use crate::domain::{plan_action, Plan};
+use crate::store::limits::{LOCK_SECS_MAX, LOCK_SECS_MIN};
 use crate::store::{Bucket, Cas, Doc, GroupCas, Store, StoreError, WriteGroup};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
@@ -194,11 +195,7 @@ impl ProtocolError {
 /// Result of the protocol's steps.
 pub type Result<T> = std::result::Result<T, ProtocolError>;
 
-/// The xattr on a queued action that says why its last attempt was blocked
-/// and when it is tried again, for operators (`ledgerd queue`, `status`,
-/// metrics): every process and command sees it. The protocol never reads
-/// it; it goes with the action, or with a producer's rewrite of it.
-pub const BLOCKED_XATTR: &str = "ledger.blocked";
+pub use crate::domain::keys::BLOCKED_XATTR;
 
 /// Which attempt at an action this is, and when the worker will try again
 /// if it is blocked (written into [`BLOCKED_XATTR`]).
@@ -241,8 +238,17 @@ pub async fn process_attempt(store: &dyn Store, id: &str, opts: &Options, attemp
     };
     if let Ok(Outcome::Blocked { reason }) = &result {
         // Say why on the action itself, with the claim's CAS: the write
-        // also releases the claim. Best effort, like the unlock below.
-        if mark_blocked(store, &key, claim.cas(), reason, attempt).await.is_ok() {
+        // also releases the claim. Then hold it until its retry time, so
+        // that no replica tries it sooner. Best effort, like the unlock
+        // below: an early attempt costs work, never money.
+        let hold = blocked_hold(attempt.retry_in);
+        if mark_blocked(store, &key, claim.cas(), reason, attempt.number, hold)
+            .await
+            .is_ok()
+        {
+            if let Err(e) = store.get_and_lock(Bucket::Queue, &key, hold).await {
+                tracing::debug!(action = id, error = %e, "a blocked action could not be held until its retry time");
+            }
             return result;
         }
     }
@@ -257,20 +263,40 @@ pub async fn process_attempt(store: &dyn Store, id: &str, opts: &Options, attemp
     result
 }
 
-/// Writes [`BLOCKED_XATTR`] on a claimed action.
-async fn mark_blocked(store: &dyn Store, key: &str, cas: Cas, reason: &str, attempt: Attempt) -> Result<()> {
+/// Writes [`BLOCKED_XATTR`] on a claimed action: why, and that it is held
+/// for `hold`.
+async fn mark_blocked(
+    store: &dyn Store,
+    key: &str,
+    cas: Cas,
+    reason: &str,
+    attempts: u32,
+    hold: Duration,
+) -> Result<()> {
     let now = records::now_ms();
-    let retry_ms = u64::try_from(attempt.retry_in.as_millis()).unwrap_or(u64::MAX);
+    let retry_ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
     let note = serde_json::json!({
         "reason": dead_letters::bounded_reason(reason),
         "at": crate::domain::time::rfc3339_from_unix_ms(now),
-        "attempts": attempt.number,
+        "attempts": attempts,
         "retry_after": crate::domain::time::rfc3339_from_unix_ms(now.saturating_add(retry_ms)),
     });
     store
         .set_xattr(Bucket::Queue, key, BLOCKED_XATTR, &note, Some(cas))
         .await?;
     Ok(())
+}
+
+/// How long a blocked action is held locked after its attempt: the retry
+/// delay, in the whole seconds a lock counts (rounded up), at most
+/// Couchbase's longest lock ([`LOCK_SECS_MAX`]). The lock is the store's,
+/// so every replica honours the delay, not only the one that blocked it
+/// (whose own retry waits at least as long). Nobody holds the lock's CAS:
+/// it lapses by itself. An action another replica claimed in between, or
+/// that its producer removed, is left as it is.
+pub fn blocked_hold(retry_in: Duration) -> Duration {
+    let secs = u64::try_from(retry_in.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
+    Duration::from_secs(secs.clamp(LOCK_SECS_MIN, LOCK_SECS_MAX))
 }
 
 async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Options) -> Result<Outcome> {

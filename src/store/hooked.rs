@@ -400,4 +400,20 @@ impl<H: Hook> Store for Hooked<H> {
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         hooked!(self, OpKind::CountKeys, prefix, self.inner.count_keys(bucket, prefix))
     }
+
+    async fn changed_since(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        since: Cas,
+        after: Option<(Cas, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Cas, String)>> {
+        hooked!(
+            self,
+            OpKind::ListKeys,
+            prefix,
+            self.inner.changed_since(bucket, prefix, since, after.clone(), limit)
+        )
+    }
 }

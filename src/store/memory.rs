@@ -236,10 +236,7 @@ impl Store for MemoryStore {
     async fn census(&self, bucket: Bucket, prefix: &str, path: &str, _probe_max: Option<u64>) -> StoreResult<Census> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let mut census = Census {
-            states: Some((0, 0)),
-            ..Census::default()
-        };
+        let mut census = Census::default();
         let (mut locked, mut marked) = (0, 0);
         for (_, e) in inner
             .bucket(bucket)
@@ -247,17 +244,17 @@ impl Store for MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
         {
             census.total += 1;
-            if e.locked(now) {
-                locked += 1;
-            } else if e.has_xattr(path) {
+            if e.has_xattr(path) {
                 marked += 1;
+            } else if e.locked(now) {
+                locked += 1;
             }
             census.oldest_created_ms = match (census.oldest_created_ms, e.created_ms) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
         }
-        census.states = Some((locked, marked));
+        (census.locked, census.marked) = (Some(locked), Some(marked));
         Ok(census)
     }
 
@@ -314,5 +311,27 @@ impl Store for MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .count();
         u64::try_from(n).map_err(|e| StoreError::Permanent(e.to_string()))
+    }
+
+    async fn changed_since(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        since: Cas,
+        after: Option<(Cas, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Cas, String)>> {
+        let mut inner = self.lock();
+        let mut found: Vec<(Cas, String)> = inner
+            .bucket(bucket)
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.cas > since)
+            .map(|(k, e)| (e.cas, k.clone()))
+            .filter(|entry| after.as_ref().is_none_or(|a| entry > a))
+            .collect();
+        found.sort();
+        found.truncate(limit);
+        Ok(found)
     }
 }

@@ -88,10 +88,16 @@ pub struct DocTimes {
 pub struct Census {
     /// Every document under the prefix.
     pub total: u64,
-    /// `(locked now, not locked and carrying the xattr path)`; `None` where
-    /// the store could not tell within the probe budget.
-    pub states: Option<(u64, u64)>,
-    /// When the oldest was created (Unix ms), where the store knows.
+    /// Locked now and not carrying the xattr path; `None` where the store
+    /// cannot see locks (SQL++ does not: Couchbase keeps them in the data
+    /// service's memory) or could not tell within the probe budget.
+    pub locked: Option<u64>,
+    /// Carrying the xattr path, locked or not; `None` where the store could
+    /// not tell within the probe budget.
+    pub marked: Option<u64>,
+    /// When the oldest was created (Unix ms), where the store knows; on
+    /// Couchbase, when the least recently written one was last written
+    /// (its CAS, a hybrid logical clock).
     pub oldest_created_ms: Option<u64>,
 }
 
@@ -316,38 +322,14 @@ pub trait Store: Send + Sync {
         Ok(DocTimes::default())
     }
 
-    /// Counts the documents under `prefix`: all, locked now, and not locked
-    /// but carrying the xattr `path`. By default by reading each document
+    /// Counts the documents under `prefix`: all, locked now and not
+    /// carrying the xattr `path`, and carrying it (locked or not). By default by reading each document
     /// (one lookup each), and only when there are at most `probe_max`
-    /// (`None`: no limit); beyond, `states` is `None`. The embedded stores
-    /// count in one scan.
+    /// (`None`: no limit); beyond, only `total` is known. The embedded
+    /// stores count in one scan; Couchbase in one SQL++ statement, without
+    /// the locks.
     async fn census(&self, bucket: Bucket, prefix: &str, path: &str, probe_max: Option<u64>) -> StoreResult<Census> {
-        let total = self.count_keys(bucket, prefix).await?;
-        if probe_max.is_some_and(|max| total > max) {
-            return Ok(Census {
-                total,
-                states: None,
-                oldest_created_ms: None,
-            });
-        }
-        let (mut all, mut locked, mut marked) = (0u64, 0u64, 0u64);
-        let mut pages = KeyPages::new(self, bucket, prefix);
-        while let Some(page) = pages.next_page().await? {
-            for key in &page {
-                match self.get_with_xattrs(bucket, key, &[path]).await {
-                    Ok(doc) if doc.cas == LOCKED_CAS => locked += 1,
-                    Ok(doc) => marked += u64::from(doc.xattrs.first().is_some_and(Option::is_some)),
-                    Err(StoreError::NotFound) => continue,
-                    Err(e) => return Err(e),
-                }
-                all += 1;
-            }
-        }
-        Ok(Census {
-            total: all,
-            states: Some((locked, marked)),
-            oldest_created_ms: None,
-        })
+        census_by_lookups(self, bucket, prefix, path, probe_max).await
     }
 
     /// Up to `limit` keys starting with `prefix` and greater than `after`,
@@ -418,6 +400,67 @@ pub trait Store: Send + Sync {
 
     /// How many keys start with `prefix`.
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64>;
+
+    /// Up to `limit` documents under `prefix` last written after the CAS
+    /// `since`, as `(CAS, key)` in that order, after `after`: what changed
+    /// since a point of the store's clock ([`Store::cas_floor`]). A CAS
+    /// may be rounded (Couchbase: SQL++ returns it as a JSON number): read
+    /// the document for its exact one. By default by reading every
+    /// document under the prefix; the stores read an index over the
+    /// ledger's CAS values (SQLite: a partial index on `docs(cas)`;
+    /// Couchbase: a GSI index on `META().cas`).
+    async fn changed_since(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        since: Cas,
+        after: Option<(Cas, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Cas, String)>> {
+        changed_since_by_scan(self, bucket, prefix, since, after, limit).await
+    }
+
+    /// A point of the store's clock: a CAS that every write made after
+    /// this call exceeds, in `bucket`. By default the CAS of a write made
+    /// now (a probe document, removed again), which is that point for a
+    /// store whose CAS values come from one counter (the embedded stores);
+    /// Couchbase's come from each node's clock, and it subtracts the
+    /// clocks' greatest drift.
+    async fn cas_floor(&self, bucket: Bucket) -> StoreResult<Cas> {
+        let key = format!("{CAS_PROBE_PREFIX}{:016x}", rand::random::<u64>());
+        let cas = self.insert(bucket, &key, b"{}").await?;
+        let _ = self.remove(bucket, &key, None).await;
+        Ok(cas)
+    }
+}
+
+/// Keys of the probe documents [`Store::cas_floor`] writes (and removes).
+pub const CAS_PROBE_PREFIX: &str = "audit:clock:";
+
+/// [`Store::changed_since`] by reading every document under `prefix`.
+pub async fn changed_since_by_scan<S: Store + ?Sized>(
+    store: &S,
+    bucket: Bucket,
+    prefix: &str,
+    since: Cas,
+    after: Option<(Cas, String)>,
+    limit: usize,
+) -> StoreResult<Vec<(Cas, String)>> {
+    let mut found = Vec::new();
+    let mut pages = KeyPages::new(store, bucket, prefix);
+    while let Some(page) = pages.next_page().await? {
+        for key in page {
+            match store.get(bucket, &key).await {
+                Ok(doc) if doc.cas > since => found.push((doc.cas, key)),
+                Ok(_) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    found.retain(|entry| after.as_ref().is_none_or(|a| entry > a));
+    found.sort();
+    found.truncate(limit);
+    Ok(found)
 }
 
 /// Gets in flight at once in [`Store::read_docs`]'s default: enough to
@@ -566,4 +609,41 @@ pub async fn wallet_records_by_scan<S: Store + ?Sized>(
         }
     }
     Ok(found)
+}
+
+/// [`Store::census`] by reading each document (one lookup each), and only
+/// when there are at most `probe_max`.
+pub async fn census_by_lookups<S: Store + ?Sized>(
+    store: &S,
+    bucket: Bucket,
+    prefix: &str,
+    path: &str,
+    probe_max: Option<u64>,
+) -> StoreResult<Census> {
+    let total = store.count_keys(bucket, prefix).await?;
+    if probe_max.is_some_and(|max| total > max) {
+        return Ok(Census {
+            total,
+            ..Census::default()
+        });
+    }
+    let (mut all, mut locked, mut marked) = (0u64, 0u64, 0u64);
+    let mut pages = KeyPages::new(store, bucket, prefix);
+    while let Some(page) = pages.next_page().await? {
+        for key in &page {
+            match store.get_with_xattrs(bucket, key, &[path]).await {
+                Ok(doc) if doc.xattrs.first().is_some_and(Option::is_some) => marked += 1,
+                Ok(doc) => locked += u64::from(doc.cas == LOCKED_CAS),
+                Err(StoreError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
+            all += 1;
+        }
+    }
+    Ok(Census {
+        total: all,
+        locked: Some(locked),
+        marked: Some(marked),
+        oldest_created_ms: None,
+    })
 }

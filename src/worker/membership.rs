@@ -30,10 +30,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::domain::keys::{MEMBERS_KEY, MEMBERS_XATTR};
+use crate::domain::keys::{ACTION_PREFIX, BLOCKED_XATTR, MEMBERS_KEY, MEMBERS_XATTR};
 use crate::domain::shard::owned_shards;
 use crate::ops::metrics as m;
-use crate::store::{Bucket, Store, StoreError, StoreResult};
+use crate::store::{Bucket, Census, Store, StoreError, StoreResult};
 
 /// A member whose heartbeat has not changed for this long is taken for
 /// dead, and its shards go to the others, unless configured otherwise
@@ -79,6 +79,11 @@ pub struct Heartbeat {
     /// How many shards it owns in that view.
     #[serde(default)]
     pub shards: u32,
+    /// Actions it held claimed when it wrote this heartbeat: summed over
+    /// the live members, the queue's locked actions where the store cannot
+    /// count locks itself (Couchbase: see [`queue_census`]).
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// One member's view of the membership: who is alive, and its shards.
@@ -224,6 +229,8 @@ pub struct Membership {
     worked: Option<Instant>,
     /// When a failure was last logged.
     failure_logged: Option<Instant>,
+    /// Actions this member holds claimed (published in its heartbeat).
+    in_flight: u64,
 }
 
 impl Membership {
@@ -247,7 +254,14 @@ impl Membership {
             due: None,
             worked: None,
             failure_logged: None,
+            in_flight: 0,
         }
+    }
+
+    /// Notes how many actions this member holds claimed, for its next
+    /// heartbeat.
+    pub fn note_in_flight(&mut self, n: usize) {
+        self.in_flight = u64::try_from(n).unwrap_or(u64::MAX);
     }
 
     /// This member's id.
@@ -402,6 +416,7 @@ impl Membership {
             at_ms: now_ms,
             view: view.id,
             shards: u32::try_from(view.shards.len()).unwrap_or(u32::MAX),
+            in_flight: self.in_flight,
         })
         .unwrap_or(Value::Null)
     }
@@ -414,6 +429,36 @@ impl Membership {
             tracing::debug!(error = %e, "membership: leaving failed; the others notice after the timeout");
         }
     }
+}
+
+/// The queued actions by state (see [`Store::census`]): where the store
+/// cannot see locks (Couchbase), the locked ones are the actions the live
+/// members said they held claimed in their last heartbeats (a member is
+/// live if its heartbeat, by its own clock, was written within the longest
+/// timeout a member may be configured with,
+/// [`MEMBER_TIMEOUT_MS_MAX`](crate::config::MEMBER_TIMEOUT_MS_MAX)), at
+/// most the actions not blocked. What the members say is a heartbeat old: a gauge,
+/// not an account.
+pub async fn queue_census(store: &dyn Store, probe_max: Option<u64>) -> StoreResult<Census> {
+    let mut census = store
+        .census(Bucket::Queue, ACTION_PREFIX, BLOCKED_XATTR, probe_max)
+        .await?;
+    if census.locked.is_none() && census.marked.is_some() {
+        let members = listed(store).await?;
+        census.locked = Some(held_by_members(&census, &members, crate::protocol::records::now_ms()));
+    }
+    Ok(census)
+}
+
+/// The actions the live members said they held claimed at `now_ms` (see
+/// [`queue_census`]), at most the queued actions not blocked.
+fn held_by_members(census: &Census, members: &[(String, Heartbeat)], now_ms: u64) -> u64 {
+    let held: u64 = members
+        .iter()
+        .filter(|(_, h)| now_ms.saturating_sub(h.at_ms) <= crate::config::MEMBER_TIMEOUT_MS_MAX)
+        .map(|(_, h)| h.in_flight)
+        .fold(0, u64::saturating_add);
+    held.min(census.total.saturating_sub(census.marked.unwrap_or(0)))
 }
 
 /// The members listed in the document, with their heartbeats, for

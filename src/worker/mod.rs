@@ -33,8 +33,10 @@ pub mod put_off;
 const IDLE_BACKOFF_MS_MIN: u64 = 20;
 /// First delay before retrying an action that was blocked or failed.
 const RETRY_DELAY_MS_MIN: u64 = 1_000;
-/// Longest delay before retrying an action that was blocked or failed.
-const RETRY_DELAY_MS_MAX: u64 = 60_000;
+/// Longest delay before retrying an action that was blocked or failed:
+/// Couchbase's longest lock, which holds a blocked action for that long
+/// against every replica (`protocol::process_attempt`).
+const RETRY_DELAY_MS_MAX: u64 = crate::store::limits::LOCK_SECS_MAX * 1_000;
 /// First pause after a failed discovery; it doubles with each failure.
 const DISCOVERY_BACKOFF_MS_MIN: u64 = 100;
 /// Longest pause between failed discoveries.
@@ -199,6 +201,22 @@ struct Loop {
     blocked_logged: Collapser,
 }
 
+/// Says, as a worker run with `exit_when_idle` exits, what it left.
+fn log_left_behind(left: &LeftBehind) {
+    if left.needs_attention() {
+        crate::lifecycle!(
+            level: tracing::Level::ERROR,
+            left_locked = left.locked,
+            left_blocked = left.blocked,
+            left_after_errors = left.after_errors,
+            unknown = left.unknown.as_deref(),
+            "queue idle: exiting, leaving work behind (see `ledgerd queue`)"
+        );
+    } else {
+        crate::lifecycle!(left_locked = left.locked, "queue idle: exiting");
+    }
+}
+
 /// Runs until `shutdown` completes (or, with `exit_when_idle`, the queue is
 /// idle or discovery cannot work), reporting its discovery to `health`.
 pub async fn run(
@@ -289,6 +307,10 @@ impl Loop {
         let semaphore = Arc::new(Semaphore::new(self.cfg.concurrency));
         let mut pass = self.new_pass().await;
         let mut idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
+        // With `exit_when_idle`: when the queue first looked idle with
+        // blocked actions this worker never tried (held locked until their
+        // retry time by the process that blocked them).
+        let mut waiting_for_held: Option<Instant> = None;
         loop {
             self.reap();
             self.log_repeats(false);
@@ -367,7 +389,20 @@ impl Loop {
                 // it: an exiting worker leaves nothing it could claim.
                 pass = Pass::everything();
             } else if self.cfg.exit_when_idle {
-                self.stats.left = Some(self.left_behind().await);
+                let left = self.left_behind().await;
+                // A blocked action another process holds until its retry
+                // time (at most the longest lock) is tried when it comes,
+                // once: it may have been repaired since.
+                let held = left.blocked > self.put_off.blocked();
+                let started = *waiting_for_held.get_or_insert_with(Instant::now);
+                if held && started.elapsed() <= Duration::from_secs(crate::store::limits::LOCK_SECS_MAX) {
+                    tokio::time::sleep(idle).await;
+                    idle = (idle * 2).min(self.cfg.idle_backoff_max);
+                    pass = Pass::everything();
+                    continue;
+                }
+                log_left_behind(&left);
+                self.stats.left = Some(left);
                 return;
             } else {
                 tokio::time::sleep(idle).await;
@@ -491,6 +526,7 @@ impl Loop {
             self.in_flight.insert(id.clone());
             self.stats.claim_attempts += 1;
             metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
+            self.membership.note_in_flight(self.in_flight.len());
             let (store, opts) = (self.store.clone(), self.opts.clone());
             let number = self.put_off.attempts(&id) + 1;
             let attempt = Attempt {
@@ -526,6 +562,7 @@ impl Loop {
         };
         self.in_flight.remove(&id);
         metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
+        self.membership.note_in_flight(self.in_flight.len());
         metrics::counter!(m::ACTIONS, "outcome" => outcome_label(&result)).increment(1);
         let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match &result {
@@ -624,8 +661,13 @@ impl Loop {
         self.claims_this_pass += 1;
         if matches!(result, Ok(Outcome::Blocked { .. }) | Err(_)) {
             // The delay chosen when the attempt started: a blocked action
-            // says on itself when it is tried again.
-            let until = Instant::now() + attempt.retry_in;
+            // says on itself when it is tried again, and is locked until
+            // then (in whole seconds), which this worker waits out too.
+            let delay = match result {
+                Ok(Outcome::Blocked { .. }) => attempt.retry_in.max(protocol::blocked_hold(attempt.retry_in)),
+                _ => attempt.retry_in,
+            };
+            let until = Instant::now() + delay;
             self.put_off.put_off(id, until, attempt.number, result.is_err());
         } else {
             self.put_off.clear(&id);
@@ -636,15 +678,9 @@ impl Loop {
     /// others, blocked, or put off after errors.
     async fn left_behind(&self) -> LeftBehind {
         let mut left = LeftBehind::default();
-        match self
-            .store
-            .census(Bucket::Queue, ACTION_PREFIX, protocol::BLOCKED_XATTR, None)
-            .await
-        {
+        match membership::queue_census(self.store.as_ref(), None).await {
             Ok(census) => {
-                if let Some((locked, blocked)) = census.states {
-                    (left.locked, left.blocked) = (locked, blocked);
-                }
+                (left.locked, left.blocked) = (census.locked.unwrap_or(0), census.marked.unwrap_or(0));
             }
             Err(e) => left.unknown = Some(format!("the queue could not be read: {e}")),
         }
@@ -658,18 +694,6 @@ impl Loop {
                 Err(crate::store::StoreError::NotFound) => {}
                 Err(e) => left.unknown = Some(format!("the queue could not be read: {e}")),
             }
-        }
-        if left.needs_attention() {
-            crate::lifecycle!(
-                level: tracing::Level::ERROR,
-                left_locked = left.locked,
-                left_blocked = left.blocked,
-                left_after_errors = left.after_errors,
-                unknown = left.unknown.as_deref(),
-                "queue idle: exiting, leaving work behind (see `ledgerd queue`)"
-            );
-        } else {
-            crate::lifecycle!(left_locked = left.locked, "queue idle: exiting");
         }
         left
     }

@@ -87,6 +87,11 @@ impl PutOff {
             .map(|(k, _)| k.as_str())
     }
 
+    /// How many entries are of blocked actions.
+    pub(crate) fn blocked(&self) -> u64 {
+        self.entries.values().filter(|e| !e.after_error).count() as u64
+    }
+
     /// How many entries it holds.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

@@ -138,7 +138,7 @@ async fn a_running_worker_is_not_ready_while_discovery_fails_and_recovers_after(
 }
 
 #[test]
-fn retry_delays_grow_to_a_minute_and_are_jittered_per_action() {
+fn retry_delays_grow_to_the_longest_lock_and_are_jittered_per_action() {
     for number in 1..=12u32 {
         let ceiling = (RETRY_DELAY_MS_MIN << number.clamp(1, 7).saturating_sub(1)).min(RETRY_DELAY_MS_MAX);
         let drawn: std::collections::BTreeSet<u128> = (0..200).map(|_| retry_delay(number).as_millis()).collect();

@@ -155,7 +155,9 @@ async fn a_credit_completed_during_the_scan_is_not_taken_for_an_opening_balance(
     );
     assert_eq!(w.balance("a"), Some(700_000_000));
     let mut out = Vec::new();
-    let exit = audit::audit(&w.store, WALLETS_PER_PASS, &mut out).await.expect("audit");
+    let exit = audit::audit(&w.store, WALLETS_PER_PASS, false, &mut out)
+        .await
+        .expect("audit");
     assert_eq!(
         exit,
         crate::commands::Exit::Success,
@@ -240,7 +242,7 @@ async fn an_audit_in_passes_finds_what_one_pass_finds() {
         let store = &w.store;
         async move {
             let mut out = Vec::new();
-            let exit = audit::audit(store, passes, &mut out).await.expect("audit");
+            let exit = audit::audit(store, passes, false, &mut out).await.expect("audit");
             (exit, String::from_utf8(out).expect("utf-8"))
         }
     };

@@ -14,6 +14,7 @@ mod accounting;
 mod failed;
 mod grouped;
 mod hot;
+mod since;
 
 const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;
 const SPLIT: &str = r#"{"reward":"1","beneficiaries":{"a":33.33333333,"b":33.33333333,"c":33.33333334}}"#;
@@ -350,10 +351,31 @@ async fn a_corrupt_wallet_blocks_only_its_action() {
         w.process("2").await.expect("other"),
         Outcome::Completed { .. }
     ));
-    // Unlocked at once: no need to wait for the lease after a fix.
+    // Held until its retry time, against every replica: another worker
+    // (its own options) finds it locked, even after the fix.
     w.set_balance("b", "5").await;
+    let other = Options::default();
+    assert!(
+        matches!(
+            process_action(&w.store, "1", &other).await,
+            Ok(Outcome::Skipped(Skip::Busy))
+        ),
+        "a blocked action is tried by no replica before its retry time"
+    );
+    let census = w
+        .store
+        .census(Bucket::Queue, "action:", BLOCKED_XATTR, None)
+        .await
+        .expect("census");
+    assert_eq!(
+        (census.locked, census.marked),
+        (Some(0), Some(1)),
+        "counted blocked, not locked"
+    );
+    // The hold is the retry delay: one attempt's, at most 1 s.
+    w.clock.fetch_add(1_000, Ordering::SeqCst);
     assert!(matches!(
-        w.process("1").await.expect("retry"),
+        process_action(&w.store, "1", &other).await.expect("retry"),
         Outcome::Completed { .. }
     ));
     assert_eq!(w.balance("b"), Some(29_000_005));
@@ -385,6 +407,8 @@ async fn a_wallet_corrupted_after_the_commit_point_blocks_until_fixed() {
     ));
     assert_eq!(w.tx("1").expect("still committed").state, TxState::Committed);
     w.set_balance("c", "3").await;
+    // Held until its retry time.
+    w.lapse_locks();
     assert!(matches!(
         w.process("1").await.expect("resumes"),
         Outcome::Completed { .. }

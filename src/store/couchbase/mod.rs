@@ -38,9 +38,9 @@ use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{limits, Bucket, Cas, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
+use super::{limits, Bucket, Cas, Census, Doc, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::config::Settings;
-use crate::domain::keys::ACTION_PREFIX;
+use crate::domain::keys::{ACTION_PREFIX, BLOCKED_XATTR};
 use errors::{deadline_error, map_error, map_query_error, Call, FailFastOnLock};
 
 /// The durability level named in settings.
@@ -558,6 +558,76 @@ impl Store for CouchbaseStore {
         self.query_in::<String>(bucket, statement, &params).await
     }
 
+    /// The queue by state in one SQL++ statement over the state index
+    /// ([`statements::queue_census`]): no lookup per action, at any queue
+    /// size. Locks are out of SQL++'s sight (`locked` is `None`); the
+    /// oldest is the action least recently written. Anything else is
+    /// counted by lookups.
+    async fn census(&self, bucket: Bucket, prefix: &str, path: &str, probe_max: Option<u64>) -> StoreResult<Census> {
+        if bucket != Bucket::Queue || prefix != ACTION_PREFIX || path != BLOCKED_XATTR {
+            return super::census_by_lookups(self, bucket, prefix, path, probe_max).await;
+        }
+        #[derive(serde::Deserialize)]
+        struct Row {
+            total: u64,
+            blocked: u64,
+            oldest_cas: Option<f64>,
+        }
+        let statement = statements::queue_census(self.bucket_name(bucket));
+        let row = self
+            .query_in::<Row>(bucket, statement, &[])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Transient("the queue census returned no row".into()))?;
+        Ok(Census {
+            total: row.total,
+            locked: None,
+            marked: Some(row.blocked),
+            oldest_created_ms: row.oldest_cas.and_then(cas_to_unix_ms),
+        })
+    }
+
+    async fn changed_since(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        since: Cas,
+        after: Option<(Cas, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Cas, String)>> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            cas: f64,
+            id: String,
+        }
+        let statement = statements::changed_since(self.bucket_name(bucket), prefix);
+        let (after_cas, after_id) = after.unwrap_or((0, String::new()));
+        let params = [
+            ("since", Value::from(since)),
+            ("after_cas", Value::from(after_cas)),
+            ("after_id", Value::from(after_id)),
+            ("limit", Value::from(limit as u64)),
+        ];
+        Ok(self
+            .query_in::<Row>(bucket, statement, &params)
+            .await?
+            .into_iter()
+            .map(|row| (row.cas.max(0.0) as Cas, row.id))
+            .collect())
+    }
+
+    /// The CAS of a probe written now, less [`CLOCK_DRIFT_MAX`]: a CAS is
+    /// the writing node's clock (see [`statements::queue_census`]), and
+    /// another node's may run behind it.
+    async fn cas_floor(&self, bucket: Bucket) -> StoreResult<Cas> {
+        let key = format!("{}{:016x}", super::CAS_PROBE_PREFIX, rand::random::<u64>());
+        let cas = self.insert(bucket, &key, b"{}").await?;
+        let _ = self.remove(bucket, &key, None).await;
+        let drift = u64::try_from(CLOCK_DRIFT_MAX.as_nanos()).unwrap_or(u64::MAX);
+        Ok(cas.saturating_sub(drift))
+    }
+
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         let statement = statements::count_keys(self.bucket_name(bucket), prefix);
         Ok(self
@@ -569,9 +639,34 @@ impl Store for CouchbaseStore {
     }
 }
 
+/// How far apart the clocks of a cluster's nodes may be, for
+/// [`Store::cas_floor`]. Couchbase Server does not bound it: it counts
+/// writes whose clock is ahead or behind by more than its thresholds
+/// (`hlc_drift_ahead_threshold_us`, `hlc_drift_behind_threshold_us`: the
+/// `kv_ep_hlc_drift_*` statistics) and recommends synchronising nodes with
+/// NTP. A minute is far more than NTP leaves; an audit that starts from a
+/// lower point only reads more.
+pub const CLOCK_DRIFT_MAX: Duration = Duration::from_secs(60);
+
+/// A CAS as SQL++ returns it (a JSON number: nanoseconds since the epoch,
+/// see [`statements::queue_census`]) in Unix milliseconds; `None` for a
+/// value that is no time (negative, not finite, or beyond the year 2554).
+fn cas_to_unix_ms(cas: f64) -> Option<u64> {
+    let ms = (cas / 1e6).floor();
+    (ms.is_finite() && ms >= 0.0 && ms < u64::MAX as f64 / 1e6).then_some(ms as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cas_reads_as_the_time_of_the_write() {
+        // A CAS as a query returns it (2015-10-21T18:27:36.379Z).
+        assert_eq!(cas_to_unix_ms(1.4454516563790397e18), Some(1_445_451_656_379));
+        assert_eq!(cas_to_unix_ms(-1.0), None);
+        assert_eq!(cas_to_unix_ms(f64::NAN), None);
+    }
 
     #[test]
     fn locks_are_whole_seconds_from_1_to_30_and_nothing_else_is_sent() {

@@ -19,6 +19,26 @@ pub const INDEX_QUEUE_SHARDS: &str = "ix_ledgerd_queue_shard";
 pub const INDEX_LEDGER_CREDITS: &str = "ix_ledgerd_ledger_credit";
 /// Name of the index over the wallet of each adjustment.
 pub const INDEX_LEDGER_ADJUSTMENTS: &str = "ix_ledgerd_ledger_adj";
+/// Name of the index over the ledger's documents by CAS.
+pub const INDEX_LEDGER_CHANGES: &str = "ix_ledgerd_ledger_cas";
+/// Name of the partial index over queued actions' last writes and block
+/// notes, from which the queue is counted by state.
+pub const INDEX_QUEUE_STATES: &str = "ix_ledgerd_queue_state";
+
+/// The user xattr path of the block note on a queued action, as SQL++
+/// reads it (`META().xattrs.<attribute>.<path>`: "Indexing Metadata
+/// Information", https://docs.couchbase.com/server/current/n1ql/n1ql-language-reference/indexing-meta-info.html;
+/// before 8.0 an index may cover one xattr attribute, and this one covers
+/// only `ledger`). Its `retry_after` is always written with the note.
+fn blocked_note() -> String {
+    let mut path = String::from("META().xattrs");
+    for part in crate::domain::keys::BLOCKED_XATTR.split('.') {
+        path.push('.');
+        path.push_str(&ident(part));
+    }
+    path.push_str(".`retry_after`");
+    path
+}
 
 /// A bucket name as a SQL++ identifier.
 pub fn ident(name: &str) -> String {
@@ -76,6 +96,23 @@ pub fn create_indexes(queue: &str, ledger: &str) -> Vec<(String, &'static str, S
             format!(
                 "CREATE INDEX {INDEX_LEDGER_ADJUSTMENTS} IF NOT EXISTS ON {}(`hash`, META().id) WHERE META().id LIKE \"adj:%\" {defer}",
                 ident(ledger)
+            ),
+        ),
+        (
+            ledger.to_string(),
+            INDEX_LEDGER_CHANGES,
+            format!(
+                "CREATE INDEX {INDEX_LEDGER_CHANGES} IF NOT EXISTS ON {}(META().cas, META().id) {defer}",
+                ident(ledger)
+            ),
+        ),
+        (
+            queue.to_string(),
+            INDEX_QUEUE_STATES,
+            format!(
+                "CREATE INDEX {INDEX_QUEUE_STATES} IF NOT EXISTS ON {}(META().cas, {}) WHERE META().id LIKE \"action:%\" {defer}",
+                ident(queue),
+                blocked_note()
             ),
         ),
     ]
@@ -212,6 +249,38 @@ pub fn wallet_adjustments(bucket: &str) -> String {
     )
 }
 
+/// The queue by state in one statement, from the state index (covering:
+/// no document is read): every queued action, those carrying a block note,
+/// and the least CAS. A CAS is the time of the document's last write in
+/// nanoseconds since the epoch (a hybrid logical clock: ep-engine
+/// MB-21617, "The CAS is generated as a nanosecond value"); SQL++ returns
+/// it as a JSON number, which keeps its milliseconds. Locks are not seen:
+/// the data service keeps them in memory, out of the indexer's reach.
+pub fn queue_census(bucket: &str) -> String {
+    format!(
+        "SELECT COUNT(*) AS total, COUNT({}) AS blocked, MIN(META().cas) AS oldest_cas \
+         FROM {} WHERE META().id LIKE \"action:%\" AND META().cas IS NOT NULL",
+        blocked_note(),
+        ident(bucket),
+    )
+}
+
+/// Up to `$limit` ids under `prefix` written after the CAS `$since`, with
+/// their CAS, in `(cas, id)` order after `($after_cas, $after_id)`: a
+/// range on the CAS index's leading key, covering.
+pub fn changed_since(bucket: &str, prefix: &str) -> String {
+    format!(
+        "SELECT META().cas AS cas, META().id AS id FROM {} WHERE META().cas > $since \
+         AND META().id LIKE {} AND META().id >= {} AND META().id < {} \
+         AND (META().cas > $after_cas OR (META().cas = $after_cas AND META().id > $after_id)) \
+         ORDER BY META().cas, META().id LIMIT $limit",
+        ident(bucket),
+        literal(&like_prefix(prefix)),
+        literal(prefix),
+        literal(&upper_bound(prefix)),
+    )
+}
+
 /// How many ids start with `prefix`.
 pub fn count_keys(bucket: &str, prefix: &str) -> String {
     format!(
@@ -243,7 +312,7 @@ mod tests {
     #[test]
     fn index_definitions() {
         let all = create_indexes("queue", "ledger");
-        assert_eq!(all.len(), 6);
+        assert_eq!(all.len(), 8);
         assert_eq!(
             all[0].2,
             "CREATE INDEX ix_ledgerd_queue_action IF NOT EXISTS ON `queue`(META().id) WHERE META().id LIKE \"action:%\" WITH {\"defer_build\": true}"
@@ -293,6 +362,7 @@ mod tests {
                 INDEX_QUEUE_ACTIONS.into(),
                 INDEX_QUEUE_SHARDS.into(),
                 INDEX_QUEUE_IDS.into(),
+                INDEX_QUEUE_STATES.into(),
             ],
         ));
         text.push_str(";\n");
@@ -302,10 +372,39 @@ mod tests {
                 INDEX_LEDGER_IDS.into(),
                 INDEX_LEDGER_CREDITS.into(),
                 INDEX_LEDGER_ADJUSTMENTS.into(),
+                INDEX_LEDGER_CHANGES.into(),
             ],
         ));
         text.push_str(";\n");
         assert_eq!(include_str!("../../../couchbase-init/indexes.n1ql"), text);
+    }
+
+    #[test]
+    fn the_queue_is_counted_by_state_from_its_state_index() {
+        let index = &create_indexes("queue", "ledger")[7];
+        assert_eq!(
+            index.2,
+            "CREATE INDEX ix_ledgerd_queue_state IF NOT EXISTS ON `queue`(META().cas, META().xattrs.`ledger`.`blocked`.`retry_after`) \
+             WHERE META().id LIKE \"action:%\" WITH {\"defer_build\": true}"
+        );
+        let census = queue_census("queue");
+        // The same expressions as the index's keys and predicate, so that
+        // the index covers it.
+        assert!(census.contains("COUNT(META().xattrs.`ledger`.`blocked`.`retry_after`) AS blocked"));
+        assert!(census.contains("MIN(META().cas) AS oldest_cas"));
+        assert!(census.contains("WHERE META().id LIKE \"action:%\""));
+    }
+
+    #[test]
+    fn changes_are_read_from_the_cas_index() {
+        let index = &create_indexes("queue", "ledger")[6];
+        assert_eq!(
+            index.2,
+            "CREATE INDEX ix_ledgerd_ledger_cas IF NOT EXISTS ON `ledger`(META().cas, META().id) WITH {\"defer_build\": true}"
+        );
+        let query = changed_since("ledger", "tx:");
+        assert!(query.starts_with("SELECT META().cas AS cas, META().id AS id FROM `ledger` WHERE META().cas > $since"));
+        assert!(query.contains("ORDER BY META().cas, META().id LIMIT $limit"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use early::Unsettled;
 use shard::{list_range_sql, list_shard_sql};
 use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
 
+mod changes;
 mod check;
 mod early;
 mod fairness;
@@ -103,6 +104,8 @@ pub struct SqliteStore {
     /// Whether the index of records by wallet exists (see `records.rs`);
     /// without it, a wallet's records are found by reading every record.
     wallet_index: bool,
+    /// Whether the index of the ledger's documents by CAS exists.
+    changes_index: bool,
 }
 
 fn connect(path: &Path) -> StoreResult<Connection> {
@@ -205,6 +208,7 @@ impl SqliteStore {
         }
         let shard_index = shard::ensure_index(&conn);
         let wallet_index = records::ensure(&conn, ledger_bucket);
+        let changes_index = changes::ensure(&conn);
         add_created_column(&conn)?;
         let writer_conn = connect(path)?;
         writer_conn
@@ -251,6 +255,7 @@ impl SqliteStore {
             unsettled,
             shard_index,
             wallet_index,
+            changes_index,
         })
     }
 
@@ -696,8 +701,8 @@ impl Store for SqliteStore {
             let (total, locked, marked, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) = conn
                 .query_row(
                     "SELECT COUNT(*),
-                            SUM(lock_until_ms IS NOT NULL AND lock_until_ms > ?4),
-                            SUM((lock_until_ms IS NULL OR lock_until_ms <= ?4) AND json_extract(xattrs, ?5) IS NOT NULL),
+                            SUM(lock_until_ms IS NOT NULL AND lock_until_ms > ?4 AND json_extract(xattrs, ?5) IS NULL),
+                            SUM(json_extract(xattrs, ?5) IS NOT NULL),
                             MIN(created_ms)
                      FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3",
                     params![bucket, lower, upper, now, json_path],
@@ -707,7 +712,8 @@ impl Store for SqliteStore {
             let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
             Ok(Census {
                 total: u64::try_from(total).unwrap_or(0),
-                states: Some((count(locked), count(marked))),
+                locked: Some(count(locked)),
+                marked: Some(count(marked)),
                 oldest_created_ms: oldest.and_then(|o| u64::try_from(o).ok()),
             })
         })
@@ -757,6 +763,35 @@ impl Store for SqliteStore {
             let full = i64::try_from(docs.len()).is_ok_and(|n| n >= limit.max(1));
             let next = full.then(|| docs.last().map(|(k, _)| k.clone())).flatten();
             Ok((docs, next))
+        })
+        .await
+    }
+
+    async fn changed_since(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+        since: Cas,
+        after: Option<(Cas, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Cas, String)>> {
+        if !self.changes_index || !changes::covers(prefix) {
+            return super::changed_since_by_scan(self, bucket, prefix, since, after, limit).await;
+        }
+        let (lower, upper) = prefix_range(prefix)?;
+        let bucket = self.bucket_name(bucket);
+        let as_sql = |cas: Cas| i64::try_from(cas).unwrap_or(i64::MAX);
+        let (since, (after_cas, after_key)) =
+            (as_sql(since), after.map_or((0, String::new()), |(c, k)| (as_sql(c), k)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&changes::list_sql()).map_err(sql_error)?;
+            let rows = stmt
+                .query_map(params![bucket, lower, upper, since, after_cas, after_key, limit], |r| {
+                    Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get::<_, String>(1)?))
+                })
+                .map_err(sql_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
         })
         .await
     }
@@ -957,7 +992,7 @@ mod tests {
             .census(Bucket::Queue, "action:", "ledger.blocked", None)
             .await
             .expect("census");
-        census.states.expect("states").0
+        census.locked.expect("locked")
     }
 
     /// The claim is answered while its batch is still open; a read of the

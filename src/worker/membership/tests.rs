@@ -147,3 +147,49 @@ async fn a_member_that_cannot_reach_the_membership_works_alone_after_the_timeout
     }
     assert_eq!(a.view().shards.len(), SHARDS as usize, "alone: every shard");
 }
+
+#[test]
+fn where_locks_are_not_seen_the_live_members_claims_are_the_locked_ones() {
+    let now_ms = 1_000_000_000;
+    let beat = |in_flight, age_ms| Heartbeat {
+        beat: 1,
+        host: String::new(),
+        pid: 0,
+        version: String::new(),
+        started_ms: 0,
+        at_ms: now_ms - age_ms,
+        view: 0,
+        shards: 0,
+        in_flight,
+    };
+    let members = vec![
+        ("a".to_string(), beat(3, 1_000)),
+        ("b".to_string(), beat(4, 20_000)),
+        // Silent for longer than any member timeout: dead, its claims lapse.
+        ("c".to_string(), beat(50, crate::config::MEMBER_TIMEOUT_MS_MAX + 1)),
+    ];
+    let census = Census {
+        total: 100,
+        marked: Some(10),
+        ..Census::default()
+    };
+    assert_eq!(held_by_members(&census, &members, now_ms), 7);
+    // Never more than the actions that are not blocked.
+    let small = Census {
+        total: 12,
+        marked: Some(10),
+        ..Census::default()
+    };
+    assert_eq!(held_by_members(&small, &members, now_ms), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_publishes_the_claims_in_flight() {
+    let store = Arc::new(MemoryStore::new());
+    let mut a = Membership::with_id(store.clone(), MEMBER_TIMEOUT, "a".into());
+    a.note_in_flight(5);
+    a.refresh().await;
+    let listed = listed(store.as_ref()).await.expect("listed");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1.in_flight, 5);
+}
