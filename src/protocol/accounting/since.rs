@@ -14,10 +14,11 @@
 //!
 //! An audit since a checkpoint then:
 //! 1. takes a new point of the clock, `floor`;
-//! 2. lists what changed after `through` ([`Store::changed_since`]: the
-//!    records and the wallet documents) and the checkpoint's listed
-//!    records: the wallets these name are the only ones that may have
-//!    changed;
+//! 2. lists the records written after `through`
+//!    ([`Store::changed_since`]) and the checkpoint's listed records: the
+//!    wallets these name are the only ones ledgerd changed (a wallet
+//!    written by something else, with no record, is found by a full
+//!    audit, which reads every wallet);
 //! 3. checks each such wallet as a full audit does (its state read before
 //!    and after its records, locked if it keeps changing), with what the
 //!    ledger explains for it = its settled sum + the credits of its
@@ -37,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{read_opening, read_wallet, WalletView, LOCK, OPENING_KEY, UNLOCKED_ROUNDS};
-use crate::domain::keys::{adj_marker_path, balance_key, marker_path, ADJ_PREFIX, BALANCE_PREFIX, TX_PREFIX};
+use crate::domain::keys::{adj_marker_path, balance_key, marker_path, ADJ_PREFIX, TX_PREFIX};
 use crate::protocol::records::{AdjRecord, AdjState, TxRecord, TxState};
 use crate::protocol::{retry, ProtocolError, Result};
 use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS, READ_DOCS_IN_FLIGHT};
@@ -308,7 +309,7 @@ pub async fn check(store: &dyn Store, checkpoint: &Checkpoint) -> Result<Since> 
             checkpoint.name()
         )));
     }
-    // What changed: records, and wallets written since.
+    // What changed: the records written since, and those in flight then.
     let mut keys: BTreeSet<String> = checkpoint.pending.iter().cloned().collect();
     keys.extend(changed(store, TX_PREFIX, through).await?);
     keys.extend(changed(store, ADJ_PREFIX, through).await?);
@@ -321,9 +322,6 @@ pub async fn check(store: &dyn Store, checkpoint: &Checkpoint) -> Result<Since> 
                 .or_default()
                 .insert(record.key.clone());
         }
-    }
-    for key in changed(store, BALANCE_PREFIX, through).await? {
-        by_wallet.entry(key[BALANCE_PREFIX.len()..].to_string()).or_default();
     }
     let opening = read_opening(store).await?;
     let mut since = Since {

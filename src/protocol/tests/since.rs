@@ -118,23 +118,26 @@ async fn an_audit_since_reads_only_what_changed() {
 }
 
 #[tokio::test]
-async fn a_wallet_written_outside_ledgerd_since_the_checkpoint_is_a_mismatch() {
+async fn a_wallet_changed_outside_ledgerd_and_credited_since_is_a_mismatch() {
     let w = ledger_of(5).await;
     full_with_checkpoint(&w.store).await;
     let before = read_checkpoint(&w.store).await.expect("read").expect("taken");
-    // One unit more, with no record: found, and the checkpoint stays.
-    w.set_balance("w002", "100000001").await;
+    // One unit more, with no record, on a wallet credited since: found,
+    // and the checkpoint stays.
+    w.enqueue("b1", r#"{"beneficiaries":{"w002":"1"}}"#).await;
+    assert!(matches!(w.process("b1").await, Ok(Outcome::Completed { .. })));
+    w.set_balance("w002", "200000001").await;
     let (exit, text) = since(&w.store).await;
     assert_eq!(exit, Exit::Rejected, "{text}");
     assert!(
-        text.contains("MISMATCH w002: balance 100000001 units, expected 100000000"),
+        text.contains("MISMATCH w002: balance 200000001 units, expected 200000000"),
         "{text}"
     );
     assert_eq!(read_checkpoint(&w.store).await.expect("read"), Some(before.clone()));
     // Found again until it is repaired.
     let (exit, _) = since(&w.store).await;
     assert_eq!(exit, Exit::Rejected);
-    w.set_balance("w002", "100000000").await;
+    w.set_balance("w002", "200000000").await;
     let (exit, text) = since(&w.store).await;
     assert_eq!(exit, Exit::Success, "{text}");
     assert_ne!(read_checkpoint(&w.store).await.expect("read"), Some(before));

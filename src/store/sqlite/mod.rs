@@ -104,7 +104,7 @@ pub struct SqliteStore {
     /// Whether the index of records by wallet exists (see `records.rs`);
     /// without it, a wallet's records are found by reading every record.
     wallet_index: bool,
-    /// Whether the index of the ledger's documents by CAS exists.
+    /// Whether the indexes of the ledger's records by CAS exist.
     changes_index: bool,
 }
 
@@ -775,9 +775,9 @@ impl Store for SqliteStore {
         after: Option<(Cas, String)>,
         limit: usize,
     ) -> StoreResult<Vec<(Cas, String)>> {
-        if !self.changes_index || !changes::covers(prefix) {
+        let Some(sql) = changes::list_sql(prefix).filter(|_| self.changes_index) else {
             return super::changed_since_by_scan(self, bucket, prefix, since, after, limit).await;
-        }
+        };
         let (lower, upper) = prefix_range(prefix)?;
         let bucket = self.bucket_name(bucket);
         let as_sql = |cas: Cas| i64::try_from(cas).unwrap_or(i64::MAX);
@@ -785,7 +785,7 @@ impl Store for SqliteStore {
             (as_sql(since), after.map_or((0, String::new()), |(c, k)| (as_sql(c), k)));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |conn| {
-            let mut stmt = conn.prepare_cached(&changes::list_sql()).map_err(sql_error)?;
+            let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
             let rows = stmt
                 .query_map(params![bucket, lower, upper, since, after_cas, after_key, limit], |r| {
                     Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get::<_, String>(1)?))
