@@ -427,11 +427,17 @@ pub trait Store: Send + Sync {
     /// Couchbase's come from each node's clock, and it subtracts the
     /// clocks' greatest drift.
     async fn cas_floor(&self, bucket: Bucket) -> StoreResult<Cas> {
-        let key = format!("{CAS_PROBE_PREFIX}{:016x}", rand::random::<u64>());
-        let cas = self.insert(bucket, &key, b"{}").await?;
-        let _ = self.remove(bucket, &key, None).await;
-        Ok(cas)
+        cas_of_a_write_now(self, bucket).await
     }
+}
+
+/// The CAS of a write made now: a probe document, inserted and removed
+/// again (see [`Store::cas_floor`]).
+pub async fn cas_of_a_write_now<S: Store + ?Sized>(store: &S, bucket: Bucket) -> StoreResult<Cas> {
+    let key = format!("{CAS_PROBE_PREFIX}{:016x}", rand::random::<u64>());
+    let cas = store.insert(bucket, &key, b"{}").await?;
+    let _ = store.remove(bucket, &key, None).await;
+    Ok(cas)
 }
 
 /// Keys of the probe documents [`Store::cas_floor`] writes (and removes).

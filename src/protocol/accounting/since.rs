@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_opening, read_wallet, WalletView, LOCK, OPENING_KEY, UNLOCKED_ROUNDS};
+use super::{read_opening, read_wallet, release, WalletView, LOCK, OPENING_KEY, UNLOCKED_ROUNDS};
 use crate::domain::keys::{adj_marker_path, balance_key, marker_path, ADJ_PREFIX, TX_PREFIX};
 use crate::protocol::records::{AdjRecord, AdjState, TxRecord, TxState};
 use crate::protocol::{retry, ProtocolError, Result};
@@ -111,17 +111,22 @@ pub async fn read_checkpoint(store: &dyn Store) -> Result<Option<Checkpoint>> {
 
 /// Writes `checkpoint` as the last clean audit's (its commit point).
 pub async fn write_checkpoint(store: &dyn Store, checkpoint: &Checkpoint) -> Result<()> {
-    let body = serde_json::to_vec(checkpoint).map_err(|e| ProtocolError::CorruptRecord(e.to_string()))?;
+    put(store, CHECKPOINT_KEY, checkpoint).await
+}
+
+/// Writes `value` as the ledger document `key`, whatever was there: two
+/// audits writing it at once each wrote what a clean audit found, and the
+/// last one wins.
+async fn put(store: &dyn Store, key: &str, value: &impl Serialize) -> Result<()> {
+    let body = serde_json::to_vec(value).map_err(|e| ProtocolError::CorruptRecord(e.to_string()))?;
     loop {
-        let written = match store.get(Bucket::Ledger, CHECKPOINT_KEY).await {
-            Ok(old) => store.replace(Bucket::Ledger, CHECKPOINT_KEY, &body, old.cas).await,
-            Err(StoreError::NotFound) => store.insert(Bucket::Ledger, CHECKPOINT_KEY, &body).await,
+        let written = match store.get(Bucket::Ledger, key).await {
+            Ok(old) => store.replace(Bucket::Ledger, key, &body, old.cas).await,
+            Err(StoreError::NotFound) => store.insert(Bucket::Ledger, key, &body).await,
             Err(e) => Err(e),
         };
         match written {
             Ok(_) => return Ok(()),
-            // Another audit wrote it in between: the last one wins, and
-            // each was clean.
             Err(StoreError::CasMismatch | StoreError::Exists) => continue,
             Err(e) if e.is_retryable() => continue,
             Err(e) => return Err(e.into()),
@@ -408,15 +413,19 @@ async fn check_wallet(
     };
     let view = read_wallet(store, hash).await;
     let records = read_records(store, keys).await;
-    let unchanged = match lock {
-        Some(cas) => match store.unlock(Bucket::Ledger, &key, cas).await {
-            Ok(()) => true,
-            Err(_) => store.get(Bucket::Ledger, &key).await.is_ok_and(|d| d.cas == cas),
-        },
-        None => matches!(store.get(Bucket::Ledger, &key).await, Err(StoreError::NotFound)),
+    // Released as the full audit releases its locks (the view is not used).
+    let held = WalletView {
+        balance: None,
+        markers: serde_json::Map::new(),
+        cas: LOCKED_CAS,
     };
+    let unchanged = release(store, &[(hash.to_string(), lock, held)]).await;
     let (view, records) = (view?, records?);
-    Ok(unchanged.then(|| explain(view, &records)))
+    Ok(unchanged
+        .first()
+        .copied()
+        .unwrap_or(false)
+        .then(|| explain(view, &records)))
 }
 
 /// After a clean audit since a checkpoint: writes each checked wallet's
@@ -431,7 +440,7 @@ pub async fn settle(store: &dyn Store, checkpoint: &Checkpoint, since: &Since) -
                 through: through.clone(),
                 expected: checked.settled.to_string(),
             };
-            async move { write_settled(store, hash, &settled).await }
+            async move { put(store, &audited_key(hash), &settled).await }
         })
         .buffer_unordered(READ_DOCS_IN_FLIGHT)
         .try_collect::<Vec<()>>()
@@ -451,24 +460,6 @@ pub async fn settle(store: &dyn Store, checkpoint: &Checkpoint, since: &Since) -
     };
     write_checkpoint(store, &next).await?;
     Ok(next)
-}
-
-async fn write_settled(store: &dyn Store, hash: &str, settled: &Settled) -> Result<()> {
-    let key = audited_key(hash);
-    let body = serde_json::to_vec(settled).map_err(|e| ProtocolError::CorruptRecord(e.to_string()))?;
-    loop {
-        let written = match store.get(Bucket::Ledger, &key).await {
-            Ok(old) => store.replace(Bucket::Ledger, &key, &body, old.cas).await,
-            Err(StoreError::NotFound) => store.insert(Bucket::Ledger, &key, &body).await,
-            Err(e) => Err(e),
-        };
-        match written {
-            Ok(_) => return Ok(()),
-            Err(StoreError::CasMismatch | StoreError::Exists) => continue,
-            Err(e) if e.is_retryable() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// The first checkpoint of a generation, after a clean full audit that

@@ -621,9 +621,7 @@ impl Store for CouchbaseStore {
     /// the writing node's clock (see [`statements::queue_census`]), and
     /// another node's may run behind it.
     async fn cas_floor(&self, bucket: Bucket) -> StoreResult<Cas> {
-        let key = format!("{}{:016x}", super::CAS_PROBE_PREFIX, rand::random::<u64>());
-        let cas = self.insert(bucket, &key, b"{}").await?;
-        let _ = self.remove(bucket, &key, None).await;
+        let cas = super::cas_of_a_write_now(self, bucket).await?;
         let drift = u64::try_from(CLOCK_DRIFT_MAX.as_nanos()).unwrap_or(u64::MAX);
         Ok(cas.saturating_sub(drift))
     }
