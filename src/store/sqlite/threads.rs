@@ -45,15 +45,22 @@ pub(super) fn sql_error(e: rusqlite::Error) -> StoreError {
             StoreError::Transient(e.to_string())
         }
         rusqlite::Error::SqliteFailure(f, _) => match sqlite_fault(f.code) {
-            Some(kind) => {
-                let fault = StoreFault::new(kind, e.to_string());
-                LAST_FAULT.with(|last| *last.borrow_mut() = Some(fault.clone()));
-                StoreError::Fault(fault)
-            }
+            Some(kind) => fault(kind, &e),
             None => StoreError::Permanent(e.to_string()),
         },
+        // Every text ledgerd stores (keys, xattrs) is valid UTF-8: text
+        // that is not was damaged on disk, where SQLite's own checks did
+        // not look (a page overwritten inside a row).
+        rusqlite::Error::FromSqlConversionFailure(_, rusqlite::types::Type::Text, _)
+        | rusqlite::Error::Utf8Error(_) => fault(crate::store::fault::FaultKind::Corrupt, &e),
         _ => StoreError::Permanent(e.to_string()),
     }
+}
+
+fn fault(kind: crate::store::fault::FaultKind, e: &rusqlite::Error) -> StoreError {
+    let fault = StoreFault::new(kind, e.to_string());
+    LAST_FAULT.with(|last| *last.borrow_mut() = Some(fault.clone()));
+    StoreError::Fault(fault)
 }
 
 thread_local! {
@@ -519,6 +526,21 @@ pub(super) fn reader_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Read
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_is_not_utf8_is_a_damaged_store() {
+        let bytes = vec![b'k', 0xff];
+        let bad = String::from_utf8(bytes).expect_err("not utf-8").utf8_error();
+        let e = sql_error(rusqlite::Error::FromSqlConversionFailure(
+            1,
+            rusqlite::types::Type::Text,
+            Box::new(bad),
+        ));
+        assert!(
+            matches!(&e, StoreError::Fault(f) if f.kind == crate::store::fault::FaultKind::Corrupt),
+            "{e:?}"
+        );
+    }
     use crate::store::model;
 
     #[test]
