@@ -18,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod ops;
 pub mod protocol;
+#[cfg(feature = "simulate")]
 pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -37,7 +37,7 @@ struct Tally {
     records: Option<u64>,
     opening_wallets: usize,
     unsettled: Vec<String>,
-    /// Records not final, for a checkpoint (bounded: see `since::PENDING_MAX`).
+    /// Records not final, for a checkpoint (bounded: see `accounting::PENDING_MAX`).
     pending: std::collections::BTreeSet<String>,
 }
 
@@ -48,7 +48,7 @@ impl Tally {
         self.records.get_or_insert(cut.records);
         self.opening_wallets += cut.opening_wallets;
         self.unsettled.extend(cut.unsettled);
-        if self.pending.len() <= since::PENDING_MAX {
+        if self.pending.len() <= accounting::PENDING_MAX {
             self.pending.extend(cut.pending);
         }
         for (hash, (view, explained)) in &cut.wallets {

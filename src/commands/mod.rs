@@ -5,13 +5,16 @@ pub mod adjust;
 pub mod audit;
 pub mod bench;
 pub mod check;
+pub mod counter;
 pub mod demo;
+pub mod dispatch;
 pub mod enqueue;
 pub mod failed;
 pub mod inspect;
 pub mod plan;
 pub mod queue;
 pub mod run;
+#[cfg(feature = "simulate")]
 pub mod simulate;
 
 /// A command used wrongly (arguments that do not go together, an input

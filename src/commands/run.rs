@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::{Exit, Usage};
 use crate::config::Settings;
 use crate::ops::health::Health;
-use crate::ops::{http, metrics};
+use crate::ops::{http, metrics, sampler};
 use crate::store::hooked::Hooked;
 use crate::store::{open, OpenMode, Store};
 use crate::worker::{self, WorkerConfig};
@@ -106,7 +106,7 @@ pub async fn run(
     let mut sampler = None;
     let listener = serve_ops(settings, store.clone(), health.clone(), listener_stopped).await?;
     let store: Arc<dyn Store> = if listener.is_some() {
-        sampler = Some(tokio::spawn(metrics::sample_queue(
+        sampler = Some(tokio::spawn(sampler::sample_queue(
             store.clone(),
             health.clone(),
             Duration::from_millis(settings.queue_sample_ms),
@@ -115,7 +115,7 @@ pub async fn run(
     } else {
         store
     };
-    let counter = bench_report.map(|_| Arc::new(Hooked::new(store.clone(), super::bench::OpCounter::default())));
+    let counter = bench_report.map(|_| Arc::new(Hooked::new(store.clone(), super::counter::OpCounter::default())));
     let store: Arc<dyn Store> = match &counter {
         Some(counter) => counter.clone(),
         None => store,
@@ -129,7 +129,7 @@ pub async fn run(
     };
     let stats = worker::run(store, cfg, health, shutdown).await;
     if let (Some(path), Some(counter)) = (bench_report, &counter) {
-        let report = super::bench::ProcessReport::new(&stats, &counter.hook);
+        let report = super::counter::ProcessReport::new(&stats, &counter.hook);
         std::fs::write(path, serde_json::to_vec(&report)?).with_context(|| format!("writing {}", path.display()))?;
     }
     let _ = stop_listener.send(());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::ops::metrics as m;
+use crate::ops::names as m;
 use crate::store::{Store, StoreError, StoreFault};
 
 /// How long a readiness check waits for the store.

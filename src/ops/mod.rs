@@ -3,3 +3,5 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod names;
+pub mod sampler;

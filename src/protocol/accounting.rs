@@ -34,13 +34,18 @@ use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS, READ_DO
 
 pub mod since;
 
+/// Most records not final that a checkpoint (`since.rs`) lists (about 60
+/// bytes each: 6 MiB): records in flight, a few per worker. A ledger with
+/// more (an outage left them) gets no checkpoint until they are finished.
+pub const PENDING_MAX: usize = 100_000;
+
 /// The ledger document holding balances that came from outside ledgerd
 /// (the first part of them, and how many parts there are).
 pub const OPENING_KEY: &str = "audit:opening";
 /// Rounds of read, scan, read before the wallets still changing are locked.
 const UNLOCKED_ROUNDS: usize = 2;
 /// How long a changing wallet is locked for one scan (Couchbase's longest).
-const LOCK: Duration = Duration::from_secs(30);
+const LOCK: Duration = crate::store::limits::LOCK_MAX;
 
 /// The key of part `n` (from 1) of the opening snapshot after the first.
 pub fn opening_part_key(n: usize) -> String {
@@ -130,7 +135,7 @@ pub struct Scan {
     pub records: u64,
     /// Records read that are not final (a transaction record not
     /// completed, an adjustment not applied), for a checkpoint
-    /// ([`since`]); at most [`since::PENDING_MAX`] + 1 are kept.
+    /// ([`since`]); at most [`PENDING_MAX`] + 1 are kept.
     pending: BTreeSet<String>,
 }
 
@@ -210,7 +215,7 @@ impl Scan {
         let tx = TxRecord::parse(id, body).map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
         self.records += 1;
         let completed = tx.state == TxState::Completed;
-        if !completed && self.pending.len() <= since::PENDING_MAX {
+        if !completed && self.pending.len() <= PENDING_MAX {
             self.pending.insert(key.to_string());
         }
         // The marker's path (a digest of the action id) only for a wallet
@@ -240,7 +245,7 @@ impl Scan {
     fn add_adj(&mut self, key: &str, body: &[u8], range: &HashRange) -> Result<()> {
         let adj = AdjRecord::parse(&key[ADJ_PREFIX.len()..], body)
             .map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
-        if adj.state != AdjState::Applied && self.pending.len() <= since::PENDING_MAX {
+        if adj.state != AdjState::Applied && self.pending.len() <= PENDING_MAX {
             self.pending.insert(key.to_string());
         }
         if range.contains(&adj.hash) {

@@ -28,7 +28,7 @@ use crate::store::{Bucket, Cas, Store, StoreError, WriteMode};
 /// holds the wallet locked.
 const ATTEMPTS_MAX: usize = 4;
 /// The lock of the last attempt (Couchbase's longest).
-const LOCK: Duration = Duration::from_secs(30);
+const LOCK: Duration = crate::store::limits::LOCK_MAX;
 
 /// What the operator asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -77,7 +77,12 @@ pub(crate) async fn apply_credits(
             seen: observed.as_mut().and_then(Iterator::next),
         })
         .collect();
-    let answers = join_all(requests.into_iter().map(|r| opts.coalescer.credit(store, r, opts))).await;
+    let answers = join_all(
+        requests
+            .into_iter()
+            .map(|r| opts.coalescer.credit(store, r, opts.rules())),
+    )
+    .await;
     let (mut applied, mut stale, mut failure) = (Applied::Done, Vec::new(), None);
     let (mut written_credits, mut written_units) = (0, 0u64);
     for (credit, answer) in tx.credits.iter().zip(answers) {

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::ops::metrics as m;
+use crate::ops::names as m;
 use crate::store::{Bucket, Cas, Doc, Store};
 
 /// The action we hold: its body as claimed, and the CAS of our lock, which

@@ -26,7 +26,7 @@ use super::write_plan::{plan, WRITE_XATTR_SPECS_MAX};
 use super::Options;
 use crate::domain::keys::{action_key, balance_key, marker_path, tx_key};
 use crate::domain::{Plan, Units};
-use crate::ops::metrics as m;
+use crate::ops::names as m;
 use crate::store::{Bucket, GroupCas, GroupWrite, Store, StoreError, WriteGroup, WriteMode};
 
 /// How far a group took an action.

@@ -15,185 +15,33 @@ mod claim;
 mod coalesce;
 pub mod dead_letters;
 mod grouped;
+mod options;
+mod outcome;
+mod recent;
 pub mod records;
+mod step;
 mod sweep;
 mod wallet;
 mod write_plan;
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, tx_key};
 use crate::domain::{plan_action, Plan};
-use crate::store::limits::{LOCK_SECS_MAX, LOCK_SECS_MIN};
+use crate::store::limits::{LOCK_MAX, LOCK_SECS_MAX, LOCK_SECS_MIN};
 use crate::store::{Bucket, Cas, Doc, GroupCas, Store, StoreError, WriteGroup};
 use apply::{apply_credits, prune_markers, Applied};
 use claim::Claim;
 pub use coalesce::{Coalescer, LINEAGE_MAX, SLOTS_MAX};
 use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
 use grouped::Progress;
+pub use options::{Options, WALLET_MARKERS_SOFT_MAX};
+pub use outcome::{Outcome, ProtocolError, Result, Skip};
+pub use recent::{RecentlyCompleted, RECENT_COMPLETED_MAX};
 use records::{TxRecord, TxState};
+pub use step::{backoff, seed_jitter};
+pub(crate) use step::{count_retry, read_tx, retry, STEP_ATTEMPTS_MAX};
 pub use sweep::sweep_markers;
-
-/// Times a single-document step is retried on ambiguous or transient errors
-/// before the attempt gives up (the action is then retried later).
-const STEP_ATTEMPTS_MAX: u32 = 6;
-
-/// Tuning of one action's processing.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Lock time of the claim.
-    pub lease: Duration,
-    /// Rounds of wallet writes before giving up on contention for now.
-    pub apply_rounds_max: u32,
-    /// Actions known completed, shared by a process's workers.
-    pub recent: Arc<RecentlyCompleted>,
-    /// Folds concurrent credits to one wallet into one write; one per process.
-    pub coalescer: Arc<Coalescer>,
-    /// Markers a wallet may carry before each write must remove as many
-    /// markers of completed actions as it adds (see `write_plan`).
-    pub wallet_markers_soft_max: usize,
-}
-
-/// Default soft maximum of markers per wallet. A marker takes about 100
-/// bytes (at most about 600 with the longest action id), so 256 keep a
-/// wallet's xattrs near 25 KiB and below 160 KiB at worst, far from
-/// Couchbase's 20 MiB item limit, and every read of the wallet small.
-pub const WALLET_MARKERS_SOFT_MAX: usize = 256;
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            lease: Duration::from_secs(15),
-            apply_rounds_max: 32,
-            recent: Arc::default(),
-            coalescer: Arc::default(),
-            wallet_markers_soft_max: WALLET_MARKERS_SOFT_MAX,
-        }
-    }
-}
-
-/// Most action ids remembered as completed.
-pub const RECENT_COMPLETED_MAX: usize = 4_096;
-
-/// Actions this process knows to be completed: their markers may go, and go
-/// in the next write each of their wallets gets anyway (no extra write).
-#[derive(Debug, Default)]
-pub struct RecentlyCompleted(Mutex<(HashSet<String>, VecDeque<String>)>);
-
-impl RecentlyCompleted {
-    /// Remembers that `id`'s record is completed (only ever called after
-    /// reading or writing it so), forgetting the oldest beyond the limit.
-    pub fn insert(&self, id: &str) {
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (set, order) = &mut *guard;
-        if set.insert(id.to_string()) {
-            order.push_back(id.to_string());
-            if order.len() > RECENT_COMPLETED_MAX {
-                if let Some(old) = order.pop_front() {
-                    set.remove(&old);
-                }
-            }
-        }
-    }
-
-    /// Whether `id` is known completed.
-    pub fn contains(&self, id: &str) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.contains(id)
-    }
-
-    /// How many ids it remembers (at most [`RECENT_COMPLETED_MAX`]).
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.len()
-    }
-
-    /// Whether it remembers none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Why an action was not claimed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// Another worker holds its lock.
-    Busy,
-    /// It is no longer in the queue.
-    Gone,
-    /// Its body changed while we held it; it will be read afresh.
-    Changed,
-}
-
-/// What happened to one action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Its credits are applied and it is removed from the queue.
-    Completed {
-        /// Wallets this worker credited (a credit another worker had
-        /// already applied is not counted).
-        credits: usize,
-        /// Units this worker credited.
-        units: u64,
-    },
-    /// It was already completed earlier; it is removed, nothing credited.
-    Duplicate,
-    /// It was rejected and preserved as `failed:<id>`.
-    Failed {
-        /// Why.
-        reason: String,
-    },
-    /// It cannot proceed now (a wallet is invalid); it stays queued.
-    Blocked {
-        /// Why.
-        reason: String,
-    },
-    /// It was not claimed.
-    Skipped(Skip),
-}
-
-/// A failure that leaves the action queued for another attempt.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    /// The store failed. (Not a `#[source]`: the message already holds
-    /// it, and an error chain would print it twice.)
-    #[error("store: {0}")]
-    Store(StoreError),
-    /// A transaction record is unreadable or inconsistent.
-    #[error("{0}")]
-    CorruptRecord(String),
-    /// Wallet writes kept conflicting; the attempt gave up for now.
-    #[error("wallet contention: credits not settled after {0} rounds")]
-    Contention(u32),
-}
-
-impl From<StoreError> for ProtocolError {
-    fn from(e: StoreError) -> Self {
-        ProtocolError::Store(e)
-    }
-}
-
-impl ProtocolError {
-    /// True when trying the action again soon may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ProtocolError::Store(e) => e.is_retryable(),
-            ProtocolError::CorruptRecord(_) => false,
-            ProtocolError::Contention(_) => true,
-        }
-    }
-
-    /// The fault of the whole store behind this error, if it is one.
-    pub fn fault(&self) -> Option<&crate::store::StoreFault> {
-        match self {
-            ProtocolError::Store(e) => e.fault(),
-            _ => None,
-        }
-    }
-}
-
-/// Result of the protocol's steps.
-pub type Result<T> = std::result::Result<T, ProtocolError>;
 
 pub use crate::domain::keys::BLOCKED_XATTR;
 
@@ -372,18 +220,6 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
     })
 }
 
-/// Reads `tx:<id>` with its CAS, checking the record.
-pub(crate) async fn read_tx(store: &dyn Store, id: &str) -> Result<Option<(TxRecord, Cas)>> {
-    let key = tx_key(id);
-    let doc = match retry(|| store.get(Bucket::Ledger, &key)).await {
-        Ok(doc) => doc,
-        Err(StoreError::NotFound) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let tx = TxRecord::parse(id, &doc.body).map_err(|e| ProtocolError::CorruptRecord(format!("tx:{id}: {e}")))?;
-    Ok(Some((tx, doc.cas)))
-}
-
 enum Commit {
     Blocked(String),
     Recorded {
@@ -533,7 +369,7 @@ async fn remove_action(store: &dyn Store, id: &str, claim: &Claim) -> Result<Rem
         Err(e) => return Err(e.into()),
     }
     // Our lock lapsed and the document changed: lock it again and look.
-    let doc = match store.get_and_lock(Bucket::Queue, &key, Duration::from_secs(30)).await {
+    let doc = match store.get_and_lock(Bucket::Queue, &key, LOCK_MAX).await {
         Ok(doc) => doc,
         Err(StoreError::NotFound) | Err(StoreError::Locked) => return Ok(Removal::Done),
         Err(e) => return Err(e.into()),
@@ -612,55 +448,6 @@ fn unpreservable(key: &str, bytes: usize, reason: &str) -> Outcome {
             dead_letters::bounded_reason(reason)
         ),
     }
-}
-
-/// Runs an idempotent single-document step again on transient errors. Writes
-/// that are not idempotent handle `Ambiguous` themselves, so only reads
-/// and removals (whose repetition is safe) come through here.
-async fn retry<T, F, Fut>(mut op: F) -> std::result::Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, StoreError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Err(StoreError::Transient(_)) if attempt + 1 < STEP_ATTEMPTS_MAX => {
-                attempt += 1;
-                count_retry("transient");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-thread_local! {
-    /// The jitter source of this thread: entropy unless seeded, so that the
-    /// simulator (one thread, one seed) replays exactly.
-    static JITTER: std::cell::RefCell<Option<rand::rngs::StdRng>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Makes this thread's backoff jitter a function of `seed`.
-pub fn seed_jitter(seed: u64) {
-    use rand::SeedableRng;
-    JITTER.with(|j| *j.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
-}
-
-/// Counts one retried step, by the kind of error that caused it.
-pub(crate) fn count_retry(kind: &'static str) {
-    metrics::counter!(crate::ops::metrics::RETRIES, "kind" => kind).increment(1);
-}
-
-/// Capped exponential backoff with full jitter.
-pub fn backoff(attempt: u32) -> Duration {
-    use rand::Rng;
-    let cap_ms: u64 = 5u64.saturating_mul(1 << attempt.min(8)).min(1_000);
-    let ms = JITTER.with(|j| match j.borrow_mut().as_mut() {
-        Some(rng) => rng.gen_range(1..=cap_ms),
-        None => rand::thread_rng().gen_range(1..=cap_ms),
-    });
-    Duration::from_millis(ms)
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Every kind (the fault gauge's series exist at 0 from the start).
+    pub const ALL: [FaultKind; 4] = [FaultKind::Full, FaultKind::ReadOnly, FaultKind::Io, FaultKind::Corrupt];
+
     /// The label of the fault in metrics and logs.
     pub fn name(self) -> &'static str {
         match self {

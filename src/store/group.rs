@@ -10,10 +10,9 @@
 //! already recovers from: a prefix of the stages applied, and of the stage
 //! that failed, any subset. A crash leaves no more than that.
 
-use futures::future::join_all;
 use serde_json::Value;
 
-use super::{Bucket, Cas, Store, StoreError, StoreResult, WriteMode};
+use super::types::{Bucket, Cas, StoreError, StoreResult, WriteMode};
 
 /// The CAS a write of a group is conditional on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,45 +115,4 @@ pub fn resolve(cas: GroupCas, results: &GroupResults) -> StoreResult<Cas> {
             ))),
         },
     }
-}
-
-/// Runs one write through the store's single-document call.
-async fn run_one(store: &(impl Store + ?Sized), write: &GroupWrite, results: &GroupResults) -> StoreResult<Cas> {
-    match write {
-        GroupWrite::Insert { bucket, key, body } => store.insert(*bucket, key, body).await,
-        GroupWrite::Replace { bucket, key, body, cas } => {
-            let cas = resolve(*cas, results)?;
-            store.replace(*bucket, key, body, cas).await
-        }
-        GroupWrite::Remove { bucket, key, cas } => store.remove(*bucket, key, *cas).await.map(|()| 0),
-        GroupWrite::WriteWithXattrs {
-            bucket,
-            key,
-            body,
-            xattrs,
-            mode,
-        } => {
-            store
-                .write_with_xattrs(*bucket, key, body, &xattr_refs(xattrs), *mode)
-                .await
-        }
-    }
-}
-
-/// The group run stage after stage, each write a single-document call, the
-/// writes of a stage side by side; it stops after a stage in which a write
-/// failed. What a store without transactions does.
-pub async fn write_in_stages(store: &(impl Store + ?Sized), group: &WriteGroup) -> GroupResults {
-    let mut results: GroupResults = Vec::with_capacity(group.len());
-    let mut failed = false;
-    for stage in group {
-        if failed {
-            results.push(stage.iter().map(|_| None).collect());
-            continue;
-        }
-        let done: Vec<StoreResult<Cas>> = join_all(stage.iter().map(|w| run_one(store, w, &results))).await;
-        failed = done.iter().any(Result::is_err);
-        results.push(done.into_iter().map(Some).collect());
-    }
-    results
 }

@@ -290,7 +290,7 @@ impl<H: Hook> Store for Hooked<H> {
     }
     async fn write_group(&self, group: &WriteGroup) -> GroupResults {
         if !self.hook.watches_only() {
-            return super::group::write_in_stages(self, group).await;
+            return super::write_in_stages(self, group).await;
         }
         let latency = self.hook.latency();
         if !latency.is_zero() {

@@ -51,6 +51,8 @@ pub const LOCK_SECS_MIN: u64 = 1;
 /// Because the server would shorten such a lease without saying so, every
 /// store refuses a lock time outside 1–30 s instead.
 pub const LOCK_SECS_MAX: u64 = 30;
+/// The longest lock, [`LOCK_SECS_MAX`], as a duration.
+pub const LOCK_MAX: Duration = Duration::from_secs(LOCK_SECS_MAX);
 
 fn refused(what: String) -> StoreError {
     StoreError::LimitExceeded(what)

@@ -21,9 +21,11 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub mod check;
+#[cfg(any(test, feature = "test-kit"))]
 pub mod contract;
 pub mod couchbase;
 pub mod fault;
+#[cfg(any(test, feature = "test-kit"))]
 pub mod faulty;
 pub mod group;
 pub mod hooked;
@@ -32,145 +34,14 @@ pub mod memory;
 mod model;
 pub mod open;
 pub mod sqlite;
+mod types;
 
 pub use fault::{FaultKind, StoreFault};
 pub use group::{GroupCas, GroupResults, GroupWrite, WriteGroup};
 pub use open::{open, OpenError, OpenMode};
-
-/// A document's compare-and-swap value.
-pub type Cas = u64;
-
-/// The CAS a plain read of a locked document returns: it matches no write.
-pub const LOCKED_CAS: Cas = u64::MAX;
-
-/// The two buckets ledgerd uses, named by role; the store maps them to
-/// the configured bucket names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Bucket {
-    /// `action:` and `failed:` documents.
-    Queue,
-    /// `balance:` and `tx:` documents.
-    Ledger,
-}
-
-/// A document body and its CAS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Doc {
-    /// The body bytes, exactly as written.
-    pub body: Vec<u8>,
-    /// The CAS at the time of the read.
-    pub cas: Cas,
-}
-
-/// A document body, some of its xattrs and its CAS, read atomically.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DocWithXattrs {
-    /// The body bytes.
-    pub body: Vec<u8>,
-    /// The value at each requested path, `None` where absent.
-    pub xattrs: Vec<Option<Value>>,
-    /// The CAS at the time of the read.
-    pub cas: Cas,
-}
-
-/// When a document was created and until when it is locked, where the store
-/// can tell (the embedded stores can; Couchbase Server exposes neither).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DocTimes {
-    /// Until when (Unix ms) it is locked, if it is locked now.
-    pub locked_until_ms: Option<u64>,
-    /// When (Unix ms) it was created.
-    pub created_ms: Option<u64>,
-}
-
-/// The documents under a prefix by state, for operators (see [`Store::census`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Census {
-    /// Every document under the prefix.
-    pub total: u64,
-    /// Locked now and not carrying the xattr path; `None` where the store
-    /// cannot see locks (SQL++ does not: Couchbase keeps them in the data
-    /// service's memory) or could not tell within the probe budget.
-    pub locked: Option<u64>,
-    /// Carrying the xattr path, locked or not; `None` where the store could
-    /// not tell within the probe budget.
-    pub marked: Option<u64>,
-    /// When the oldest was created (Unix ms), where the store knows; on
-    /// Couchbase, when the least recently written one was last written
-    /// (its CAS, a hybrid logical clock).
-    pub oldest_created_ms: Option<u64>,
-}
-
-/// How [`Store::write_with_xattrs`] treats an existing document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// Create the document; fail with `Exists` if it is there.
-    Insert,
-    /// Change the document only if its CAS is still this one.
-    Replace(Cas),
-}
-
-/// What went wrong with a store operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The document does not exist.
-    #[error("document not found")]
-    NotFound,
-    /// The document already exists.
-    #[error("document already exists")]
-    Exists,
-    /// The document changed since the CAS was read.
-    #[error("CAS mismatch")]
-    CasMismatch,
-    /// The document is locked by someone else.
-    #[error("document is locked")]
-    Locked,
-    /// A write may or may not have happened (e.g. a timeout after sending).
-    #[error("ambiguous outcome: {0}")]
-    Ambiguous(String),
-    /// The operation did not happen and may work if tried again.
-    #[error("transient error: {0}")]
-    Transient(String),
-    /// The operation did not happen and will not work if tried again.
-    #[error("permanent error: {0}")]
-    Permanent(String),
-    /// The request breaks a documented limit of Couchbase Server (specs per
-    /// sub-document call, key, body or xattr size, lock time; see
-    /// [`limits`]). It fails the same way every time: a defect of the
-    /// caller, never retried.
-    #[error("refused by the store's limits: {0}")]
-    LimitExceeded(String),
-    /// A write needed a sub-document path that is not there (removing a
-    /// marker already gone): the document is not in the state the caller
-    /// believed. Read it again, as after a CAS mismatch.
-    #[error("sub-document path not found: {0}")]
-    PathNotFound(String),
-    /// The store as a whole cannot work (a full disk, a read-only or
-    /// failing file, a damaged store): every operation fails alike until
-    /// the cause is fixed. Not retried step by step: the worker pauses
-    /// claiming and probes the store (see [`fault`]). A write that met it
-    /// may or may not have happened, as after a crash; the protocol rolls
-    /// forward from whatever is stored, as it does after one.
-    #[error("{0}")]
-    Fault(StoreFault),
-}
-
-impl StoreError {
-    /// The one place that decides which errors are worth retrying as they
-    /// are. `NotFound`, `Exists`, `CasMismatch` and `Locked` are answers
-    /// the caller acts on, not failures.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Ambiguous(_) | StoreError::Transient(_))
-    }
-
-    /// The fault of the store as a whole this error is, if it is one.
-    pub fn fault(&self) -> Option<&StoreFault> {
-        match self {
-            StoreError::Fault(f) => Some(f),
-            _ => None,
-        }
-    }
-}
+pub use types::{
+    Bucket, Cas, Census, Doc, DocPage, DocTimes, DocWithXattrs, StoreError, StoreResult, WriteMode, LOCKED_CAS,
+};
 
 /// Keys read per page by [`KeyPages`] unless told otherwise.
 pub const KEY_PAGE: usize = 500;
@@ -219,9 +90,6 @@ impl<'a, S: Store + ?Sized> KeyPages<'a, S> {
         Ok(if page.is_empty() { None } else { Some(page) })
     }
 }
-
-/// Shorthand for store results.
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The single-document operations ledgerd needs from a store.
 #[async_trait]
@@ -294,7 +162,7 @@ pub trait Store: Send + Sync {
     /// side (Couchbase: one round trip per stage). A store with
     /// transactions may commit the whole group at once (SQLite does).
     async fn write_group(&self, group: &WriteGroup) -> GroupResults {
-        group::write_in_stages(self, group).await
+        write_in_stages(self, group).await
     }
 
     /// Removes one xattr path; `Ok(false)` if the path was absent.
@@ -501,10 +369,6 @@ pub async fn read_docs_by_key<S: Store + ?Sized>(
     Ok((docs.into_iter().flatten().collect(), next))
 }
 
-/// A page of [`Store::read_docs`]: the documents, and the key to read the
-/// next page after (`None` after the last page).
-pub type DocPage = (Vec<(String, Vec<u8>)>, Option<String>);
-
 /// [`Store::list_shard_keys`] by listing every key under `prefix` and
 /// keeping the shard's: what a store without a shard index does.
 pub async fn list_shard_keys_by_scan<S: Store + ?Sized>(
@@ -652,4 +516,46 @@ pub async fn census_by_lookups<S: Store + ?Sized>(
         marked: Some(marked),
         oldest_created_ms: None,
     })
+}
+
+/// Runs one write through the store's single-document call.
+async fn run_one(store: &(impl Store + ?Sized), write: &GroupWrite, results: &GroupResults) -> StoreResult<Cas> {
+    match write {
+        GroupWrite::Insert { bucket, key, body } => store.insert(*bucket, key, body).await,
+        GroupWrite::Replace { bucket, key, body, cas } => {
+            let cas = group::resolve(*cas, results)?;
+            store.replace(*bucket, key, body, cas).await
+        }
+        GroupWrite::Remove { bucket, key, cas } => store.remove(*bucket, key, *cas).await.map(|()| 0),
+        GroupWrite::WriteWithXattrs {
+            bucket,
+            key,
+            body,
+            xattrs,
+            mode,
+        } => {
+            store
+                .write_with_xattrs(*bucket, key, body, &group::xattr_refs(xattrs), *mode)
+                .await
+        }
+    }
+}
+
+/// The group run stage after stage, each write a single-document call, the
+/// writes of a stage side by side; it stops after a stage in which a write
+/// failed. What a store without transactions does.
+pub async fn write_in_stages(store: &(impl Store + ?Sized), group: &WriteGroup) -> GroupResults {
+    let mut results: GroupResults = Vec::with_capacity(group.len());
+    let mut failed = false;
+    for stage in group {
+        if failed {
+            results.push(stage.iter().map(|_| None).collect());
+            continue;
+        }
+        let done: Vec<StoreResult<Cas>> =
+            futures::future::join_all(stage.iter().map(|w| run_one(store, w, &results))).await;
+        failed = done.iter().any(Result::is_err);
+        results.push(done.into_iter().map(Some).collect());
+    }
+    results
 }

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::domain::keys::{ACTION_PREFIX, BLOCKED_XATTR, MEMBERS_KEY, MEMBERS_XATTR};
 use crate::domain::shard::owned_shards;
-use crate::ops::metrics as m;
+use crate::ops::names as m;
 use crate::store::{Bucket, Census, Store, StoreError, StoreResult};
 
 /// A member whose heartbeat has not changed for this long is taken for

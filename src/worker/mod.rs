@@ -12,40 +12,35 @@ use tokio::task::JoinSet;
 
 use crate::domain::keys::ACTION_PREFIX;
 use crate::ops::health::Health;
-use crate::ops::metrics as m;
+use crate::ops::names as m;
 use crate::protocol::{self, process_attempt, Attempt, Outcome, ProtocolError, Skip};
 use crate::store::{Bucket, Store};
 use crate::telemetry::ACTION_TARGET;
 use collapse::{cause, Collapser, COLLAPSE_INTERVAL};
 pub use latency::Latencies;
 use membership::Membership;
-use pass::{Listing, Pass, Sightings};
+use outage::{Next, Outage};
+use pass::Sightings;
 use put_off::PutOff;
+pub use report::{Footprint, LeftBehind, RunStats};
+pub use signal::shutdown_signal;
 
 pub mod collapse;
+mod discovery;
 pub mod latency;
 pub mod membership;
 pub mod outage;
 mod pass;
 pub mod put_off;
+mod report;
+mod signal;
 
-/// First pause after a pass that found nothing to do.
-const IDLE_BACKOFF_MS_MIN: u64 = 20;
 /// First delay before retrying an action that was blocked or failed.
 const RETRY_DELAY_MS_MIN: u64 = 1_000;
 /// Longest delay before retrying an action that was blocked or failed:
 /// Couchbase's longest lock, which holds a blocked action for that long
 /// against every replica (`protocol::process_attempt`).
 const RETRY_DELAY_MS_MAX: u64 = crate::store::limits::LOCK_SECS_MAX * 1_000;
-/// First pause after a failed discovery; it doubles with each failure.
-const DISCOVERY_BACKOFF_MS_MIN: u64 = 100;
-/// Longest pause between failed discoveries.
-const DISCOVERY_BACKOFF_MS_MAX: u64 = 10_000;
-/// While discovery keeps failing, it is logged at ERROR at most this often.
-const DISCOVERY_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// With `exit_when_idle`, how long transient discovery failures may last
-/// before the worker gives up (a permanent one stops it at once).
-const DISCOVERY_FAILING_MAX_WHEN_IDLE: Duration = Duration::from_secs(30);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -71,93 +66,6 @@ pub struct WorkerConfig {
     pub partition: bool,
 }
 
-/// What a worker did, by outcome.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RunStats {
-    /// Actions credited and removed.
-    pub completed: u64,
-    /// Duplicate deliveries removed without credit.
-    pub duplicates: u64,
-    /// Actions rejected into `failed:`.
-    pub failed: u64,
-    /// Attempts that found a wallet blocking the action.
-    pub blocked: u64,
-    /// Attempts that ended in an error (the action stays queued).
-    pub errors: u64,
-    /// Units credited.
-    pub units: u128,
-    /// Claims tried (each a get-and-lock of a queued action).
-    pub claim_attempts: u64,
-    /// Keys read by discovery.
-    pub discovery_keys: u64,
-    /// Live members in this replica's last view of the membership.
-    pub members: usize,
-    /// Claim-to-completion times of the completed actions, as a histogram
-    /// of fixed size (never one sample per action).
-    pub latencies: Latencies,
-    /// Why the worker stopped before the queue was idle (with
-    /// `exit_when_idle`, a discovery that cannot work), if it did.
-    pub stopped: Option<String>,
-    /// With `exit_when_idle`: what it left in the queue when it went idle.
-    pub left: Option<LeftBehind>,
-    /// What the worker held when it stopped.
-    pub footprint: Footprint,
-}
-
-/// What a worker holds, table by table, in entries: each is bounded by
-/// configuration, never by the actions processed (docs/operations.md lists
-/// the bounds).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Footprint {
-    /// Actions in flight (at most `concurrency`).
-    pub in_flight: usize,
-    /// Actions put off after a blocked or failed attempt (at most
-    /// [`put_off::PUT_OFF_MAX`], and only those still queued).
-    pub put_off: usize,
-    /// Log causes with an open collapse window, both tables (at most
-    /// [`collapse::COLLAPSE_CAUSES_MAX`] + 1 each).
-    pub collapsed_causes: usize,
-    /// Counters of the latency histogram (fixed).
-    pub latency_counters: usize,
-    /// The coalescer's wallet slots (at most [`protocol::SLOTS_MAX`]
-    /// beyond those in use).
-    pub coalescer_slots: usize,
-    /// Wallet states in the slots' lineages (at most
-    /// [`protocol::LINEAGE_MAX`] per slot, none older than the longest lock).
-    pub lineage_states: usize,
-    /// Action ids remembered as completed (at most
-    /// [`protocol::RECENT_COMPLETED_MAX`]).
-    pub recently_completed: usize,
-    /// Keys remembered at the head of the queue (at most
-    /// [`pass::HEAD_KEYS`]).
-    pub head_sightings: usize,
-    /// Members remembered (at most [`membership::MEMBERS_MAX`]).
-    pub members_remembered: usize,
-}
-
-/// What `--exit-when-idle` left in the queue: nothing it could claim, but
-/// not necessarily nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LeftBehind {
-    /// Actions locked by other workers (or by a worker that died, until
-    /// its lease lapses).
-    pub locked: u64,
-    /// Actions whose last attempt was blocked.
-    pub blocked: u64,
-    /// Actions this worker put off after an attempt failed with an error.
-    pub after_errors: u64,
-    /// Why the queue could not be read to say so, if it could not.
-    pub unknown: Option<String>,
-}
-
-impl LeftBehind {
-    /// Whether the run should end as a failure: something is blocked, or
-    /// was given up on after errors, or nobody can tell.
-    pub fn needs_attention(&self) -> bool {
-        self.blocked > 0 || self.after_errors > 0 || self.unknown.is_some()
-    }
-}
-
 type Finished = (String, Result<Outcome, ProtocolError>, Duration, Attempt);
 
 /// The delay before attempt `number + 1` of an action whose attempt
@@ -178,8 +86,8 @@ struct Loop {
     health: Arc<Health>,
     /// When a failing discovery was last logged at ERROR.
     discovery_logged: Option<tokio::time::Instant>,
-    /// When the store's fault was last logged at ERROR (see `outage.rs`).
-    fault_logged: Option<tokio::time::Instant>,
+    /// A fault of the whole store, as the loop sees it (see `outage.rs`).
+    outage: Outage,
     opts: protocol::Options,
     tasks: JoinSet<Finished>,
     /// At most `concurrency` ids.
@@ -199,22 +107,6 @@ struct Loop {
     errors_logged: Collapser,
     /// Repeated "blocked" lines, collapsed per reason.
     blocked_logged: Collapser,
-}
-
-/// Says, as a worker run with `exit_when_idle` exits, what it left.
-fn log_left_behind(left: &LeftBehind) {
-    if left.needs_attention() {
-        crate::lifecycle!(
-            level: tracing::Level::ERROR,
-            left_locked = left.locked,
-            left_blocked = left.blocked,
-            left_after_errors = left.after_errors,
-            unknown = left.unknown.as_deref(),
-            "queue idle: exiting, leaving work behind (see `ledgerd queue`)"
-        );
-    } else {
-        crate::lifecycle!(left_locked = left.locked, "queue idle: exiting");
-    }
 }
 
 /// Runs until `shutdown` completes (or, with `exit_when_idle`, the queue is
@@ -239,7 +131,7 @@ pub async fn run(
         cfg,
         health,
         discovery_logged: None,
-        fault_logged: None,
+        outage: Outage::default(),
         opts,
         tasks: JoinSet::new(),
         in_flight: HashSet::new(),
@@ -302,204 +194,6 @@ impl Loop {
         }
     }
 
-    /// Passes over the queue until idle (with `exit_when_idle`) or forever.
-    async fn discover(&mut self) {
-        let semaphore = Arc::new(Semaphore::new(self.cfg.concurrency));
-        let mut pass = self.new_pass().await;
-        let mut idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
-        // With `exit_when_idle`: when the queue first looked idle with
-        // blocked actions this worker never tried (held locked until their
-        // retry time by the process that blocked them).
-        let mut waiting_for_held: Option<Instant> = None;
-        loop {
-            self.reap();
-            self.log_repeats(false);
-            if let Err(fatal) = self.ride_out_store_fault().await {
-                self.stats.stopped = Some(fatal);
-                return;
-            }
-            if self.cfg.partition && !pass.is_everything() && self.membership.due() {
-                // The view may change mid-pass (a member joined, left or
-                // fell silent): a long pass over a backlog must not hold
-                // on to shards it no longer owns, nor leave the new ones.
-                let before = self.membership.view().id;
-                if self.membership.refresh().await.id != before {
-                    pass = self.new_pass().await;
-                }
-            }
-            let now = tokio::time::Instant::now();
-            let head = self.cfg.partition && !pass.is_everything() && self.sightings.head_due(now);
-            let next = if head {
-                Some(Listing::Head)
-            } else {
-                pass.listing().cloned()
-            };
-            if let Some(listing) = next {
-                let listed = Instant::now();
-                let page = self.list(&listing).await;
-                metrics::histogram!(m::DISCOVERY_SECONDS).record(listed.elapsed().as_secs_f64());
-                let page = match page {
-                    Ok(page) => {
-                        self.discovery_works();
-                        page
-                    }
-                    Err(crate::store::StoreError::Fault(fault)) => {
-                        // The store as a whole, not discovery: paused above.
-                        self.store_faulted(&fault);
-                        continue;
-                    }
-                    Err(e) => match self.discovery_failed(&e) {
-                        Ok(pause) => {
-                            tokio::time::sleep(pause).await;
-                            continue;
-                        }
-                        Err(fatal) => {
-                            self.stats.stopped = Some(fatal);
-                            return;
-                        }
-                    },
-                };
-                let read = page.len() as u64;
-                self.stats.discovery_keys += read;
-                metrics::counter!(m::DISCOVERY_KEYS).increment(read);
-                if !self.cfg.partition {
-                    self.last_listed = page
-                        .choose(&mut rand::thread_rng())
-                        .cloned()
-                        .or(self.last_listed.take());
-                }
-                let keys = match listing {
-                    Listing::Head => self.sightings.saw(&page, self.membership.view(), now),
-                    _ => pass.take(page, self.cfg.page_size),
-                };
-                self.spawn_page(keys, &semaphore).await;
-                continue;
-            }
-            // End of a pass: settle everything it started, then decide.
-            while let Some(done) = self.tasks.join_next().await {
-                self.record(done);
-            }
-            self.put_off.pass_over();
-            let claimed = std::mem::take(&mut self.claims_this_pass);
-            if claimed > 0 {
-                idle = Duration::from_millis(IDLE_BACKOFF_MS_MIN);
-                pass = self.new_pass().await;
-            } else if self.cfg.exit_when_idle && !pass.is_everything() && self.cfg.partition {
-                // Before exiting, one pass over every key, whoever owns
-                // it: an exiting worker leaves nothing it could claim.
-                pass = Pass::everything();
-            } else if self.cfg.exit_when_idle {
-                let left = self.left_behind().await;
-                // A blocked action another process holds until its retry
-                // time (at most the longest lock) is tried when it comes,
-                // once: it may have been repaired since.
-                let held = left.blocked > self.put_off.blocked();
-                let started = *waiting_for_held.get_or_insert_with(Instant::now);
-                if held && started.elapsed() <= Duration::from_secs(crate::store::limits::LOCK_SECS_MAX) {
-                    tokio::time::sleep(idle).await;
-                    idle = (idle * 2).min(self.cfg.idle_backoff_max);
-                    pass = Pass::everything();
-                    continue;
-                }
-                log_left_behind(&left);
-                self.stats.left = Some(left);
-                return;
-            } else {
-                tokio::time::sleep(idle).await;
-                idle = (idle * 2).min(self.cfg.idle_backoff_max);
-                pass = self.new_pass().await;
-            }
-        }
-    }
-
-    /// A pass over this member's share, after a heartbeat when one is due;
-    /// its shards in random order, so that members whose views overlap
-    /// for a moment rarely list the same shard at the same time.
-    async fn new_pass(&mut self) -> Pass {
-        if !self.cfg.partition {
-            return Pass::everything_from(self.last_listed.take());
-        }
-        let mut shards = self.membership.refresh().await.shards.clone();
-        shards.shuffle(&mut rand::thread_rng());
-        Pass::new(shards)
-    }
-
-    /// One page of a listing.
-    async fn list(&self, listing: &Listing) -> crate::store::StoreResult<Vec<String>> {
-        let page = self.cfg.page_size;
-        match listing {
-            Listing::Head => {
-                self.store
-                    .list_keys(Bucket::Queue, ACTION_PREFIX, None, pass::HEAD_KEYS)
-                    .await
-            }
-            Listing::Share => {
-                let range = self.membership.view().range.clone();
-                self.store
-                    .list_shard_range(Bucket::Queue, ACTION_PREFIX, range, page)
-                    .await
-            }
-            Listing::All { after } => {
-                self.store
-                    .list_keys(Bucket::Queue, ACTION_PREFIX, after.as_deref(), page)
-                    .await
-            }
-            Listing::Shard { shard, after } => {
-                self.store
-                    .list_shard_keys(Bucket::Queue, ACTION_PREFIX, *shard, after.as_deref(), page)
-                    .await
-            }
-        }
-    }
-
-    /// Notes a failed discovery: counted, shown by `/readyz`, logged at
-    /// ERROR once per interval while it lasts. Returns how long to pause
-    /// before the next attempt, or, with `exit_when_idle`, the message to
-    /// stop with when it cannot work (a permanent error at once, a transient
-    /// one after [`DISCOVERY_FAILING_MAX_WHEN_IDLE`]).
-    fn discovery_failed(&mut self, e: &crate::store::StoreError) -> Result<Duration, String> {
-        let failure = self.health.discovery_failed(e);
-        let kind = if failure.permanent() { "permanent" } else { "transient" };
-        metrics::counter!(m::DISCOVERY_FAILURES, "kind" => kind).increment(1);
-        metrics::gauge!(m::DISCOVERY_FAILING).set(1.0);
-        if self.cfg.exit_when_idle
-            && (failure.permanent() || failure.since.elapsed() >= DISCOVERY_FAILING_MAX_WHEN_IDLE)
-        {
-            return Err(format!(
-                "{}; the worker stops (--exit-when-idle needs a working discovery)",
-                failure.describe()
-            ));
-        }
-        if self
-            .discovery_logged
-            .is_none_or(|at| at.elapsed() >= DISCOVERY_ERROR_LOG_INTERVAL)
-        {
-            self.discovery_logged = Some(tokio::time::Instant::now());
-            tracing::error!(
-                error = %e,
-                kind,
-                attempts = failure.attempts,
-                failing_for_s = failure.since.elapsed().as_secs(),
-                "discovery is failing: no new actions are claimed; retrying (this is logged once a minute while it lasts)"
-            );
-        }
-        let doubled = DISCOVERY_BACKOFF_MS_MIN.saturating_mul(1 << failure.attempts.min(20));
-        Ok(Duration::from_millis(doubled.min(DISCOVERY_BACKOFF_MS_MAX)))
-    }
-
-    /// Notes a discovery that worked, ending a failure if one was going on.
-    fn discovery_works(&mut self) {
-        if let Some(ended) = self.health.discovery_ok() {
-            metrics::gauge!(m::DISCOVERY_FAILING).set(0.0);
-            self.discovery_logged = None;
-            tracing::info!(
-                attempts = ended.attempts,
-                failed_for_s = ended.since.elapsed().as_secs(),
-                "discovery works again"
-            );
-        }
-    }
-
     /// Starts the actions of one page as slots free up, in random order so
     /// that processes reading the same page rarely collide.
     async fn spawn_page(&mut self, page: Vec<String>, semaphore: &Arc<Semaphore>) {
@@ -541,6 +235,23 @@ impl Loop {
                     .await;
                 (id, result, started.elapsed(), attempt)
             });
+        }
+    }
+
+    /// While the store is faulted: pauses, lets in-flight attempts end, and
+    /// probes the store, until a probe works (`Ok`), or returns the message
+    /// to stop with (see [`Outage::wait`]).
+    async fn ride_out_store_fault(&mut self) -> Result<(), String> {
+        loop {
+            match self.outage.wait(&self.health, self.cfg.exit_when_idle).await {
+                Next::Resume => return Ok(()),
+                Next::Stop(message) => return Err(message),
+                Next::Probe => {
+                    self.reap();
+                    self.log_repeats(false);
+                    self.outage.probe(&self.health, self.store.as_ref()).await;
+                }
+            }
         }
     }
 
@@ -633,7 +344,7 @@ impl Loop {
                 // (it is claimed again as soon as the store works).
                 self.stats.errors += 1;
                 if let Some(fault) = e.fault() {
-                    self.store_faulted(&fault.clone());
+                    self.outage.faulted(&self.health, &fault.clone());
                 }
                 self.claims_this_pass += 1;
                 self.put_off.clear(&id);
@@ -755,29 +466,6 @@ fn outcome_label(result: &Result<Outcome, ProtocolError>) -> &'static str {
         Ok(Outcome::Blocked { .. }) => "blocked",
         Ok(Outcome::Skipped(_)) => "skipped",
         Err(_) => "error",
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Loop;
-use crate::ops::metrics as m;
-use crate::store::{FaultKind, StoreFault};
+use crate::ops::health::Health;
+use crate::ops::names as m;
+use crate::store::{Store, StoreFault};
 
 /// First pause before probing a faulted store; it doubles with each probe.
 const STORE_PROBE_MS_MIN: u64 = 250;
@@ -31,24 +31,39 @@ fn probe_pause(probes: u64) -> Duration {
     Duration::from_millis(doubled.min(STORE_PROBE_MS_MAX))
 }
 
-impl Loop {
+/// What the worker does next while the store is faulted.
+pub(super) enum Next {
+    /// No fault (any more): claiming resumes.
+    Resume,
+    /// Stop the worker with this message (`exit_when_idle` only).
+    Stop(String),
+    /// The pause is over: let in-flight attempts end, then [`Outage::probe`].
+    Probe,
+}
+
+/// The worker's side of a fault of the whole store: when it was last
+/// logged. The fault itself lives in [`Health`] (what `/readyz` answers).
+#[derive(Debug, Default)]
+pub(super) struct Outage {
+    /// When the fault was last logged at ERROR.
+    logged: Option<Instant>,
+}
+
+impl Outage {
     /// Notes a fault of the whole store, met by an attempt or a discovery:
     /// claiming pauses until a probe of the store works.
-    pub(super) fn store_faulted(&mut self, fault: &StoreFault) {
-        let before = self.health.store_outage().map(|o| o.fault.kind);
-        let outage = self.health.store_faulted(fault);
+    pub(super) fn faulted(&mut self, health: &Health, fault: &StoreFault) {
+        let before = health.store_outage().map(|o| o.fault.kind);
+        let outage = health.store_faulted(fault);
         metrics::gauge!(m::STORE_FAULT, "kind" => fault.kind.name()).set(1.0);
         if before != Some(fault.kind) {
             if let Some(kind) = before {
                 metrics::gauge!(m::STORE_FAULT, "kind" => kind.name()).set(0.0);
             }
-            self.fault_logged = None;
+            self.logged = None;
         }
-        if self
-            .fault_logged
-            .is_none_or(|at| at.elapsed() >= STORE_FAULT_LOG_INTERVAL)
-        {
-            self.fault_logged = Some(Instant::now());
+        if self.logged.is_none_or(|at| at.elapsed() >= STORE_FAULT_LOG_INTERVAL) {
+            self.logged = Some(Instant::now());
             tracing::error!(
                 fault = fault.kind.name(),
                 place = fault.place.as_deref(),
@@ -65,58 +80,61 @@ impl Loop {
         }
     }
 
-    /// While the store is faulted: pauses, lets in-flight attempts end, and
-    /// probes the store, until a probe works (`Ok`). With `exit_when_idle`,
-    /// returns the message to stop with instead, for a damaged store at
-    /// once and for any other fault after [`STORE_FAULT_MAX_WHEN_IDLE`].
-    pub(super) async fn ride_out_store_fault(&mut self) -> Result<(), String> {
-        while let Some(outage) = self.health.store_outage() {
-            let heals = outage.fault.kind.may_heal();
-            if self.cfg.exit_when_idle && (!heals || outage.since.elapsed() >= STORE_FAULT_MAX_WHEN_IDLE) {
-                return Err(format!(
-                    "{}; the worker stops (--exit-when-idle needs a working store)",
-                    outage.describe()
-                ));
-            }
-            let pause = match heals {
-                true => probe_pause(outage.probes),
-                false => Duration::from_millis(STORE_PROBE_MS_MAX),
-            };
-            tokio::time::sleep(pause).await;
-            self.reap();
-            self.log_repeats(false);
-            if !heals {
-                // Logged again once per interval; never probed.
-                self.store_faulted(&outage.fault);
-                continue;
-            }
-            match self.store.ping().await {
-                Ok(()) => {
-                    if let Some(ended) = self.health.store_works() {
-                        metrics::gauge!(m::STORE_FAULT, "kind" => ended.fault.kind.name()).set(0.0);
-                        self.fault_logged = None;
-                        tracing::info!(
-                            fault = ended.fault.kind.name(),
-                            failed_for_s = ended.since.elapsed().as_secs(),
-                            probes = ended.probes + 1,
-                            "the store works again: claiming resumes"
-                        );
-                    }
+    /// While the store is faulted, pauses before the next probe and says
+    /// what to do then. With `exit_when_idle`, says to stop instead: for a
+    /// damaged store at once, for any other fault after
+    /// [`STORE_FAULT_MAX_WHEN_IDLE`].
+    pub(super) async fn wait(&self, health: &Health, exit_when_idle: bool) -> Next {
+        let Some(outage) = health.store_outage() else {
+            return Next::Resume;
+        };
+        let heals = outage.fault.kind.may_heal();
+        if exit_when_idle && (!heals || outage.since.elapsed() >= STORE_FAULT_MAX_WHEN_IDLE) {
+            return Next::Stop(format!(
+                "{}; the worker stops (--exit-when-idle needs a working store)",
+                outage.describe()
+            ));
+        }
+        let pause = match heals {
+            true => probe_pause(outage.probes),
+            false => Duration::from_millis(STORE_PROBE_MS_MAX),
+        };
+        tokio::time::sleep(pause).await;
+        Next::Probe
+    }
+
+    /// Probes the store (a damaged one is never probed: its fault is only
+    /// logged again once per interval) and notes what the probe found.
+    pub(super) async fn probe(&mut self, health: &Health, store: &dyn Store) {
+        let Some(outage) = health.store_outage() else {
+            return;
+        };
+        if !outage.fault.kind.may_heal() {
+            self.faulted(health, &outage.fault);
+            return;
+        }
+        match store.ping().await {
+            Ok(()) => {
+                if let Some(ended) = health.store_works() {
+                    metrics::gauge!(m::STORE_FAULT, "kind" => ended.fault.kind.name()).set(0.0);
+                    self.logged = None;
+                    tracing::info!(
+                        fault = ended.fault.kind.name(),
+                        failed_for_s = ended.since.elapsed().as_secs(),
+                        probes = ended.probes + 1,
+                        "the store works again: claiming resumes"
+                    );
                 }
-                Err(e) => {
-                    self.health.store_probe_failed(&e);
-                    if let Some(fault) = e.fault() {
-                        self.store_faulted(&fault.clone());
-                    }
+            }
+            Err(e) => {
+                health.store_probe_failed(&e);
+                if let Some(fault) = e.fault() {
+                    self.faulted(health, &fault.clone());
                 }
             }
         }
-        Ok(())
     }
 }
-
-/// Every fault kind, for the gauge's series at 0.
-pub const FAULT_KINDS: [FaultKind; 4] = [FaultKind::Full, FaultKind::ReadOnly, FaultKind::Io, FaultKind::Corrupt];
 
 #[cfg(test)]
 mod tests {
@@ -124,10 +142,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::ops::health::Health;
     use crate::store::hooked::{Fault, Hook, Hooked, OpKind};
     use crate::store::memory::MemoryStore;
-    use crate::store::{Store, StoreError};
+    use crate::store::{FaultKind, Store, StoreError};
     use crate::worker::tests::{actions_left, config, queued};
     use crate::worker::{run, RunStats};
 

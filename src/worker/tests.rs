@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::discovery::{DISCOVERY_BACKOFF_MS_MAX, DISCOVERY_FAILING_MAX_WHEN_IDLE};
 use super::*;
 use crate::domain::keys::action_key;
 use crate::store::faulty::{Fault, FaultyStore, OpKind};

@@ -18,16 +18,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+pub use super::counter::{peak_rss_bytes, OpCounter, ProcessReport};
 use super::Exit;
 use crate::config::Settings;
 use crate::domain::keys::{ACTION_PREFIX, BALANCE_PREFIX};
 use crate::store::hooked::Hooked;
 use crate::store::{open, Bucket, OpenMode, Store};
 use crate::worker::{self, WorkerConfig};
-pub use counter::{peak_rss_bytes, OpCounter, ProcessReport};
 pub use workload::Scenario;
 
-mod counter;
 mod workload;
 
 /// How often the driver looks whether the queue is empty.

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_opening, read_wallet, release, WalletView, LOCK, OPENING_KEY, UNLOCKED_ROUNDS};
+use super::{read_opening, read_wallet, release, WalletView, LOCK, OPENING_KEY, PENDING_MAX, UNLOCKED_ROUNDS};
 use crate::domain::keys::{adj_marker_path, balance_key, marker_path, ADJ_PREFIX, TX_PREFIX};
 use crate::protocol::records::{AdjRecord, AdjState, TxRecord, TxState};
 use crate::protocol::{retry, ProtocolError, Result};
@@ -48,10 +48,6 @@ pub const CHECKPOINT_KEY: &str = "audit:checkpoint";
 /// Prefix of each wallet's settled sum (`audited:<hash>`: as long as
 /// `balance:<hash>`, so within Couchbase's 250-byte keys for every hash).
 pub const AUDITED_PREFIX: &str = "audited:";
-/// Most records not final that a checkpoint lists (about 60 bytes each:
-/// 6 MiB): records in flight, a few per worker. A ledger with more (an
-/// outage left them) gets no checkpoint until they are finished.
-pub const PENDING_MAX: usize = 100_000;
 
 /// The key of a wallet's settled sum.
 pub fn audited_key(hash: &str) -> String {

@@ -43,14 +43,15 @@ use tokio::sync::oneshot;
 
 use super::records::TxState;
 use super::wallet::{marker_name, read_snapshot, Seen, Snapshot};
-use super::{backoff, count_retry, read_tx, Options, ProtocolError, Result};
+use super::{backoff, count_retry, read_tx, ProtocolError, Result};
 use crate::domain::keys::balance_key;
-use crate::ops::metrics::{self as m, result_label};
+use crate::ops::names::{self as m, result_label};
 use crate::store::Store;
 pub use slot::LINEAGE_MAX;
 use slot::{answer, enqueue, fail_all, locked, Known, Lineage, Pending, Slot, KNOWN_FRESH};
 pub(crate) use slot::{CreditRequest, Credited};
 use turns::Turns;
+pub(crate) use turns::WriteRules;
 
 mod slot;
 mod turns;
@@ -130,7 +131,12 @@ impl Coalescer {
 
     /// Applies one credit, together with whatever other credits to the same
     /// wallet are waiting at the time.
-    pub(crate) async fn credit(&self, store: &dyn Store, request: CreditRequest, opts: &Options) -> Result<Credited> {
+    pub(crate) async fn credit(
+        &self,
+        store: &dyn Store,
+        request: CreditRequest,
+        rules: WriteRules<'_>,
+    ) -> Result<Credited> {
         let slot = self.slot(&request.hash);
         let mut answer = enqueue(&slot, request.clone());
         loop {
@@ -142,7 +148,7 @@ impl Coalescer {
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             let batch = std::mem::take(&mut *locked(&slot.queue));
-            write_batch(&slot, store, batch, opts).await;
+            write_batch(&slot, store, batch, rules).await;
             if let Ok(result) = answer.try_recv() {
                 return result;
             }
@@ -181,7 +187,7 @@ impl IdleLeads {
 
 /// Writes one batch for one wallet, retrying conflicts, and answers every
 /// request in it.
-async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, opts: &Options) {
+async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, rules: WriteRules<'_>) {
     let Some(hash) = batch.first().map(|p| p.request.hash.clone()) else {
         return;
     };
@@ -213,7 +219,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, op
             }
             return;
         }
-        let (_, stale) = basis.foreign_markers(&opts.recent);
+        let (_, stale) = basis.foreign_markers(rules.recent);
         let proven = prove(store, &basis, &lineage, batch, &stale).await;
         if proven.is_empty() {
             return;
@@ -223,7 +229,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, op
             store,
             key: balance_key(&hash),
             stale,
-            opts,
+            rules,
         };
         let (left, error) = match turns.write(basis, lineage, proven).await {
             Ok(()) => return,
@@ -232,9 +238,9 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, op
         *locked(&slot.known) = None;
         count_retry(result_label(Some(&error)));
         round += 1;
-        if round >= opts.apply_rounds_max {
+        if round >= rules.apply_rounds_max {
             for p in left {
-                answer(p, Err(ProtocolError::Contention(opts.apply_rounds_max)));
+                answer(p, Err(ProtocolError::Contention(rules.apply_rounds_max)));
             }
             return;
         }

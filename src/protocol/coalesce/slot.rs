@@ -20,7 +20,7 @@ pub const LINEAGE_MAX: usize = 1_024;
 /// an age, a wallet this process writes again and again would keep
 /// [`LINEAGE_MAX`] states (about 50 KiB) for the life of the process;
 /// forgetting one only costs a record read, never money.
-const LINEAGE_AGE_MAX: Duration = Duration::from_secs(crate::store::limits::LOCK_SECS_MAX);
+const LINEAGE_AGE_MAX: Duration = crate::store::limits::LOCK_MAX;
 /// How long a state this process wrote stands in for a pre-commit read.
 /// Only a heuristic for work: a stale state costs a failed write, never money.
 pub(super) const KNOWN_FRESH: Duration = Duration::from_secs(1);

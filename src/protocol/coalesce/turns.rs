@@ -13,11 +13,11 @@ use super::slot::{answer, locked, Known, Lineage, Pending, Slot};
 use super::Credited;
 use crate::domain::keys::MARKERS_XATTR;
 use crate::domain::Units;
-use crate::ops::metrics as m;
+use crate::ops::names as m;
 use crate::protocol::records::{marker_value, now_ms, TxState};
 use crate::protocol::wallet::{known_completed, marker_action, markers_after, over_supply, Seen, Snapshot};
 use crate::protocol::write_plan::{plan, WRITE_XATTR_SPECS_MAX};
-use crate::protocol::{read_tx, Options, RecentlyCompleted};
+use crate::protocol::{read_tx, RecentlyCompleted};
 use crate::store::{Bucket, Store, StoreError, WriteMode};
 
 /// A wallet state this batch writes over: its basis, then each state its
@@ -62,6 +62,19 @@ impl Current {
     }
 }
 
+/// What a wallet write needs of a worker's options (see
+/// [`Options::rules`](super::Options::rules)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteRules<'a> {
+    /// Rounds of wallet writes before giving up on contention for now.
+    pub(crate) apply_rounds_max: u32,
+    /// Markers a wallet may carry before each write must prune as many as
+    /// it adds.
+    pub(crate) wallet_markers_soft_max: usize,
+    /// Actions this process knows completed.
+    pub(crate) recent: &'a RecentlyCompleted,
+}
+
 /// Writes the proven credits of one batch in turns: as many CAS writes, in
 /// sequence, as the sub-document spec limit needs, each on the state the
 /// previous one left. Every credit keeps its proof: the state each write is
@@ -72,7 +85,7 @@ pub(super) struct Turns<'a> {
     pub(super) store: &'a dyn Store,
     pub(super) key: String,
     pub(super) stale: Vec<(String, String)>,
-    pub(super) opts: &'a Options,
+    pub(super) rules: WriteRules<'a>,
 }
 
 /// Requests to try again from a fresh read, and why.
@@ -180,7 +193,7 @@ impl Turns<'_> {
     }
 
     fn soft_max(&self) -> usize {
-        self.opts.wallet_markers_soft_max
+        self.rules.wallet_markers_soft_max
     }
 
     /// Markers of completed actions this write may remove: those this
@@ -191,7 +204,7 @@ impl Turns<'_> {
         if current.mode == WriteMode::Insert {
             return Vec::new();
         }
-        let recent = &self.opts.recent;
+        let recent = self.rules.recent;
         let mut prunes = known_completed(&current.markers, recent);
         let wanted = plan(current.markers.len(), pending, prunes.len(), self.soft_max()).prunes_wanted;
         if wanted <= prunes.len() {

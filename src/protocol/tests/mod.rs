@@ -548,12 +548,12 @@ async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
     let p = Options::default();
     let done = p
         .coalescer
-        .credit(&w.store, request("A", 2, Some(seen.clone())), &p)
+        .credit(&w.store, request("A", 2, Some(seen.clone())), p.rules())
         .await;
     assert!(matches!(done, Ok(Credited::Done { .. })), "{done:?}");
     // Process Q applies B, completes it and prunes its marker.
     let q = Options::default();
-    let done = q.coalescer.credit(&w.store, request("B", 1, None), &q).await;
+    let done = q.coalescer.credit(&w.store, request("B", 1, None), q.rules()).await;
     assert!(matches!(done, Ok(Credited::Done { .. })), "{done:?}");
     let mut tx = w.tx("B").expect("record");
     tx.state = TxState::Completed;
@@ -570,7 +570,10 @@ async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
     assert_eq!(w.balance("a"), Some(103));
     // P, stale, now credits B from its old observation: its cached state and
     // its lineage no longer describe the wallet, and B must not be credited.
-    let again = p.coalescer.credit(&w.store, request("B", 1, Some(seen)), &p).await;
+    let again = p
+        .coalescer
+        .credit(&w.store, request("B", 1, Some(seen)), p.rules())
+        .await;
     assert!(matches!(again, Ok(Credited::CompletedElsewhere)), "{again:?}");
     assert_eq!(w.balance("a"), Some(103));
 }

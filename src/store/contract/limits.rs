@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{fresh, Harness};
+use super::harness::{fresh, Harness};
 use crate::store::{Bucket, StoreError, StoreResult, WriteMode, LOCKED_CAS};
 
 /// Couchbase's specs per sub-document call (the body spec counts).

@@ -6,30 +6,15 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use rand::Rng;
 use serde_json::json;
 
-use super::{Bucket, Store, StoreError, WriteMode, LOCKED_CAS};
-
-/// A store under test and a way to let its lock clock move.
-#[async_trait]
-pub trait Harness: Send + Sync {
-    /// The store.
-    fn store(&self) -> &dyn Store;
-    /// Lets at least `by` pass on the store's clock (sleep, or move a manual clock).
-    async fn advance(&self, by: Duration);
-}
+use super::{Bucket, StoreError, WriteMode, LOCKED_CAS};
 
 /// Shortest lock the contract uses: stores may count locks in whole seconds.
 const LOCK: Duration = Duration::from_secs(1);
 /// How long to wait for a one-second lock to lapse, with slack for
 /// stores that expire locks on a coarse timer.
 const LAPSE: Duration = Duration::from_millis(2_600);
-
-fn fresh(name: &str) -> String {
-    format!("ct:{}:{name}", rand::thread_rng().gen::<u64>())
-}
 
 /// Unwraps a store result in a test, naming the operation on failure.
 macro_rules! ok {
@@ -41,7 +26,10 @@ macro_rules! ok {
     };
 }
 
+mod harness;
 mod limits;
+use harness::fresh;
+pub use harness::Harness;
 pub use limits::*;
 
 /// An xattr-only write changes the xattr under CAS and leaves the body; with
@@ -888,8 +876,11 @@ mod memory_contract {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
+    use async_trait::async_trait;
+
     use super::*;
     use crate::store::memory::{Clock, MemoryStore};
+    use crate::store::Store;
 
     struct MemoryHarness(MemoryStore, Arc<AtomicU64>);
 

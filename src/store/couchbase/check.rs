@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use couchbase::error::ErrorKind;
 use serde_json::Value;
 
+use super::client::CouchbaseStore;
 use super::init::{version_supported, SERVER_VERSION_MIN};
-use super::{statements, CouchbaseStore};
+use super::statements;
 use crate::domain::keys::ACTION_PREFIX;
 use crate::store::check::Finding;
 use crate::store::{Bucket, Store, StoreError};

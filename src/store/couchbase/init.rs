@@ -6,7 +6,8 @@ use couchbase::error::ErrorKind;
 use couchbase::management::buckets::bucket_settings::BucketSettings;
 use serde_json::Value;
 
-use super::{statements, CouchbaseStore};
+use super::client::CouchbaseStore;
+use super::statements;
 use crate::store::{StoreError, StoreResult};
 
 /// How long init waits for a new bucket or index to become usable.

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::threads::sql_error;
+use super::errors::sql_error;
 use super::wal::{wal_bytes, WAL_BYTES_MAX};
 use crate::store::check::{Depth, Finding};
 use crate::store::StoreError;

@@ -24,12 +24,14 @@ use super::model::{self, Mutation, Slot};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 use crate::domain::keys::ACTION_PREFIX;
 use early::Unsettled;
+use errors::sql_error;
 use shard::{list_range_sql, list_shard_sql};
-use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, sql_error, writer_loop, Job, ReadJob, Tx};
+use threads::{apply_insert, apply_mutation, clock_ms, load, reader_loop, writer_loop, Job, ReadJob, Tx};
 
 mod changes;
 mod check;
 mod early;
+mod errors;
 mod fairness;
 mod records;
 mod shard;
@@ -53,8 +55,9 @@ const READER_CACHE_KIB: i64 = 4 * 1024;
 /// Page cache of each pooled connection (listings and counts), in KiB:
 /// SQLite's own default, named so that the bound is written down.
 const POOL_CACHE_KIB: i64 = 2_000;
-/// Idle connections kept for reuse.
-const POOL_IDLE_MAX: usize = 16;
+/// Idle connections kept for reuse: as many as the binary's blocking
+/// threads (`BLOCKING_THREADS_MAX` in main.rs) can use at once.
+const POOL_IDLE_MAX: usize = 8;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
     bucket TEXT NOT NULL,

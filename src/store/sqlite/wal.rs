@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::threads::sql_error;
+use super::errors::sql_error;
 use crate::store::StoreResult;
 
 /// Pages in the WAL after which a commit runs SQLite's passive automatic

@@ -1,0 +1,261 @@
+//! The connection to a Couchbase cluster: its collections, deadlines and
+//! retry strategies, and the calls every operation goes through.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use couchbase::authenticator::PasswordAuthenticator;
+use couchbase::cluster::Cluster;
+use couchbase::collection::Collection;
+use couchbase::durability_level::DurabilityLevel;
+use couchbase::options::cluster_options::ClusterOptions;
+use couchbase::options::query_options::{QueryOptions, ScanConsistency};
+use couchbase::retry::RetryStrategy;
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::errors::{deadline_error, map_error, map_query_error, Call, FailFastOnLock};
+use crate::config::Settings;
+use crate::store::{limits, Bucket, StoreError, StoreResult};
+
+/// The durability level named in settings.
+pub fn durability(name: &str) -> Result<DurabilityLevel, StoreError> {
+    match name {
+        "majority" => Ok(DurabilityLevel::MAJORITY),
+        "majority_and_persist_active" => Ok(DurabilityLevel::MAJORITY_AND_PERSIST_ACTIVE),
+        "persist_to_majority" => Ok(DurabilityLevel::PERSIST_TO_MAJORITY),
+        "none" => Ok(DurabilityLevel::NONE),
+        other => Err(StoreError::Permanent(format!("unknown durability level {other:?}"))),
+    }
+}
+
+/// A lock time in whole seconds, as Couchbase counts them (rounded up). A
+/// time outside 1 to 30 s is refused here: the server would silently lock
+/// for its default of 15 s instead (see `limits::LOCK_SECS_MAX`).
+pub fn lock_time(lock: Duration) -> StoreResult<Duration> {
+    limits::lock_secs(lock).map(Duration::from_secs)
+}
+
+/// Couchbase's flags for a body: JSON when it parses as JSON, else binary.
+pub(super) fn flags_for(body: &[u8]) -> u32 {
+    let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    let encoded = if json {
+        couchbase::transcoding::raw_json::encode(&body).map(|(_, f)| f)
+    } else {
+        couchbase::transcoding::raw_binary::encode(body).map(|(_, f)| f)
+    };
+    encoded.unwrap_or(0)
+}
+
+/// The store on a Couchbase cluster.
+pub struct CouchbaseStore {
+    pub(super) cluster: Cluster,
+    pub(super) queue: Collection,
+    pub(super) ledger: Collection,
+    pub(super) names: (String, String),
+    pub(super) url: String,
+    pub(super) durability: DurabilityLevel,
+    pub(super) kv_timeout: Duration,
+    pub(super) query_timeout: Duration,
+    pub(super) retry: Arc<dyn RetryStrategy>,
+    pub(super) lock_retry: Arc<dyn RetryStrategy>,
+    pub(super) bucket_ram_mb: u64,
+    pub(super) bucket_replicas: u32,
+}
+
+impl CouchbaseStore {
+    /// Connects with the settings' URL, credentials and bucket names.
+    pub async fn connect(settings: &Settings) -> StoreResult<Self> {
+        let durability_level = durability(&settings.couchbase_durability)?;
+        if durability_level == DurabilityLevel::NONE {
+            tracing::warn!("couchbase_durability = none: a node failure can lose acknowledged credits; use it only for single-node development");
+        }
+        let username = settings.couchbase_username.clone().unwrap_or_default();
+        let password = settings
+            .couchbase_password
+            .as_ref()
+            .map(|s| s.expose().to_string())
+            .unwrap_or_default();
+        if username.is_empty() {
+            return Err(StoreError::Permanent(
+                "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME".into(),
+            ));
+        }
+        let retry = FailFastOnLock::shared();
+        let options = ClusterOptions::new(PasswordAuthenticator::new(username, password).into())
+            .default_retry_strategy(retry.clone());
+        let connect_timeout = Duration::from_millis(settings.couchbase_connect_timeout_ms);
+        let cluster = match tokio::time::timeout(connect_timeout, Cluster::connect(&settings.store, options)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(StoreError::Permanent(format!(
+                    "connecting to {}: {e}",
+                    redact(&settings.store)
+                )))
+            }
+            Err(_) => {
+                return Err(StoreError::Permanent(format!(
+                    "connecting to {}: no answer within {} ms (address, credentials or TLS?)",
+                    redact(&settings.store),
+                    settings.couchbase_connect_timeout_ms
+                )))
+            }
+        };
+        Ok(Self {
+            queue: cluster.bucket(settings.queue_bucket.clone()).default_collection(),
+            ledger: cluster.bucket(settings.ledger_bucket.clone()).default_collection(),
+            cluster,
+            names: (settings.queue_bucket.clone(), settings.ledger_bucket.clone()),
+            url: redact(&settings.store),
+            durability: durability_level,
+            kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
+            query_timeout: Duration::from_millis(settings.query_timeout_ms),
+            retry,
+            lock_retry: FailFastOnLock::for_lock_attempts(),
+            bucket_ram_mb: settings.couchbase_bucket_ram_mb,
+            bucket_replicas: settings.couchbase_bucket_replicas,
+        })
+    }
+
+    pub(super) fn collection(&self, bucket: Bucket) -> &Collection {
+        match bucket {
+            Bucket::Queue => &self.queue,
+            Bucket::Ledger => &self.ledger,
+        }
+    }
+
+    pub(super) fn bucket_name(&self, bucket: Bucket) -> &str {
+        match bucket {
+            Bucket::Queue => &self.names.0,
+            Bucket::Ledger => &self.names.1,
+        }
+    }
+
+    /// Runs one key-value call under the deadline and maps its error.
+    pub(super) async fn kv<T>(
+        &self,
+        call: Call,
+        what: &str,
+        fut: impl Future<Output = couchbase::error::Result<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.kv_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_error(&e, call)),
+            Err(_) => Err(deadline_error(call, what, self.kv_timeout.as_millis() as u64)),
+        }
+    }
+
+    /// Runs a SQL++ statement over `bucket` with named parameters and
+    /// collects its rows. Queue listings read the index as it is
+    /// (`not_bounded`): discovery must never wait for the indexer, and an
+    /// action written a moment ago is found on the next pass. Ledger
+    /// listings (`audit`, `history`, `adjust`, `balances`, the sweep) wait
+    /// until the index holds every mutation made before the request
+    /// (`request_plus`): an operator's answer, or the sum an adjustment is
+    /// planned from, must include every record written before it was asked.
+    /// (SQL++ "Scan Consistency": https://docs.couchbase.com/server/current/n1ql/n1ql-manage/query-settings.html)
+    pub(super) async fn query_in<T: DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+        statement: String,
+        params: &[(&str, Value)],
+    ) -> StoreResult<Vec<T>> {
+        let consistency = match bucket {
+            Bucket::Queue => ScanConsistency::NotBounded,
+            Bucket::Ledger => ScanConsistency::RequestPlus,
+        };
+        self.query_with(consistency, statement, params).await
+    }
+
+    /// Runs a SQL++ statement over the system keyspaces (index states,
+    /// the server's version), reading them as they are.
+    pub(super) async fn query<T: DeserializeOwned>(
+        &self,
+        statement: String,
+        params: &[(&str, Value)],
+    ) -> StoreResult<Vec<T>> {
+        self.query_with(ScanConsistency::NotBounded, statement, params).await
+    }
+
+    pub(super) async fn query_with<T: DeserializeOwned>(
+        &self,
+        consistency: ScanConsistency,
+        statement: String,
+        params: &[(&str, Value)],
+    ) -> StoreResult<Vec<T>> {
+        let mut options = QueryOptions::new()
+            .scan_consistency(consistency)
+            .server_timeout(self.query_timeout)
+            .retry_strategy(self.retry.clone());
+        for (name, value) in params {
+            options = options
+                .add_named_parameter(*name, value)
+                .map_err(|e| StoreError::Permanent(e.to_string()))?;
+        }
+        let run = async {
+            let mut result = self.cluster.query(statement.clone(), options).await?;
+            result.rows::<T>().try_collect::<Vec<T>>().await
+        };
+        match tokio::time::timeout(self.query_timeout, run).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(map_query_error(&e)),
+            Err(_) => Err(deadline_error(
+                Call::Read,
+                "query",
+                self.query_timeout.as_millis() as u64,
+            )),
+        }
+    }
+}
+
+/// The URL without any user information, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_are_whole_seconds_from_1_to_30_and_nothing_else_is_sent() {
+        assert_eq!(lock_time(Duration::from_millis(1)), Ok(Duration::from_secs(1)));
+        assert_eq!(lock_time(Duration::from_millis(1_000)), Ok(Duration::from_secs(1)));
+        assert_eq!(lock_time(Duration::from_millis(1_001)), Ok(Duration::from_secs(2)));
+        assert_eq!(lock_time(Duration::from_millis(15_000)), Ok(Duration::from_secs(15)));
+        assert!(matches!(
+            lock_time(Duration::from_secs(90)),
+            Err(StoreError::LimitExceeded(_))
+        ));
+        assert!(matches!(lock_time(Duration::ZERO), Err(StoreError::LimitExceeded(_))));
+    }
+
+    #[test]
+    fn durability_names() {
+        assert_eq!(durability("majority"), Ok(DurabilityLevel::MAJORITY));
+        assert_eq!(durability("none"), Ok(DurabilityLevel::NONE));
+        assert!(durability("most").is_err());
+        for name in crate::config::DURABILITY_LEVELS {
+            assert!(durability(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(redact("couchbase://user:pw@db1,db2"), "couchbase://db1,db2");
+        assert_eq!(redact("couchbases://db.example.com"), "couchbases://db.example.com");
+    }
+
+    #[test]
+    fn bodies_are_flagged_by_content() {
+        assert_ne!(flags_for(b"{\"a\":1}"), flags_for(b"\xff not json"));
+        assert_eq!(flags_for(b"12"), flags_for(b"{}"));
+    }
+}
