@@ -20,8 +20,12 @@ RUN apt-get update \
 COPY --from=build /src/target/release/ledgerd /usr/local/bin/ledgerd
 USER ledgerd
 WORKDIR /var/lib/ledgerd
+# MALLOC_ARENA_MAX: SQLite allocates from glibc, which gives each thread an
+# arena of its own for the life of the process; two keep a months-long
+# worker's memory level (docs/operations.md, Memory).
 ENV LEDGERD_LOG_FORMAT=json \
-    LEDGERD_METRICS_ADDR=0.0.0.0:9464
+    LEDGERD_METRICS_ADDR=0.0.0.0:9464 \
+    MALLOC_ARENA_MAX=2
 EXPOSE 9464
 # Liveness: the process answers. (Readiness, /readyz, is for orchestrators.)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
