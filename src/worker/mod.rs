@@ -344,7 +344,7 @@ impl Loop {
                 // (it is claimed again as soon as the store works).
                 self.stats.errors += 1;
                 if let Some(fault) = e.fault() {
-                    self.outage.faulted(&self.health, &fault.clone());
+                    self.outage.faulted(&self.health, fault);
                 }
                 self.claims_this_pass += 1;
                 self.put_off.clear(&id);

@@ -129,7 +129,7 @@ impl Outage {
             Err(e) => {
                 health.store_probe_failed(&e);
                 if let Some(fault) = e.fault() {
-                    self.faulted(health, &fault.clone());
+                    self.faulted(health, fault);
                 }
             }
         }
