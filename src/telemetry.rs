@@ -46,6 +46,11 @@ pub fn init(filter: &str, format: LogFormat) {
 /// that it can be turned down alone: `--log-level info,ledgerd::action=warn`.
 pub const ACTION_TARGET: &str = "ledgerd::action";
 
+/// The target of the worker's lifecycle lines ([`lifecycle!`]), wherever
+/// in the code they are written, as docs/operations.md promises: a filter
+/// or a log pipeline matches them by it.
+pub const LIFECYCLE_TARGET: &str = "ledgerd::worker";
+
 /// Which worker wrote a line: carried by the lifecycle lines (started,
 /// listening, shutdown, stopped), so that the lines of many replicas can be
 /// told apart once collected.
@@ -69,13 +74,20 @@ pub fn identity() -> &'static Identity {
     })
 }
 
-/// A lifecycle line with the worker's identity: at INFO, or at the level
-/// given first (`lifecycle!(level: tracing::Level::ERROR, …)`).
+/// A lifecycle line with the worker's identity, under
+/// [`LIFECYCLE_TARGET`]: at INFO, or at the level given first (`lifecycle!(level: tracing::Level::ERROR, …)`).
 #[macro_export]
 macro_rules! lifecycle {
     (level: $level:expr, $($field:tt)*) => {{
         let id = $crate::telemetry::identity();
-        tracing::event!($level, host = id.host.as_str(), pid = id.pid, version = id.version, $($field)*)
+        tracing::event!(
+            target: $crate::telemetry::LIFECYCLE_TARGET,
+            $level,
+            host = id.host.as_str(),
+            pid = id.pid,
+            version = id.version,
+            $($field)*
+        )
     }};
     ($($field:tt)*) => {
         $crate::lifecycle!(level: tracing::Level::INFO, $($field)*)

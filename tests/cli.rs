@@ -412,6 +412,26 @@ fn sigterm_stops_the_worker_cleanly() {
 }
 
 #[test]
+fn lifecycle_lines_keep_their_target_wherever_they_are_written() {
+    let s = Scratch::new();
+    s.run(&["enqueue"], r#"{"id":"t1","doc":{"beneficiaries":{"w":1}}}"#);
+    let out = s.run(&["run", "--exit-when-idle", "--log-format", "json"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    // Written in more than one module of the worker.
+    for message in ["worker started", "queue idle: exiting", "worker stopped"] {
+        let l = lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in {lines:?}"));
+        assert_eq!(l["target"], "ledgerd::worker", "{l}");
+    }
+}
+
+#[test]
 fn the_line_per_action_can_be_turned_down_alone() {
     let s = Scratch::new();
     s.run(&["enqueue"], r#"{"id":"t1","doc":{"beneficiaries":{"w":1}}}"#);
