@@ -27,7 +27,7 @@ const FILE_LINES_MAX: usize = 500;
 /// lines each had: each may shrink, none may grow, and one at or under the
 /// limit must leave this list.
 const OVER_SIZE: &[(&str, usize)] = &[
-    ("protocol/accounting.rs", 597),
+    ("protocol/accounting.rs", 553),
     ("store/mod.rs", 561),
     ("store/sqlite/mod.rs", 1127),
     ("store/sqlite/threads.rs", 590),

@@ -107,20 +107,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// The xattr path of one action's marker on a wallet. The action id is
-/// hashed so that any id (dots, quotes, brackets) is a safe path element.
-pub fn marker_path(action_id: &str) -> String {
-    let digest = sha256_hex(action_id.as_bytes());
-    format!("{MARKERS_XATTR}.m{}", &digest[..32])
-}
-
-/// The xattr path of an adjustment's marker on its wallet (`a…`, where an
-/// action's is `m…`), so that a retried adjustment applies once.
-pub fn adj_marker_path(adj_id: &str) -> String {
-    let digest = sha256_hex(adj_id.as_bytes());
-    format!("{MARKERS_XATTR}.a{}", &digest[..32])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,11 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn marker_paths_are_plain_and_distinct() {
-        let a = marker_path("a.b[0]\"");
-        assert!(a.starts_with("ledger.applied.m"));
-        assert!(a["ledger.applied.".len()..].chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(marker_path("1"), marker_path("2"));
+    fn sha256_is_lowercase_hex() {
         assert_eq!(
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -4,10 +4,12 @@
 pub mod action;
 pub mod decimal;
 pub mod keys;
+pub mod marker;
 pub mod shard;
 pub mod split;
 pub mod time;
 pub mod units;
 
 pub use action::{plan_action, ActionError, Credit, Mode, Plan};
+pub use marker::{Marker, MarkerName, Markers};
 pub use units::{Units, TOTAL_SUPPLY_UNITS, UNITS_PER_TOKEN};

@@ -22,17 +22,17 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::records::{AdjRecord, AdjState, TxRecord, TxState};
 use super::{retry, ProtocolError, Result};
-use crate::domain::keys::{
-    adj_marker_path, balance_key, marker_path, ADJ_PREFIX, BALANCE_PREFIX, MARKERS_XATTR, TX_PREFIX,
-};
-use crate::domain::Units;
+use crate::domain::keys::{balance_key, ADJ_PREFIX, BALANCE_PREFIX, TX_PREFIX};
+use crate::domain::{Marker, MarkerName};
 use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS, READ_DOCS_IN_FLIGHT};
 
 pub mod since;
+
+pub use super::wallet::view::{read_wallet, WalletView};
 
 /// Most records not final that a checkpoint (`since.rs`) lists (about 60
 /// bytes each: 6 MiB): records in flight, a few per worker. A ledger with
@@ -50,51 +50,6 @@ const LOCK: Duration = crate::store::limits::LOCK_MAX;
 /// The key of part `n` (from 1) of the opening snapshot after the first.
 pub fn opening_part_key(n: usize) -> String {
     format!("{OPENING_KEY}:{n}")
-}
-
-/// One wallet as read: its balance (`None`: no document; `Err`: not a
-/// valid balance), its markers and its CAS.
-#[derive(Debug, Clone)]
-pub struct WalletView {
-    /// The balance, if there is a document.
-    pub balance: Option<std::result::Result<u64, String>>,
-    /// The markers object, by marker name.
-    pub markers: Map<String, Value>,
-    /// The CAS of the read ([`LOCKED_CAS`] while locked).
-    pub cas: Cas,
-}
-
-impl WalletView {
-    fn has(&self, path: &str) -> bool {
-        path.strip_prefix(MARKERS_XATTR)
-            .and_then(|p| p.strip_prefix('.'))
-            .is_some_and(|name| self.markers.contains_key(name))
-    }
-}
-
-/// Reads one wallet: body, markers and CAS, atomically.
-pub async fn read_wallet(store: &dyn Store, hash: &str) -> Result<WalletView> {
-    let key = balance_key(hash);
-    match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
-        Ok(doc) => Ok(WalletView {
-            balance: Some(
-                Units::parse_balance(&doc.body)
-                    .map(Units::get)
-                    .map_err(|e| e.to_string()),
-            ),
-            markers: match doc.xattrs.into_iter().next().flatten() {
-                Some(Value::Object(map)) => map,
-                _ => Map::new(),
-            },
-            cas: doc.cas,
-        }),
-        Err(StoreError::NotFound) => Ok(WalletView {
-            balance: None,
-            markers: Map::new(),
-            cas: 0,
-        }),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// The wallets one pass of an audit takes: those whose hash is in
@@ -185,15 +140,16 @@ impl Scan {
     pub fn explained(&self, hash: &str, view: &WalletView) -> Explained {
         let marked: u128 = view
             .markers
-            .values()
-            .filter(|m| m.get("tx").is_some())
-            .filter_map(|m| m.get("units").and_then(Value::as_u64))
-            .map(u128::from)
+            .iter()
+            .filter_map(|(_, marker)| match marker {
+                Marker::Credit { units: Some(units), .. } => Some(u128::from(units.get())),
+                _ => None,
+            })
             .sum();
         let adjustments = self
             .adjustments_of(hash)
             .iter()
-            .filter(|a| a.state == AdjState::Applied || view.has(&adj_marker_path(&a.id)))
+            .filter(|a| a.state == AdjState::Applied || view.has(&MarkerName::of_adjustment(&a.id)))
             .map(AdjRecord::delta)
             .sum();
         Explained {
@@ -218,13 +174,13 @@ impl Scan {
         if !completed && self.pending.len() <= PENDING_MAX {
             self.pending.insert(key.to_string());
         }
-        // The marker's path (a digest of the action id) only for a wallet
+        // The marker's name (a digest of the action id) only for a wallet
         // that holds markers, and once per record.
-        let mut path: Option<String> = None;
+        let mut name: Option<MarkerName> = None;
         for c in tx.credits.iter().filter(|c| range.contains(&c.hash)) {
             let marked = completed
                 && views.get(&c.hash).is_some_and(|v| {
-                    !v.markers.is_empty() && v.has(path.get_or_insert_with(|| marker_path(&tx.action_id)))
+                    !v.markers.is_empty() && v.has(name.get_or_insert_with(|| MarkerName::of_action(&tx.action_id)))
                 });
             let units = if completed && !marked {
                 u128::from(c.units.get())

@@ -17,12 +17,13 @@
 use std::time::Duration;
 
 use super::accounting::{self, WalletView};
-use super::records::{adj_marker_value, now_ms, AdjRecord, AdjState};
+use super::records::{now_ms, AdjRecord, AdjState};
+use super::wallet::Write;
 use super::{ProtocolError, Result};
-use crate::domain::keys::{adj_key, adj_marker_path, balance_key, MARKERS_XATTR};
+use crate::domain::keys::{adj_key, balance_key};
 use crate::domain::time::rfc3339_from_unix_ms;
-use crate::domain::TOTAL_SUPPLY_UNITS;
-use crate::store::{Bucket, Cas, Store, StoreError, WriteMode};
+use crate::domain::{Marker, MarkerName, Units, TOTAL_SUPPLY_UNITS};
+use crate::store::{Bucket, Cas, Store, StoreError};
 
 /// Attempts before giving up on a wallet that keeps changing; the last one
 /// holds the wallet locked.
@@ -84,14 +85,14 @@ pub async fn adjust(store: &dyn Store, id: &str, hash: &str, change: Change, rea
         Err(StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let marker = adj_marker_path(id);
+    let marker = MarkerName::of_adjustment(id);
     for attempt in 1..=ATTEMPTS_MAX {
         let lock = match attempt == ATTEMPTS_MAX {
             true => lock_wallet(store, hash).await?,
             false => None,
         };
         let view = accounting::read_wallet(store, hash).await?;
-        if view.markers.contains_key(&marker[MARKERS_XATTR.len() + 1..]) {
+        if view.markers.contains(&marker) {
             // An earlier attempt's write landed (its answer was lost).
             return mark_applied(store, id).await.map(Adjusted::Applied);
         }
@@ -105,17 +106,14 @@ pub async fn adjust(store: &dyn Store, id: &str, hash: &str, change: Change, rea
             }
         };
         save(store, &record).await?;
-        let mode = match (&view.balance, lock) {
-            (None, _) => WriteMode::Insert,
-            (Some(_), Some(cas)) => WriteMode::Replace(cas),
-            (Some(_), None) => WriteMode::Replace(view.cas),
-        };
-        let changes = [(marker.as_str(), Some(adj_marker_value(id, now_ms())))];
-        let body = record.after.to_string();
-        match store
-            .write_with_xattrs(Bucket::Ledger, &balance_key(hash), body.as_bytes(), &changes, mode)
-            .await
-        {
+        // `plan` keeps `after` within the supply.
+        let after = Units::new(record.after).map_err(|e| ProtocolError::CorruptRecord(format!("adj:{id}: {e}")))?;
+        let added = [(marker.clone(), Marker::adjustment(id, now_ms()))];
+        let mut write = Write::new(hash, &view.state(), after, &added, &[]);
+        if let (Some(_), Some(cas)) = (&view.balance, lock) {
+            write = write.under_lock(cas);
+        }
+        match write.send(store).await {
             Ok(_) => return mark_applied(store, id).await.map(Adjusted::Applied),
             // Changed under us, or unknown: look again (the marker tells).
             Err(

@@ -1,22 +1,21 @@
-//! Step 4 (apply each credit exactly once) and step 7 (prune markers).
+//! Step 4: apply each credit exactly once.
 
 use futures::future::join_all;
 
 use super::coalesce::{CreditRequest, Credited};
 use super::records::TxRecord;
-use super::wallet::{read_snapshot, Snapshot, FOREIGN_MARKERS_CHECKED_MAX};
-use super::{read_tx, Options, Result};
-use crate::domain::keys::{balance_key, marker_path};
-use crate::domain::Credit;
-use crate::store::{Bucket, Store};
+use super::wallet::{self, Stale, State};
+use super::{Options, Result};
+use crate::domain::{Credit, MarkerName};
+use crate::store::Store;
 
 /// The wallets of `credits` as this process knows them, reading those it
 /// does not: a state this process wrote itself moments ago stands for a read.
-pub(crate) async fn observe_wallets(store: &dyn Store, credits: &[Credit], opts: &Options) -> Result<Vec<Snapshot>> {
+pub(crate) async fn observe_wallets(store: &dyn Store, credits: &[Credit], opts: &Options) -> Result<Vec<State>> {
     join_all(credits.iter().map(|c| async move {
         match opts.coalescer.peek(&c.hash) {
             Some(known) => Ok(known),
-            None => read_snapshot(store, &c.hash).await,
+            None => wallet::read(store, &c.hash).await,
         }
     }))
     .await
@@ -28,8 +27,8 @@ pub(crate) async fn observe_wallets(store: &dyn Store, credits: &[Credit], opts:
 pub(crate) struct Application {
     /// How it ended.
     pub applied: Applied,
-    /// Old markers of other actions seen on the wallets: `(hash, path, action)`.
-    pub stale: Vec<(String, String, String)>,
+    /// Old markers of other actions seen on the wallets.
+    pub stale: Vec<Stale>,
     /// Credits this process's own writes applied (not those found applied).
     pub written_credits: usize,
     /// Their units.
@@ -61,10 +60,10 @@ pub(crate) async fn apply_credits(
     store: &dyn Store,
     id: &str,
     tx: &TxRecord,
-    observed: Option<Vec<Snapshot>>,
+    observed: Option<Vec<State>>,
     opts: &Options,
 ) -> Result<Application> {
-    let marker = marker_path(id);
+    let marker = MarkerName::of_action(id);
     let mut observed = observed.map(Vec::into_iter);
     let requests: Vec<CreditRequest> = tx
         .credits
@@ -88,7 +87,7 @@ pub(crate) async fn apply_credits(
     for (credit, answer) in tx.credits.iter().zip(answers) {
         match answer {
             Ok(Credited::Done { stale: s, written }) => {
-                stale.extend(s.into_iter().map(|(path, other)| (credit.hash.clone(), path, other)));
+                stale.extend(s);
                 if written {
                     written_credits += 1;
                     written_units = written_units.saturating_add(credit.units.get());
@@ -120,29 +119,4 @@ pub(crate) async fn apply_credits(
         written_credits,
         written_units,
     })
-}
-
-/// Step 7: this action's markers are not removed by extra writes: each goes
-/// with the next write its wallet gets from this process (see
-/// `RecentlyCompleted`). Here, a few OLD markers of other actions seen on
-/// the wallets (their process forgot them, or crashed) are checked and
-/// pruned if their record is completed. Best effort: a marker left behind
-/// is harmless; `sweep_markers` is the full pass.
-pub(crate) async fn prune_markers(store: &dyn Store, stale: &[(String, String, String)]) {
-    for (hash, path, other) in stale.iter().take(FOREIGN_MARKERS_CHECKED_MAX) {
-        prune_if_completed(store, hash, path, other).await;
-    }
-}
-
-/// Removes a marker if its action's record is completed.
-pub(crate) async fn prune_if_completed(store: &dyn Store, hash: &str, path: &str, action_id: &str) -> bool {
-    match read_tx(store, action_id).await {
-        Ok(Some((t, _))) if t.state == super::records::TxState::Completed => {
-            matches!(
-                store.remove_xattr(Bucket::Ledger, &balance_key(hash), path).await,
-                Ok(true)
-            )
-        }
-        _ => false,
-    }
 }

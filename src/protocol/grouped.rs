@@ -15,19 +15,14 @@
 //! held for the group's duration), and no write needs to confirm other
 //! actions' markers first. Otherwise the steps run one by one.
 
-use std::sync::Arc;
-
-use serde_json::Value;
-
 use super::claim::Claim;
-use super::records::{self, marker_value, TxRecord};
-use super::wallet::{self, Snapshot};
-use super::write_plan::{plan, WRITE_XATTR_SPECS_MAX};
+use super::records::{self, TxRecord};
+use super::wallet::{plan, Stale, State, Write, WRITE_XATTR_SPECS_MAX};
 use super::Options;
-use crate::domain::keys::{action_key, balance_key, marker_path, tx_key};
-use crate::domain::{Plan, Units};
+use crate::domain::keys::{action_key, tx_key};
+use crate::domain::{Marker, MarkerName, Plan};
 use crate::ops::names as m;
-use crate::store::{Bucket, GroupCas, GroupWrite, Store, StoreError, WriteGroup, WriteMode};
+use crate::store::{Bucket, GroupCas, GroupWrite, Store, StoreError, WriteGroup};
 
 /// How far a group took an action.
 pub(super) enum Reached {
@@ -44,7 +39,7 @@ pub(super) enum Reached {
 #[derive(Default)]
 pub(super) struct Progress {
     /// Old markers of other actions seen on the wallets (see `apply`).
-    pub stale: Vec<(String, String, String)>,
+    pub stale: Vec<Stale>,
     /// Credits and units the group's wallet writes applied.
     pub credited: (usize, u64),
     /// Every wallet write succeeded.
@@ -55,16 +50,6 @@ pub(super) struct Progress {
     pub removed: bool,
 }
 
-/// One wallet's write in the group.
-struct WalletWrite {
-    basis: Snapshot,
-    balance: Units,
-    markers: serde_json::Map<String, Value>,
-    write: GroupWrite,
-    units: Units,
-    prunes: usize,
-}
-
 /// Tries the group for an action with no record yet; `reads` are the
 /// wallets of `plan` as observed before any insert of the record, each
 /// already checked to take its credit.
@@ -73,60 +58,42 @@ pub(super) async fn try_group(
     id: &str,
     claim: &Claim,
     plan: &Plan,
-    reads: &[Snapshot],
+    reads: &[State],
     opts: &Options,
 ) -> Reached {
     let hashes: Vec<&str> = plan.credits.iter().map(|c| c.hash.as_str()).collect();
     let Some(leads) = opts.coalescer.lead_idle(&hashes) else {
         return Reached::NotTried;
     };
-    let marker = marker_path(id);
-    let own = wallet::marker_name(&marker).to_string();
+    let own = MarkerName::of_action(id);
     let at = records::now_ms();
     let mut wallets = Vec::with_capacity(plan.credits.len());
     let mut stale = Vec::new();
     for (credit, read) in plan.credits.iter().zip(reads) {
-        let (balance, mode, markers) = match read {
-            Snapshot::Absent => (Units::ZERO, WriteMode::Insert, serde_json::Map::new()),
-            Snapshot::Present { balance, cas, markers } => (*balance, WriteMode::Replace(*cas), (**markers).clone()),
-            Snapshot::Invalid(_) => return Reached::NotTried,
+        let balance = match read {
+            State::Absent => crate::domain::Units::ZERO,
+            State::Present { balance, .. } => *balance,
+            State::Invalid { .. } => return Reached::NotTried,
         };
-        if markers.contains_key(&own) {
+        if read.has_marker(&own) {
             return Reached::NotTried;
         }
         let Some(next) = balance.checked_add(credit.units) else {
             return Reached::NotTried;
         };
-        let (prunable, old) = read.foreign_markers(&opts.recent);
-        let shape = plan_one(markers.len(), prunable.len(), opts.wallet_markers_soft_max);
-        let Some(prunes) = shape else {
+        let prunable = match read {
+            State::Absent => Vec::new(),
+            _ => read.known_completed(&opts.recent),
+        };
+        let Some(prunes) = plan_one(read.markers().len(), prunable.len(), opts.wallet_markers_soft_max) else {
             // Above its soft maximum without enough known-completed markers:
             // the coalescer confirms others' markers first.
             return Reached::NotTried;
         };
-        let prunes: Vec<String> = match mode {
-            WriteMode::Insert => Vec::new(),
-            WriteMode::Replace(_) => prunable.into_iter().take(prunes).collect(),
-        };
-        stale.extend(old.into_iter().map(|(path, other)| (credit.hash.clone(), path, other)));
-        let value = marker_value(id, credit.units, at);
-        let after = wallet::markers_after(markers, &prunes, [(marker.clone(), value.clone())]);
-        let mut xattrs = vec![(marker.clone(), Some(value))];
-        xattrs.extend(prunes.iter().map(|p| (p.clone(), None)));
-        wallets.push(WalletWrite {
-            basis: read.clone(),
-            balance: next,
-            markers: after,
-            write: GroupWrite::WriteWithXattrs {
-                bucket: Bucket::Ledger,
-                key: balance_key(&credit.hash),
-                body: next.get().to_string().into_bytes(),
-                xattrs,
-                mode,
-            },
-            units: credit.units,
-            prunes: prunes.len(),
-        });
+        stale.extend(read.stale(&credit.hash, &opts.recent));
+        let added = [(own.clone(), Marker::credit(id, credit.units, at))];
+        let write = Write::new(&credit.hash, read, next, &added, &prunable[..prunes]);
+        wallets.push((read, write, credit.units));
     }
     let tx = TxRecord::committed(id, plan);
     let mut group: WriteGroup = vec![
@@ -135,7 +102,7 @@ pub(super) async fn try_group(
             key: tx_key(id),
             body: tx.to_bytes(),
         }],
-        wallets.iter().map(|w| w.write.clone()).collect(),
+        wallets.iter().map(|(_, w, _)| w.to_group()).collect(),
     ];
     group.extend(complete_and_remove_stages(id, &tx, GroupCas::LeftBy(0, 0), claim));
     let results = store.write_group(&group).await;
@@ -151,19 +118,14 @@ pub(super) async fn try_group(
         }
     };
     let (mut credited, mut applied) = ((0, 0u64), true);
-    for (i, w) in wallets.into_iter().enumerate() {
+    for (i, (basis, write, units)) in wallets.into_iter().enumerate() {
         match ran(1, i) {
             Some(Ok(new_cas)) => {
-                credited = (credited.0 + 1, credited.1.saturating_add(w.units.get()));
+                credited = (credited.0 + 1, credited.1.saturating_add(units.get()));
                 metrics::counter!(m::WALLET_WRITES).increment(1);
                 metrics::counter!(m::WALLET_WRITE_CREDITS).increment(1);
-                metrics::counter!(m::MARKERS_PRUNED).increment(w.prunes as u64);
-                let state = Snapshot::Present {
-                    balance: w.balance,
-                    cas: new_cas,
-                    markers: Arc::new(w.markers),
-                };
-                leads.wrote(i, &w.basis, state);
+                metrics::counter!(m::MARKERS_PRUNED).increment(write.removed() as u64);
+                leads.wrote(i, basis, write.landed(new_cas));
             }
             _ => {
                 applied = false;
@@ -206,7 +168,7 @@ pub(super) fn complete_and_remove_stages(
 }
 
 /// How many known-completed markers one credit's write removes, or `None`
-/// when the write plan wants more than are known (see `write_plan`).
+/// when the write plan wants more than are known (see `wallet::plan`).
 fn plan_one(markers: usize, prunable: usize, soft_max: usize) -> Option<usize> {
     let p = plan(markers, 1, prunable, soft_max);
     debug_assert!(p.credits + p.prunes <= WRITE_XATTR_SPECS_MAX);

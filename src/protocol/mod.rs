@@ -22,7 +22,6 @@ pub mod records;
 mod step;
 mod sweep;
 mod wallet;
-mod write_plan;
 
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, t
 use crate::domain::{plan_action, Plan};
 use crate::store::limits::{LOCK_MAX, LOCK_SECS_MAX, LOCK_SECS_MIN};
 use crate::store::{Bucket, Cas, Doc, GroupCas, Store, StoreError, WriteGroup};
-use apply::{apply_credits, prune_markers, Applied};
+use apply::{apply_credits, Applied};
 use claim::Claim;
 pub use coalesce::{Coalescer, LINEAGE_MAX, SLOTS_MAX};
 use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
@@ -209,7 +208,7 @@ async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Opti
         true => None,
         false => finish(store, id, claim, &tx).await?,
     };
-    prune_markers(store, &stale).await;
+    wallet::prune_stale(store, &stale).await;
     Ok(match removed {
         Some(outcome) => outcome,
         None if was_completed => Outcome::Duplicate,
@@ -225,7 +224,7 @@ enum Commit {
     Recorded {
         tx: TxRecord,
         cas: Cas,
-        prefetched: Option<Vec<wallet::Snapshot>>,
+        prefetched: Option<Vec<wallet::State>>,
     },
     /// Committed by a write group, which may have gone further.
     Grouped {
@@ -243,12 +242,12 @@ async fn commit(
     id: &str,
     claim: &Claim,
     plan: &Plan,
-    reads: Vec<wallet::Snapshot>,
+    reads: Vec<wallet::State>,
     opts: &Options,
 ) -> Result<Commit> {
-    let own = crate::domain::keys::marker_path(id);
+    let own = crate::domain::MarkerName::of_action(id);
     for (credit, read) in plan.credits.iter().zip(&reads) {
-        if let Some(reason) = read.precheck(credit, wallet::marker_name(&own)) {
+        if let Some(reason) = read.precheck(credit, &own) {
             return Ok(Commit::Blocked(reason));
         }
     }

@@ -19,7 +19,7 @@ pub struct Options {
     /// Folds concurrent credits to one wallet into one write; one per process.
     pub coalescer: Arc<Coalescer>,
     /// Markers a wallet may carry before each write must remove as many
-    /// markers of completed actions as it adds (see `write_plan`).
+    /// markers of completed actions as it adds (see `wallet::plan`).
     pub wallet_markers_soft_max: usize,
 }
 

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::domain::time::rfc3339_from_unix_ms;
 use crate::domain::{Credit, Mode, Plan, Units};
@@ -172,17 +171,6 @@ impl AdjRecord {
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
-}
-
-/// The value of an adjustment's marker on its wallet.
-pub fn adj_marker_value(adj_id: &str, at_ms: u64) -> Value {
-    json!({"adj": adj_id, "at_ms": at_ms})
-}
-
-/// The value of an idempotency marker: whose credit it is, and when it was
-/// written (used only to decide when a leftover is worth checking).
-pub fn marker_value(action_id: &str, units: Units, at_ms: u64) -> Value {
-    json!({"tx": action_id, "units": units.get(), "at_ms": at_ms})
 }
 
 #[cfg(test)]

@@ -1,34 +1,19 @@
 //! A full pass that prunes every marker whose action is completed (and
 //! every adjustment's marker whose record is applied).
 
-use serde_json::Value;
-
-use super::apply::prune_if_completed;
-use super::records::{AdjRecord, AdjState};
-use super::Result;
-use crate::domain::keys::{adj_key, balance_key, BALANCE_PREFIX, MARKERS_XATTR};
+use super::records::AdjRecord;
+use super::wallet::{self, Prune};
+use super::{read_tx, Result};
+use crate::domain::keys::{adj_key, BALANCE_PREFIX, MARKERS_XATTR};
+use crate::domain::{Marker, Markers};
 use crate::store::{Bucket, KeyPages, Store, StoreError};
 
 /// Wallets read per page of the sweep.
 const SWEEP_PAGE_SIZE: usize = 500;
 
-/// Removes an adjustment's marker if its record says `applied` (`audit`
-/// then counts it by its record).
-async fn prune_adj_if_applied(store: &dyn Store, hash: &str, path: &str, adj_id: &str) -> bool {
-    let key = adj_key(adj_id);
-    let applied = match store.get(Bucket::Ledger, &key).await {
-        Ok(doc) => AdjRecord::parse(adj_id, &doc.body).is_ok_and(|a| a.state == AdjState::Applied),
-        Err(_) => false,
-    };
-    applied
-        && matches!(
-            store.remove_xattr(Bucket::Ledger, &balance_key(hash), path).await,
-            Ok(true)
-        )
-}
-
-/// Visits every wallet and removes markers of completed actions; returns
-/// how many it removed. Markers of actions still in progress stay.
+/// Visits every wallet and removes markers of completed actions (and of
+/// applied adjustments); returns how many it removed. Markers of actions
+/// still in progress stay.
 pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
     let mut removed = 0;
     let mut pages = KeyPages::sized(store, Bucket::Ledger, BALANCE_PREFIX, SWEEP_PAGE_SIZE);
@@ -39,18 +24,25 @@ pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
                 Err(StoreError::NotFound) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let Some(Some(Value::Object(markers))) = doc.xattrs.first() else {
-                continue;
-            };
+            let markers = Markers::from_xattr(doc.xattrs.into_iter().next().flatten());
             let hash = &key[BALANCE_PREFIX.len()..];
-            for (name, value) in markers {
-                let path = format!("{MARKERS_XATTR}.{name}");
-                let pruned = match (value.get("tx"), value.get("adj")) {
-                    (Some(Value::String(action)), _) => prune_if_completed(store, hash, &path, action).await,
-                    (_, Some(Value::String(adj))) => prune_adj_if_applied(store, hash, &path, adj).await,
-                    _ => false,
+            for (name, marker) in markers.iter() {
+                let prune = match marker {
+                    Marker::Credit { action, .. } => match read_tx(store, action).await {
+                        Ok(Some((record, _))) => Prune::by_record(name, action, &record),
+                        _ => None,
+                    },
+                    Marker::Adjustment { id, .. } => match store.get(Bucket::Ledger, &adj_key(id)).await {
+                        Ok(doc) => AdjRecord::parse(id, &doc.body)
+                            .ok()
+                            .and_then(|record| Prune::by_adjustment(name, id, &record)),
+                        Err(_) => None,
+                    },
+                    Marker::Unknown => None,
                 };
-                removed += u64::from(pruned);
+                if let Some(prune) = prune {
+                    removed += u64::from(wallet::remove_marker(store, hash, &prune).await);
+                }
             }
         }
     }

@@ -2,8 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-
 use crate::domain::keys::{action_key, failed_key, sha256_hex, tx_key, BALANCE_PREFIX, TX_PREFIX};
 use crate::domain::{plan_action, Units};
 use crate::protocol::dead_letters::DeadLetters;
@@ -97,12 +95,12 @@ pub fn check(store: &MemoryStore, facts: &Facts<'_>) -> Vec<String> {
     // the marked credits of records still committed (blocked part-way).
     let mut oracle: BTreeMap<String, u128> = facts.initial.iter().map(|(h, u)| (h.clone(), u128::from(*u))).collect();
     for (id, tx) in &records {
-        let marker = crate::domain::keys::marker_path(id);
+        let marker = crate::domain::MarkerName::of_action(id);
         for c in &tx.credits {
             let marked = || {
                 store
                     .xattrs(Bucket::Ledger, &crate::domain::keys::balance_key(&c.hash))
-                    .and_then(|x| x.pointer(&format!("/{}", marker.replace('.', "/"))).cloned())
+                    .and_then(|x| x.pointer(&format!("/ledger/applied/{marker}")).cloned())
                     .is_some()
             };
             if tx.state == TxState::Completed || marked() {
@@ -129,8 +127,8 @@ pub fn check(store: &MemoryStore, facts: &Facts<'_>) -> Vec<String> {
         let markers = store
             .xattrs(Bucket::Ledger, &key)
             .and_then(|x| x.pointer("/ledger/applied").cloned());
-        for (name, value) in markers.as_ref().and_then(Value::as_object).into_iter().flatten() {
-            let action = value.get("tx").and_then(Value::as_str).unwrap_or("?");
+        for (name, marker) in crate::domain::Markers::from_xattr(markers).iter() {
+            let action = marker.action().unwrap_or("?");
             if records.get(action).map(|t| t.state) != Some(TxState::Committed) {
                 bad.push(format!("wallet {hash}: marker {name} of {action} left after the sweep"));
             }

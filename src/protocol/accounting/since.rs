@@ -38,7 +38,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{read_opening, read_wallet, release, WalletView, LOCK, OPENING_KEY, PENDING_MAX, UNLOCKED_ROUNDS};
-use crate::domain::keys::{adj_marker_path, balance_key, marker_path, ADJ_PREFIX, TX_PREFIX};
+use crate::domain::keys::{balance_key, ADJ_PREFIX, TX_PREFIX};
+use crate::domain::MarkerName;
 use crate::protocol::records::{AdjRecord, AdjState, TxRecord, TxState};
 use crate::protocol::{retry, ProtocolError, Result};
 use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS, READ_DOCS_IN_FLIGHT};
@@ -195,8 +196,8 @@ impl Read {
     fn in_state(&self, view: &WalletView) -> bool {
         self.is_final()
             || match &self.kind {
-                Kind::Tx(tx) => view.has(&marker_path(&tx.action_id)),
-                Kind::Adj(adj) => view.has(&adj_marker_path(&adj.id)),
+                Kind::Tx(tx) => view.has(&MarkerName::of_action(&tx.action_id)),
+                Kind::Adj(adj) => view.has(&MarkerName::of_adjustment(&adj.id)),
             }
     }
 }
@@ -412,7 +413,7 @@ async fn check_wallet(
     // Released as the full audit releases its locks (the view is not used).
     let held = WalletView {
         balance: None,
-        markers: serde_json::Map::new(),
+        markers: crate::domain::Markers::default(),
         cas: LOCKED_CAS,
     };
     let unchanged = release(store, &[(hash.to_string(), lock, held)]).await;

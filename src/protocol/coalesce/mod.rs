@@ -27,13 +27,13 @@
 //!
 //! Couchbase takes at most 16 specs in one sub-document mutation, and the
 //! balance is one: a write carries one spec per marker while they fit, and
-//! otherwise the whole markers object as one spec (`write_plan`), up to
+//! otherwise the whole markers object as one spec (`wallet::plan`), up to
 //! `WHOLE_WRITE_CREDITS_MAX` credits. A larger batch is written in turns,
 //! each a CAS write on the state the previous turn left,
 //! so that each later credit's proof (against the basis) still holds — the
 //! state it is written on descends from the basis through this batch's own
 //! writes alone. A turn that fails starts the rest over from a fresh read.
-//! How many credits and marker removals share a turn is `write_plan`'s rule.
+//! How many credits and marker removals share a turn is `wallet::plan`'s rule.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,9 +42,8 @@ use futures::future::join_all;
 use tokio::sync::oneshot;
 
 use super::records::TxState;
-use super::wallet::{marker_name, read_snapshot, Seen, Snapshot};
+use super::wallet::{self, State, StateId};
 use super::{backoff, count_retry, read_tx, ProtocolError, Result};
-use crate::domain::keys::balance_key;
 use crate::ops::names::{self as m, result_label};
 use crate::store::Store;
 pub use slot::LINEAGE_MAX;
@@ -104,7 +103,7 @@ impl Coalescer {
     }
 
     /// A state of `hash` this process wrote moments ago, if it has one.
-    pub(crate) fn peek(&self, hash: &str) -> Option<Snapshot> {
+    pub(crate) fn peek(&self, hash: &str) -> Option<State> {
         let slot = locked(&self.slots).get(hash).cloned()?;
         let known = locked(&slot.known);
         known
@@ -165,10 +164,10 @@ pub(crate) struct IdleLeads {
 impl IdleLeads {
     /// The `i`th wallet was written by this process on `basis`, giving
     /// `state`: the next credits to it may write on that state.
-    pub(crate) fn wrote(&self, i: usize, basis: &Snapshot, state: Snapshot) {
-        if let (Some((slot, _)), Some(Seen::Cas(cas))) = (self.held.get(i), state.seen()) {
-            let mut lineage = Lineage::root(basis.seen());
-            lineage.push(Seen::Cas(cas));
+    pub(crate) fn wrote(&self, i: usize, basis: &State, state: State) {
+        if let (Some((slot, _)), Some(StateId::Cas(cas))) = (self.held.get(i), state.id()) {
+            let mut lineage = Lineage::root(basis.id());
+            lineage.push(StateId::Cas(cas));
             *locked(&slot.known) = Some(Known {
                 state,
                 lineage,
@@ -191,35 +190,35 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
     let Some(hash) = batch.first().map(|p| p.request.hash.clone()) else {
         return;
     };
-    let mut fresh: Option<Snapshot> = None;
+    let mut fresh: Option<State> = None;
     let mut round = 0;
     loop {
         // The basis: a fresh read after a failed write; else the newest of
         // this process's own last write and the requests' observations.
         let (basis, lineage) = match fresh.take() {
             Some(state) => {
-                let lineage = Lineage::root(state.seen());
+                let lineage = Lineage::root(state.id());
                 (state, lineage)
             }
             None => match choose_basis(slot, &batch) {
                 Some(chosen) => chosen,
-                None => match read_snapshot(store, &hash).await {
+                None => match wallet::read(store, &hash).await {
                     Ok(state) => {
-                        let lineage = Lineage::root(state.seen());
+                        let lineage = Lineage::root(state.id());
                         (state, lineage)
                     }
                     Err(e) => return fail_all(batch, &e),
                 },
             },
         };
-        if let Snapshot::Invalid(reason) = &basis {
+        if let State::Invalid { reason, .. } = &basis {
             *locked(&slot.known) = None;
             for p in batch {
                 answer(p, Ok(Credited::Blocked(reason.clone())));
             }
             return;
         }
-        let (_, stale) = basis.foreign_markers(rules.recent);
+        let stale = basis.stale(&hash, rules.recent);
         let proven = prove(store, &basis, &lineage, batch, &stale).await;
         if proven.is_empty() {
             return;
@@ -227,7 +226,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
         let turns = Turns {
             slot,
             store,
-            key: balance_key(&hash),
+            hash: hash.clone(),
             stale,
             rules,
         };
@@ -248,7 +247,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
         // Requests that arrived meanwhile join the next round.
         batch = left;
         batch.append(&mut locked(&slot.queue));
-        fresh = match read_snapshot(store, &hash).await {
+        fresh = match wallet::read(store, &hash).await {
             Ok(state) => Some(state),
             Err(e) => return fail_all(batch, &e),
         };
@@ -260,15 +259,15 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
 /// another worker, or failed.
 async fn prove(
     store: &dyn Store,
-    basis: &Snapshot,
+    basis: &State,
     lineage: &Lineage,
     batch: Vec<Pending>,
-    stale: &[(String, String)],
+    stale: &[wallet::Stale],
 ) -> Vec<Pending> {
     let mut proven = Vec::new();
     let mut unproven = Vec::new();
     for p in batch {
-        if basis.has_marker(marker_name(&p.request.marker)) {
+        if basis.has_marker(&p.request.marker) {
             answer(
                 p,
                 Ok(Credited::Done {
@@ -276,7 +275,7 @@ async fn prove(
                     written: false,
                 }),
             );
-        } else if lineage.contains(p.request.seen.as_ref().and_then(Snapshot::seen)) {
+        } else if lineage.contains(p.request.seen.as_ref().and_then(State::id)) {
             proven.push(p);
         } else {
             unproven.push(p);
@@ -308,11 +307,11 @@ async fn prove(
 
 /// The newest state among this process's last write and the requests'
 /// observations, with its lineage. `None` when there is none.
-fn choose_basis(slot: &Slot, batch: &[Pending]) -> Option<(Snapshot, Lineage)> {
-    let rank = |s: &Snapshot| match s {
-        Snapshot::Present { cas, .. } => Some(*cas),
-        Snapshot::Absent => Some(0),
-        Snapshot::Invalid(_) => None,
+fn choose_basis(slot: &Slot, batch: &[Pending]) -> Option<(State, Lineage)> {
+    let rank = |s: &State| match s {
+        State::Present { cas, .. } => Some(*cas),
+        State::Absent => Some(0),
+        State::Invalid { .. } => None,
     };
     let observed = batch
         .iter()
@@ -321,11 +320,9 @@ fn choose_basis(slot: &Slot, batch: &[Pending]) -> Option<(Snapshot, Lineage)> {
         .max_by_key(|(r, _)| *r);
     let known = locked(&slot.known).clone();
     match (known, observed) {
-        (Some(k), Some((r, s))) if rank(&k.state).is_some_and(|kr| r > kr) => {
-            Some((s.clone(), Lineage::root(s.seen())))
-        }
+        (Some(k), Some((r, s))) if rank(&k.state).is_some_and(|kr| r > kr) => Some((s.clone(), Lineage::root(s.id()))),
         (Some(k), _) => Some((k.state, k.lineage)),
-        (None, Some((_, s))) => Some((s.clone(), Lineage::root(s.seen()))),
+        (None, Some((_, s))) => Some((s.clone(), Lineage::root(s.id()))),
         (None, None) => None,
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::domain::Units;
-use crate::protocol::wallet::{Seen, Snapshot};
+use crate::domain::{MarkerName, Units};
+use crate::protocol::wallet::{Stale, State, StateId};
 use crate::protocol::{ProtocolError, Result};
 
 /// States in one lineage remembered (older observations need a record read).
@@ -30,14 +30,14 @@ pub(super) const KNOWN_FRESH: Duration = Duration::from_secs(1);
 pub(crate) struct CreditRequest {
     /// The action id.
     pub action: String,
-    /// The action's marker path.
-    pub marker: String,
+    /// The action's marker.
+    pub marker: MarkerName,
     /// The wallet.
     pub hash: String,
     /// The credit.
     pub units: Units,
     /// The wallet as observed before the action's record existed, if it was.
-    pub seen: Option<Snapshot>,
+    pub seen: Option<State>,
 }
 
 /// How one credit ended.
@@ -45,10 +45,7 @@ pub(crate) struct CreditRequest {
 pub(crate) enum Credited {
     /// The wallet carries the marker; old markers of other actions seen on
     /// it. `written`: this process's write put it there (else it was found).
-    Done {
-        stale: Vec<(String, String)>,
-        written: bool,
-    },
+    Done { stale: Vec<Stale>, written: bool },
     /// The record is completed: another worker finished the action.
     CompletedElsewhere,
     /// The wallet cannot take the credit now.
@@ -64,20 +61,20 @@ pub(super) struct Pending {
 /// through this process's own writes alone.
 #[derive(Clone)]
 pub(super) struct Known {
-    pub(super) state: Snapshot,
+    pub(super) state: State,
     pub(super) lineage: Lineage,
     pub(super) at: Instant,
 }
 
 #[derive(Clone, Default)]
 pub(super) struct Lineage {
-    pub(super) set: HashSet<Seen>,
+    pub(super) set: HashSet<StateId>,
     /// Oldest first, with when each joined.
-    pub(super) order: VecDeque<(Seen, Instant)>,
+    pub(super) order: VecDeque<(StateId, Instant)>,
 }
 
 impl Lineage {
-    pub(super) fn root(seen: Option<Seen>) -> Self {
+    pub(super) fn root(seen: Option<StateId>) -> Self {
         let mut lineage = Lineage::default();
         if let Some(s) = seen {
             lineage.push(s);
@@ -85,7 +82,7 @@ impl Lineage {
         lineage
     }
 
-    pub(super) fn push(&mut self, seen: Seen) {
+    pub(super) fn push(&mut self, seen: StateId) {
         let now = Instant::now();
         if self.set.insert(seen) {
             self.order.push_back((seen, now));
@@ -108,7 +105,7 @@ impl Lineage {
         self.order.len()
     }
 
-    pub(super) fn contains(&self, seen: Option<Seen>) -> bool {
+    pub(super) fn contains(&self, seen: Option<StateId>) -> bool {
         seen.is_some_and(|s| self.set.contains(&s))
     }
 }
@@ -120,20 +117,20 @@ pub(super) struct Slot {
     pub(super) known: Mutex<Option<Known>>,
     /// Markers whose record read `committed` a moment ago, and when: not
     /// read again for [`KNOWN_FRESH`] (a heuristic for work only).
-    pub(super) unfinished: Mutex<HashMap<String, Instant>>,
+    pub(super) unfinished: Mutex<HashMap<MarkerName, Instant>>,
 }
 
 impl Slot {
-    pub(super) fn is_unfinished(&self, path: &str) -> bool {
+    pub(super) fn is_unfinished(&self, name: &MarkerName) -> bool {
         locked(&self.unfinished)
-            .get(path)
+            .get(name)
             .is_some_and(|at| at.elapsed() < KNOWN_FRESH)
     }
 
-    pub(super) fn mark_unfinished(&self, path: String) {
+    pub(super) fn mark_unfinished(&self, name: MarkerName) {
         let mut unfinished = locked(&self.unfinished);
         unfinished.retain(|_, at| at.elapsed() < KNOWN_FRESH);
-        unfinished.insert(path, Instant::now());
+        unfinished.insert(name, Instant::now());
     }
 }
 

@@ -3,64 +3,18 @@
 //! credit keeps its proof across turns).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use futures::future::join_all;
-use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::slot::{answer, locked, Known, Lineage, Pending, Slot};
 use super::Credited;
-use crate::domain::keys::MARKERS_XATTR;
-use crate::domain::Units;
+use crate::domain::{Marker, MarkerName, Units};
 use crate::ops::names as m;
-use crate::protocol::records::{marker_value, now_ms, TxState};
-use crate::protocol::wallet::{known_completed, marker_action, markers_after, over_supply, Seen, Snapshot};
-use crate::protocol::write_plan::{plan, WRITE_XATTR_SPECS_MAX};
+use crate::protocol::records::now_ms;
+use crate::protocol::wallet::{over_supply, plan, Prune, Stale, State, StateId, Write, WRITE_XATTR_SPECS_MAX};
 use crate::protocol::{read_tx, RecentlyCompleted};
-use crate::store::{Bucket, Store, StoreError, WriteMode};
-
-/// A wallet state this batch writes over: its basis, then each state its
-/// own successful writes leave.
-struct Current {
-    balance: Units,
-    mode: WriteMode,
-    /// Shared with the slot's known state once written: cloned only where
-    /// a write changes it.
-    markers: Arc<Map<String, Value>>,
-}
-
-impl Current {
-    fn of(basis: &Snapshot) -> Self {
-        match basis {
-            Snapshot::Present { balance, cas, markers } => Self {
-                balance: *balance,
-                mode: WriteMode::Replace(*cas),
-                markers: markers.clone(),
-            },
-            _ => Self {
-                balance: Units::ZERO,
-                mode: WriteMode::Insert,
-                markers: Arc::default(),
-            },
-        }
-    }
-
-    /// Markers of actions not known completed, oldest first: `(path, action)`.
-    fn unknown(&self, recent: &RecentlyCompleted) -> Vec<(String, String)> {
-        let mut found: Vec<(u64, String, String)> = self
-            .markers
-            .iter()
-            .filter_map(|(name, v)| {
-                let action = marker_action(v)?;
-                let at = v.get("at_ms").and_then(Value::as_u64).unwrap_or(0);
-                (!recent.contains(action)).then(|| (at, format!("{MARKERS_XATTR}.{name}"), action.to_string()))
-            })
-            .collect();
-        found.sort();
-        found.into_iter().map(|(_, path, action)| (path, action)).collect()
-    }
-}
+use crate::store::{Store, StoreError};
 
 /// What a wallet write needs of a worker's options (see
 /// [`Options::rules`](super::Options::rules)).
@@ -83,8 +37,8 @@ pub(crate) struct WriteRules<'a> {
 pub(super) struct Turns<'a> {
     pub(super) slot: &'a Slot,
     pub(super) store: &'a dyn Store,
-    pub(super) key: String,
-    pub(super) stale: Vec<(String, String)>,
+    pub(super) hash: String,
+    pub(super) stale: Vec<Stale>,
     pub(super) rules: WriteRules<'a>,
 }
 
@@ -94,56 +48,34 @@ pub(super) type Retry = (Vec<Pending>, StoreError);
 impl Turns<'_> {
     pub(super) async fn write(
         &self,
-        basis: Snapshot,
+        basis: State,
         mut lineage: Lineage,
         proven: Vec<Pending>,
     ) -> std::result::Result<(), Retry> {
-        let mut current = Current::of(&basis);
+        let mut current = basis;
         let mut queue: VecDeque<Pending> = proven.into();
         while !queue.is_empty() {
             let prunes = self.choose_prunes(&current, queue.len()).await;
-            let shape = plan(current.markers.len(), queue.len(), prunes.len(), self.soft_max());
+            let shape = plan(current.markers().len(), queue.len(), prunes.len(), self.soft_max());
             let (included, balance) = self.take_credits(&current, &mut queue, shape.credits);
             if included.is_empty() {
                 return Ok(());
             }
-            let prunes: Vec<String> = match current.mode {
-                WriteMode::Replace(_) if shape.whole => prunes,
-                WriteMode::Replace(_) => prunes
-                    .into_iter()
-                    .take(WRITE_XATTR_SPECS_MAX - included.len())
-                    .collect(),
-                WriteMode::Insert => Vec::new(),
+            let prunes = match current {
+                State::Absent => &[][..],
+                _ if shape.whole => &prunes[..],
+                _ => &prunes[..prunes.len().min(WRITE_XATTR_SPECS_MAX - included.len())],
             };
             let at = now_ms();
-            let values: Vec<(String, Value)> = included
+            let added: Vec<(MarkerName, Marker<'_>)> = included
                 .iter()
                 .map(|p| {
-                    (
-                        p.request.marker.clone(),
-                        marker_value(&p.request.action, p.request.units, at),
-                    )
+                    let r = &p.request;
+                    (r.marker.clone(), Marker::credit(&r.action, r.units, at))
                 })
                 .collect();
-            let mut changes: Vec<(&str, Option<Value>)> = match shape.whole {
-                // One spec: the whole object this write leaves, exactly the
-                // state it is conditional on, changed by this write alone.
-                true => {
-                    let after = markers_after((*current.markers).clone(), &prunes, values.iter().cloned());
-                    vec![(MARKERS_XATTR, Some(Value::Object(after)))]
-                }
-                false => values
-                    .iter()
-                    .map(|(m, v)| (m.as_str(), Some(v.clone())))
-                    .chain(prunes.iter().map(|path| (path.as_str(), None)))
-                    .collect(),
-            };
-            let body = balance.get().to_string();
-            let written = self
-                .store
-                .write_with_xattrs(Bucket::Ledger, &self.key, body.as_bytes(), &changes, current.mode)
-                .await;
-            let cas = match written {
+            let write = Write::new(&self.hash, &current, balance, &added, prunes);
+            let cas = match write.send(self.store).await {
                 Ok(cas) => cas,
                 Err(e) if is_conflict(&e) || e.is_retryable() => {
                     let mut left = included;
@@ -158,24 +90,13 @@ impl Turns<'_> {
                     return Ok(());
                 }
             };
-            // The markers the write left: the object it sent whole, or the
-            // state it was conditional on with its changes by path.
-            let after = match changes.pop() {
-                Some((_, Some(Value::Object(sent)))) if shape.whole => sent,
-                _ => markers_after((*current.markers).clone(), &prunes, values),
-            };
-            current.markers = Arc::new(after);
-            (current.balance, current.mode) = (balance, WriteMode::Replace(cas));
+            current = write.landed(cas);
             metrics::counter!(m::WALLET_WRITES).increment(1);
             metrics::counter!(m::WALLET_WRITE_CREDITS).increment(included.len() as u64);
-            metrics::counter!(m::MARKERS_PRUNED).increment(prunes.len() as u64);
-            lineage.push(Seen::Cas(cas));
+            metrics::counter!(m::MARKERS_PRUNED).increment(write.removed() as u64);
+            lineage.push(StateId::Cas(cas));
             *locked(&self.slot.known) = Some(Known {
-                state: Snapshot::Present {
-                    balance,
-                    cas,
-                    markers: current.markers.clone(),
-                },
+                state: current.clone(),
                 lineage: lineage.clone(),
                 at: Instant::now(),
             });
@@ -200,33 +121,33 @@ impl Turns<'_> {
     /// process knows completed, and, when the plan wants more (the wallet is
     /// above its soft maximum), those of the oldest other markers whose
     /// record now reads `completed`.
-    async fn choose_prunes(&self, current: &Current, pending: usize) -> Vec<String> {
-        if current.mode == WriteMode::Insert {
+    async fn choose_prunes(&self, current: &State, pending: usize) -> Vec<Prune> {
+        if matches!(current, State::Absent) {
             return Vec::new();
         }
         let recent = self.rules.recent;
-        let mut prunes = known_completed(&current.markers, recent);
-        let wanted = plan(current.markers.len(), pending, prunes.len(), self.soft_max()).prunes_wanted;
+        let mut prunes = current.known_completed(recent);
+        let wanted = plan(current.markers().len(), pending, prunes.len(), self.soft_max()).prunes_wanted;
         if wanted <= prunes.len() {
             return prunes;
         }
-        let candidates: Vec<(String, String)> = current
+        let candidates: Vec<(MarkerName, String)> = current
             .unknown(recent)
             .into_iter()
-            .filter(|(path, _)| !self.slot.is_unfinished(path))
+            .filter(|(name, _)| !self.slot.is_unfinished(name))
             .take(wanted - prunes.len())
             .collect();
         metrics::counter!(m::RECORD_CHECKS).increment(candidates.len() as u64);
         let records = join_all(candidates.iter().map(|(_, action)| read_tx(self.store, action))).await;
-        for ((path, action), record) in candidates.into_iter().zip(records) {
-            match record {
-                Ok(Some((tx, _))) if tx.state == TxState::Completed => {
+        for ((name, action), record) in candidates.into_iter().zip(records) {
+            // Unreadable or missing: leave the marker alone.
+            let Ok(Some((tx, _))) = record else { continue };
+            match Prune::by_record(name.clone(), &action, &tx) {
+                Some(prune) => {
                     recent.insert(&action);
-                    prunes.push(path);
+                    prunes.push(prune);
                 }
-                Ok(Some(_)) => self.slot.mark_unfinished(path),
-                // Unreadable or missing: leave the marker alone.
-                _ => {}
+                None => self.slot.mark_unfinished(name),
             }
         }
         prunes
@@ -235,8 +156,12 @@ impl Turns<'_> {
     /// Takes up to `count` credits from the front of the queue, answering
     /// those that would take the wallet past the total supply; returns them
     /// and the balance they lead to.
-    fn take_credits(&self, current: &Current, queue: &mut VecDeque<Pending>, count: usize) -> (Vec<Pending>, Units) {
-        let (mut included, mut balance) = (Vec::new(), current.balance);
+    fn take_credits(&self, current: &State, queue: &mut VecDeque<Pending>, count: usize) -> (Vec<Pending>, Units) {
+        let mut balance = match current {
+            State::Present { balance, .. } => *balance,
+            _ => Units::ZERO,
+        };
+        let mut included = Vec::new();
         while included.len() < count {
             let Some(p) = queue.pop_front() else { break };
             match balance.checked_add(p.request.units) {

@@ -114,12 +114,10 @@ async fn assert_explained(store: &dyn Store) {
 /// The markers on wallet `hash`, by action id.
 fn marker_actions(w: &World, hash: &str) -> Vec<String> {
     let xattrs = w.store.xattrs(Bucket::Ledger, &balance_key(hash)).unwrap_or_default();
-    let mut ids: Vec<String> = xattrs
-        .pointer("/ledger/applied")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flat_map(|m| m.values())
-        .filter_map(|m| m.get("tx").and_then(Value::as_str).map(str::to_string))
+    let markers = crate::domain::Markers::from_xattr(xattrs.pointer("/ledger/applied").cloned());
+    let mut ids: Vec<String> = markers
+        .iter()
+        .filter_map(|(_, marker)| marker.action().map(str::to_string))
         .collect();
     ids.sort();
     ids

@@ -5,8 +5,7 @@
 //! the wallet.
 
 use super::*;
-use crate::domain::keys::marker_path;
-use crate::protocol::records::marker_value;
+use crate::domain::{Marker, MarkerName};
 
 /// `count` actions `<prefix><i>`, each crediting 1 token to `hot` and 0.5 to
 /// a wallet of its own.
@@ -57,7 +56,7 @@ impl Hook for TakeoverBetweenTurns {
             // have been pruned).
             let mut missing: Vec<&String> = Vec::new();
             for id in &self.actions {
-                if missing.len() == 15 || markers.get(&marker_path(id)["ledger.applied.".len()..]).is_some() {
+                if missing.len() == 15 || markers.get(MarkerName::of_action(id).as_str()).is_some() {
                     continue;
                 }
                 let record = crate::protocol::read_tx(&self.store, id)
@@ -71,12 +70,12 @@ impl Hook for TakeoverBetweenTurns {
                 return Fault::Pass;
             }
             let balance: u64 = String::from_utf8_lossy(&doc.body).parse().expect("balance");
-            let paths: Vec<String> = missing.iter().map(|id| marker_path(id)).collect();
+            let paths: Vec<String> = missing.iter().map(|id| MarkerName::of_action(id).path()).collect();
             let units = crate::domain::Units::new(100_000_000).expect("units");
             let changes: Vec<(&str, Option<Value>)> = paths
                 .iter()
                 .zip(&missing)
-                .map(|(p, id)| (p.as_str(), Some(marker_value(id, units, 0))))
+                .map(|(p, id)| (p.as_str(), Marker::credit(id, units, 0).to_value()))
                 .collect();
             let body = (balance + 100_000_000 * missing.len() as u64).to_string();
             self.store
@@ -104,7 +103,7 @@ impl TakeoverBetweenTurns {
         let markers = doc.ok().and_then(|d| d.xattrs[0].clone()).unwrap_or_default();
         self.actions
             .iter()
-            .filter(|id| markers.get(&marker_path(id)["ledger.applied.".len()..]).is_some())
+            .filter(|id| markers.get(MarkerName::of_action(id).as_str()).is_some())
             .count()
     }
 }
@@ -197,7 +196,7 @@ async fn markers_stay_bounded_on_a_hot_wallet_two_processes_share() {
     assert_eq!(w.balance("hot"), Some(done * 100_000_000));
 }
 
-use crate::protocol::write_plan::{WHOLE_WRITE_CREDITS_MAX, WRITE_XATTR_SPECS_MAX};
+use crate::protocol::wallet::{WHOLE_WRITE_CREDITS_MAX, WRITE_XATTR_SPECS_MAX};
 
 #[tokio::test]
 async fn a_write_answered_path_not_found_is_read_again_like_a_cas_mismatch() {
@@ -282,7 +281,10 @@ async fn a_whole_markers_write_keeps_the_markers_of_actions_still_in_progress() 
             Bucket::Ledger,
             &balance_key("hot"),
             (5 + 100_000_000u64).to_string().as_bytes(),
-            &[(marker_path(&x).as_str(), Some(marker_value(&x, units, 0)))],
+            &[(
+                MarkerName::of_action(&x).path().as_str(),
+                Marker::credit(&x, units, 0).to_value(),
+            )],
             crate::store::WriteMode::Replace(hot.cas),
         )
         .await
@@ -309,10 +311,7 @@ async fn a_whole_markers_write_keeps_the_markers_of_actions_still_in_progress() 
     let markers = w.store.xattrs(Bucket::Ledger, &balance_key("hot")).unwrap_or_default();
     assert!(
         markers
-            .pointer(&format!(
-                "/ledger/applied/{}",
-                &marker_path(&x)["ledger.applied.".len()..]
-            ))
+            .pointer(&format!("/ledger/applied/{}", MarkerName::of_action(&x)))
             .is_some(),
         "x's marker was dropped: {markers}"
     );

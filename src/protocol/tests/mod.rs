@@ -517,14 +517,14 @@ async fn concurrent_credits_to_one_wallet_are_coalesced_into_fewer_writes() {
 #[tokio::test]
 async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
     use super::coalesce::{CreditRequest, Credited};
-    use super::wallet::{read_snapshot, Snapshot};
-    use crate::domain::keys::marker_path;
+    use super::wallet::{self, State};
+    use crate::domain::MarkerName;
 
     let w = World::new();
     w.set_balance("a", "100").await;
-    let request = |action: &str, units: u64, seen: Option<Snapshot>| CreditRequest {
+    let request = |action: &str, units: u64, seen: Option<State>| CreditRequest {
         action: action.to_string(),
-        marker: marker_path(action),
+        marker: MarkerName::of_action(action),
         hash: "a".to_string(),
         units: crate::domain::Units::new(units).expect("units"),
         seen,
@@ -541,7 +541,7 @@ async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
         }
     };
     // Process P observes the wallet, then actions A and B commit.
-    let seen = read_snapshot(&w.store, "a").await.expect("read");
+    let seen = wallet::read(&w.store, "a").await.expect("read");
     commit("A", r#"{"beneficiaries":{"a":"0.00000002"}}"#).await;
     let b_cas = commit("B", r#"{"beneficiaries":{"a":"0.00000001"}}"#).await;
     // P credits A from its observation: its own write, in its lineage.
@@ -563,7 +563,7 @@ async fn a_state_seen_before_a_foreign_write_proves_nothing_after_it() {
         .expect("complete");
     assert_eq!(
         w.store
-            .remove_xattr(Bucket::Ledger, &balance_key("a"), &marker_path("B"))
+            .remove_xattr(Bucket::Ledger, &balance_key("a"), &MarkerName::of_action("B").path())
             .await,
         Ok(true)
     );
@@ -645,7 +645,7 @@ async fn a_claim_is_renewed_while_its_action_is_slow() {
 #[test]
 fn every_xattr_path_is_under_one_key() {
     let key = |path: &str| path.split('.').next().map(str::to_string);
-    let marker = crate::domain::keys::marker_path("any-action");
+    let marker = crate::domain::MarkerName::of_action("any-action").path();
     let paths = [MARKERS_XATTR, BLOCKED_XATTR, marker.as_str()];
     assert!(paths.iter().all(|p| key(p) == Some("ledger".into())), "{paths:?}");
 }

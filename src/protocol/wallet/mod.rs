@@ -1,0 +1,252 @@
+//! A wallet, and the only code that writes one.
+//!
+//! A wallet's [`State`] (balance, CAS, markers) is read in one atomic
+//! lookup; every write of a wallet is a [`Write`] built on one state: the
+//! new balance and its marker changes in ONE sub-document mutation,
+//! conditional on that state's CAS (or an insert, on no document). The
+//! credit path (the write group, `grouped.rs`), the coalescer and
+//! `adjust` all build their writes here; pruning a single marker
+//! ([`remove_marker`]) is here too. Two invariants are asserted where a
+//! write is built, for every caller:
+//! - a marker is never added to a state that carries it (that would be a
+//!   credit applied twice);
+//! - only markers of completed work are removed: a [`Prune`] can only be
+//!   made from proof that the action completed (or the adjustment was
+//!   applied), so a retried credit always finds its marker.
+//!
+//! How many credits and prunes one write carries is [`plan`]'s rule
+//! (`write.rs`).
+
+use super::records::{now_ms, AdjRecord, AdjState, TxRecord, TxState};
+use super::{read_tx, retry, RecentlyCompleted, Result};
+use crate::domain::keys::{balance_key, MARKERS_XATTR};
+use crate::domain::{Credit, Marker, MarkerName, Markers, Units};
+use crate::store::{Bucket, Cas, Store, StoreError};
+#[cfg(test)]
+pub(crate) use write::WHOLE_WRITE_CREDITS_MAX;
+pub(crate) use write::{plan, Write, WRITE_XATTR_SPECS_MAX};
+
+pub(crate) mod view;
+mod write;
+
+/// Leftover markers of other actions older than this are worth checking
+/// (a heuristic for work only: pruning still requires a completed record).
+const FOREIGN_MARKER_AGE_MS_MIN: u64 = 60_000;
+/// Most leftover markers one action checks for pruning.
+pub(crate) const FOREIGN_MARKERS_CHECKED_MAX: usize = 4;
+
+/// A wallet's state at one moment: its document, or the lack of one.
+#[derive(Debug, Clone)]
+pub(crate) enum State {
+    /// No `balance:<hash>` document.
+    Absent,
+    /// A valid balance.
+    Present {
+        /// The balance in units.
+        balance: Units,
+        /// The CAS of this state: it names the state (a CAS is never reused).
+        cas: Cas,
+        /// Its markers.
+        markers: Markers,
+    },
+    /// The document exists but is not a valid balance: credits wait until
+    /// an operator repairs it (`adjust --to`, which keeps its markers).
+    Invalid {
+        /// What is wrong with it, for the operator.
+        reason: String,
+        /// The CAS of this state.
+        cas: Cas,
+        /// Its markers.
+        markers: Markers,
+    },
+}
+
+/// Which state of a wallet: absent, or the state with this CAS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum StateId {
+    /// The wallet did not exist.
+    Absent,
+    /// The wallet was in the state with this CAS.
+    Cas(Cas),
+}
+
+/// A marker of completed work, which a write may remove. Made only from
+/// proof that its work is done: that is the only way a write removes a
+/// marker, so the marker of a credit still in progress always stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Prune(MarkerName);
+
+impl Prune {
+    /// `name` marks a credit of an action this process knows completed.
+    pub(crate) fn known(name: MarkerName, marker: &Marker<'_>, recent: &RecentlyCompleted) -> Option<Self> {
+        marker
+            .action()
+            .is_some_and(|a| recent.contains(a))
+            .then_some(Prune(name))
+    }
+
+    /// `name` marks a credit of `action`, whose record reads completed.
+    pub(crate) fn by_record(name: MarkerName, action: &str, record: &TxRecord) -> Option<Self> {
+        (record.state == TxState::Completed && record.action_id == action).then_some(Prune(name))
+    }
+
+    /// `name` marks adjustment `id`, whose record reads applied.
+    pub(crate) fn by_adjustment(name: MarkerName, id: &str, record: &AdjRecord) -> Option<Self> {
+        (record.state == AdjState::Applied && record.id == id).then_some(Prune(name))
+    }
+
+    /// The marker it removes.
+    pub(crate) fn name(&self) -> &MarkerName {
+        &self.0
+    }
+}
+
+/// An old marker of another action that this process does not know
+/// completed: checked later, and pruned if its record reads completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stale {
+    /// The wallet.
+    pub(crate) hash: String,
+    /// The marker.
+    pub(crate) name: MarkerName,
+    /// The action it names.
+    pub(crate) action: String,
+}
+
+impl State {
+    /// Which state this is, if it is one a credit can be written over.
+    pub(crate) fn id(&self) -> Option<StateId> {
+        match self {
+            State::Absent => Some(StateId::Absent),
+            State::Present { cas, .. } => Some(StateId::Cas(*cas)),
+            State::Invalid { .. } => None,
+        }
+    }
+
+    /// Its markers (none when absent).
+    pub(crate) fn markers(&self) -> Markers {
+        match self {
+            State::Absent => Markers::default(),
+            State::Present { markers, .. } | State::Invalid { markers, .. } => markers.clone(),
+        }
+    }
+
+    /// Whether the marker `name` is on the wallet.
+    pub(crate) fn has_marker(&self, name: &MarkerName) -> bool {
+        match self {
+            State::Absent => false,
+            State::Present { markers, .. } | State::Invalid { markers, .. } => markers.contains(name),
+        }
+    }
+
+    /// Why this wallet cannot take `credit` (its marker named `own`), if it cannot.
+    pub(crate) fn precheck(&self, credit: &Credit, own: &MarkerName) -> Option<String> {
+        match self {
+            State::Absent => None,
+            State::Invalid { reason, .. } => Some(reason.clone()),
+            State::Present { markers, .. } if markers.contains(own) => None,
+            State::Present { balance, .. } => balance
+                .checked_add(credit.units)
+                .is_none()
+                .then(|| over_supply(&credit.hash, credit.units)),
+        }
+    }
+
+    /// The markers any write of this state may remove: those of actions
+    /// this process knows completed.
+    pub(crate) fn known_completed(&self, recent: &RecentlyCompleted) -> Vec<Prune> {
+        self.markers()
+            .iter()
+            .filter_map(|(name, marker)| Prune::known(name, &marker, recent))
+            .collect()
+    }
+
+    /// Markers of actions this process does not know completed, oldest
+    /// first: `(name, action)`.
+    pub(crate) fn unknown(&self, recent: &RecentlyCompleted) -> Vec<(MarkerName, String)> {
+        let markers = self.markers();
+        let mut found: Vec<(u64, MarkerName, String)> = markers
+            .iter()
+            .filter_map(|(name, marker)| {
+                let action = marker.action().filter(|a| !recent.contains(a))?;
+                Some((marker.at_ms().unwrap_or(0), name, action.to_string()))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, name, action)| (name, action)).collect()
+    }
+
+    /// Old markers of actions this process does not know completed, worth
+    /// a check later (a marker's time is a heuristic for work only).
+    pub(crate) fn stale(&self, hash: &str, recent: &RecentlyCompleted) -> Vec<Stale> {
+        let cutoff = now_ms().saturating_sub(FOREIGN_MARKER_AGE_MS_MIN);
+        self.markers()
+            .iter()
+            .filter(|(_, marker)| marker.at_ms().is_some_and(|at| at < cutoff))
+            .filter_map(|(name, marker)| {
+                let action = marker.action().filter(|a| !recent.contains(a))?;
+                Some(Stale {
+                    hash: hash.to_string(),
+                    name,
+                    action: action.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Why a credit is refused when it would take its wallet past the supply.
+pub(crate) fn over_supply(hash: &str, units: Units) -> String {
+    format!("wallet {hash:?}: crediting {units} would exceed the total supply")
+}
+
+/// Reads one wallet: body, markers and CAS, in one atomic read.
+pub(crate) async fn read(store: &dyn Store, hash: &str) -> Result<State> {
+    let key = balance_key(hash);
+    let doc = match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(State::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    let markers = Markers::from_xattr(doc.xattrs.into_iter().next().flatten());
+    match Units::parse_balance(&doc.body) {
+        Ok(balance) => Ok(State::Present {
+            balance,
+            cas: doc.cas,
+            markers,
+        }),
+        Err(e) => {
+            let shown = String::from_utf8_lossy(&doc.body[..doc.body.len().min(40)]).into_owned();
+            Ok(State::Invalid {
+                reason: format!("wallet {key} is not a valid balance ({e}): {shown:?}"),
+                cas: doc.cas,
+                markers,
+            })
+        }
+    }
+}
+
+/// Removes one marker of completed work by itself (no balance change):
+/// whether it was there and is gone now.
+pub(crate) async fn remove_marker(store: &dyn Store, hash: &str, prune: &Prune) -> bool {
+    matches!(
+        store
+            .remove_xattr(Bucket::Ledger, &balance_key(hash), &prune.name().path())
+            .await,
+        Ok(true)
+    )
+}
+
+/// Prunes a few old markers of other actions seen on wallets (their
+/// process forgot them, or crashed), each if its record reads completed.
+/// Best effort: a marker left behind is harmless; `sweep_markers` is the
+/// full pass.
+pub(crate) async fn prune_stale(store: &dyn Store, stale: &[Stale]) {
+    for s in stale.iter().take(FOREIGN_MARKERS_CHECKED_MAX) {
+        if let Ok(Some((record, _))) = read_tx(store, &s.action).await {
+            if let Some(prune) = Prune::by_record(s.name.clone(), &s.action, &record) {
+                remove_marker(store, &s.hash, &prune).await;
+            }
+        }
+    }
+}
