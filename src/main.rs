@@ -31,6 +31,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ledgerd::telemetry::init(&filter, settings.log_format);
+    ledgerd::telemetry::init(&filter, settings.log.format);
     ExitCode::from(exit_code(dispatch(cli.command, settings)))
 }

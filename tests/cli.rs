@@ -51,12 +51,12 @@ fn every_subcommand_has_help() {
     let defaults = ledgerd::config::Settings::defaults().expect("defaults");
     let help = stdout(&s.run(&["run", "--help"], ""));
     for stated in [
-        format!("(default {})", defaults.concurrency),
-        format!("(default {})", defaults.lease_ms),
-        format!("(default {})", defaults.shutdown_grace_ms),
-        format!("(default {})", defaults.metrics_addr),
-        format!("(default {};", defaults.log_level),
-        format!("(default {})", defaults.store),
+        format!("(default {})", defaults.worker.concurrency),
+        format!("(default {})", defaults.worker.lease.as_millis()),
+        format!("(default {})", defaults.worker.shutdown_grace.as_millis()),
+        format!("(default {})", defaults.ops.metrics_addr),
+        format!("(default {};", defaults.log.level),
+        format!("(default {})", defaults.store.url),
     ] {
         assert!(help.contains(&stated), "{stated}: {help}");
     }

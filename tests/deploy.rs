@@ -243,7 +243,7 @@ fn port_of(addr: &str) -> u16 {
 #[test]
 fn the_kubernetes_manifests_agree_with_the_code() {
     let defaults = Settings::defaults().expect("defaults");
-    let default_port = port_of(&defaults.metrics_addr);
+    let default_port = port_of(&defaults.ops.metrics_addr.to_string());
     let deployment = manifest("deploy/kubernetes/deployment.yaml", "Deployment");
     let spec = &deployment["spec"];
     assert!(spec["replicas"].as_u64().is_some_and(|r| r >= 2), "several replicas");
@@ -284,7 +284,7 @@ fn the_kubernetes_manifests_agree_with_the_code() {
     // The pod outlives the worker's drain.
     let grace_ms = match env("LEDGERD_SHUTDOWN_GRACE_MS") {
         Some(e) => e["value"].as_str().and_then(|v| v.parse().ok()).expect("a number"),
-        None => defaults.shutdown_grace_ms,
+        None => u64::try_from(defaults.worker.shutdown_grace.as_millis()).expect("milliseconds"),
     };
     let termination = pod["terminationGracePeriodSeconds"]
         .as_u64()
@@ -326,7 +326,7 @@ fn the_kubernetes_manifests_agree_with_the_code() {
 #[test]
 fn the_image_and_the_compose_file_agree_with_the_code() {
     let defaults = Settings::defaults().expect("defaults");
-    let port = port_of(&defaults.metrics_addr);
+    let port = port_of(&defaults.ops.metrics_addr.to_string());
     let dockerfile = read("Dockerfile");
     assert!(dockerfile.contains(&format!("LEDGERD_METRICS_ADDR=0.0.0.0:{port}")));
     assert!(dockerfile.contains(&format!("EXPOSE {port}")));

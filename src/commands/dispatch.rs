@@ -39,7 +39,7 @@ pub fn log_filter(cli: &Cli, settings: &Settings) -> Result<String, String> {
         // The simulated workers' warnings are the faults it injects.
         #[cfg(feature = "simulate")]
         _ if matches!(cli.command, Command::Simulate(_)) => "error".to_string(),
-        _ => settings.log_level.clone(),
+        _ => settings.log.level.clone(),
     })
 }
 

@@ -1,12 +1,11 @@
 //! `ledgerd init` and `ledgerd run`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 
 use super::{Exit, Usage};
-use crate::config::Settings;
+use crate::config::{MetricsAddr, Settings};
 use crate::ops::health::Health;
 use crate::ops::{http, metrics, sampler};
 use crate::store::hooked::Hooked;
@@ -24,13 +23,13 @@ pub async fn init(settings: &Settings) -> anyhow::Result<Exit> {
 /// The worker configuration from settings.
 pub fn worker_config(settings: &Settings, exit_when_idle: bool) -> WorkerConfig {
     WorkerConfig {
-        concurrency: settings.concurrency,
-        lease: Duration::from_millis(settings.lease_ms),
-        page_size: settings.discovery_page_size,
-        idle_backoff_max: Duration::from_millis(settings.idle_backoff_ms_max),
+        concurrency: settings.worker.concurrency,
+        lease: settings.worker.lease,
+        page_size: settings.worker.discovery_page_size,
+        idle_backoff_max: settings.worker.idle_backoff_max,
         exit_when_idle,
-        shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms),
-        member_timeout: Duration::from_millis(settings.member_timeout_ms),
+        shutdown_grace: settings.worker.shutdown_grace,
+        member_timeout: settings.worker.member_timeout,
         partition: true,
     }
 }
@@ -56,10 +55,10 @@ async fn serve_ops(
     health: Arc<Health>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    if settings.metrics_addr == "off" {
+    let MetricsAddr::At(addr) = settings.ops.metrics_addr else {
         return Ok(None);
-    }
-    let listener = match tokio::net::TcpListener::bind(&settings.metrics_addr).await {
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(e) => {
             let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -67,11 +66,7 @@ async fn serve_ops(
             } else {
                 ": choose another --metrics-addr, or `off` for none"
             };
-            return Err(Usage(format!(
-                "cannot listen on metrics_addr {}: {e}{hint}",
-                settings.metrics_addr
-            ))
-            .into());
+            return Err(Usage(format!("cannot listen on metrics_addr {addr}: {e}{hint}")).into());
         }
     };
     let handle = metrics::install()
@@ -109,7 +104,7 @@ pub async fn run(
         sampler = Some(tokio::spawn(sampler::sample_queue(
             store.clone(),
             health.clone(),
-            Duration::from_millis(settings.queue_sample_ms),
+            settings.ops.queue_sample,
         )));
         Arc::new(Hooked::new(store, metrics::StoreMetrics))
     } else {

@@ -20,11 +20,11 @@ pub enum OpenError {
     Store(#[from] StoreError),
 }
 
-/// Opens the store named by `settings.store` (connecting, for Couchbase).
+/// Opens the store named by `settings.store.url` (connecting, for Couchbase).
 /// Only [`OpenMode::Create`] (`ledgerd init`) creates an embedded store;
 /// every other command needs one that exists.
 pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>, OpenError> {
-    let url = settings.store.as_str();
+    let url = settings.store.url.as_str();
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(OpenError::Config(
@@ -45,14 +45,14 @@ pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>,
         if mode == OpenMode::Existing {
             check_existing(url, path)?;
         }
-        let store = SqliteStore::open(path, &settings.queue_bucket, &settings.ledger_bucket, mode)?;
+        let store = SqliteStore::open(path, &settings.store.queue_bucket, &settings.store.ledger_bucket, mode)?;
         return Ok(Arc::new(store));
     }
     if url == "memory://" {
         return Ok(Arc::new(MemoryStore::new()));
     }
     if url.starts_with("couchbase://") || url.starts_with("couchbases://") {
-        if settings.couchbase_username.as_deref().unwrap_or_default().is_empty() {
+        if settings.couchbase.username.as_deref().unwrap_or_default().is_empty() {
             return Err(OpenError::Config(
                 "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME".into(),
             ));

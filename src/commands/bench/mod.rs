@@ -20,7 +20,7 @@ use serde::Serialize;
 
 pub use super::counter::{peak_rss_bytes, OpCounter, ProcessReport};
 use super::Exit;
-use crate::config::Settings;
+use crate::config::{MetricsAddr, Settings};
 use crate::domain::keys::{ACTION_PREFIX, BALANCE_PREFIX};
 use crate::store::hooked::Hooked;
 use crate::store::{open, Bucket, OpenMode, Store};
@@ -123,11 +123,11 @@ pub struct BenchArgs {
 pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let mut settings = settings.clone();
-    settings.store = args
+    settings.store.url = args
         .target
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    settings.metrics_addr = "off".into();
+    settings.ops.metrics_addr = MetricsAddr::Off;
     let store = open(&settings, OpenMode::Create)
         .await
         .context("opening the bench store")?;
@@ -214,7 +214,7 @@ async fn run_replicas(
     let cfg = WorkerConfig {
         concurrency: args.concurrency,
         idle_backoff_max: if lone {
-            Duration::from_millis(settings.idle_backoff_ms_max)
+            settings.worker.idle_backoff_max
         } else {
             REPLICA_IDLE_BACKOFF_MAX
         },
@@ -301,7 +301,7 @@ fn run_processes(settings: &Settings, args: &BenchArgs, dir: &std::path::Path) -
             std::process::Command::new(&exe)
                 .args([
                     "--store",
-                    &settings.store,
+                    &settings.store.url,
                     "--log-level",
                     "error",
                     "run",

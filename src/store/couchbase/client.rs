@@ -17,17 +17,16 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::errors::{deadline_error, map_error, map_query_error, Call, FailFastOnLock};
-use crate::config::Settings;
+use crate::config::{Durability, Settings};
 use crate::store::{limits, Bucket, StoreError, StoreResult};
 
-/// The durability level named in settings.
-pub fn durability(name: &str) -> Result<DurabilityLevel, StoreError> {
-    match name {
-        "majority" => Ok(DurabilityLevel::MAJORITY),
-        "majority_and_persist_active" => Ok(DurabilityLevel::MAJORITY_AND_PERSIST_ACTIVE),
-        "persist_to_majority" => Ok(DurabilityLevel::PERSIST_TO_MAJORITY),
-        "none" => Ok(DurabilityLevel::NONE),
-        other => Err(StoreError::Permanent(format!("unknown durability level {other:?}"))),
+/// The SDK's durability level for the settings' one.
+pub fn durability(level: Durability) -> DurabilityLevel {
+    match level {
+        Durability::Majority => DurabilityLevel::MAJORITY,
+        Durability::MajorityAndPersistActive => DurabilityLevel::MAJORITY_AND_PERSIST_ACTIVE,
+        Durability::PersistToMajority => DurabilityLevel::PERSIST_TO_MAJORITY,
+        Durability::None => DurabilityLevel::NONE,
     }
 }
 
@@ -68,16 +67,14 @@ pub struct CouchbaseStore {
 impl CouchbaseStore {
     /// Connects with the settings' URL, credentials and bucket names.
     pub async fn connect(settings: &Settings) -> StoreResult<Self> {
-        let durability_level = durability(&settings.couchbase_durability)?;
-        if durability_level == DurabilityLevel::NONE {
+        let cb = &settings.couchbase;
+        let url = &settings.store.url;
+        let durability_level = durability(cb.durability);
+        if cb.durability == Durability::None {
             tracing::warn!("couchbase_durability = none: a node failure can lose acknowledged credits; use it only for single-node development");
         }
-        let username = settings.couchbase_username.clone().unwrap_or_default();
-        let password = settings
-            .couchbase_password
-            .as_ref()
-            .map(|s| s.expose().to_string())
-            .unwrap_or_default();
+        let username = cb.username.clone().unwrap_or_default();
+        let password = cb.password.as_ref().map(|s| s.expose().to_string()).unwrap_or_default();
         if username.is_empty() {
             return Err(StoreError::Permanent(
                 "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME".into(),
@@ -86,36 +83,35 @@ impl CouchbaseStore {
         let retry = FailFastOnLock::shared();
         let options = ClusterOptions::new(PasswordAuthenticator::new(username, password).into())
             .default_retry_strategy(retry.clone());
-        let connect_timeout = Duration::from_millis(settings.couchbase_connect_timeout_ms);
-        let cluster = match tokio::time::timeout(connect_timeout, Cluster::connect(&settings.store, options)).await {
+        let cluster = match tokio::time::timeout(cb.connect_timeout, Cluster::connect(url, options)).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(StoreError::Permanent(format!(
-                    "connecting to {}: {e}",
-                    redact(&settings.store)
-                )))
-            }
+            Ok(Err(e)) => return Err(StoreError::Permanent(format!("connecting to {}: {e}", redact(url)))),
             Err(_) => {
                 return Err(StoreError::Permanent(format!(
                     "connecting to {}: no answer within {} ms (address, credentials or TLS?)",
-                    redact(&settings.store),
-                    settings.couchbase_connect_timeout_ms
+                    redact(url),
+                    cb.connect_timeout.as_millis()
                 )))
             }
         };
         Ok(Self {
-            queue: cluster.bucket(settings.queue_bucket.clone()).default_collection(),
-            ledger: cluster.bucket(settings.ledger_bucket.clone()).default_collection(),
+            queue: cluster.bucket(settings.store.queue_bucket.clone()).default_collection(),
+            ledger: cluster
+                .bucket(settings.store.ledger_bucket.clone())
+                .default_collection(),
             cluster,
-            names: (settings.queue_bucket.clone(), settings.ledger_bucket.clone()),
-            url: redact(&settings.store),
+            names: (
+                settings.store.queue_bucket.clone(),
+                settings.store.ledger_bucket.clone(),
+            ),
+            url: redact(url),
             durability: durability_level,
-            kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
-            query_timeout: Duration::from_millis(settings.query_timeout_ms),
+            kv_timeout: cb.kv_timeout,
+            query_timeout: cb.query_timeout,
             retry,
             lock_retry: FailFastOnLock::for_lock_attempts(),
-            bucket_ram_mb: settings.couchbase_bucket_ram_mb,
-            bucket_replicas: settings.couchbase_bucket_replicas,
+            bucket_ram_mb: cb.bucket_ram_mb,
+            bucket_replicas: cb.bucket_replicas,
         })
     }
 
@@ -239,12 +235,12 @@ mod tests {
 
     #[test]
     fn durability_names() {
-        assert_eq!(durability("majority"), Ok(DurabilityLevel::MAJORITY));
-        assert_eq!(durability("none"), Ok(DurabilityLevel::NONE));
-        assert!(durability("most").is_err());
-        for name in crate::config::DURABILITY_LEVELS {
-            assert!(durability(name).is_ok(), "{name}");
+        assert_eq!(durability(Durability::Majority), DurabilityLevel::MAJORITY);
+        assert_eq!(durability(Durability::None), DurabilityLevel::NONE);
+        for level in Durability::ALL {
+            assert_eq!(Durability::parse(level.name()), Some(level));
         }
+        assert_eq!(Durability::parse("most"), None);
     }
 
     #[test]

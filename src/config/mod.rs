@@ -1,9 +1,16 @@
 //! Layered settings: defaults < file (`--config`, TOML) < `LEDGERD_*` environment < flags.
 
-use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use settings::{
+    CouchbaseSettings, Durability, LogFormat, LogSettings, MetricsAddr, OpsSettings, Secret, Settings, StoreSettings,
+    WorkerSettings,
+};
+
+mod settings;
 
 /// Default store: the embedded SQLite file in the working directory.
 pub const DEFAULT_STORE_URL: &str = "sqlite://ledgerd.db";
@@ -23,89 +30,32 @@ pub const MEMBER_TIMEOUT_MS_MAX: u64 = 60_000;
 /// Most keys read by one discovery query.
 pub const DISCOVERY_PAGE_SIZE_MAX: usize = 10_000;
 
-/// A value that is never printed or logged.
-#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable on a terminal, JSON lines otherwise.
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Pretty,
-}
-
-/// Every setting, typed. Field names are the file keys; environment
-/// variables are `LEDGERD_` + the key in capitals (e.g. `LEDGERD_LEASE_MS`).
+/// The settings as the file, the environment and the flags name them: one
+/// flat table, every key a field.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Settings {
-    /// Store URL: `sqlite://PATH`, `memory://` or `couchbase://HOST[,HOST…]`.
-    pub store: String,
-    /// Bucket holding `action:` and `failed:` documents.
-    pub queue_bucket: String,
-    /// Bucket holding `balance:` and `tx:` documents.
-    pub ledger_bucket: String,
-    /// Actions one process works on at once.
-    pub concurrency: usize,
-    /// How long a claimed action stays locked to its worker.
-    pub lease_ms: u64,
-    /// How long a replica's heartbeat may stay unchanged before the others
-    /// take it for dead and divide its share of the queue (it writes one
-    /// every fifth of this).
-    pub member_timeout_ms: u64,
-    /// Longest pause between discovery passes when the queue is idle.
-    pub idle_backoff_ms_max: u64,
-    /// Keys read per discovery query.
-    pub discovery_page_size: usize,
-    /// How long in-flight actions may take to finish after SIGTERM/SIGINT.
-    pub shutdown_grace_ms: u64,
-    /// Log filter when neither `--log-level` nor `RUST_LOG` is given.
-    pub log_level: String,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Couchbase user name.
-    pub couchbase_username: Option<String>,
-    /// Couchbase password (never logged).
-    pub couchbase_password: Option<Secret>,
-    /// Couchbase durability level: `majority`, `majority_and_persist_active`,
-    /// `persist_to_majority` or `none`.
-    pub couchbase_durability: String,
-    /// Deadline of every Couchbase key-value operation.
-    pub kv_timeout_ms: u64,
-    /// Deadline of every SQL++ query (discovery, counts, index management).
-    pub query_timeout_ms: u64,
-    /// How long connecting to Couchbase may take.
-    pub couchbase_connect_timeout_ms: u64,
-    /// Address of the metrics and health listener, or `off`.
-    pub metrics_addr: String,
-    /// How often `run` samples the queue by state for `/metrics`.
-    pub queue_sample_ms: u64,
-    /// RAM quota of each bucket `ledgerd init` creates.
-    pub couchbase_bucket_ram_mb: u64,
-    /// Replicas of each bucket `ledgerd init` creates.
-    pub couchbase_bucket_replicas: u32,
+struct Keys {
+    store: String,
+    queue_bucket: String,
+    ledger_bucket: String,
+    concurrency: usize,
+    lease_ms: u64,
+    member_timeout_ms: u64,
+    idle_backoff_ms_max: u64,
+    discovery_page_size: usize,
+    shutdown_grace_ms: u64,
+    log_level: String,
+    log_format: LogFormat,
+    couchbase_username: Option<String>,
+    couchbase_password: Option<Secret>,
+    couchbase_durability: String,
+    kv_timeout_ms: u64,
+    query_timeout_ms: u64,
+    couchbase_connect_timeout_ms: u64,
+    metrics_addr: String,
+    queue_sample_ms: u64,
+    couchbase_bucket_ram_mb: u64,
+    couchbase_bucket_replicas: u32,
 }
-
-/// Couchbase durability levels accepted in `couchbase_durability`.
-pub const DURABILITY_LEVELS: &[&str] = &["majority", "majority_and_persist_active", "persist_to_majority", "none"];
 
 /// Log levels a filter may name.
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -136,7 +86,7 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Keys a config file may contain: the fields of [`Settings`].
+/// Keys a config file may contain: the fields of `Keys`.
 const KEYS: &[&str] = &[
     "store",
     "queue_bucket",
@@ -237,9 +187,55 @@ impl Settings {
         for (key, value) in overrides {
             builder = builder.set_override(*key, value.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+        let keys: Keys = builder.build()?.try_deserialize()?;
+        keys.settings()
+    }
+}
+
+impl Keys {
+    /// The settings these keys give, or the first key whose value is wrong.
+    fn settings(self) -> Result<Settings, ConfigError> {
+        self.validate()?;
+        let ms = Duration::from_millis;
+        // Both checked by `validate`.
+        let durability = Durability::parse(&self.couchbase_durability).unwrap_or(Durability::Majority);
+        let metrics_addr = match self.metrics_addr.as_str() {
+            "off" => MetricsAddr::Off,
+            addr => addr.parse().map(MetricsAddr::At).unwrap_or(MetricsAddr::Off),
+        };
+        Ok(Settings {
+            store: StoreSettings {
+                url: self.store,
+                queue_bucket: self.queue_bucket,
+                ledger_bucket: self.ledger_bucket,
+            },
+            worker: WorkerSettings {
+                concurrency: self.concurrency,
+                lease: ms(self.lease_ms),
+                member_timeout: ms(self.member_timeout_ms),
+                idle_backoff_max: ms(self.idle_backoff_ms_max),
+                discovery_page_size: self.discovery_page_size,
+                shutdown_grace: ms(self.shutdown_grace_ms),
+            },
+            log: LogSettings {
+                level: self.log_level,
+                format: self.log_format,
+            },
+            couchbase: CouchbaseSettings {
+                username: self.couchbase_username,
+                password: self.couchbase_password,
+                durability,
+                kv_timeout: ms(self.kv_timeout_ms),
+                query_timeout: ms(self.query_timeout_ms),
+                connect_timeout: ms(self.couchbase_connect_timeout_ms),
+                bucket_ram_mb: self.couchbase_bucket_ram_mb,
+                bucket_replicas: self.couchbase_bucket_replicas,
+            },
+            ops: OpsSettings {
+                metrics_addr,
+                queue_sample: ms(self.queue_sample_ms),
+            },
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -289,12 +285,13 @@ impl Settings {
                 return invalid(key, "must be at least 1".into());
             }
         }
-        if !DURABILITY_LEVELS.contains(&self.couchbase_durability.as_str()) {
+        if Durability::parse(&self.couchbase_durability).is_none() {
+            let names: Vec<&str> = Durability::ALL.iter().map(|d| d.name()).collect();
             return invalid(
                 "couchbase_durability",
                 format!(
                     "must be one of {}, got {:?}",
-                    DURABILITY_LEVELS.join(", "),
+                    names.join(", "),
                     self.couchbase_durability
                 ),
             );
@@ -370,9 +367,11 @@ mod tests {
     fn defaults_then_file_then_flags() {
         let f = file("concurrency = 4\nlease_ms = 5000\ncouchbase_password = \"hunter2\"\n");
         let s = Settings::load(Some(f.path()), &[("lease_ms", "7000".into())]).expect("loads");
-        assert_eq!(s.concurrency, 4);
-        assert_eq!(s.lease_ms, 7000);
-        assert_eq!(s.queue_bucket, "queue");
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.worker.lease, Duration::from_millis(7000));
+        assert_eq!(s.store.queue_bucket, "queue");
+        assert_eq!(s.couchbase.durability, Durability::Majority);
+        assert_eq!(s.ops.metrics_addr.to_string(), "127.0.0.1:9464");
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2"), "secret printed: {debug}");
     }
@@ -393,6 +392,19 @@ mod tests {
             .expect_err("same")
             .to_string();
         assert!(err.contains("ledger_bucket"), "{err}");
+        let err = Settings::load(None, &[("couchbase_durability", "most".into())])
+            .expect_err("not a level")
+            .to_string();
+        assert!(
+            err.contains("`couchbase_durability` must be one of majority, majority_and_persist_active"),
+            "{err}"
+        );
+        let err = Settings::load(None, &[("metrics_addr", "localhost".into())])
+            .expect_err("no port")
+            .to_string();
+        assert!(err.contains("`metrics_addr` must be HOST:PORT"), "{err}");
+        let off = Settings::load(None, &[("metrics_addr", "off".into())]).expect("off");
+        assert_eq!(off.ops.metrics_addr, MetricsAddr::Off);
         let err = Settings::load(None, &[("log_level", "inf".into())])
             .expect_err("a typo")
             .to_string();
