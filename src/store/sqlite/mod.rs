@@ -56,8 +56,8 @@ const READER_CACHE_KIB: i64 = 4 * 1024;
 /// SQLite's own default, named so that the bound is written down.
 const POOL_CACHE_KIB: i64 = 2_000;
 /// Idle connections kept for reuse: as many as the binary's blocking
-/// threads (`BLOCKING_THREADS_MAX` in main.rs) can use at once.
-const POOL_IDLE_MAX: usize = 8;
+/// threads (`BLOCKING_THREADS_MAX` in `commands/dispatch.rs`) use at once.
+const POOL_IDLE_MAX: usize = 2;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
     bucket TEXT NOT NULL,
