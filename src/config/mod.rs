@@ -195,14 +195,8 @@ impl Settings {
 impl Keys {
     /// The settings these keys give, or the first key whose value is wrong.
     fn settings(self) -> Result<Settings, ConfigError> {
-        self.validate()?;
+        let (durability, metrics_addr) = self.validate()?;
         let ms = Duration::from_millis;
-        // Both checked by `validate`.
-        let durability = Durability::parse(&self.couchbase_durability).unwrap_or(Durability::Majority);
-        let metrics_addr = match self.metrics_addr.as_str() {
-            "off" => MetricsAddr::Off,
-            addr => addr.parse().map(MetricsAddr::At).unwrap_or(MetricsAddr::Off),
-        };
         Ok(Settings {
             store: StoreSettings {
                 url: self.store,
@@ -238,7 +232,10 @@ impl Keys {
         })
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every key, in the order the errors are reported; returns the
+    /// values a check had to parse (the durability level, the metrics
+    /// address), so that they are parsed once.
+    fn validate(&self) -> Result<(Durability, MetricsAddr), ConfigError> {
         let invalid = |key, why: String| Err(ConfigError::Invalid { key, why });
         if !(1..=CONCURRENCY_MAX).contains(&self.concurrency) {
             return invalid(
@@ -285,7 +282,7 @@ impl Keys {
                 return invalid(key, "must be at least 1".into());
             }
         }
-        if Durability::parse(&self.couchbase_durability).is_none() {
+        let Some(durability) = Durability::parse(&self.couchbase_durability) else {
             let names: Vec<&str> = Durability::ALL.iter().map(|d| d.name()).collect();
             return invalid(
                 "couchbase_durability",
@@ -295,22 +292,25 @@ impl Keys {
                     self.couchbase_durability
                 ),
             );
-        }
+        };
         if self.couchbase_bucket_ram_mb < 100 {
             return invalid(
                 "couchbase_bucket_ram_mb",
                 "must be at least 100 (Couchbase's minimum)".into(),
             );
         }
-        if self.metrics_addr != "off" && self.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
-            return invalid(
-                "metrics_addr",
-                format!(
-                    "must be HOST:PORT (e.g. 0.0.0.0:9464) or off, got {:?}",
-                    self.metrics_addr
-                ),
-            );
-        }
+        let metrics_addr = match self.metrics_addr.as_str() {
+            "off" => MetricsAddr::Off,
+            addr => match addr.parse() {
+                Ok(addr) => MetricsAddr::At(addr),
+                Err(_) => {
+                    return invalid(
+                        "metrics_addr",
+                        format!("must be HOST:PORT (e.g. 0.0.0.0:9464) or off, got {addr:?}"),
+                    )
+                }
+            },
+        };
         if self.queue_sample_ms < 1_000 {
             return invalid("queue_sample_ms", "must be at least 1000".into());
         }
@@ -331,7 +331,7 @@ impl Keys {
         if self.queue_bucket == self.ledger_bucket {
             return invalid("ledger_bucket", "must differ from queue_bucket".into());
         }
-        Ok(())
+        Ok((durability, metrics_addr))
     }
 }
 
