@@ -70,10 +70,8 @@ pub(super) async fn try_group(
     let mut wallets = Vec::with_capacity(plan.credits.len());
     let mut stale = Vec::new();
     for (credit, read) in plan.credits.iter().zip(reads) {
-        let balance = match read {
-            State::Absent => crate::domain::Units::ZERO,
-            State::Present { balance, .. } => *balance,
-            State::Invalid { .. } => return Reached::NotTried,
+        let Some(balance) = read.balance() else {
+            return Reached::NotTried;
         };
         if read.has_marker(&own) {
             return Reached::NotTried;
@@ -81,10 +79,7 @@ pub(super) async fn try_group(
         let Some(next) = balance.checked_add(credit.units) else {
             return Reached::NotTried;
         };
-        let prunable = match read {
-            State::Absent => Vec::new(),
-            _ => read.known_completed(&opts.recent),
-        };
+        let prunable = read.known_completed(&opts.recent);
         let Some(prunes) = plan_one(read.markers().len(), prunable.len(), opts.wallet_markers_soft_max) else {
             // Above its soft maximum without enough known-completed markers:
             // the coalescer confirms others' markers first.

@@ -61,10 +61,11 @@ impl Turns<'_> {
             if included.is_empty() {
                 return Ok(());
             }
-            let prunes = match current {
-                State::Absent => &[][..],
-                _ if shape.whole => &prunes[..],
-                _ => &prunes[..prunes.len().min(WRITE_XATTR_SPECS_MAX - included.len())],
+            // By path, only what the credits leave of the specs (`choose_prunes`
+            // gives none for a wallet that does not exist yet).
+            let prunes = match shape.whole {
+                true => &prunes[..],
+                false => &prunes[..prunes.len().min(WRITE_XATTR_SPECS_MAX - included.len())],
             };
             let at = now_ms();
             let added: Vec<(MarkerName, Marker<'_>)> = included
@@ -157,10 +158,8 @@ impl Turns<'_> {
     /// those that would take the wallet past the total supply; returns them
     /// and the balance they lead to.
     fn take_credits(&self, current: &State, queue: &mut VecDeque<Pending>, count: usize) -> (Vec<Pending>, Units) {
-        let mut balance = match current {
-            State::Present { balance, .. } => *balance,
-            _ => Units::ZERO,
-        };
+        // Never invalid: an invalid basis is answered before any turn.
+        let mut balance = current.balance().unwrap_or(Units::ZERO);
         let mut included = Vec::new();
         while included.len() < count {
             let Some(p) = queue.pop_front() else { break };

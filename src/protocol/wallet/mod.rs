@@ -133,9 +133,16 @@ impl State {
 
     /// Whether the marker `name` is on the wallet.
     pub(crate) fn has_marker(&self, name: &MarkerName) -> bool {
+        self.markers().contains(name)
+    }
+
+    /// The balance a credit adds to: zero when absent, `None` when the
+    /// document is not a valid balance.
+    pub(crate) fn balance(&self) -> Option<Units> {
         match self {
-            State::Absent => false,
-            State::Present { markers, .. } | State::Invalid { markers, .. } => markers.contains(name),
+            State::Absent => Some(Units::ZERO),
+            State::Present { balance, .. } => Some(*balance),
+            State::Invalid { .. } => None,
         }
     }
 
@@ -200,26 +207,34 @@ pub(crate) fn over_supply(hash: &str, units: Units) -> String {
     format!("wallet {hash:?}: crediting {units} would exceed the total supply")
 }
 
+/// One wallet's document as stored, body, markers and CAS in one atomic
+/// read: `None` when there is none. Both readings of a wallet
+/// ([`read`], and [`view::read_wallet`] for audits) start here.
+async fn fetch(store: &dyn Store, hash: &str) -> Result<Option<(Vec<u8>, Markers, Cas)>> {
+    let key = balance_key(hash);
+    match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
+        Ok(doc) => Ok(Some((
+            doc.body,
+            Markers::from_xattr(doc.xattrs.into_iter().next().flatten()),
+            doc.cas,
+        ))),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reads one wallet: body, markers and CAS, in one atomic read.
 pub(crate) async fn read(store: &dyn Store, hash: &str) -> Result<State> {
-    let key = balance_key(hash);
-    let doc = match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
-        Ok(doc) => doc,
-        Err(StoreError::NotFound) => return Ok(State::Absent),
-        Err(e) => return Err(e.into()),
+    let Some((body, markers, cas)) = fetch(store, hash).await? else {
+        return Ok(State::Absent);
     };
-    let markers = Markers::from_xattr(doc.xattrs.into_iter().next().flatten());
-    match Units::parse_balance(&doc.body) {
-        Ok(balance) => Ok(State::Present {
-            balance,
-            cas: doc.cas,
-            markers,
-        }),
+    match Units::parse_balance(&body) {
+        Ok(balance) => Ok(State::Present { balance, cas, markers }),
         Err(e) => {
-            let shown = String::from_utf8_lossy(&doc.body[..doc.body.len().min(40)]).into_owned();
+            let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
             Ok(State::Invalid {
-                reason: format!("wallet {key} is not a valid balance ({e}): {shown:?}"),
-                cas: doc.cas,
+                reason: format!("wallet {} is not a valid balance ({e}): {shown:?}", balance_key(hash)),
+                cas,
                 markers,
             })
         }

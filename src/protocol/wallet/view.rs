@@ -2,11 +2,10 @@
 //! or not), its markers and its CAS, with the [`State`] a write of it is
 //! built on.
 
-use super::State;
-use crate::domain::keys::{balance_key, MARKERS_XATTR};
+use super::{fetch, State};
 use crate::domain::{MarkerName, Markers, Units};
-use crate::protocol::{retry, Result};
-use crate::store::{Bucket, Cas, Store, StoreError};
+use crate::protocol::Result;
+use crate::store::{Cas, Store};
 
 /// One wallet as read: its balance (`None`: no document; `Err`: not a
 /// valid balance), its markers and its CAS.
@@ -52,22 +51,16 @@ impl WalletView {
 
 /// Reads one wallet: body, markers and CAS, atomically.
 pub async fn read_wallet(store: &dyn Store, hash: &str) -> Result<WalletView> {
-    let key = balance_key(hash);
-    match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
-        Ok(doc) => Ok(WalletView {
-            balance: Some(
-                Units::parse_balance(&doc.body)
-                    .map(Units::get)
-                    .map_err(|e| e.to_string()),
-            ),
-            markers: Markers::from_xattr(doc.xattrs.into_iter().next().flatten()),
-            cas: doc.cas,
-        }),
-        Err(StoreError::NotFound) => Ok(WalletView {
+    Ok(match fetch(store, hash).await? {
+        Some((body, markers, cas)) => WalletView {
+            balance: Some(Units::parse_balance(&body).map(Units::get).map_err(|e| e.to_string())),
+            markers,
+            cas,
+        },
+        None => WalletView {
             balance: None,
             markers: Markers::default(),
             cas: 0,
-        }),
-        Err(e) => Err(e.into()),
-    }
+        },
+    })
 }
