@@ -12,6 +12,9 @@
 //! - **One idea per file.** No non-test source file is over
 //!   [`FILE_LINES_MAX`] lines, except the files still listed in
 //!   [`OVER_SIZE`], each of which may only shrink.
+//! - **The protocol in one sitting.** docs/protocol.md's walk through one
+//!   action ("Reading the code") names at most [`WALK_FILES_MAX`] files,
+//!   each of which exists and holds the item the walk starts from.
 //!
 //! Test modules (`tests.rs`, files under a `tests/` folder and `#[cfg(test)]`
 //! items) are left out: a test may reach anywhere.
@@ -32,6 +35,62 @@ const OVER_SIZE: &[(&str, usize)] = &[
     ("store/sqlite/mod.rs", 1127),
     ("store/sqlite/threads.rs", 590),
 ];
+
+/// Most files the walk through one action, claim to prune, may name.
+const WALK_FILES_MAX: usize = 8;
+
+#[test]
+fn the_walk_through_one_action_names_at_most_eight_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = fs::read_to_string(root.join("docs/protocol.md")).expect("read docs/protocol.md");
+    let section = doc
+        .split("## Reading the code")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/protocol.md has a section \"Reading the code\"");
+    // Each step of the walk: "N. `path`", then the items to start from in
+    // backquotes before the first full stop or colon after the path.
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for line in section.lines() {
+        let Some((number, rest)) = line.split_once(". `") else {
+            continue;
+        };
+        if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Some((path, after)) = rest.split_once('`') else {
+            continue;
+        };
+        files.push(path.to_string());
+        let Ok(text) = fs::read_to_string(root.join(path)) else {
+            problems.push(format!("{path}: named by the walk, but there is no such file"));
+            continue;
+        };
+        if let Some(item) = after.strip_prefix(", `").and_then(|a| a.split('`').next()) {
+            let defined = ["fn ", "struct ", "enum "]
+                .iter()
+                .any(|k| text.contains(&format!("{k}{item}")));
+            if !defined {
+                problems.push(format!(
+                    "{path}: the walk starts from `{item}`, which it does not define"
+                ));
+            }
+        }
+    }
+    assert!(
+        !files.is_empty(),
+        "the walk names no file: is it still a numbered list of \"N. `path`\"?"
+    );
+    if files.len() > WALK_FILES_MAX {
+        problems.push(format!(
+            "the walk names {} files, more than {WALK_FILES_MAX}: {}",
+            files.len(),
+            files.join(", ")
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
 
 #[test]
 fn imports_run_one_way() {

@@ -10,36 +10,33 @@
 
 pub mod accounting;
 pub mod adjust;
-mod apply;
-mod claim;
 mod coalesce;
 pub mod dead_letters;
-mod grouped;
 mod options;
 mod outcome;
 mod recent;
 pub mod records;
 mod step;
+mod steps;
 mod sweep;
 mod wallet;
 
+use std::convert::Infallible;
 use std::time::Duration;
 
-use crate::domain::keys::{action_key, check_action_id, failed_key, sha256_hex, tx_key};
-use crate::domain::{plan_action, Plan};
+use crate::domain::keys::{action_key, failed_key, sha256_hex};
+use crate::ops::names as m;
 use crate::store::limits::{LOCK_MAX, LOCK_SECS_MAX, LOCK_SECS_MIN};
-use crate::store::{Bucket, Cas, Doc, GroupCas, Store, StoreError, WriteGroup};
-use apply::{apply_credits, Applied};
-use claim::Claim;
+use crate::store::{Bucket, Cas, Doc, Store, StoreError};
+use coalesce::Applied;
 pub use coalesce::{Coalescer, LINEAGE_MAX, SLOTS_MAX};
 use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
-use grouped::Progress;
 pub use options::{Options, WALLET_MARKERS_SOFT_MAX};
 pub use outcome::{Outcome, ProtocolError, Result, Skip};
 pub use recent::{RecentlyCompleted, RECENT_COMPLETED_MAX};
-use records::{TxRecord, TxState};
 pub use step::{backoff, seed_jitter};
 pub(crate) use step::{count_retry, read_tx, retry, STEP_ATTEMPTS_MAX};
+use steps::{next, Claim, Held, Known, Record, Step, STEPS_MAX};
 pub use sweep::sweep_markers;
 
 pub use crate::domain::keys::BLOCKED_XATTR;
@@ -81,7 +78,7 @@ pub async fn process_attempt(store: &dyn Store, id: &str, opts: &Options, attemp
     let result = tokio::select! {
         biased;
         result = process_claimed(store, id, &claim, opts) => result,
-        never = claim::renew(store, &key, &claim, opts.lease) => match never {},
+        never = renew(store, &key, &claim, opts.lease) => match never {},
     };
     if let Ok(Outcome::Blocked { reason }) = &result {
         // Say why on the action itself, with the claim's CAS: the write
@@ -146,210 +143,102 @@ pub fn blocked_hold(retry_in: Duration) -> Duration {
     Duration::from_secs(secs.clamp(LOCK_SECS_MIN, LOCK_SECS_MAX))
 }
 
+/// Steps 3 to 7 (see `steps`): what is known of the action picks the next
+/// step, which is taken and its answer folded in, until one ends it.
 async fn process_claimed(store: &dyn Store, id: &str, claim: &Claim, opts: &Options) -> Result<Outcome> {
-    if let Err(e) = check_action_id(id) {
-        return reject(store, id, claim, "invalid action id", &format!("action id {e}")).await;
-    }
-    let mut progress = Progress::default();
-    // Step 3's lookup of the record and, for a body that plans, its reads of
-    // the wallets go out together: one round trip. The reads are only used
-    // if the record is absent, and then our own insert of it, after them,
-    // proves that no credit of this action was applied before them.
-    let (record, planned) = match plan_action(&claim.body) {
-        Ok(plan) => {
-            let (record, reads) =
-                futures::join!(read_tx(store, id), apply::observe_wallets(store, &plan.credits, opts));
-            (record?, Ok((plan, reads)))
+    let held = Held { store, id, claim, opts };
+    let mut known = Known::new(id);
+    let mut taken = Vec::with_capacity(STEPS_MAX);
+    loop {
+        let step = next(&known);
+        // Each step changes what is known so that it is never picked again:
+        // the path is at most every step once.
+        assert!(!taken.contains(&step), "step {step:?} picked twice for {id}");
+        taken.push(step);
+        if let Some(outcome) = take(step, &held, &mut known).await? {
+            return Ok(outcome);
         }
-        Err(e) => (read_tx(store, id).await?, Err(e)),
-    };
-    let (tx, tx_cas, prefetched) = match record {
-        Some((tx, cas)) => (tx, cas, None),
-        None => {
-            let (plan, reads) = match planned {
-                Ok((plan, reads)) => (plan, reads?),
-                Err(e) => return reject(store, id, claim, &e.kind(), &e.to_string()).await,
+    }
+}
+
+/// Takes one step; `Some` when it ends the action.
+async fn take(step: Step, h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome>> {
+    match step {
+        Step::Reject => {
+            let (kind, reason) = k.rejection();
+            return reject(h.store, h.id, h.claim, &kind, &reason).await.map(Some);
+        }
+        Step::LookUp => steps::look_up(h, k).await?,
+        Step::Commit => return steps::commit(h, k).await,
+        Step::Apply => {
+            let observed = match &mut k.record {
+                Record::Found { observed, .. } => observed.take(),
+                _ => None,
             };
-            match commit(store, id, claim, &plan, reads, opts).await? {
-                Commit::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
-                // A record another worker already completed (it won the
-                // commit race and finished) makes this a duplicate too.
-                Commit::Recorded { tx, cas, prefetched } => (tx, cas, prefetched),
-                Commit::Grouped { tx, cas, done } => {
-                    progress = done;
-                    (tx, cas, None)
-                }
-            }
-        }
-    };
-    let was_completed = tx.state == TxState::Completed;
-    let (mut stale, mut credited) = (progress.stale, progress.credited);
-    if tx.state == TxState::Committed && !progress.completed {
-        if !progress.applied {
-            let application = apply_credits(store, id, &tx, prefetched, opts).await?;
-            stale.extend(application.stale);
-            credited.0 += application.written_credits;
-            credited.1 = credited.1.saturating_add(application.written_units);
-            match application.applied {
-                Applied::Blocked(reason) => return Ok(Outcome::Blocked { reason }),
-                Applied::Done | Applied::CompletedElsewhere => {}
-            }
-        }
-        if sha256_hex(&claim.body) == tx.digest {
-            (progress.completed, progress.removed) = complete_and_remove(store, id, &tx, tx_cas, claim).await;
-        }
-        if !progress.completed {
-            complete(store, id, &tx, tx_cas).await?;
-        }
-    }
-    // From here the record is completed: this action's markers may go.
-    opts.recent.insert(id);
-    let removed = match progress.removed {
-        true => None,
-        false => finish(store, id, claim, &tx).await?,
-    };
-    wallet::prune_stale(store, &stale).await;
-    Ok(match removed {
-        Some(outcome) => outcome,
-        None if was_completed => Outcome::Duplicate,
-        None => Outcome::Completed {
-            credits: credited.0,
-            units: credited.1,
-        },
-    })
-}
-
-enum Commit {
-    Blocked(String),
-    Recorded {
-        tx: TxRecord,
-        cas: Cas,
-        prefetched: Option<Vec<wallet::State>>,
-    },
-    /// Committed by a write group, which may have gone further.
-    Grouped {
-        tx: TxRecord,
-        cas: Cas,
-        done: Progress,
-    },
-}
-
-/// Step 3: pre-check the wallets (`reads`, observed before the record
-/// exists), then insert the record (the commit point), as the first write
-/// of a group with steps 4 to 6 where that is safe.
-async fn commit(
-    store: &dyn Store,
-    id: &str,
-    claim: &Claim,
-    plan: &Plan,
-    reads: Vec<wallet::State>,
-    opts: &Options,
-) -> Result<Commit> {
-    let own = crate::domain::MarkerName::of_action(id);
-    for (credit, read) in plan.credits.iter().zip(&reads) {
-        if let Some(reason) = read.precheck(credit, &own) {
-            return Ok(Commit::Blocked(reason));
-        }
-    }
-    let error = match grouped::try_group(store, id, claim, plan, &reads, opts).await {
-        grouped::Reached::Committed { tx, cas, done } => return Ok(Commit::Grouped { tx, cas, done }),
-        // Not applied: the insert alone, retried as any step is.
-        grouped::Reached::NotTried | grouped::Reached::NotCommitted(StoreError::Transient(_)) => {
-            let tx = TxRecord::committed(id, plan);
-            let (key, body) = (tx_key(id), tx.to_bytes());
-            match retry(|| store.insert(Bucket::Ledger, &key, &body)).await {
-                // Our insert made the record after our reads, so nobody can
-                // have applied (let alone pruned) a credit before them: the
-                // reads stand.
-                Ok(cas) => {
-                    return Ok(Commit::Recorded {
-                        tx,
-                        cas,
-                        prefetched: Some(reads),
-                    })
-                }
-                Err(e) => e,
-            }
-        }
-        grouped::Reached::NotCommitted(e) => e,
-    };
-    match error {
-        // Another worker committed first (or our insert was ambiguous):
-        // continue with whatever record exists, reading wallets afresh.
-        StoreError::Exists | StoreError::Ambiguous(_) => match read_tx(store, id).await? {
-            Some((tx, cas)) => Ok(Commit::Recorded {
-                tx,
-                cas,
-                prefetched: None,
-            }),
-            None => Err(StoreError::Transient("transaction record not visible after insert".into()).into()),
-        },
-        e => Err(e.into()),
-    }
-}
-
-/// Steps 5 and 6 handed to the store as one ordered group: the record's
-/// completion, then the removal of the action under the claim's CAS, each
-/// exactly the write its step makes alone (a transactional store commits
-/// both at once; Couchbase runs them one after the other). Returns whether
-/// each succeeded; what did not is then done by the steps themselves,
-/// which recover from any state the group can leave (a failed or
-/// ambiguous completion is read again; a removal that failed is retried or
-/// judged by `finish`).
-async fn complete_and_remove(store: &dyn Store, id: &str, tx: &TxRecord, cas: Cas, claim: &Claim) -> (bool, bool) {
-    let group: WriteGroup = grouped::complete_and_remove_stages(id, tx, GroupCas::Known(cas), claim).into();
-    let results = store.write_group(&group).await;
-    let ok = |stage: usize| matches!(results.get(stage).and_then(|s| s.first()), Some(Some(Ok(_))));
-    (ok(0), ok(0) && ok(1))
-}
-
-/// Step 5: mark the record completed (one write when nothing interferes).
-async fn complete(store: &dyn Store, id: &str, tx: &TxRecord, mut cas: Cas) -> Result<()> {
-    let done = tx.completed_now();
-    for _ in 0..STEP_ATTEMPTS_MAX {
-        match store.replace(Bucket::Ledger, &tx_key(id), &done.to_bytes(), cas).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::CasMismatch) => {}
-            Err(e) if e.is_retryable() => {}
-            Err(e) => return Err(e.into()),
-        }
-        // Someone else (or our own ambiguous write) changed it: look again.
-        match read_tx(store, id).await? {
-            Some((current, _)) if current.state == TxState::Completed => return Ok(()),
-            Some((_, current_cas)) => cas = current_cas,
-            None => {
+            let Some((tx, _)) = k.tx() else {
                 return Err(ProtocolError::CorruptRecord(format!(
-                    "tx:{id} vanished before completion"
-                )))
+                    "tx:{id}: applied before it was read",
+                    id = h.id
+                )));
+            };
+            let application = h
+                .opts
+                .coalescer
+                .apply(h.store, h.id, tx, observed, h.opts.rules())
+                .await?;
+            k.stale.extend(application.stale);
+            k.credited.0 += application.written_credits;
+            k.credited.1 = k.credited.1.saturating_add(application.written_units);
+            match application.applied {
+                Applied::Blocked(reason) => return Ok(Some(Outcome::Blocked { reason })),
+                Applied::Done | Applied::CompletedElsewhere => k.applied = true,
             }
         }
+        Step::CompleteAndRemove => steps::complete_and_remove(h, k).await,
+        Step::Complete => steps::complete(h, k).await?,
+        Step::Remove => finish(h, k).await?,
+        Step::Prune => {
+            wallet::prune_stale(h.store, &k.stale).await;
+            k.pruned = true;
+        }
+        Step::Done => return Ok(Some(k.outcome())),
     }
-    Err(StoreError::Transient(format!("could not complete tx:{id}")).into())
+    Ok(None)
 }
 
 /// Step 6: remove the action, or preserve it as failed if its body is not
-/// the one the record was made from. Returns an outcome when it differs
-/// from a plain completion.
-async fn finish(store: &dyn Store, id: &str, claim: &Claim, tx: &TxRecord) -> Result<Option<Outcome>> {
+/// the one the record was made from.
+async fn finish(h: &Held<'_>, k: &mut Known) -> Result<()> {
+    let Some((tx, _)) = k.tx() else {
+        return Err(ProtocolError::CorruptRecord(format!(
+            "tx:{}: removed before it was read",
+            h.id
+        )));
+    };
+    let (store, id) = (h.store, h.id);
     // After a rewrite we hold the new body under a lock of our own.
     let mut relocked: Option<Claim> = None;
     for _ in 0..STEP_ATTEMPTS_MAX {
-        let current = relocked.as_ref().unwrap_or(claim);
+        let current = relocked.as_ref().unwrap_or(h.claim);
         if sha256_hex(&current.body) != tx.digest {
             let reason = format!(
                 "conflicting duplicate: action {id:?} was already credited from a different body (digest {})",
                 tx.digest
             );
-            return reject(store, id, current, "conflicting duplicate", &reason)
-                .await
-                .map(Some);
+            let outcome = reject(store, id, current, "conflicting duplicate", &reason).await?;
+            k.removed = Some(Some(outcome));
+            return Ok(());
         }
         match remove_action(store, id, current).await? {
-            Removal::Done => return Ok(None),
+            Removal::Done => {
+                k.removed = Some(None);
+                return Ok(());
+            }
             Removal::Changed(doc) => relocked = Some(Claim::new(doc)),
         }
     }
-    Ok(Some(Outcome::Skipped(Skip::Changed)))
+    k.removed = Some(Some(Outcome::Skipped(Skip::Changed)));
+    Ok(())
 }
 
 enum Removal {
@@ -446,6 +335,44 @@ fn unpreservable(key: &str, bytes: usize, reason: &str) -> Outcome {
             "rejected ({}), but {key} would be {bytes} bytes, more than Couchbase's {FAILED_DOC_BYTES_MAX}: the action stays queued; save and remove {key} (it holds earlier rejected bodies of this id), or save and remove the action itself",
             dead_letters::bounded_reason(reason)
         ),
+    }
+}
+
+/// Renews the lock every two thirds of the lease, for as long as it is
+/// polled. Renewal is unlock then lock again (Couchbase cannot extend a
+/// lock); if another worker takes the action in between, or the body
+/// changed, the claim is reported lost and renewal stops. Nothing depends on
+/// it for safety: a lost claim only means two workers may run the action,
+/// which the protocol makes harmless.
+async fn renew(store: &dyn Store, key: &str, claim: &Claim, lease: Duration) -> Infallible {
+    let every = lease * 2 / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let renewed = match store.unlock(Bucket::Queue, key, claim.cas()).await {
+            Ok(()) => match store.get_and_lock(Bucket::Queue, key, lease).await {
+                Ok(doc) if doc.body == claim.body => {
+                    claim.relocked(doc.cas);
+                    true
+                }
+                Ok(doc) => {
+                    // Rewritten by a producer: not ours to hold; `finish` sees it.
+                    let _ = store.unlock(Bucket::Queue, key, doc.cas).await;
+                    false
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        metrics::counter!(m::LEASE_RENEWALS, "result" => if renewed { "renewed" } else { "lost" }).increment(1);
+        if !renewed {
+            tracing::warn!(
+                key,
+                lease_ms = lease.as_millis() as u64,
+                "lease renewal failed: another worker may take this action over (safe)"
+            );
+            return std::future::pending().await;
+        }
+        tracing::debug!(key, "lease renewed");
     }
 }
 

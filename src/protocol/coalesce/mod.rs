@@ -1,4 +1,5 @@
-//! Coalesced wallet writes.
+//! Step 4: every credit applied exactly once, through coalesced wallet
+//! writes.
 //!
 //! When several in-flight actions of one process credit the same wallet,
 //! their credits are folded into ONE atomic write of that wallet: the new
@@ -9,7 +10,8 @@
 //! lead lock drains the queue and writes the batch for everyone ("flat
 //! combining"); the others find their answer when they get the lock.
 //!
-//! Exactly-once rests on the same facts as a lone write (see `apply`),
+//! Exactly-once rests on the same facts as a lone write (see
+//! [`Coalescer::apply`]),
 //! checked per request against the batch's basis state:
 //! - the request's marker is on the basis: applied, done;
 //! - else the request observed a state before its record existed, and the
@@ -41,19 +43,39 @@ use std::sync::{Arc, Mutex};
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use super::records::TxState;
-use super::wallet::{self, State, StateId};
+use super::records::{TxRecord, TxState};
+use super::wallet::{self, Stale, State, StateId};
 use super::{backoff, count_retry, read_tx, ProtocolError, Result};
+use crate::domain::{Credit, MarkerName};
 use crate::ops::names::{self as m, result_label};
 use crate::store::Store;
 pub use slot::LINEAGE_MAX;
-use slot::{answer, enqueue, fail_all, locked, Known, Lineage, Pending, Slot, KNOWN_FRESH};
-pub(crate) use slot::{CreditRequest, Credited};
-use turns::Turns;
-pub(crate) use turns::WriteRules;
+use slot::{answer, enqueue, fail_all, locked, Lineage, Pending, Slot, Turns, Written, KNOWN_FRESH};
+pub(crate) use slot::{CreditRequest, Credited, WriteRules};
 
 mod slot;
-mod turns;
+
+/// What step 4 did for one action.
+pub(crate) struct Application {
+    /// How it ended.
+    pub applied: Applied,
+    /// Old markers of other actions seen on the wallets.
+    pub stale: Vec<Stale>,
+    /// Credits this process's own writes applied (not those found applied).
+    pub written_credits: usize,
+    /// Their units.
+    pub written_units: u64,
+}
+
+/// How applying an action's credits ended.
+pub(crate) enum Applied {
+    /// Every credit carries this action's marker.
+    Done,
+    /// The record turned `completed`: another worker finished the action.
+    CompletedElsewhere,
+    /// A wallet is invalid; the action must wait.
+    Blocked(String),
+}
 
 /// Wallet slots kept before idle ones (and their cached states) are dropped.
 pub const SLOTS_MAX: usize = 8_192;
@@ -91,13 +113,99 @@ impl Coalescer {
         slot
     }
 
+    /// The wallets of `credits` as this process knows them, reading those it
+    /// does not: a state this process wrote itself moments ago stands for a read.
+    pub(crate) async fn observe(&self, store: &dyn Store, credits: &[Credit]) -> Result<Vec<State>> {
+        join_all(credits.iter().map(|c| async move {
+            match self.peek(&c.hash) {
+                Some(known) => Ok(known),
+                None => wallet::read(store, &c.hash).await,
+            }
+        }))
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    /// Step 4: applies every credit of a committed record exactly once, all
+    /// wallets in parallel, each through the process's coalescer (which folds
+    /// credits of concurrent actions to one wallet into one write).
+    ///
+    /// `observed` are wallet states observed before this worker's own insert
+    /// of the record: nothing can have been applied before the record existed,
+    /// so a write under such a state (or one this process derived from it by
+    /// its own writes alone) needs no further proof. Without one, a write needs
+    /// a read of the record after the wallet state was observed: a marker is
+    /// pruned only after the record is completed, so "no marker" seen before
+    /// "still committed" means not applied.
+    pub(crate) async fn apply(
+        &self,
+        store: &dyn Store,
+        id: &str,
+        tx: &TxRecord,
+        observed: Option<Vec<State>>,
+        rules: WriteRules<'_>,
+    ) -> Result<Application> {
+        let marker = MarkerName::of_action(id);
+        let mut observed = observed.map(Vec::into_iter);
+        let requests: Vec<CreditRequest> = tx
+            .credits
+            .iter()
+            .map(|credit| CreditRequest {
+                action: id.to_string(),
+                marker: marker.clone(),
+                hash: credit.hash.clone(),
+                units: credit.units,
+                seen: observed.as_mut().and_then(Iterator::next),
+            })
+            .collect();
+        let answers = join_all(requests.into_iter().map(|r| self.credit(store, r, rules))).await;
+        let (mut applied, mut stale, mut failure) = (Applied::Done, Vec::new(), None);
+        let (mut written_credits, mut written_units) = (0, 0u64);
+        for (credit, answer) in tx.credits.iter().zip(answers) {
+            match answer {
+                Ok(Credited::Done { stale: s, written }) => {
+                    stale.extend(s);
+                    if written {
+                        written_credits += 1;
+                        written_units = written_units.saturating_add(credit.units.get());
+                    }
+                }
+                Ok(Credited::CompletedElsewhere) => {
+                    if matches!(applied, Applied::Done) {
+                        applied = Applied::CompletedElsewhere;
+                    }
+                }
+                Ok(Credited::Blocked(reason)) => {
+                    if !matches!(applied, Applied::Blocked(_)) {
+                        applied = Applied::Blocked(reason);
+                    }
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        // A blocked wallet is reported even if another write failed: the action
+        // cannot finish either way, and "blocked" says what to fix.
+        let applied = match (applied, failure) {
+            (blocked @ Applied::Blocked(_), _) => blocked,
+            (_, Some(e)) => return Err(e),
+            (applied, None) => applied,
+        };
+        Ok(Application {
+            applied,
+            stale,
+            written_credits,
+            written_units,
+        })
+    }
+
     /// What it holds: wallet slots (at most [`SLOTS_MAX`] beyond those in
     /// use), and the states remembered in their lineages.
     pub fn footprint(&self) -> (usize, usize) {
         let slots = locked(&self.slots);
         let states = slots
             .values()
-            .map(|s| locked(&s.known).as_ref().map_or(0, |k| k.lineage.len()))
+            .map(|s| locked(&s.written).as_ref().map_or(0, |k| k.lineage.len()))
             .sum();
         (slots.len(), states)
     }
@@ -105,7 +213,7 @@ impl Coalescer {
     /// A state of `hash` this process wrote moments ago, if it has one.
     pub(crate) fn peek(&self, hash: &str) -> Option<State> {
         let slot = locked(&self.slots).get(hash).cloned()?;
-        let known = locked(&slot.known);
+        let known = locked(&slot.written);
         known
             .as_ref()
             .filter(|k| k.at.elapsed() < KNOWN_FRESH)
@@ -168,7 +276,7 @@ impl IdleLeads {
         if let (Some((slot, _)), Some(StateId::Cas(cas))) = (self.held.get(i), state.id()) {
             let mut lineage = Lineage::root(basis.id());
             lineage.push(StateId::Cas(cas));
-            *locked(&slot.known) = Some(Known {
+            *locked(&slot.written) = Some(Written {
                 state,
                 lineage,
                 at: tokio::time::Instant::now(),
@@ -179,7 +287,7 @@ impl IdleLeads {
     /// The `i`th wallet's state is unknown now (a write failed or is ambiguous).
     pub(crate) fn forget(&self, i: usize) {
         if let Some((slot, _)) = self.held.get(i) {
-            *locked(&slot.known) = None;
+            *locked(&slot.written) = None;
         }
     }
 }
@@ -212,7 +320,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
             },
         };
         if let State::Invalid { reason, .. } = &basis {
-            *locked(&slot.known) = None;
+            *locked(&slot.written) = None;
             for p in batch {
                 answer(p, Ok(Credited::Blocked(reason.clone())));
             }
@@ -234,7 +342,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
             Ok(()) => return,
             Err(retry) => retry,
         };
-        *locked(&slot.known) = None;
+        *locked(&slot.written) = None;
         count_retry(result_label(Some(&error)));
         round += 1;
         if round >= rules.apply_rounds_max {
@@ -318,7 +426,7 @@ fn choose_basis(slot: &Slot, batch: &[Pending]) -> Option<(State, Lineage)> {
         .filter_map(|p| p.request.seen.as_ref())
         .filter_map(|s| rank(s).map(|r| (r, s)))
         .max_by_key(|(r, _)| *r);
-    let known = locked(&slot.known).clone();
+    let known = locked(&slot.written).clone();
     match (known, observed) {
         (Some(k), Some((r, s))) if rank(&k.state).is_some_and(|kr| r > kr) => Some((s.clone(), Lineage::root(s.id()))),
         (Some(k), _) => Some((k.state, k.lineage)),

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::records::{TxRecord, TxState};
 use super::*;
-use crate::domain::keys::{balance_key, MARKERS_XATTR};
+use crate::domain::keys::{balance_key, tx_key, MARKERS_XATTR};
 use crate::store::faulty::{Fault, FaultyStore, OpKind};
 use crate::store::hooked::{Hook, Hooked};
 use crate::store::memory::{Clock, MemoryStore};
@@ -15,6 +15,7 @@ mod failed;
 mod grouped;
 mod hot;
 mod since;
+mod steps;
 
 const BODY: &str = r#"{"beneficiaries":[{"a":"1.5"},{"b":0.29},{"c":"0.00000001"}]}"#;
 const SPLIT: &str = r#"{"reward":"1","beneficiaries":{"a":33.33333333,"b":33.33333333,"c":33.33333334}}"#;

@@ -4,7 +4,7 @@
 //! lookup; every write of a wallet is a [`Write`] built on one state: the
 //! new balance and its marker changes in ONE sub-document mutation,
 //! conditional on that state's CAS (or an insert, on no document). The
-//! credit path (the write group, `grouped.rs`), the coalescer and
+//! credit path (the write group, `steps.rs`), the coalescer and
 //! `adjust` all build their writes here; pruning a single marker
 //! ([`remove_marker`]) is here too. Two invariants are asserted where a
 //! write is built, for every caller:
