@@ -1,20 +1,33 @@
 //! What a benchmarked worker did to its store: operations by cost, round
 //! trips, claims and discovery reads.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::domain::keys::MEMBERS_KEY;
-use crate::store::hooked::{Fault, Hook, InFlight, OpKind};
-use crate::store::StoreError;
+use crate::store::hooked::{Fault, Hook, OpKind};
+use crate::store::{StoreError, WriteGroup};
 use crate::worker::{Latencies, RunStats};
 
 /// Counts store operations by what they cost: reads, writes, conflicts,
 /// and the wallet writes among the writes; the membership's heartbeat
-/// apart. With a latency, every call waits that long first, as a call to a
-/// server does.
+/// apart. With a latency, every call waits that long first (a write
+/// group, that long per stage), as a call to a server over a network does
+/// (`bench --store-latency-ms`).
+///
+/// Round trips are counted per task, and the worker runs each action in a
+/// task of its own: a call on an action's path (not discovery's listing,
+/// not the heartbeat) that starts while none of its task's calls is in
+/// flight begins a new round trip. Every call yields (or waits out the
+/// latency) after it is counted and before it goes to the store, as a call
+/// to a server never answers on its first poll: calls an action starts
+/// together (its wallet reads) are then all in flight before any of them
+/// ends, however fast the store, and what is counted does not depend on
+/// the machine's speed.
 #[derive(Default)]
 pub struct OpCounter {
     reads: AtomicU64,
@@ -24,6 +37,9 @@ pub struct OpCounter {
     round_trips: AtomicU64,
     membership: AtomicU64,
     latency: Duration,
+    /// Calls in flight, by task: at most one entry per task with a call in
+    /// flight (an entry goes when its count returns to zero).
+    in_flight: Mutex<HashMap<tokio::task::Id, u32>>,
 }
 
 impl OpCounter {
@@ -36,25 +52,39 @@ impl OpCounter {
     }
 }
 
-#[async_trait::async_trait]
-impl Hook for OpCounter {
-    async fn before(&self, _kind: OpKind, _key: &str) -> Fault {
-        if InFlight::begin() {
+impl OpCounter {
+    /// Whether a call is on an action's path: not a listing (discovery)
+    /// and not the membership's heartbeat.
+    fn on_path(kind: OpKind, key: &str) -> bool {
+        key != MEMBERS_KEY && !matches!(kind, OpKind::ListKeys | OpKind::CountKeys)
+    }
+
+    /// A call of this task starts; counts a round trip when none was in
+    /// flight. Outside a task: nothing.
+    fn begin(&self) {
+        let Some(task) = tokio::task::try_id() else { return };
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = in_flight.entry(task).or_insert(0);
+        if *n == 0 {
             self.round_trips.fetch_add(1, Ordering::Relaxed);
         }
-        Fault::Pass
+        *n += 1;
     }
-    fn watches_only(&self) -> bool {
-        true
+
+    /// A call of this task ended.
+    fn end(&self) {
+        let Some(task) = tokio::task::try_id() else { return };
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&task) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                in_flight.remove(&task);
+            }
+        }
     }
-    fn counts_round_trips(&self) -> bool {
-        true
-    }
-    fn latency(&self) -> Duration {
-        self.latency
-    }
-    fn after(&self, kind: OpKind, key: &str, error: Option<&StoreError>) {
-        InFlight::end();
+
+    /// Counts one operation that ran.
+    fn count(&self, kind: OpKind, key: &str, error: Option<&StoreError>) {
         if key == MEMBERS_KEY {
             // The heartbeat's: a few per interval, whatever the actions.
             self.membership.fetch_add(1, Ordering::Relaxed);
@@ -71,6 +101,45 @@ impl Hook for OpCounter {
         ) {
             self.conflicts.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The wait of one call (or one stage), or a yield without a latency.
+    async fn wait(&self, stages: u32) {
+        match self.latency.is_zero() {
+            true => tokio::task::yield_now().await,
+            false => tokio::time::sleep(self.latency.saturating_mul(stages)).await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Hook for OpCounter {
+    async fn before(&self, kind: OpKind, key: &str) -> Fault {
+        if Self::on_path(kind, key) {
+            self.begin();
+        }
+        self.wait(1).await;
+        Fault::Pass
+    }
+    fn watches_only(&self) -> bool {
+        true
+    }
+    async fn before_group(&self, group: &WriteGroup) {
+        self.wait(u32::try_from(group.len()).unwrap_or(u32::MAX)).await;
+    }
+    fn after(&self, kind: OpKind, key: &str, error: Option<&StoreError>) {
+        if Self::on_path(kind, key) {
+            self.end();
+        }
+        self.count(kind, key, error);
+    }
+    fn after_stage(&self, ran: &[(OpKind, &str, Option<&StoreError>)]) {
+        // One round trip per stage, as Couchbase runs a group.
+        self.begin();
+        for (kind, key, error) in ran {
+            self.count(*kind, key, *error);
+        }
+        self.end();
     }
 }
 
@@ -159,7 +228,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::hooked::{Hooked, IN_FLIGHT};
+    use crate::store::hooked::Hooked;
     use crate::store::memory::MemoryStore;
     use crate::store::{Bucket, Store};
 
@@ -167,25 +236,30 @@ mod tests {
         ProcessReport::new(&RunStats::default(), &store.hook).round_trips
     }
 
-    /// The memory store answers on the first poll: without `as_if_remote`
-    /// the first of two joined reads would end before the second began,
-    /// and they would count as two round trips.
+    /// The memory store answers on the first poll: without the yield in
+    /// `before` the first of two joined reads would end before the second
+    /// began, and they would count as two round trips.
     #[tokio::test]
     async fn calls_started_together_are_one_round_trip_however_fast_the_store() {
-        let store = Hooked::new(Arc::new(MemoryStore::new()), OpCounter::default());
-        IN_FLIGHT
-            .scope(Default::default(), async {
-                let (a, b) = tokio::join!(
-                    store.get(Bucket::Ledger, "balance:a"),
-                    store.get(Bucket::Ledger, "balance:b")
-                );
-                assert!(matches!((a, b), (Err(StoreError::NotFound), Err(StoreError::NotFound))));
-                assert_eq!(trips(&store), 1, "joined calls");
-                let _ = store.get(Bucket::Ledger, "balance:a").await;
-                let _ = store.get(Bucket::Ledger, "balance:b").await;
-                assert_eq!(trips(&store), 3, "one after the other");
-            })
-            .await;
+        let store = Arc::new(Hooked::new(Arc::new(MemoryStore::new()), OpCounter::default()));
+        let action = store.clone();
+        tokio::spawn(async move {
+            let (a, b) = tokio::join!(
+                action.get(Bucket::Ledger, "balance:a"),
+                action.get(Bucket::Ledger, "balance:b")
+            );
+            assert!(matches!((a, b), (Err(StoreError::NotFound), Err(StoreError::NotFound))));
+            assert_eq!(trips(&action), 1, "joined calls");
+            let _ = action.get(Bucket::Ledger, "balance:a").await;
+            let _ = action.get(Bucket::Ledger, "balance:b").await;
+            assert_eq!(trips(&action), 3, "one after the other");
+        })
+        .await
+        .expect("the action's task");
+        assert!(
+            store.hook.in_flight.lock().expect("lock").is_empty(),
+            "nothing left in flight"
+        );
     }
 
     #[tokio::test(start_paused = true)]

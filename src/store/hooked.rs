@@ -120,64 +120,16 @@ pub trait Hook: Send + Sync {
     fn watches_only(&self) -> bool {
         false
     }
-    /// True for a hook that measures round trips ([`InFlight`]): each
-    /// call then runs [`as_if_remote`], so that what it counts does not
-    /// depend on how fast the store answers.
-    fn counts_round_trips(&self) -> bool {
-        false
-    }
-    /// How long every call waits before it goes to the inner store (a
-    /// write group: this long per stage), as a call to a server over a
-    /// network does: `bench --store-latency-ms`.
-    fn latency(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-
-/// Runs a store call so that it never completes on its first poll, as a
-/// call to a server never does. A local store can answer before the task
-/// polls the call's siblings: calls an action starts together (its wallet
-/// reads) would then look sequential, and the round trips counted would
-/// depend on the machine's speed. With this, calls started together are
-/// all in flight before any of them ends, however fast the answer.
-pub async fn as_if_remote<F: std::future::Future>(call: F) -> F::Output {
-    let mut call = std::pin::pin!(call);
-    match futures::poll!(call.as_mut()) {
-        std::task::Poll::Ready(out) => {
-            tokio::task::yield_now().await;
-            out
+    /// Before a write group goes whole to the inner store (a hook that
+    /// [watches only](Hook::watches_only)): a hook may wait here, as a
+    /// server's answer would take time.
+    async fn before_group(&self, _group: &WriteGroup) {}
+    /// After a stage of such a group ran: each write that ran, with the
+    /// error reported for it, if any. By default, [`Hook::after`] for each.
+    fn after_stage(&self, ran: &[(OpKind, &str, Option<&StoreError>)]) {
+        for (kind, key, error) in ran {
+            self.after(*kind, key, *error);
         }
-        std::task::Poll::Pending => call.await,
-    }
-}
-
-tokio::task_local! {
-    /// Store calls in flight for the action this task works on (the worker
-    /// sets it for each action): a call that starts while none is in
-    /// flight begins a new round trip (see [`InFlight::begin`]).
-    pub static IN_FLIGHT: InFlight;
-}
-
-/// Store calls in flight for one action.
-#[derive(Debug, Default)]
-pub struct InFlight(std::cell::Cell<u32>);
-
-impl InFlight {
-    /// A call starts; true when it begins a new round trip (none was in
-    /// flight). Outside an action's task: false.
-    pub fn begin() -> bool {
-        IN_FLIGHT
-            .try_with(|n| {
-                let before = n.0.get();
-                n.0.set(before.saturating_add(1));
-                before == 0
-            })
-            .unwrap_or(false)
-    }
-
-    /// A call ended.
-    pub fn end() {
-        let _ = IN_FLIGHT.try_with(|n| n.0.set(n.0.get().saturating_sub(1)));
     }
 }
 
@@ -208,11 +160,6 @@ impl<H: Hook> Hooked<H> {
 macro_rules! hooked {
     ($self:ident, $kind:expr, $key:expr, $call:expr) => {{
         let result = match $self.hook.before($kind, $key).await {
-            Fault::Pass if !$self.hook.latency().is_zero() => {
-                tokio::time::sleep($self.hook.latency()).await;
-                $call.await
-            }
-            Fault::Pass if $self.hook.counts_round_trips() => as_if_remote($call).await,
             Fault::Pass => $call.await,
             Fault::FailBefore(e) => Err(e),
             Fault::FailAfter(e) => {
@@ -292,23 +239,16 @@ impl<H: Hook> Store for Hooked<H> {
         if !self.hook.watches_only() {
             return super::write_in_stages(self, group).await;
         }
-        let latency = self.hook.latency();
-        if !latency.is_zero() {
-            let stages = u32::try_from(group.len()).unwrap_or(u32::MAX);
-            tokio::time::sleep(latency.saturating_mul(stages)).await;
-        }
+        self.hook.before_group(group).await;
         let results = self.inner.write_group(group).await;
         for (stage, done) in group.iter().zip(&results) {
-            let ran: Vec<(&GroupWrite, &StoreResult<Cas>)> = stage
+            let ran: Vec<(OpKind, &str, Option<&StoreError>)> = stage
                 .iter()
                 .zip(done)
-                .filter_map(|(w, r)| r.as_ref().map(|r| (w, r)))
+                .filter_map(|(w, r)| r.as_ref().map(|r| (group_kind(w), w.key(), r.as_ref().err())))
                 .collect();
-            for (write, _) in &ran {
-                let _ = self.hook.before(group_kind(write), write.key()).await;
-            }
-            for (write, result) in &ran {
-                self.hook.after(group_kind(write), write.key(), result.as_ref().err());
+            if !ran.is_empty() {
+                self.hook.after_stage(&ran);
             }
         }
         results

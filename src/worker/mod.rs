@@ -230,9 +230,7 @@ impl Loop {
             self.tasks.spawn(async move {
                 let _permit = permit;
                 let started = Instant::now();
-                let result = crate::store::hooked::IN_FLIGHT
-                    .scope(Default::default(), process_attempt(store.as_ref(), &id, &opts, attempt))
-                    .await;
+                let result = process_attempt(store.as_ref(), &id, &opts, attempt).await;
                 (id, result, started.elapsed(), attempt)
             });
         }

@@ -102,7 +102,7 @@ async fn the_group_is_taken_only_while_no_other_credit_to_its_wallets_is_on_its_
 
 /// Notes, when the record's completion reaches the hook, whether the
 /// action is already gone: a group is shown to a watching hook only after
-/// the store ran all of it, single writes before they run.
+/// the store ran all of it, a single write as soon as it ran.
 struct CompletionSeesRemoval {
     store: MemoryStore,
     id: String,
@@ -111,12 +111,11 @@ struct CompletionSeesRemoval {
 
 #[async_trait::async_trait]
 impl Hook for CompletionSeesRemoval {
-    async fn before(&self, kind: OpKind, key: &str) -> Fault {
+    fn after(&self, kind: OpKind, key: &str, _error: Option<&StoreError>) {
         if kind == OpKind::Replace && key == tx_key(&self.id) {
             let gone = self.store.peek(Bucket::Queue, &action_key(&self.id)).is_none();
             *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(gone);
         }
-        Fault::Pass
     }
     fn watches_only(&self) -> bool {
         true
