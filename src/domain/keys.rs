@@ -107,6 +107,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Whether a ledger record's body names wallet `hash`: a `tx:` whose
+/// `credits` hold it, an `adj:` of it.
+pub fn record_names(key: &str, body: &[u8], hash: &str) -> bool {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    if key.starts_with(TX_PREFIX) {
+        doc.get("credits")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|credits| {
+                credits
+                    .iter()
+                    .any(|c| c.get("hash").and_then(serde_json::Value::as_str) == Some(hash))
+            })
+    } else {
+        doc.get("hash").and_then(serde_json::Value::as_str) == Some(hash)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

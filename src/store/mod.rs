@@ -33,63 +33,20 @@ pub mod limits;
 pub mod memory;
 mod model;
 pub mod open;
+mod pages;
 pub mod sqlite;
 mod types;
 
 pub use fault::{FaultKind, StoreFault};
 pub use group::{GroupCas, GroupResults, GroupWrite, WriteGroup};
 pub use open::{open, OpenError, OpenMode};
+pub use pages::KeyPages;
 pub use types::{
     Bucket, Cas, Census, Doc, DocPage, DocTimes, DocWithXattrs, StoreError, StoreResult, WriteMode, LOCKED_CAS,
 };
 
 /// Keys read per page by [`KeyPages`] unless told otherwise.
 pub const KEY_PAGE: usize = 500;
-
-/// Pages through the keys under a prefix, in key order: each page starts
-/// after the last key of the one before, so keys added or removed meanwhile
-/// never make it repeat or skip one that stays.
-pub struct KeyPages<'a, S: Store + ?Sized> {
-    store: &'a S,
-    bucket: Bucket,
-    prefix: &'a str,
-    after: Option<String>,
-    page: usize,
-    done: bool,
-}
-
-impl<'a, S: Store + ?Sized> KeyPages<'a, S> {
-    /// Pages of [`KEY_PAGE`] keys under `prefix`.
-    pub fn new(store: &'a S, bucket: Bucket, prefix: &'a str) -> Self {
-        Self::sized(store, bucket, prefix, KEY_PAGE)
-    }
-
-    /// Pages of `page` keys under `prefix`.
-    pub fn sized(store: &'a S, bucket: Bucket, prefix: &'a str, page: usize) -> Self {
-        Self {
-            store,
-            bucket,
-            prefix,
-            after: None,
-            page: page.max(1),
-            done: false,
-        }
-    }
-
-    /// The next page, or `None` after the last.
-    pub async fn next_page(&mut self) -> StoreResult<Option<Vec<String>>> {
-        if self.done {
-            return Ok(None);
-        }
-        let page = self
-            .store
-            .list_keys(self.bucket, self.prefix, self.after.as_deref(), self.page)
-            .await?;
-        self.done = page.len() < self.page;
-        self.after = page.last().cloned();
-        Ok(if page.is_empty() { None } else { Some(page) })
-    }
-}
 
 /// The single-document operations ledgerd needs from a store.
 #[async_trait]
@@ -379,23 +336,7 @@ pub async fn list_shard_keys_by_scan<S: Store + ?Sized>(
     after: Option<&str>,
     limit: usize,
 ) -> StoreResult<Vec<String>> {
-    let mut found = Vec::new();
-    let mut cursor = after.map(str::to_string);
-    while found.len() < limit {
-        let page = store.list_keys(bucket, prefix, cursor.as_deref(), KEY_PAGE).await?;
-        let last_page = page.len() < KEY_PAGE;
-        cursor = page.last().cloned();
-        let wanted = limit - found.len();
-        found.extend(
-            page.into_iter()
-                .filter(|k| crate::domain::shard::shard_of(k) == shard)
-                .take(wanted),
-        );
-        if last_page {
-            break;
-        }
-    }
-    Ok(found)
+    list_shards_by_scan(store, bucket, prefix, shard..shard + 1, after, limit).await
 }
 
 /// [`Store::list_shard_range`] by listing every key under `prefix` and
@@ -407,37 +348,35 @@ pub async fn list_shard_range_by_scan<S: Store + ?Sized>(
     shards: std::ops::Range<u32>,
     limit: usize,
 ) -> StoreResult<Vec<String>> {
+    list_shards_by_scan(store, bucket, prefix, shards, None, limit).await
+}
+
+/// Up to `limit` keys under `prefix` after `after` whose shard is in `shards`.
+async fn list_shards_by_scan<S: Store + ?Sized>(
+    store: &S,
+    bucket: Bucket,
+    prefix: &str,
+    shards: std::ops::Range<u32>,
+    after: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<String>> {
     let mut found = Vec::new();
-    let mut pages = KeyPages::new(store, bucket, prefix);
+    let mut cursor = after.map(str::to_string);
     while found.len() < limit {
-        let Some(page) = pages.next_page().await? else {
-            break;
-        };
+        let page = store.list_keys(bucket, prefix, cursor.as_deref(), KEY_PAGE).await?;
+        let last_page = page.len() < KEY_PAGE;
+        cursor = page.last().cloned();
         let wanted = limit - found.len();
         found.extend(
             page.into_iter()
                 .filter(|k| shards.contains(&crate::domain::shard::shard_of(k)))
                 .take(wanted),
         );
+        if last_page {
+            break;
+        }
     }
     Ok(found)
-}
-
-/// Whether a ledger record's body names wallet `hash`: a `tx:` whose
-/// `credits` hold it, an `adj:` of it.
-fn record_names(key: &str, body: &[u8], hash: &str) -> bool {
-    let Ok(doc) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
-    if key.starts_with(crate::domain::keys::TX_PREFIX) {
-        doc.get("credits").and_then(Value::as_array).is_some_and(|credits| {
-            credits
-                .iter()
-                .any(|c| c.get("hash").and_then(Value::as_str) == Some(hash))
-        })
-    } else {
-        doc.get("hash").and_then(Value::as_str) == Some(hash)
-    }
 }
 
 /// [`Store::wallet_records`] by reading every `adj:` and `tx:` record.
@@ -463,7 +402,7 @@ pub async fn wallet_records_by_scan<S: Store + ?Sized>(
             cursor = page.last().cloned();
             for key in page {
                 match store.get(Bucket::Ledger, &key).await {
-                    Ok(doc) if record_names(&key, &doc.body, hash) => {
+                    Ok(doc) if crate::domain::keys::record_names(&key, &doc.body, hash) => {
                         found.push(key);
                         if found.len() >= limit {
                             return Ok(found);

@@ -37,7 +37,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_opening, read_wallet, release, WalletView, LOCK, OPENING_KEY, PENDING_MAX, UNLOCKED_ROUNDS};
+use super::cut::release;
+use super::{read_opening, read_wallet, WalletView, LOCK, OPENING_KEY, PENDING_MAX, UNLOCKED_ROUNDS};
 use crate::domain::keys::{balance_key, ADJ_PREFIX, TX_PREFIX};
 use crate::domain::MarkerName;
 use crate::protocol::records::{AdjRecord, AdjState, TxRecord, TxState};

@@ -1,7 +1,10 @@
 //! Queued actions by shard (see [`crate::domain::shard`]): the expression
 //! index a replica's discovery reads its own shards through, written with
 //! SQLite's built-in functions only, so that every connection (another
-//! process, the `sqlite3` shell) can maintain it.
+//! process, the `sqlite3` shell) can maintain it; and the key-range
+//! listings every prefix is read through.
+
+use crate::store::{StoreError, StoreResult};
 
 /// A queued action's shard (see [`crate::domain::shard`]) as SQLite
 /// computes it: `instr` gives a character's 1-based place in the alphabet
@@ -78,6 +81,43 @@ pub(super) fn list_shard_sql() -> String {
         "SELECT key FROM docs WHERE bucket = ?1 AND key >= ?3 AND key < 'action;' AND {} = ?2 AND key <> ?4 ORDER BY key LIMIT ?5",
         shard_sql()
     )
+}
+
+/// The key range `[prefix, upper)` of an ASCII prefix.
+pub(super) fn prefix_range(prefix: &str) -> StoreResult<(String, String)> {
+    if !prefix.is_ascii() {
+        return Err(StoreError::Permanent(format!("key prefix {prefix:?} is not ASCII")));
+    }
+    let mut upper = prefix.as_bytes().to_vec();
+    match upper.last_mut() {
+        Some(b) if *b < 0x7f => *b += 1,
+        // An empty prefix (or one ending in DEL) has no ASCII successor: use
+        // a bound above every valid UTF-8 key.
+        _ => return Ok((prefix.to_string(), format!("{prefix}\u{10FFFF}"))),
+    }
+    let upper = String::from_utf8(upper).map_err(|e| StoreError::Permanent(e.to_string()))?;
+    Ok((prefix.to_string(), upper))
+}
+
+/// Keys under a prefix from a seek point (see [`seek_from`]).
+pub(super) const LIST_KEYS_SQL: &str =
+    "SELECT key FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3 AND key <> ?4 ORDER BY key LIMIT ?5";
+/// Documents under a prefix from a seek point (see [`seek_from`]).
+pub(super) const READ_DOCS_SQL: &str =
+    "SELECT key, body FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3 AND key <> ?4 ORDER BY key LIMIT ?5";
+
+/// Where a listing of the keys from `lower` after `after` starts: keys
+/// `>= from` and `<> skip`. One lower bound, not two: SQLite seeks the
+/// primary key from only one of two lower bounds on a column and filters
+/// with the other, so `key >= prefix AND key > after` walks every key of
+/// the prefix before the cursor, on every page: a listing of n keys would
+/// cost n^2 / page rows (at 2M ledger records, about 1,800 passes over the
+/// file). `skip` is the cursor itself (or the empty string, never a key).
+pub(super) fn seek_from(lower: &str, after: Option<&str>) -> (String, String) {
+    match after {
+        Some(after) if after >= lower => (after.to_string(), after.to_string()),
+        _ => (lower.to_string(), String::new()),
+    }
 }
 
 #[cfg(test)]
