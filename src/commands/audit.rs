@@ -59,11 +59,11 @@ impl Tally {
                 "opening {} + credits {} + adjustments {}",
                 explained.opening, explained.credits, explained.adjustments
             );
-            let line = match &view.balance {
+            let line = match view.found() {
                 Some(Ok(units)) => {
                     self.wallets += 1;
-                    self.total_balances += u128::from(*units);
-                    if i128::from(*units) == expected {
+                    self.total_balances += u128::from(units);
+                    if i128::from(units) == expected {
                         continue;
                     }
                     format!("MISMATCH {hash}: balance {units} units, expected {expected} ({sources})")
@@ -248,7 +248,7 @@ pub async fn snapshot(store: &dyn Store, wallets_per_pass: usize, mut out: impl 
             bail!("wallet {hash} changed during every reading, even locked: take the snapshot again");
         }
         for (hash, (view, explained)) in cut.wallets {
-            let balance = match view.balance {
+            let balance = match view.found() {
                 None => continue,
                 Some(Ok(units)) => units,
                 Some(Err(e)) => {

@@ -35,7 +35,7 @@ pub mod since;
 
 pub use cut::{cut, cut_in_passes, cut_range, Cut, WALLETS_PER_PASS};
 
-pub use super::wallet::view::{read_wallet, WalletView};
+use super::wallet::State;
 
 /// Most records not final that a checkpoint (`since.rs`) lists (about 60
 /// bytes each: 6 MiB): records in flight, a few per worker. A ledger with
@@ -140,9 +140,9 @@ impl Scan {
     /// What the ledger explains for `hash` in the state `view`: the state
     /// this scan was given for it, which must not have changed while the
     /// scan was taken (see the module doc).
-    pub fn explained(&self, hash: &str, view: &WalletView) -> Explained {
+    pub fn explained(&self, hash: &str, view: &State) -> Explained {
         let marked: u128 = view
-            .markers
+            .markers()
             .iter()
             .filter_map(|(_, marker)| match marker {
                 Marker::Credit { units: Some(units), .. } => Some(u128::from(units.get())),
@@ -152,7 +152,7 @@ impl Scan {
         let adjustments = self
             .adjustments_of(hash)
             .iter()
-            .filter(|a| a.state == AdjState::Applied || view.has(&MarkerName::of_adjustment(&a.id)))
+            .filter(|a| a.state == AdjState::Applied || view.has_marker(&MarkerName::of_adjustment(&a.id)))
             .map(AdjRecord::delta)
             .sum();
         Explained {
@@ -163,13 +163,7 @@ impl Scan {
     }
 
     /// Adds one transaction record's credits to the wallets of `range`.
-    fn add_tx(
-        &mut self,
-        key: &str,
-        body: &[u8],
-        range: &HashRange,
-        views: &BTreeMap<String, WalletView>,
-    ) -> Result<()> {
+    fn add_tx(&mut self, key: &str, body: &[u8], range: &HashRange, views: &BTreeMap<String, State>) -> Result<()> {
         let id = &key[TX_PREFIX.len()..];
         let tx = TxRecord::parse(id, body).map_err(|e| ProtocolError::CorruptRecord(format!("{key}: {e}")))?;
         self.records += 1;
@@ -183,7 +177,8 @@ impl Scan {
         for c in tx.credits.iter().filter(|c| range.contains(&c.hash)) {
             let marked = completed
                 && views.get(&c.hash).is_some_and(|v| {
-                    !v.markers.is_empty() && v.has(name.get_or_insert_with(|| MarkerName::of_action(&tx.action_id)))
+                    !v.markers().is_empty()
+                        && v.has_marker(name.get_or_insert_with(|| MarkerName::of_action(&tx.action_id)))
                 });
             let units = if completed && !marked {
                 u128::from(c.units.get())
@@ -219,7 +214,7 @@ impl Scan {
 /// of `range` only sums (memory bounded by the range, not by the ledger).
 /// A credit is summed against the wallet's state in `views` (none: no
 /// marker), which the caller keeps for [`Scan::explained`].
-pub async fn scan(store: &dyn Store, range: &HashRange, views: &BTreeMap<String, WalletView>) -> Result<Scan> {
+pub async fn scan(store: &dyn Store, range: &HashRange, views: &BTreeMap<String, State>) -> Result<Scan> {
     let mut scan = Scan {
         opening: read_opening(store)
             .await?
@@ -236,7 +231,7 @@ pub async fn scan(store: &dyn Store, range: &HashRange, views: &BTreeMap<String,
 /// [`scan`] for one wallet, reading only its own records through the
 /// store's index by wallet ([`Store::wallet_records`]): what `adjust`
 /// needs, at the cost of the wallet's records, not the ledger's.
-pub async fn scan_wallet(store: &dyn Store, hash: &str, view: &WalletView) -> Result<Scan> {
+pub async fn scan_wallet(store: &dyn Store, hash: &str, view: &State) -> Result<Scan> {
     let range = HashRange {
         lo: hash.to_string(),
         hi: Some(format!("{hash}\0")),

@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use super::accounting::{self, WalletView};
+use super::accounting;
 use super::records::{now_ms, AdjRecord, AdjState};
-use super::wallet::Write;
+use super::wallet::{self, State, Write};
 use super::{ProtocolError, Result};
 use crate::domain::keys::{adj_key, balance_key};
 use crate::domain::time::rfc3339_from_unix_ms;
@@ -91,8 +91,8 @@ pub async fn adjust(store: &dyn Store, id: &str, hash: &str, change: Change, rea
             true => lock_wallet(store, hash).await?,
             false => None,
         };
-        let view = accounting::read_wallet(store, hash).await?;
-        if view.markers.contains(&marker) {
+        let view = wallet::read(store, hash).await?;
+        if view.has_marker(&marker) {
             // An earlier attempt's write landed (its answer was lost).
             return mark_applied(store, id).await.map(Adjusted::Applied);
         }
@@ -109,8 +109,8 @@ pub async fn adjust(store: &dyn Store, id: &str, hash: &str, change: Change, rea
         // `plan` keeps `after` within the supply.
         let after = Units::new(record.after).map_err(|e| ProtocolError::CorruptRecord(format!("adj:{id}: {e}")))?;
         let added = [(marker.clone(), Marker::adjustment(id, now_ms()))];
-        let mut write = Write::new(hash, &view.state(), after, &added, &[]);
-        if let (Some(_), Some(cas)) = (&view.balance, lock) {
+        let mut write = Write::new(hash, &view, after, &added, &[]);
+        if let (false, Some(cas)) = (matches!(view, State::Absent), lock) {
             write = write.under_lock(cas);
         }
         match write.send(store).await {
@@ -138,7 +138,7 @@ pub async fn adjust(store: &dyn Store, id: &str, hash: &str, change: Change, rea
 fn plan(
     id: &str,
     hash: &str,
-    view: &WalletView,
+    view: &State,
     explained: i128,
     change: Change,
     reason: &str,
@@ -152,12 +152,12 @@ fn plan(
                 "the ledger explains {explained} units for wallet {hash}, which no balance can be: audit the ledger"
             )
         })?;
-    let before = match &view.balance {
+    let before = match view.found() {
         None => Some(0),
-        Some(Ok(units)) => Some(*units),
+        Some(Ok(units)) => Some(units),
         Some(Err(_)) => None,
     };
-    if view.balance.is_none() && matches!(change, Change::By(_)) {
+    if matches!(view, State::Absent) && matches!(change, Change::By(_)) {
         // A mistyped hash must not create a wallet.
         return Err(format!(
             "wallet {hash} does not exist (a mistyped hash?): --by changes an existing balance; create a wallet with --to"

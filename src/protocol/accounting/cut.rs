@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{next_range, read_wallet, scan, wallet_hashes_in, Explained, HashRange, WalletView, LOCK, UNLOCKED_ROUNDS};
+use super::{next_range, scan, wallet_hashes_in, Explained, HashRange, LOCK, UNLOCKED_ROUNDS};
 use crate::domain::keys::balance_key;
+use crate::protocol::wallet::{self, State};
 use crate::protocol::{ProtocolError, Result};
 use crate::store::{Bucket, Cas, Store, StoreError, LOCKED_CAS, READ_DOCS_IN_FLIGHT};
 
@@ -14,7 +15,7 @@ use crate::store::{Bucket, Cas, Store, StoreError, LOCKED_CAS, READ_DOCS_IN_FLIG
 #[derive(Debug, Default)]
 pub struct Cut {
     /// By hash: the state, and what the ledger explains for it.
-    pub wallets: BTreeMap<String, (WalletView, Explained)>,
+    pub wallets: BTreeMap<String, (State, Explained)>,
     /// Wallets that changed in every attempt, even locked (their lock
     /// lapsed during a scan longer than it): not accounted.
     pub unsettled: BTreeSet<String>,
@@ -81,7 +82,7 @@ pub async fn cut_range(store: &dyn Store, range: &HashRange) -> Result<Cut> {
         let after = read_all(store, &pending).await?;
         for hash in std::mem::take(&mut pending) {
             match (before.remove(&hash), after.get(&hash)) {
-                (Some(b), Some(a)) if b.cas == a.cas && b.cas != LOCKED_CAS => {
+                (Some(b), Some(a)) if b.cas() == a.cas() && b.cas() != LOCKED_CAS => {
                     let explained = scan.explained(&hash, &b);
                     cut.wallets.insert(hash, (b, explained));
                 }
@@ -101,10 +102,10 @@ pub async fn cut_range(store: &dyn Store, range: &HashRange) -> Result<Cut> {
 
 /// Reads the wallets, with at most [`READ_DOCS_IN_FLIGHT`] reads in
 /// flight (on Couchbase, pipelined: never one round trip after another).
-async fn read_all(store: &dyn Store, hashes: &BTreeSet<String>) -> Result<BTreeMap<String, WalletView>> {
+async fn read_all(store: &dyn Store, hashes: &BTreeSet<String>) -> Result<BTreeMap<String, State>> {
     use futures::{StreamExt, TryStreamExt};
     futures::stream::iter(hashes)
-        .map(|hash| async move { read_wallet(store, hash).await.map(|view| (hash.clone(), view)) })
+        .map(|hash| async move { wallet::read(store, hash).await.map(|view| (hash.clone(), view)) })
         .buffered(READ_DOCS_IN_FLIGHT)
         .try_collect()
         .await
@@ -113,7 +114,7 @@ async fn read_all(store: &dyn Store, hashes: &BTreeSet<String>) -> Result<BTreeM
 /// The last round for wallets that kept changing: lock them, read them,
 /// scan, and keep those proven unchanged by their lock.
 async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pending: BTreeSet<String>) -> Result<()> {
-    let mut locked: Vec<(String, Option<Cas>, WalletView)> = Vec::new();
+    let mut locked: Vec<(String, Option<Cas>, State)> = Vec::new();
     for hash in pending {
         let lock = match store.get_and_lock(Bucket::Ledger, &balance_key(&hash), LOCK).await {
             Ok(doc) => Some(doc.cas),
@@ -128,10 +129,10 @@ async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pend
                 return Err(e.into());
             }
         };
-        let view = read_wallet(store, &hash).await?;
+        let view = wallet::read(store, &hash).await?;
         locked.push((hash, lock, view));
     }
-    let views: BTreeMap<String, WalletView> = locked.iter().map(|(h, _, v)| (h.clone(), v.clone())).collect();
+    let views: BTreeMap<String, State> = locked.iter().map(|(h, _, v)| (h.clone(), v.clone())).collect();
     let scan = scan(store, range, &views).await;
     let unchanged = release(store, &locked).await;
     let mut scan = scan?;
@@ -152,7 +153,7 @@ async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pend
 /// since it was locked: its lock was still held, or it lapsed and the CAS
 /// is still the lock's (a lapsed lock leaves the CAS as it was). An absent
 /// wallet is unchanged if it is still absent.
-pub(super) async fn release(store: &dyn Store, locked: &[(String, Option<Cas>, WalletView)]) -> Vec<bool> {
+pub(super) async fn release(store: &dyn Store, locked: &[(String, Option<Cas>, State)]) -> Vec<bool> {
     let mut unchanged = Vec::with_capacity(locked.len());
     for (hash, lock, _) in locked {
         let key = balance_key(hash);

@@ -38,10 +38,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::cut::release;
-use super::{read_opening, read_wallet, WalletView, LOCK, OPENING_KEY, PENDING_MAX, UNLOCKED_ROUNDS};
+use super::{read_opening, LOCK, OPENING_KEY, PENDING_MAX, UNLOCKED_ROUNDS};
 use crate::domain::keys::{balance_key, ADJ_PREFIX, TX_PREFIX};
 use crate::domain::MarkerName;
 use crate::protocol::records::{AdjRecord, AdjState, TxRecord, TxState};
+use crate::protocol::wallet::{self, State};
 use crate::protocol::{retry, ProtocolError, Result};
 use crate::store::{Bucket, Cas, Store, StoreError, KEY_PAGE, LOCKED_CAS, READ_DOCS_IN_FLIGHT};
 
@@ -194,11 +195,11 @@ impl Read {
 
     /// Whether the wallet state `view` holds it: final, or its marker is
     /// on the state (the rule of the module `accounting`).
-    fn in_state(&self, view: &WalletView) -> bool {
+    fn in_state(&self, view: &State) -> bool {
         self.is_final()
             || match &self.kind {
-                Kind::Tx(tx) => view.has(&MarkerName::of_action(&tx.action_id)),
-                Kind::Adj(adj) => view.has(&MarkerName::of_adjustment(&adj.id)),
+                Kind::Tx(tx) => view.has_marker(&MarkerName::of_action(&tx.action_id)),
+                Kind::Adj(adj) => view.has_marker(&MarkerName::of_adjustment(&adj.id)),
             }
     }
 }
@@ -206,7 +207,7 @@ impl Read {
 /// One wallet checked since the checkpoint.
 #[derive(Debug)]
 pub struct Checked {
-    /// The balance in the state it was checked in (see [`WalletView`]).
+    /// The balance in the state it was checked in (see [`State`]).
     pub balance: Option<std::result::Result<u64, String>>,
     /// What the ledger explains for that state.
     pub expected: i128,
@@ -367,7 +368,7 @@ async fn check_wallet(
     settled_through: Cas,
     floor: Cas,
 ) -> Result<Option<Checked>> {
-    let explain = |view: WalletView, records: &[Read]| {
+    let explain = |view: State, records: &[Read]| {
         let unsettled = records.iter().filter(|r| !(r.is_final() && r.cas <= settled_through));
         let expected = base
             + unsettled
@@ -386,17 +387,17 @@ async fn check_wallet(
             .map(|r| r.key.clone())
             .collect();
         Checked {
-            balance: view.balance,
+            balance: view.found(),
             expected,
             settled,
             pending,
         }
     };
     for _ in 0..UNLOCKED_ROUNDS {
-        let before = read_wallet(store, hash).await?;
+        let before = wallet::read(store, hash).await?;
         let records = read_records(store, keys).await?;
-        let after = read_wallet(store, hash).await?;
-        if before.cas == after.cas && before.cas != LOCKED_CAS {
+        let after = wallet::read(store, hash).await?;
+        if before.cas() == after.cas() && before.cas() != LOCKED_CAS {
             return Ok(Some(explain(before, &records)));
         }
     }
@@ -409,14 +410,10 @@ async fn check_wallet(
         Err(StoreError::Locked) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let view = read_wallet(store, hash).await;
+    let view = wallet::read(store, hash).await;
     let records = read_records(store, keys).await;
     // Released as the full audit releases its locks (the view is not used).
-    let held = WalletView {
-        balance: None,
-        markers: crate::domain::Markers::default(),
-        cas: LOCKED_CAS,
-    };
+    let held = State::Absent;
     let unchanged = release(store, &[(hash.to_string(), lock, held)]).await;
     let (view, records) = (view?, records?);
     Ok(unchanged

@@ -319,7 +319,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
                 },
             },
         };
-        if let State::Invalid { reason, .. } = &basis {
+        if let Some(reason) = basis.invalid(&hash) {
             *locked(&slot.written) = None;
             for p in batch {
                 answer(p, Ok(Credited::Blocked(reason.clone())));

@@ -103,8 +103,8 @@ async fn assert_explained(store: &dyn Store) {
     let cut = cut(store).await.expect("cut");
     assert!(cut.unsettled.is_empty(), "{:?}", cut.unsettled);
     for (hash, (view, explained)) in &cut.wallets {
-        let Some(Ok(balance)) = view.balance else {
-            panic!("{hash}: {:?}", view.balance)
+        let Some(Ok(balance)) = view.found() else {
+            panic!("{hash}: {:?}", view.found())
         };
         assert_eq!(i128::from(balance), explained.total(), "{hash}: {explained:?}");
         assert_eq!(explained.opening, 0, "{hash}");

@@ -26,7 +26,6 @@ use crate::store::{Bucket, Cas, Store, StoreError};
 pub(crate) use write::WHOLE_WRITE_CREDITS_MAX;
 pub(crate) use write::{plan, Write, WRITE_XATTR_SPECS_MAX};
 
-pub(crate) mod view;
 mod write;
 
 /// Leftover markers of other actions older than this are worth checking
@@ -35,9 +34,10 @@ const FOREIGN_MARKER_AGE_MS_MIN: u64 = 60_000;
 /// Most leftover markers one action checks for pruning.
 pub(crate) const FOREIGN_MARKERS_CHECKED_MAX: usize = 4;
 
-/// A wallet's state at one moment: its document, or the lack of one.
+/// A wallet's state at one moment: its document, or the lack of one. The
+/// one type for a wallet as read, by the credit path and by audits alike.
 #[derive(Debug, Clone)]
-pub(crate) enum State {
+pub enum State {
     /// No `balance:<hash>` document.
     Absent,
     /// A valid balance.
@@ -52,8 +52,10 @@ pub(crate) enum State {
     /// The document exists but is not a valid balance: credits wait until
     /// an operator repairs it (`adjust --to`, which keeps its markers).
     Invalid {
-        /// What is wrong with it, for the operator.
-        reason: String,
+        /// What is wrong with its balance.
+        error: String,
+        /// The start of the body as stored, for the operator.
+        shown: String,
         /// The CAS of this state.
         cas: Cas,
         /// Its markers.
@@ -123,8 +125,38 @@ impl State {
         }
     }
 
+    /// The balance as found: `None` without a document, `Err` when the
+    /// document is not a valid balance (what an audit reports).
+    pub fn found(&self) -> Option<std::result::Result<u64, String>> {
+        match self {
+            State::Absent => None,
+            State::Present { balance, .. } => Some(Ok(balance.get())),
+            State::Invalid { error, .. } => Some(Err(error.clone())),
+        }
+    }
+
+    /// The CAS of the read (0 without a document; `LOCKED_CAS` while locked).
+    pub fn cas(&self) -> Cas {
+        match self {
+            State::Absent => 0,
+            State::Present { cas, .. } | State::Invalid { cas, .. } => *cas,
+        }
+    }
+
+    /// Why no credit can be written on it (`hash`'s document is not a
+    /// valid balance), if that is so.
+    pub(crate) fn invalid(&self, hash: &str) -> Option<String> {
+        match self {
+            State::Invalid { error, shown, .. } => Some(format!(
+                "wallet {} is not a valid balance ({error}): {shown:?}",
+                balance_key(hash)
+            )),
+            _ => None,
+        }
+    }
+
     /// Its markers (none when absent).
-    pub(crate) fn markers(&self) -> Markers {
+    pub fn markers(&self) -> Markers {
         match self {
             State::Absent => Markers::default(),
             State::Present { markers, .. } | State::Invalid { markers, .. } => markers.clone(),
@@ -132,7 +164,7 @@ impl State {
     }
 
     /// Whether the marker `name` is on the wallet.
-    pub(crate) fn has_marker(&self, name: &MarkerName) -> bool {
+    pub fn has_marker(&self, name: &MarkerName) -> bool {
         self.markers().contains(name)
     }
 
@@ -150,7 +182,7 @@ impl State {
     pub(crate) fn precheck(&self, credit: &Credit, own: &MarkerName) -> Option<String> {
         match self {
             State::Absent => None,
-            State::Invalid { reason, .. } => Some(reason.clone()),
+            State::Invalid { .. } => self.invalid(&credit.hash),
             State::Present { markers, .. } if markers.contains(own) => None,
             State::Present { balance, .. } => balance
                 .checked_add(credit.units)
@@ -207,38 +239,26 @@ pub(crate) fn over_supply(hash: &str, units: Units) -> String {
     format!("wallet {hash:?}: crediting {units} would exceed the total supply")
 }
 
-/// One wallet's document as stored, body, markers and CAS in one atomic
-/// read: `None` when there is none. Both readings of a wallet
-/// ([`read`], and [`view::read_wallet`] for audits) start here.
-async fn fetch(store: &dyn Store, hash: &str) -> Result<Option<(Vec<u8>, Markers, Cas)>> {
+/// Reads one wallet: body, markers and CAS, in one atomic read. The
+/// credit path, `adjust` and audits all read a wallet here.
+pub async fn read(store: &dyn Store, hash: &str) -> Result<State> {
     let key = balance_key(hash);
-    match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
-        Ok(doc) => Ok(Some((
-            doc.body,
-            Markers::from_xattr(doc.xattrs.into_iter().next().flatten()),
-            doc.cas,
-        ))),
-        Err(StoreError::NotFound) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Reads one wallet: body, markers and CAS, in one atomic read.
-pub(crate) async fn read(store: &dyn Store, hash: &str) -> Result<State> {
-    let Some((body, markers, cas)) = fetch(store, hash).await? else {
-        return Ok(State::Absent);
+    let doc = match retry(|| store.get_with_xattrs(Bucket::Ledger, &key, &[MARKERS_XATTR])).await {
+        Ok(doc) => doc,
+        Err(StoreError::NotFound) => return Ok(State::Absent),
+        Err(e) => return Err(e.into()),
     };
-    match Units::parse_balance(&body) {
-        Ok(balance) => Ok(State::Present { balance, cas, markers }),
-        Err(e) => {
-            let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
-            Ok(State::Invalid {
-                reason: format!("wallet {} is not a valid balance ({e}): {shown:?}", balance_key(hash)),
-                cas,
-                markers,
-            })
-        }
-    }
+    let (body, cas) = (doc.body, doc.cas);
+    let markers = Markers::from_xattr(doc.xattrs.into_iter().next().flatten());
+    Ok(match Units::parse_balance(&body) {
+        Ok(balance) => State::Present { balance, cas, markers },
+        Err(e) => State::Invalid {
+            error: e.to_string(),
+            shown: String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned(),
+            cas,
+            markers,
+        },
+    })
 }
 
 /// Removes one marker of completed work by itself (no balance change):
