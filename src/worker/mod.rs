@@ -13,10 +13,9 @@ use tokio::task::JoinSet;
 use crate::domain::keys::ACTION_PREFIX;
 use crate::ops::health::Health;
 use crate::ops::names as m;
-use crate::protocol::{self, process_attempt, Attempt, Outcome, ProtocolError, Skip};
+use crate::protocol::{self, process_attempt, Attempt, Outcome, ProtocolError};
 use crate::store::{Bucket, Store};
-use crate::telemetry::ACTION_TARGET;
-use collapse::{cause, Collapser, COLLAPSE_INTERVAL};
+use collapse::Collapser;
 pub use latency::Latencies;
 use membership::Membership;
 use outage::{Next, Outage};
@@ -32,6 +31,7 @@ pub mod membership;
 pub mod outage;
 mod pass;
 pub mod put_off;
+mod record;
 mod report;
 mod signal;
 
@@ -253,136 +253,6 @@ impl Loop {
         }
     }
 
-    fn reap(&mut self) {
-        while let Some(done) = self.tasks.try_join_next() {
-            self.record(done);
-        }
-    }
-
-    fn record(&mut self, done: Result<Finished, tokio::task::JoinError>) {
-        let (id, result, elapsed, attempt) = match done {
-            Ok(finished) => finished,
-            Err(e) => {
-                // A panic in the protocol is a bug; the action stays queued.
-                tracing::error!(error = %e, "action task failed");
-                self.stats.errors += 1;
-                return;
-            }
-        };
-        self.in_flight.remove(&id);
-        metrics::gauge!(m::IN_FLIGHT).set(self.in_flight.len() as f64);
-        self.membership.note_in_flight(self.in_flight.len());
-        metrics::counter!(m::ACTIONS, "outcome" => outcome_label(&result)).increment(1);
-        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        match &result {
-            Ok(Outcome::Skipped(why)) => {
-                if *why == Skip::Busy {
-                    metrics::counter!(m::CLAIM_CONFLICTS).increment(1);
-                }
-                tracing::debug!(target: ACTION_TARGET, action = id, outcome = "skipped", why = ?why, "action skipped");
-                return;
-            }
-            Ok(Outcome::Completed { credits, units }) => {
-                self.stats.completed += 1;
-                self.stats.units += u128::from(*units);
-                metrics::counter!(m::CREDITS).increment(*credits as u64);
-                metrics::counter!(m::UNITS).increment(*units);
-                metrics::histogram!(m::ACTION_SECONDS).record(elapsed.as_secs_f64());
-                self.stats.latencies.record(elapsed);
-                tracing::info!(
-                    target: ACTION_TARGET,
-                    action = id,
-                    outcome = "completed",
-                    credits,
-                    units,
-                    duration_ms,
-                    "action done"
-                );
-            }
-            Ok(Outcome::Duplicate) => {
-                self.stats.duplicates += 1;
-                tracing::info!(
-                    target: ACTION_TARGET,
-                    action = id,
-                    outcome = "duplicate",
-                    credits = 0,
-                    duration_ms,
-                    "action done"
-                );
-            }
-            Ok(Outcome::Failed { reason }) => {
-                self.stats.failed += 1;
-                tracing::warn!(
-                    target: ACTION_TARGET,
-                    action = id,
-                    outcome = "failed",
-                    reason,
-                    duration_ms,
-                    "action rejected into failed:"
-                );
-            }
-            Ok(Outcome::Blocked { reason }) => {
-                self.stats.blocked += 1;
-                if self.blocked_logged.admit(&cause(reason, &id), &id, Instant::now()) {
-                    tracing::error!(
-                        target: ACTION_TARGET,
-                        action = id,
-                        outcome = "blocked",
-                        reason,
-                        duration_ms,
-                        retry_in_ms = attempt.retry_in.as_millis() as u64,
-                        "action blocked; will retry (more actions blocked for this reason within {}s are counted, not logged)",
-                        COLLAPSE_INTERVAL.as_secs()
-                    );
-                }
-            }
-            Err(e) if e.fault().is_some() => {
-                // The store as a whole failed, not this action: claiming
-                // pauses (see `outage.rs`), and the action is not put off
-                // (it is claimed again as soon as the store works).
-                self.stats.errors += 1;
-                if let Some(fault) = e.fault() {
-                    self.outage.faulted(&self.health, fault);
-                }
-                self.claims_this_pass += 1;
-                self.put_off.clear(&id);
-                return;
-            }
-            Err(e) => {
-                self.stats.errors += 1;
-                if self
-                    .errors_logged
-                    .admit(&cause(&e.to_string(), &id), &id, Instant::now())
-                {
-                    tracing::warn!(
-                        target: ACTION_TARGET,
-                        action = id,
-                        outcome = "error",
-                        error = %e,
-                        retryable = e.is_retryable(),
-                        duration_ms,
-                        "action attempt failed; will retry (more attempts failing with this error within {}s are counted, not logged)",
-                        COLLAPSE_INTERVAL.as_secs()
-                    );
-                }
-            }
-        }
-        self.claims_this_pass += 1;
-        if matches!(result, Ok(Outcome::Blocked { .. }) | Err(_)) {
-            // The delay chosen when the attempt started: a blocked action
-            // says on itself when it is tried again, and is locked until
-            // then (in whole seconds), which this worker waits out too.
-            let delay = match result {
-                Ok(Outcome::Blocked { .. }) => attempt.retry_in.max(protocol::blocked_hold(attempt.retry_in)),
-                _ => attempt.retry_in,
-            };
-            let until = Instant::now() + delay;
-            self.put_off.put_off(id, until, attempt.number, result.is_err());
-        } else {
-            self.put_off.clear(&id);
-        }
-    }
-
     /// Says, when the queue went idle, what is still in it: locked by
     /// others, blocked, or put off after errors.
     async fn left_behind(&self) -> LeftBehind {
@@ -452,18 +322,6 @@ impl Loop {
                 }
             }
         }
-    }
-}
-
-/// The `outcome` label of an attempt.
-fn outcome_label(result: &Result<Outcome, ProtocolError>) -> &'static str {
-    match result {
-        Ok(Outcome::Completed { .. }) => "completed",
-        Ok(Outcome::Duplicate) => "duplicate",
-        Ok(Outcome::Failed { .. }) => "failed",
-        Ok(Outcome::Blocked { .. }) => "blocked",
-        Ok(Outcome::Skipped(_)) => "skipped",
-        Err(_) => "error",
     }
 }
 
