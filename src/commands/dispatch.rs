@@ -208,7 +208,7 @@ pub fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             }
             Command::Demo(args) => super::demo::run(args.actions, args.workers).await,
             Command::Bench(args) => {
-                let args = super::bench::BenchArgs {
+                let args = super::bench::BenchSpec {
                     scenario: args.scenario,
                     actions: args.actions.max(1),
                     concurrency: args.concurrency.clamp(1, crate::config::CONCURRENCY_MAX),

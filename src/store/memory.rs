@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::model::{self, Mutation, Slot};
+use super::model::{self, Mutation, Stored};
 use super::{Bucket, Cas, Census, Doc, DocTimes, DocWithXattrs, Store, StoreError, StoreResult, WriteMode};
 
 /// Where the memory store reads the time for lock expiry.
@@ -37,13 +37,13 @@ impl Clock {
 
 #[derive(Default)]
 struct Inner {
-    queue: BTreeMap<String, model::Entry>,
-    ledger: BTreeMap<String, model::Entry>,
+    queue: BTreeMap<String, model::StoredDoc>,
+    ledger: BTreeMap<String, model::StoredDoc>,
     last_cas: Cas,
 }
 
 impl Inner {
-    fn bucket(&mut self, bucket: Bucket) -> &mut BTreeMap<String, model::Entry> {
+    fn bucket(&mut self, bucket: Bucket) -> &mut BTreeMap<String, model::StoredDoc> {
         match bucket {
             Bucket::Queue => &mut self.queue,
             Bucket::Ledger => &mut self.ledger,
@@ -55,7 +55,7 @@ impl Inner {
         &mut self,
         bucket: Bucket,
         key: &str,
-        op: impl FnOnce(&mut Slot, Cas) -> StoreResult<T>,
+        op: impl FnOnce(&mut Stored, Cas) -> StoreResult<T>,
     ) -> StoreResult<T> {
         self.last_cas += 1;
         let new_cas = self.last_cas;
@@ -124,7 +124,7 @@ impl Default for MemoryStore {
 
 /// The keys under `prefix` after `after`, in order.
 fn keys_after<'a>(
-    map: &'a BTreeMap<String, model::Entry>,
+    map: &'a BTreeMap<String, model::StoredDoc>,
     prefix: &'a str,
     after: Option<&str>,
 ) -> impl Iterator<Item = &'a String> + 'a {

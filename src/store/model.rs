@@ -17,7 +17,7 @@ use super::{Cas, Doc, DocTimes, DocWithXattrs, StoreError, StoreResult, WriteMod
 
 /// One stored document.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
+pub(crate) struct StoredDoc {
     pub body: Vec<u8>,
     /// A JSON object; paths are dotted (`ledger.applied.m…`).
     pub xattrs: Value,
@@ -29,10 +29,10 @@ pub(crate) struct Entry {
     pub created_ms: Option<u64>,
 }
 
-/// A document slot: `None` when the key does not exist.
-pub(crate) type Slot = Option<Entry>;
+/// What is stored under a key: a document, or `None` when there is none.
+pub(crate) type Stored = Option<StoredDoc>;
 
-impl Entry {
+impl StoredDoc {
     fn new(body: &[u8], cas: Cas, now_ms: u64) -> Self {
         Self {
             body: body.to_vec(),
@@ -73,15 +73,15 @@ impl Entry {
     }
 }
 
-fn existing(slot: &Slot) -> StoreResult<&Entry> {
+fn existing(slot: &Stored) -> StoreResult<&StoredDoc> {
     slot.as_ref().ok_or(StoreError::NotFound)
 }
 
-fn existing_mut(slot: &mut Slot) -> StoreResult<&mut Entry> {
+fn existing_mut(slot: &mut Stored) -> StoreResult<&mut StoredDoc> {
     slot.as_mut().ok_or(StoreError::NotFound)
 }
 
-pub(crate) fn get(slot: &Slot, key: &str, now_ms: u64) -> StoreResult<Doc> {
+pub(crate) fn get(slot: &Stored, key: &str, now_ms: u64) -> StoreResult<Doc> {
     limits::check_key(key)?;
     let e = existing(slot)?;
     let cas = if e.locked(now_ms) { LOCKED_CAS } else { e.cas };
@@ -91,7 +91,7 @@ pub(crate) fn get(slot: &Slot, key: &str, now_ms: u64) -> StoreResult<Doc> {
     })
 }
 
-pub(crate) fn get_with_xattrs(slot: &Slot, key: &str, paths: &[&str], now_ms: u64) -> StoreResult<DocWithXattrs> {
+pub(crate) fn get_with_xattrs(slot: &Stored, key: &str, paths: &[&str], now_ms: u64) -> StoreResult<DocWithXattrs> {
     limits::check_lookup(paths)?;
     let doc = get(slot, key, now_ms)?;
     let e = existing(slot)?;
@@ -103,7 +103,13 @@ pub(crate) fn get_with_xattrs(slot: &Slot, key: &str, paths: &[&str], now_ms: u6
     })
 }
 
-pub(crate) fn get_and_lock(slot: &mut Slot, key: &str, lock: Duration, now_ms: u64, new_cas: Cas) -> StoreResult<Doc> {
+pub(crate) fn get_and_lock(
+    slot: &mut Stored,
+    key: &str,
+    lock: Duration,
+    now_ms: u64,
+    new_cas: Cas,
+) -> StoreResult<Doc> {
     limits::check_key(key)?;
     // Couchbase counts locks in whole seconds.
     let lock_ms = limits::lock_secs(lock)?.saturating_mul(1000);
@@ -119,7 +125,7 @@ pub(crate) fn get_and_lock(slot: &mut Slot, key: &str, lock: Duration, now_ms: u
     })
 }
 
-pub(crate) fn unlock(slot: &mut Slot, key: &str, cas: Cas, now_ms: u64) -> StoreResult<()> {
+pub(crate) fn unlock(slot: &mut Stored, key: &str, cas: Cas, now_ms: u64) -> StoreResult<()> {
     limits::check_key(key)?;
     let e = existing_mut(slot)?;
     // As the server does: another CAS on a locked document answers
@@ -134,18 +140,18 @@ pub(crate) fn unlock(slot: &mut Slot, key: &str, cas: Cas, now_ms: u64) -> Store
     }
 }
 
-pub(crate) fn insert(slot: &mut Slot, key: &str, body: &[u8], now_ms: u64, new_cas: Cas) -> StoreResult<Cas> {
+pub(crate) fn insert(slot: &mut Stored, key: &str, body: &[u8], now_ms: u64, new_cas: Cas) -> StoreResult<Cas> {
     limits::check_key(key)?;
     limits::check_item(body, &Value::Null)?;
     if slot.is_some() {
         return Err(StoreError::Exists);
     }
-    *slot = Some(Entry::new(body, new_cas, now_ms));
+    *slot = Some(StoredDoc::new(body, new_cas, now_ms));
     Ok(new_cas)
 }
 
 pub(crate) fn replace(
-    slot: &mut Slot,
+    slot: &mut Stored,
     key: &str,
     body: &[u8],
     cas: Cas,
@@ -162,7 +168,7 @@ pub(crate) fn replace(
     Ok(e.commit(new_cas))
 }
 
-pub(crate) fn remove(slot: &mut Slot, key: &str, cas: Option<Cas>, now_ms: u64) -> StoreResult<()> {
+pub(crate) fn remove(slot: &mut Stored, key: &str, cas: Option<Cas>, now_ms: u64) -> StoreResult<()> {
     limits::check_key(key)?;
     existing(slot)?.check_write(cas, now_ms)?;
     *slot = None;
@@ -177,7 +183,7 @@ pub(crate) struct Mutation<'a> {
 }
 
 pub(crate) fn write_with_xattrs(
-    slot: &mut Slot,
+    slot: &mut Stored,
     key: &str,
     m: Mutation<'_>,
     now_ms: u64,
@@ -190,7 +196,7 @@ pub(crate) fn write_with_xattrs(
             if slot.is_some() {
                 return Err(StoreError::Exists);
             }
-            Entry::new(m.body, new_cas, now_ms)
+            StoredDoc::new(m.body, new_cas, now_ms)
         }
         WriteMode::Replace(cas) => {
             let e = existing(slot)?;
@@ -214,7 +220,7 @@ pub(crate) fn write_with_xattrs(
     Ok(new_cas)
 }
 
-pub(crate) fn remove_xattr(slot: &mut Slot, key: &str, path: &str, now_ms: u64, new_cas: Cas) -> StoreResult<bool> {
+pub(crate) fn remove_xattr(slot: &mut Stored, key: &str, path: &str, now_ms: u64, new_cas: Cas) -> StoreResult<bool> {
     limits::check_key(key)?;
     limits::check_mutation(std::iter::once(path))?;
     let e = existing_mut(slot)?;
@@ -231,7 +237,7 @@ pub(crate) fn remove_xattr(slot: &mut Slot, key: &str, path: &str, now_ms: u64, 
 /// releases the lock, as every mutation with the lock's CAS does on
 /// Couchbase.
 pub(crate) fn set_xattr(
-    slot: &mut Slot,
+    slot: &mut Stored,
     key: &str,
     path: &str,
     value: &Value,
@@ -252,7 +258,7 @@ pub(crate) fn set_xattr(
 }
 
 /// Until when the document is locked (if it is now), and when it was created.
-pub(crate) fn times(slot: &Slot, key: &str, now_ms: u64) -> StoreResult<DocTimes> {
+pub(crate) fn times(slot: &Stored, key: &str, now_ms: u64) -> StoreResult<DocTimes> {
     limits::check_key(key)?;
     let e = existing(slot)?;
     Ok(DocTimes {

@@ -15,7 +15,7 @@ use std::time::Instant;
 pub const PUT_OFF_MAX: usize = 65_536;
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+struct Waiting {
     until: Instant,
     attempts: u32,
     after_error: bool,
@@ -26,7 +26,7 @@ struct Entry {
 /// Put-off actions by id, with the pass of discovery that last saw each.
 #[derive(Debug, Default)]
 pub(crate) struct PutOff {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Waiting>,
     pass: u64,
 }
 
@@ -57,7 +57,7 @@ impl PutOff {
                 self.entries.remove(&k);
             }
         }
-        let entry = Entry {
+        let entry = Waiting {
             until,
             attempts,
             after_error,

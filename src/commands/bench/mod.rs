@@ -96,7 +96,7 @@ struct Report {
 }
 
 /// What `ledgerd bench` was asked to do.
-pub struct BenchArgs {
+pub struct BenchSpec {
     /// Workload shape.
     pub scenario: Scenario,
     /// Actions to generate.
@@ -120,7 +120,7 @@ pub struct BenchArgs {
 }
 
 /// Runs the benchmark and prints its report.
-pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
+pub async fn run(settings: &Settings, args: BenchSpec) -> anyhow::Result<Exit> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let mut settings = settings.clone();
     settings.store.url = args
@@ -201,7 +201,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<Exit> {
 /// seconds from the first action queued to the last one finished.
 async fn run_replicas(
     settings: &Settings,
-    args: &BenchArgs,
+    args: &BenchSpec,
     store: &Arc<dyn Store>,
     actions: Vec<(String, String)>,
 ) -> anyhow::Result<(ProcessReport, f64)> {
@@ -289,7 +289,7 @@ async fn converge(store: &dyn Store, replicas: usize, member_timeout: Duration) 
 
 /// Runs `processes` `ledgerd run --exit-when-idle` children on the store,
 /// and merges what they report.
-fn run_processes(settings: &Settings, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<ProcessReport> {
+fn run_processes(settings: &Settings, args: &BenchSpec, dir: &std::path::Path) -> anyhow::Result<ProcessReport> {
     let exe = std::env::current_exe().context("finding the ledgerd binary")?;
     let concurrency = args.concurrency.to_string();
     let reports: Vec<std::path::PathBuf> = (0..args.processes)

@@ -12,7 +12,7 @@ use super::errors::sql_error;
 use super::open::{connect, SqliteStore};
 use super::threads::{apply_insert, apply_mutation, clock_ms, load, Job, ReadJob, Tx};
 use crate::store::group::{self, GroupResults, GroupWrite};
-use crate::store::model::{self, Mutation, Slot};
+use crate::store::model::{self, Mutation, Stored};
 use crate::store::{Bucket, Cas, Doc, StoreError, StoreResult, WriteMode};
 
 /// Idle connections kept for reuse: as many as the binary's blocking
@@ -60,7 +60,7 @@ impl SqliteStore {
         &self,
         bucket: Bucket,
         key: &str,
-        op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T> + Send + 'static,
+        op: impl FnOnce(&mut Stored, u64, Cas) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
         self.in_writer(move |tx| apply_mutation(tx, &bucket, &key, op)).await
@@ -102,7 +102,7 @@ impl SqliteStore {
         &self,
         bucket: Bucket,
         key: &str,
-        op: impl FnOnce(&Slot, u64) -> StoreResult<T> + Send + 'static,
+        op: impl FnOnce(&Stored, u64) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (bucket, key) = (self.bucket_name(bucket), key.to_string());
         // Read-your-writes: a claim on this document answered early is seen.
@@ -221,7 +221,7 @@ pub(super) fn group_write(tx: &Tx<'_>, bucket: &str, write: &GroupWrite, results
             // statement. Removing a path from a document being created fails,
             // and must fail with `Exists` if the document is there: read it.
             let create_only = *mode == WriteMode::Insert && xattrs.iter().all(|(_, v)| v.is_some());
-            let op = |slot: &mut Slot, now, cas| {
+            let op = |slot: &mut Stored, now, cas| {
                 let m = Mutation {
                     body,
                     xattrs: &refs,

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::early::Unsettled;
 use super::errors::{not_applied, sql_error, take_last_fault};
-use crate::store::model::{Entry, Slot};
+use crate::store::model::{Stored, StoredDoc};
 use crate::store::{Cas, StoreError, StoreResult};
 
 /// Most mutations committed in one transaction.
@@ -53,7 +53,7 @@ pub(super) fn body_bytes(value: rusqlite::types::ValueRef<'_>) -> rusqlite::Resu
     }
 }
 
-pub(super) fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Slot> {
+pub(super) fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Stored> {
     // Cached: this runs for every read and every write.
     let row = conn
         .prepare_cached(LOAD_SQL)
@@ -75,7 +75,7 @@ pub(super) fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Sl
     };
     let xattrs: Value = serde_json::from_str(&xattrs)
         .map_err(|e| StoreError::Permanent(format!("stored xattrs of {key:?} are not JSON: {e}")))?;
-    Ok(Some(Entry {
+    Ok(Some(StoredDoc {
         body,
         xattrs,
         cas: u64::try_from(cas).unwrap_or(0),
@@ -86,7 +86,7 @@ pub(super) fn load(conn: &Connection, bucket: &str, key: &str) -> StoreResult<Sl
 
 /// Runs `sql` (an insert of every column, ?1 to ?7) for one document;
 /// returns the rows it changed.
-fn write_row(conn: &Connection, sql: &str, bucket: &str, key: &str, e: &Entry) -> StoreResult<usize> {
+fn write_row(conn: &Connection, sql: &str, bucket: &str, key: &str, e: &StoredDoc) -> StoreResult<usize> {
     let cas = i64_of(e.cas)?;
     conn.prepare_cached(sql)
         .and_then(|mut stmt| {
@@ -105,7 +105,7 @@ fn write_row(conn: &Connection, sql: &str, bucket: &str, key: &str, e: &Entry) -
 
 /// A document as the open transaction has it.
 struct Cached {
-    slot: Slot,
+    slot: Stored,
     /// Whether the database holds a row for it (as this transaction left it).
     stored: bool,
     /// Whether `slot` differs from that row.
@@ -205,7 +205,7 @@ impl Tx<'_> {
 fn apply_cached<T>(
     tx: &Tx<'_>,
     cached: &mut Cached,
-    op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
+    op: impl FnOnce(&mut Stored, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
     let before = fingerprint(&cached.slot);
     let out = op(&mut cached.slot, tx.now_ms, tx.next_cas());
@@ -224,7 +224,7 @@ pub(super) fn apply_mutation<T>(
     tx: &Tx<'_>,
     bucket: &str,
     key: &str,
-    op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
+    op: impl FnOnce(&mut Stored, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
     let mut docs = tx.docs.borrow_mut();
     let cached = match docs.get_mut(bucket, key) {
@@ -250,7 +250,7 @@ pub(super) fn apply_mutation<T>(
 /// the model gives every change of body or xattrs a new CAS, and a lock or
 /// an unlock changes the lock's expiry (the memory store's contract cases
 /// and this store's would fail on a change that escaped it).
-fn fingerprint(slot: &Slot) -> Option<(Cas, Option<u64>)> {
+fn fingerprint(slot: &Stored) -> Option<(Cas, Option<u64>)> {
     slot.as_ref().map(|e| (e.cas, e.lock_until_ms))
 }
 
@@ -264,13 +264,13 @@ pub(super) fn apply_insert<T>(
     tx: &Tx<'_>,
     bucket: &str,
     key: &str,
-    op: impl FnOnce(&mut Slot, u64, Cas) -> StoreResult<T>,
+    op: impl FnOnce(&mut Stored, u64, Cas) -> StoreResult<T>,
 ) -> StoreResult<T> {
     let mut docs = tx.docs.borrow_mut();
     if let Some(cached) = docs.get_mut(bucket, key) {
         return apply_cached(tx, cached, op);
     }
-    let mut slot: Slot = None;
+    let mut slot: Stored = None;
     let out = op(&mut slot, tx.now_ms, tx.next_cas())?;
     let Some(e) = &slot else {
         return Err(StoreError::Permanent("an insert produced no document".into()));
