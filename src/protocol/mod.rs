@@ -24,19 +24,20 @@ mod wallet;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use crate::domain::keys::{action_key, failed_key, sha256_hex};
+use crate::domain::keys::{action_key, failed_key, sha256_hex, tx_key};
 use crate::ops::names as m;
 use crate::store::limits::{LOCK_MAX, LOCK_SECS_MAX, LOCK_SECS_MIN};
-use crate::store::{Bucket, Cas, Doc, Store, StoreError};
+use crate::store::{Bucket, Cas, Doc, GroupCas, GroupWrite, Store, StoreError};
 use coalesce::Applied;
 pub use coalesce::{Coalescer, LINEAGE_MAX, SLOTS_MAX};
 use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
 pub use options::{Options, WALLET_MARKERS_SOFT_MAX};
 pub use outcome::{Outcome, ProtocolError, Result, Skip};
 pub use recent::{RecentlyCompleted, RECENT_COMPLETED_MAX};
+use records::TxState;
 pub use step::{backoff, seed_jitter};
 pub(crate) use step::{count_retry, read_tx, retry, STEP_ATTEMPTS_MAX};
-use steps::{next, Claim, Held, Known, Record, Step, STEPS_MAX};
+use steps::{next, send_one, Claim, Held, Known, Record, Step, STEPS_MAX};
 pub use sweep::sweep_markers;
 
 pub use crate::domain::keys::BLOCKED_XATTR;
@@ -195,7 +196,7 @@ async fn take(step: Step, h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome>
             }
         }
         Step::CompleteAndRemove => steps::complete_and_remove(h, k).await,
-        Step::Complete => steps::complete(h, k).await?,
+        Step::Complete => complete(h, k).await?,
         Step::Remove => finish(h, k).await?,
         Step::Prune => {
             wallet::prune_stale(h.store, &k.stale).await;
@@ -204,6 +205,48 @@ async fn take(step: Step, h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome>
         Step::Done => return Ok(Some(k.outcome())),
     }
     Ok(None)
+}
+
+/// Step 5: mark the record completed (one write when nothing interferes).
+async fn complete(h: &Held<'_>, k: &mut Known) -> Result<()> {
+    let (store, id) = (h.store, h.id);
+    let Some((tx, mut cas)) = k.tx() else {
+        return Err(ProtocolError::CorruptRecord(format!(
+            "tx:{id}: completed before it was read"
+        )));
+    };
+    let done = tx.completed_now();
+    for _ in 0..STEP_ATTEMPTS_MAX {
+        let replace = GroupWrite::Replace {
+            bucket: Bucket::Ledger,
+            key: tx_key(id),
+            body: done.to_bytes(),
+            cas: GroupCas::Known(cas),
+        };
+        match send_one(store, replace).await {
+            Ok(_) => {
+                k.set_completed(h);
+                return Ok(());
+            }
+            Err(StoreError::CasMismatch) => {}
+            Err(e) if e.is_retryable() => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Someone else (or our own ambiguous write) changed it: look again.
+        match read_tx(store, id).await? {
+            Some((current, _)) if current.state == TxState::Completed => {
+                k.set_completed(h);
+                return Ok(());
+            }
+            Some((_, current_cas)) => cas = current_cas,
+            None => {
+                return Err(ProtocolError::CorruptRecord(format!(
+                    "tx:{id} vanished before completion"
+                )))
+            }
+        }
+    }
+    Err(StoreError::Transient(format!("could not complete tx:{id}")).into())
 }
 
 /// Step 6: remove the action, or preserve it as failed if its body is not
@@ -251,7 +294,12 @@ enum Removal {
 /// Removes `action:<id>` if it still holds the claimed body.
 async fn remove_action(store: &dyn Store, id: &str, claim: &Claim) -> Result<Removal> {
     let key = action_key(id);
-    match retry(|| store.remove(Bucket::Queue, &key, Some(claim.cas()))).await {
+    let remove = |cas| GroupWrite::Remove {
+        bucket: Bucket::Queue,
+        key: key.clone(),
+        cas: Some(cas),
+    };
+    match retry(|| send_one(store, remove(claim.cas()))).await.map(drop) {
         Ok(()) | Err(StoreError::NotFound) | Err(StoreError::Locked) => return Ok(Removal::Done),
         Err(StoreError::CasMismatch) => {}
         Err(e) => return Err(e.into()),
@@ -263,7 +311,7 @@ async fn remove_action(store: &dyn Store, id: &str, claim: &Claim) -> Result<Rem
         Err(e) => return Err(e.into()),
     };
     if doc.body == claim.body {
-        return match retry(|| store.remove(Bucket::Queue, &key, Some(doc.cas))).await {
+        return match retry(|| send_one(store, remove(doc.cas))).await.map(drop) {
             Ok(()) | Err(StoreError::NotFound) | Err(StoreError::Locked) => Ok(Removal::Done),
             Err(StoreError::CasMismatch) => Ok(Removal::Done),
             Err(e) => Err(e.into()),

@@ -3,7 +3,10 @@
 //! [`next`], a pure function of it, names the next step; the flow
 //! (`process_claimed`) takes that step and folds the store's answer back
 //! in, until a step ends the action. No step is taken twice for one claim.
-//! The writes of steps 3, 5 and 6 are below; step 4's are the coalescer's.
+//! Below: step 3 (`commit`) and the groups of writes every write of steps
+//! 3, 5 and 6 goes to the store in (four stages, two, or one with
+//! `send_one`); steps 5 and 6 alone are in the flow, and step 4's writes
+//! are the coalescer's.
 //!
 //! Steps 3 to 6 go to the store as ONE ordered group of writes (see
 //! `store::group`) when nothing makes it doubtful: insert the record; write
@@ -27,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::records::{self, TxRecord, TxState};
 use super::wallet::{plan, Stale, State, Write, WRITE_XATTR_SPECS_MAX};
-use super::{read_tx, retry, Options, Outcome, ProtocolError, Result, STEP_ATTEMPTS_MAX};
+use super::{read_tx, retry, Options, Outcome, ProtocolError, Result};
 use crate::domain::keys::{action_key, check_action_id, sha256_hex, tx_key};
 use crate::domain::{plan_action, ActionError, Marker, MarkerName, Plan};
 use crate::ops::names as m;
@@ -268,8 +271,12 @@ pub(super) async fn commit(h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome
         // Not applied: the insert alone, retried as any step is.
         Grouped::NotTried | Grouped::NotCommitted(StoreError::Transient(_)) => {
             let tx = TxRecord::committed(h.id, &plan);
-            let (key, body) = (tx_key(h.id), tx.to_bytes());
-            match retry(|| h.store.insert(Bucket::Ledger, &key, &body)).await {
+            let insert = || GroupWrite::Insert {
+                bucket: Bucket::Ledger,
+                key: tx_key(h.id),
+                body: tx.to_bytes(),
+            };
+            match retry(|| send_one(h.store, insert())).await {
                 // Our insert made the record after our reads, so nobody can
                 // have applied (let alone pruned) a credit before them: the
                 // reads stand.
@@ -388,6 +395,15 @@ async fn try_group(h: &Held<'_>, plan: &Plan, reads: &[State], k: &mut Known) ->
     Grouped::Committed
 }
 
+/// Hands the store one write as a group of one stage: every write of
+/// steps 3, 5 and 6 goes to the store as a group, of one, two or four
+/// stages (a store runs a group of one as the single call it is).
+pub(super) async fn send_one(store: &dyn Store, write: GroupWrite) -> std::result::Result<Cas, StoreError> {
+    Answers(store.write_group(&vec![vec![write]]).await)
+        .get(0, 0)
+        .unwrap_or_else(|| Err(StoreError::Transient("the write group did not run".into())))
+}
+
 /// What a store answered for each write of a group, by stage.
 struct Answers(Vec<Vec<Option<std::result::Result<Cas, StoreError>>>>);
 
@@ -447,40 +463,4 @@ pub(super) async fn complete_and_remove(h: &Held<'_>, k: &mut Known) {
             k.removed = Some(None);
         }
     }
-}
-
-/// Step 5: mark the record completed (one write when nothing interferes).
-pub(super) async fn complete(h: &Held<'_>, k: &mut Known) -> Result<()> {
-    let (store, id) = (h.store, h.id);
-    let Some((tx, mut cas)) = k.tx() else {
-        return Err(ProtocolError::CorruptRecord(format!(
-            "tx:{id}: completed before it was read"
-        )));
-    };
-    let done = tx.completed_now();
-    for _ in 0..STEP_ATTEMPTS_MAX {
-        match store.replace(Bucket::Ledger, &tx_key(id), &done.to_bytes(), cas).await {
-            Ok(_) => {
-                k.set_completed(h);
-                return Ok(());
-            }
-            Err(StoreError::CasMismatch) => {}
-            Err(e) if e.is_retryable() => {}
-            Err(e) => return Err(e.into()),
-        }
-        // Someone else (or our own ambiguous write) changed it: look again.
-        match read_tx(store, id).await? {
-            Some((current, _)) if current.state == TxState::Completed => {
-                k.set_completed(h);
-                return Ok(());
-            }
-            Some((_, current_cas)) => cas = current_cas,
-            None => {
-                return Err(ProtocolError::CorruptRecord(format!(
-                    "tx:{id} vanished before completion"
-                )))
-            }
-        }
-    }
-    Err(StoreError::Transient(format!("could not complete tx:{id}")).into())
 }

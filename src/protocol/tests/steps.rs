@@ -107,3 +107,12 @@ fn the_outcome_says_duplicate_only_for_a_record_found_completed() {
     k.removed = Some(Some(Outcome::Skipped(Skip::Changed)));
     assert_eq!(k.outcome(), Outcome::Skipped(Skip::Changed));
 }
+
+#[test]
+fn a_credit_prunes_in_spare_slots_and_defers_when_more_are_wanted_than_known() {
+    use super::super::steps::plan_one;
+    assert_eq!(plan_one(3, 0, 256), Some(0));
+    assert_eq!(plan_one(3, 20, 256), Some(14));
+    assert_eq!(plan_one(300, 20, 256), Some(14));
+    assert_eq!(plan_one(300, 0, 256), None);
+}
