@@ -3,7 +3,7 @@
 
 use super::records::AdjRecord;
 use super::wallet::{self, Prune};
-use super::{read_tx, Result};
+use super::Result;
 use crate::domain::keys::{adj_key, BALANCE_PREFIX, MARKERS_XATTR};
 use crate::domain::{Marker, Markers};
 use crate::store::{Bucket, KeyPages, Store, StoreError};
@@ -27,22 +27,23 @@ pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
             let markers = Markers::from_xattr(doc.xattrs.into_iter().next().flatten());
             let hash = &key[BALANCE_PREFIX.len()..];
             for (name, marker) in markers.iter() {
-                let prune = match marker {
-                    Marker::Credit { action, .. } => match read_tx(store, action).await {
-                        Ok(Some((record, _))) => Prune::by_record(name, action, &record),
-                        _ => None,
-                    },
-                    Marker::Adjustment { id, .. } => match store.get(Bucket::Ledger, &adj_key(id)).await {
-                        Ok(doc) => AdjRecord::parse(id, &doc.body)
-                            .ok()
-                            .and_then(|record| Prune::by_adjustment(name, id, &record)),
-                        Err(_) => None,
-                    },
-                    Marker::Unknown => None,
+                let pruned = match marker {
+                    Marker::Credit { action, .. } => wallet::prune_if_completed(store, hash, name, action).await,
+                    Marker::Adjustment { id, .. } => {
+                        let prune = match store.get(Bucket::Ledger, &adj_key(id)).await {
+                            Ok(doc) => AdjRecord::parse(id, &doc.body)
+                                .ok()
+                                .and_then(|record| Prune::by_adjustment(name, id, &record)),
+                            Err(_) => None,
+                        };
+                        match prune {
+                            Some(prune) => wallet::remove_marker(store, hash, &prune).await,
+                            None => false,
+                        }
+                    }
+                    Marker::Unknown => false,
                 };
-                if let Some(prune) = prune {
-                    removed += u64::from(wallet::remove_marker(store, hash, &prune).await);
-                }
+                removed += u64::from(pruned);
             }
         }
     }

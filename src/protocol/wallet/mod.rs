@@ -272,16 +272,25 @@ pub(crate) async fn remove_marker(store: &dyn Store, hash: &str, prune: &Prune) 
     )
 }
 
+/// Removes the marker `name` of `action`'s credit from wallet `hash` if
+/// the action's record reads completed: whether it was there and is gone
+/// now. An unreadable or missing record leaves the marker alone.
+pub(crate) async fn prune_if_completed(store: &dyn Store, hash: &str, name: MarkerName, action: &str) -> bool {
+    let Ok(Some((record, _))) = read_tx(store, action).await else {
+        return false;
+    };
+    match Prune::by_record(name, action, &record) {
+        Some(prune) => remove_marker(store, hash, &prune).await,
+        None => false,
+    }
+}
+
 /// Prunes a few old markers of other actions seen on wallets (their
 /// process forgot them, or crashed), each if its record reads completed.
 /// Best effort: a marker left behind is harmless; `sweep_markers` is the
 /// full pass.
 pub(crate) async fn prune_stale(store: &dyn Store, stale: &[Stale]) {
     for s in stale.iter().take(FOREIGN_MARKERS_CHECKED_MAX) {
-        if let Ok(Some((record, _))) = read_tx(store, &s.action).await {
-            if let Some(prune) = Prune::by_record(s.name.clone(), &s.action, &record) {
-                remove_marker(store, &s.hash, &prune).await;
-            }
-        }
+        prune_if_completed(store, &s.hash, s.name.clone(), &s.action).await;
     }
 }
