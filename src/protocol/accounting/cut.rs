@@ -125,7 +125,7 @@ async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pend
                 continue;
             }
             Err(e) => {
-                release(store, &locked).await;
+                release(store, locked.iter().map(|(hash, lock, _)| (hash.as_str(), *lock))).await;
                 return Err(e.into());
             }
         };
@@ -134,7 +134,7 @@ async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pend
     }
     let views: BTreeMap<String, State> = locked.iter().map(|(h, _, v)| (h.clone(), v.clone())).collect();
     let scan = scan(store, range, &views).await;
-    let unchanged = release(store, &locked).await;
+    let unchanged = release(store, locked.iter().map(|(hash, lock, _)| (hash.as_str(), *lock))).await;
     let mut scan = scan?;
     (cut.records, cut.opening_wallets) = (scan.records, scan.opening_wallets());
     cut.pending.append(&mut scan.pending);
@@ -153,14 +153,17 @@ async fn settle_locked(store: &dyn Store, range: &HashRange, cut: &mut Cut, pend
 /// since it was locked: its lock was still held, or it lapsed and the CAS
 /// is still the lock's (a lapsed lock leaves the CAS as it was). An absent
 /// wallet is unchanged if it is still absent.
-pub(super) async fn release(store: &dyn Store, locked: &[(String, Option<Cas>, State)]) -> Vec<bool> {
-    let mut unchanged = Vec::with_capacity(locked.len());
-    for (hash, lock, _) in locked {
+pub(super) async fn release<'a>(
+    store: &dyn Store,
+    locked: impl IntoIterator<Item = (&'a str, Option<Cas>)>,
+) -> Vec<bool> {
+    let mut unchanged = Vec::new();
+    for (hash, lock) in locked {
         let key = balance_key(hash);
         let same = match lock {
-            Some(cas) => match store.unlock(Bucket::Ledger, &key, *cas).await {
+            Some(cas) => match store.unlock(Bucket::Ledger, &key, cas).await {
                 Ok(()) => true,
-                Err(_) => store.get(Bucket::Ledger, &key).await.is_ok_and(|d| d.cas == *cas),
+                Err(_) => store.get(Bucket::Ledger, &key).await.is_ok_and(|d| d.cas == cas),
             },
             None => matches!(store.get(Bucket::Ledger, &key).await, Err(StoreError::NotFound)),
         };

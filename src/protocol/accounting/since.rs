@@ -412,9 +412,8 @@ async fn check_wallet(
     };
     let view = wallet::read(store, hash).await;
     let records = read_records(store, keys).await;
-    // Released as the full audit releases its locks (the view is not used).
-    let held = State::Absent;
-    let unchanged = release(store, &[(hash.to_string(), lock, held)]).await;
+    // Released as the full audit releases its locks.
+    let unchanged = release(store, [(hash, lock)]).await;
     let (view, records) = (view?, records?);
     Ok(unchanged
         .first()
