@@ -215,12 +215,12 @@ async fn complete(h: &Held<'_>, k: &mut Known) -> Result<()> {
             "tx:{id}: completed before it was read"
         )));
     };
-    let done = tx.completed_now();
+    let (key, body) = (tx_key(id), tx.completed_now().to_bytes());
     for _ in 0..STEP_ATTEMPTS_MAX {
         let replace = GroupWrite::Replace {
             bucket: Bucket::Ledger,
-            key: tx_key(id),
-            body: done.to_bytes(),
+            key: key.clone(),
+            body: body.clone(),
             cas: GroupCas::Known(cas),
         };
         match send_one(store, replace).await {

@@ -3,8 +3,8 @@
 //! [`next`], a pure function of it, names the next step; the flow
 //! (`process_claimed`) takes that step and folds the store's answer back
 //! in, until a step ends the action. No step is taken twice for one claim.
-//! Below: step 3 (`commit`) and the groups of writes every write of steps
-//! 3, 5 and 6 goes to the store in (four stages, two, or one with
+//! Below: step 3 (`commit`) and the groups the record's writes and the
+//! action's removals go to the store in (four stages, two, or one with
 //! `send_one`); steps 5 and 6 alone are in the flow, and step 4's writes
 //! are the coalescer's.
 //!
@@ -271,10 +271,11 @@ pub(super) async fn commit(h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome
         // Not applied: the insert alone, retried as any step is.
         Grouped::NotTried | Grouped::NotCommitted(StoreError::Transient(_)) => {
             let tx = TxRecord::committed(h.id, &plan);
+            let (key, body) = (tx_key(h.id), tx.to_bytes());
             let insert = || GroupWrite::Insert {
                 bucket: Bucket::Ledger,
-                key: tx_key(h.id),
-                body: tx.to_bytes(),
+                key: key.clone(),
+                body: body.clone(),
             };
             match retry(|| send_one(h.store, insert())).await {
                 // Our insert made the record after our reads, so nobody can
@@ -395,9 +396,10 @@ async fn try_group(h: &Held<'_>, plan: &Plan, reads: &[State], k: &mut Known) ->
     Grouped::Committed
 }
 
-/// Hands the store one write as a group of one stage: every write of
-/// steps 3, 5 and 6 goes to the store as a group, of one, two or four
-/// stages (a store runs a group of one as the single call it is).
+/// Hands the store one write as a group of one stage: every write of the
+/// record and every removal of the action goes to the store as a group, of
+/// one, two or four stages (a store runs a group of one as the single call
+/// it is).
 pub(super) async fn send_one(store: &dyn Store, write: GroupWrite) -> std::result::Result<Cas, StoreError> {
     Answers(store.write_group(&vec![vec![write]]).await)
         .get(0, 0)
