@@ -42,11 +42,6 @@ impl MarkerName {
         Self(format!("{kind}{}", &digest[..NAME_DIGEST_HEX]))
     }
 
-    /// The name as found on a wallet (any name a store returned).
-    pub fn found(name: &str) -> Self {
-        Self(name.to_string())
-    }
-
     /// The name, as a key of the markers object.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -61,6 +56,25 @@ impl MarkerName {
 impl std::fmt::Display for MarkerName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A marker's name as it stands on a wallet, borrowed from the markers
+/// read: it becomes a [`MarkerName`] only where it is kept, so that going
+/// through a wallet's markers allocates nothing for those passed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundName<'a>(&'a str);
+
+impl FoundName<'_> {
+    /// The name, owned.
+    pub fn to_name(self) -> MarkerName {
+        MarkerName(self.0.to_string())
+    }
+}
+
+impl std::fmt::Display for FoundName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
 }
 
@@ -197,10 +211,10 @@ impl Markers {
     }
 
     /// Every marker, by name.
-    pub fn iter(&self) -> impl Iterator<Item = (MarkerName, Marker<'_>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (FoundName<'_>, Marker<'_>)> {
         self.0
             .iter()
-            .map(|(name, value)| (MarkerName::found(name), Marker::read(value)))
+            .map(|(name, value)| (FoundName(name), Marker::read(value)))
     }
 
     /// The markers a write leaves: these, less `removed`, plus `added`.

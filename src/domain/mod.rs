@@ -11,5 +11,5 @@ pub mod time;
 pub mod units;
 
 pub use action::{plan_action, ActionError, Credit, Mode, Plan};
-pub use marker::{Marker, MarkerName, Markers};
+pub use marker::{FoundName, Marker, MarkerName, Markers};
 pub use units::{Units, TOTAL_SUPPLY_UNITS, UNITS_PER_TOKEN};

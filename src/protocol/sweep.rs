@@ -28,12 +28,14 @@ pub async fn sweep_markers(store: &dyn Store) -> Result<u64> {
             let hash = &key[BALANCE_PREFIX.len()..];
             for (name, marker) in markers.iter() {
                 let pruned = match marker {
-                    Marker::Credit { action, .. } => wallet::prune_if_completed(store, hash, name, action).await,
+                    Marker::Credit { action, .. } => {
+                        wallet::prune_if_completed(store, hash, name.to_name(), action).await
+                    }
                     Marker::Adjustment { id, .. } => {
                         let prune = match store.get(Bucket::Ledger, &adj_key(id)).await {
                             Ok(doc) => AdjRecord::parse(id, &doc.body)
                                 .ok()
-                                .and_then(|record| Prune::by_adjustment(name, id, &record)),
+                                .and_then(|record| Prune::by_adjustment(name.to_name(), id, &record)),
                             Err(_) => None,
                         };
                         match prune {

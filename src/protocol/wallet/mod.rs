@@ -20,7 +20,7 @@
 use super::records::{now_ms, AdjRecord, AdjState, TxRecord, TxState};
 use super::{read_tx, retry, RecentlyCompleted, Result};
 use crate::domain::keys::{balance_key, MARKERS_XATTR};
-use crate::domain::{Credit, Marker, MarkerName, Markers, Units};
+use crate::domain::{Credit, FoundName, Marker, MarkerName, Markers, Units};
 use crate::store::{Bucket, Cas, Store, StoreError};
 #[cfg(test)]
 pub(crate) use write::WHOLE_WRITE_CREDITS_MAX;
@@ -80,11 +80,11 @@ pub(crate) struct Prune(MarkerName);
 
 impl Prune {
     /// `name` marks a credit of an action this process knows completed.
-    pub(crate) fn known(name: MarkerName, marker: &Marker<'_>, recent: &RecentlyCompleted) -> Option<Self> {
+    pub(crate) fn known(name: FoundName<'_>, marker: &Marker<'_>, recent: &RecentlyCompleted) -> Option<Self> {
         marker
             .action()
             .is_some_and(|a| recent.contains(a))
-            .then_some(Prune(name))
+            .then(|| Prune(name.to_name()))
     }
 
     /// `name` marks a credit of `action`, whose record reads completed.
@@ -208,7 +208,7 @@ impl State {
             .iter()
             .filter_map(|(name, marker)| {
                 let action = marker.action().filter(|a| !recent.contains(a))?;
-                Some((marker.at_ms().unwrap_or(0), name, action.to_string()))
+                Some((marker.at_ms().unwrap_or(0), name.to_name(), action.to_string()))
             })
             .collect();
         found.sort();
@@ -226,7 +226,7 @@ impl State {
                 let action = marker.action().filter(|a| !recent.contains(a))?;
                 Some(Stale {
                     hash: hash.to_string(),
-                    name,
+                    name: name.to_name(),
                     action: action.to_string(),
                 })
             })
