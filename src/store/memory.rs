@@ -33,7 +33,24 @@ impl Clock {
             Clock::Manual(ms) => ms.load(Ordering::SeqCst),
         }
     }
+
+    /// The time the next CAS is taken from ([`model::next_cas`]), in
+    /// nanoseconds since the epoch. A manual clock's zero stands for
+    /// [`MANUAL_CLOCK_ZERO_NS`], so that its CAS values are in the
+    /// server's range too, and the same in every run.
+    fn cas_time_ns(&self) -> u64 {
+        match self {
+            Clock::System => model::unix_ns_now(),
+            Clock::Manual(ms) => {
+                MANUAL_CLOCK_ZERO_NS.saturating_add(ms.load(Ordering::SeqCst).saturating_mul(1_000_000))
+            }
+        }
+    }
 }
+
+/// Where a manual clock's zero is on the server's clock, for CAS values:
+/// 2024-10-15T13:46:40Z, in nanoseconds since the epoch.
+pub const MANUAL_CLOCK_ZERO_NS: u64 = 1_729_000_000_000_000_000;
 
 #[derive(Default)]
 struct Inner {
@@ -55,9 +72,10 @@ impl Inner {
         &mut self,
         bucket: Bucket,
         key: &str,
+        now_ns: u64,
         op: impl FnOnce(&mut Stored, Cas) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        self.last_cas += 1;
+        self.last_cas = model::next_cas(self.last_cas, now_ns);
         let new_cas = self.last_cas;
         let map = self.bucket(bucket);
         let mut slot = map.get(key).cloned();
@@ -166,31 +184,39 @@ impl Store for MemoryStore {
     async fn get_and_lock(&self, bucket: Bucket, key: &str, lock: Duration) -> StoreResult<Doc> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, cas| model::get_and_lock(slot, key, lock, now, cas))
+            .with_slot(bucket, key, self.clock.cas_time_ns(), |slot, cas| {
+                model::get_and_lock(slot, key, lock, now, cas)
+            })
     }
 
     async fn unlock(&self, bucket: Bucket, key: &str, cas: Cas) -> StoreResult<()> {
         let now = self.clock.now_ms();
-        self.lock()
-            .with_slot(bucket, key, |slot, _| model::unlock(slot, key, cas, now))
+        self.lock().with_slot(bucket, key, self.clock.cas_time_ns(), |slot, _| {
+            model::unlock(slot, key, cas, now)
+        })
     }
 
     async fn insert(&self, bucket: Bucket, key: &str, body: &[u8]) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, cas| model::insert(slot, key, body, now, cas))
+            .with_slot(bucket, key, self.clock.cas_time_ns(), |slot, cas| {
+                model::insert(slot, key, body, now, cas)
+            })
     }
 
     async fn replace(&self, bucket: Bucket, key: &str, body: &[u8], cas: Cas) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, new| model::replace(slot, key, body, cas, now, new))
+            .with_slot(bucket, key, self.clock.cas_time_ns(), |slot, new| {
+                model::replace(slot, key, body, cas, now, new)
+            })
     }
 
     async fn remove(&self, bucket: Bucket, key: &str, cas: Option<Cas>) -> StoreResult<()> {
         let now = self.clock.now_ms();
-        self.lock()
-            .with_slot(bucket, key, |slot, _| model::remove(slot, key, cas, now))
+        self.lock().with_slot(bucket, key, self.clock.cas_time_ns(), |slot, _| {
+            model::remove(slot, key, cas, now)
+        })
     }
 
     async fn write_with_xattrs(
@@ -202,15 +228,18 @@ impl Store for MemoryStore {
         mode: WriteMode,
     ) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
-        self.lock().with_slot(bucket, key, |slot, cas| {
-            model::write_with_xattrs(slot, key, Mutation { body, xattrs, mode }, now, cas)
-        })
+        self.lock()
+            .with_slot(bucket, key, self.clock.cas_time_ns(), |slot, cas| {
+                model::write_with_xattrs(slot, key, Mutation { body, xattrs, mode }, now, cas)
+            })
     }
 
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {
         let now = self.clock.now_ms();
         self.lock()
-            .with_slot(bucket, key, |slot, cas| model::remove_xattr(slot, key, path, now, cas))
+            .with_slot(bucket, key, self.clock.cas_time_ns(), |slot, cas| {
+                model::remove_xattr(slot, key, path, now, cas)
+            })
     }
 
     async fn set_xattr(
@@ -222,9 +251,10 @@ impl Store for MemoryStore {
         cas: Option<Cas>,
     ) -> StoreResult<Cas> {
         let now = self.clock.now_ms();
-        self.lock().with_slot(bucket, key, |slot, new| {
-            model::set_xattr(slot, key, path, value, cas, now, new)
-        })
+        self.lock()
+            .with_slot(bucket, key, self.clock.cas_time_ns(), |slot, new| {
+                model::set_xattr(slot, key, path, value, cas, now, new)
+            })
     }
 
     async fn doc_times(&self, bucket: Bucket, key: &str) -> StoreResult<DocTimes> {

@@ -15,6 +15,35 @@ use serde_json::{Map, Value};
 use super::limits;
 use super::{Cas, Doc, DocTimes, DocWithXattrs, StoreError, StoreResult, WriteMode, LOCKED_CAS};
 
+/// Bits of a Couchbase CAS that count logical ticks. A CAS is the
+/// vBucket's hybrid logical clock (kv_engine `engines/ep/src/hlc.h`,
+/// `nextHLC` and `getMasked48`): the time in nanoseconds since the epoch
+/// with these low bits cleared, or the last CAS plus one when that is not
+/// greater. So a CAS is near 1.7 × 10^18 today, far above 2^53: a CAS that
+/// passes through an `f64` comes back changed.
+pub(crate) const CAS_LOGICAL_BITS: u32 = 16;
+
+/// The CAS a write at `now_ns` (nanoseconds since the epoch) takes after
+/// `last`, as the server's clock hands them out: strictly increasing, in
+/// the server's range. The server's first CAS of a tick has a logical part
+/// of 0; these stores start it at 1, a value the server hands out too
+/// (under load), so that no CAS of theirs survives a trip through an `f64`
+/// and a path that takes one through a float fails their tests.
+pub(crate) fn next_cas(last: Cas, now_ns: u64) -> Cas {
+    let physical = now_ns & !((1u64 << CAS_LOGICAL_BITS) - 1);
+    let next = physical.saturating_add(1).max(last.saturating_add(1));
+    // Never the value a read of a locked document returns.
+    next.min(LOCKED_CAS - 1)
+}
+
+/// Nanoseconds since the epoch on the machine's clock, for [`next_cas`].
+pub(crate) fn unix_ns_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// One stored document.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StoredDoc {
@@ -318,5 +347,22 @@ mod tests {
         assert_eq!(get_path(&root, "ledger.applied.m2"), Some(&json!(2)));
         let mut scalar = json!({"a": 5});
         assert!(set_path(&mut scalar, "a.b", json!(1)).is_err());
+    }
+
+    #[test]
+    fn a_cas_is_a_server_clock_value_no_float_keeps() {
+        // 2024-10-15T13:46:40.000000129Z, as the server's clock reads it.
+        let now_ns = 1_729_000_000_000_000_129;
+        let first = next_cas(0, now_ns);
+        assert_eq!(first, 1_728_999_999_999_967_233);
+        assert!(first > 1 << 53);
+        assert_ne!(first as f64 as u64, first);
+        // Within a tick, and with the clock behind: one more each time.
+        assert_eq!(next_cas(first, now_ns), first + 1);
+        assert_eq!(next_cas(first + 1, now_ns - 1_000_000_000), first + 2);
+        // A clock that moved on starts a new tick.
+        assert_eq!(next_cas(first + 2, now_ns + 1_000_000), 1_729_000_000_000_950_273);
+        // Never the CAS a read of a locked document returns.
+        assert_eq!(next_cas(LOCKED_CAS - 1, now_ns), LOCKED_CAS - 1);
     }
 }

@@ -83,16 +83,12 @@ async fn bucket_exists(store: &CouchbaseStore, name: &str) -> Finding {
 
 async fn indexes(store: &CouchbaseStore, bucket: &str) -> Finding {
     let check = format!("indexes {bucket}");
-    let expected: Vec<&str> = statements::create_indexes(&store.names.0, &store.names.1)
-        .into_iter()
-        .filter(|(b, _, _)| b == bucket)
-        .map(|(_, name, _)| name)
-        .collect();
-    let params = [("bucket", Value::from(bucket.to_string()))];
-    let rows: Vec<Value> = match store
-        .query(statements::index_names_and_states().to_string(), &params)
-        .await
-    {
+    let expected = statements::index_names(&store.names.0, &store.names.1, bucket);
+    let params = [
+        ("bucket", Value::from(bucket.to_string())),
+        ("names", Value::from(expected.clone())),
+    ];
+    let rows: Vec<Value> = match store.query(statements::index_names_and_states(), &params).await {
         Ok(rows) => rows,
         Err(e) => return Finding::problem(check, format!("system:indexes could not be read: {e}")),
     };

@@ -81,8 +81,12 @@ async fn ensure_indexes(store: &CouchbaseStore) -> StoreResult<()> {
     }
     // Deferred indexes of one bucket build together, in one scan of its data.
     for bucket in [store.names.0.clone(), store.names.1.clone()] {
-        let params = [("bucket", Value::from(bucket.clone()))];
-        let deferred: Vec<String> = store.query(statements::deferred_indexes().to_string(), &params).await?;
+        let names = statements::index_names(&store.names.0, &store.names.1, &bucket);
+        let params = [
+            ("bucket", Value::from(bucket.clone())),
+            ("names", Value::from(names.clone())),
+        ];
+        let deferred: Vec<String> = store.query(statements::deferred_indexes(), &params).await?;
         if !deferred.is_empty() {
             store
                 .query::<Value>(statements::build_indexes(&bucket, &deferred), &[])
@@ -91,8 +95,14 @@ async fn ensure_indexes(store: &CouchbaseStore) -> StoreResult<()> {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(READY_WAIT_MS_MAX);
         loop {
-            let states: Vec<String> = store.query(statements::index_states().to_string(), &params).await?;
-            if !states.is_empty() && states.iter().all(|s| s == "online") {
+            #[derive(serde::Deserialize, Debug)]
+            struct Row {
+                name: String,
+                state: String,
+            }
+            let states: Vec<Row> = store.query(statements::index_names_and_states(), &params).await?;
+            let online = |name: &str| states.iter().any(|r| r.name == name && r.state == "online");
+            if names.iter().all(|name| online(name)) {
                 break;
             }
             if tokio::time::Instant::now() > deadline {

@@ -281,11 +281,8 @@ impl Store for CouchbaseStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<String>> {
-        let statement = statements::list_keys(self.bucket_name(bucket), prefix);
-        let params = [
-            ("after", Value::from(after.unwrap_or(""))),
-            ("limit", Value::from(limit as u64)),
-        ];
+        let statement = statements::list_keys(self.bucket_name(bucket), prefix, after);
+        let params = [("limit", Value::from(limit as u64))];
         self.query_in::<String>(bucket, statement, &params).await
     }
 
@@ -294,20 +291,23 @@ impl Store for CouchbaseStore {
         let bucket = self.bucket_name(Bucket::Ledger);
         let mut found = Vec::new();
         // Key order: every `adj:` key sorts before every `tx:` key.
-        for (prefix, statement) in [
-            (ADJ_PREFIX, statements::wallet_adjustments(bucket)),
-            (TX_PREFIX, statements::wallet_credits(bucket)),
-        ] {
+        let statements: [(&str, fn(&str, Option<&str>) -> String); 2] = [
+            (ADJ_PREFIX, statements::wallet_adjustments),
+            (TX_PREFIX, statements::wallet_credits),
+        ];
+        for (prefix, statement) in statements {
             if found.len() >= limit || after.is_some_and(|a| a >= prefix && !a.starts_with(prefix)) {
                 continue;
             }
-            let cursor = after.filter(|a| a.starts_with(prefix)).unwrap_or("");
+            let cursor = after.filter(|a| a.starts_with(prefix));
             let params = [
                 ("hash", Value::from(hash)),
-                ("after", Value::from(cursor)),
                 ("limit", Value::from((limit - found.len()) as u64)),
             ];
-            found.extend(self.query_in::<String>(Bucket::Ledger, statement, &params).await?);
+            found.extend(
+                self.query_in::<String>(Bucket::Ledger, statement(bucket, cursor), &params)
+                    .await?,
+            );
         }
         Ok(found)
     }
@@ -344,12 +344,8 @@ impl Store for CouchbaseStore {
             // Only queued actions are indexed by shard.
             return super::list_shard_keys_by_scan(self, bucket, prefix, shard, after, limit).await;
         }
-        let statement = statements::list_shard_keys(self.bucket_name(bucket));
-        let params = [
-            ("shard", Value::from(shard)),
-            ("after", Value::from(after.unwrap_or(""))),
-            ("limit", Value::from(limit as u64)),
-        ];
+        let statement = statements::list_shard_keys(self.bucket_name(bucket), after);
+        let params = [("shard", Value::from(shard)), ("limit", Value::from(limit as u64))];
         self.query_in::<String>(bucket, statement, &params).await
     }
 
@@ -362,15 +358,9 @@ impl Store for CouchbaseStore {
         if bucket != Bucket::Queue || prefix != ACTION_PREFIX || path != BLOCKED_XATTR {
             return super::census_by_lookups(self, bucket, prefix, path, probe_max).await;
         }
-        #[derive(serde::Deserialize)]
-        struct Row {
-            total: u64,
-            blocked: u64,
-            oldest_cas: Option<f64>,
-        }
         let statement = statements::queue_census(self.bucket_name(bucket));
         let row = self
-            .query_in::<Row>(bucket, statement, &[])
+            .query_in::<statements::CensusRow>(bucket, statement, &[])
             .await?
             .into_iter()
             .next()
@@ -391,24 +381,14 @@ impl Store for CouchbaseStore {
         after: Option<(Cas, String)>,
         limit: usize,
     ) -> StoreResult<Vec<(Cas, String)>> {
-        #[derive(serde::Deserialize)]
-        struct Row {
-            cas: f64,
-            id: String,
-        }
-        let statement = statements::changed_since(self.bucket_name(bucket), prefix);
-        let (after_cas, after_id) = after.unwrap_or((0, String::new()));
-        let params = [
-            ("since", Value::from(since)),
-            ("after_cas", Value::from(after_cas)),
-            ("after_id", Value::from(after_id)),
-            ("limit", Value::from(limit as u64)),
-        ];
+        let (after_cas, after_id) = statements::changed_since_cursor(prefix, since, after);
+        let statement = statements::changed_since(self.bucket_name(bucket), prefix, (after_cas, &after_id));
+        let params = [("limit", Value::from(limit as u64))];
         Ok(self
-            .query_in::<Row>(bucket, statement, &params)
+            .query_in::<statements::ChangedRow>(bucket, statement, &params)
             .await?
             .into_iter()
-            .map(|row| (row.cas.max(0.0) as Cas, row.id))
+            .map(|row| (row.cas, row.id))
             .collect())
     }
 
@@ -441,12 +421,11 @@ impl Store for CouchbaseStore {
 /// lower point only reads more.
 pub const CLOCK_DRIFT_MAX: Duration = Duration::from_secs(60);
 
-/// A CAS as SQL++ returns it (a JSON number: nanoseconds since the epoch,
-/// see [`statements::queue_census`]) in Unix milliseconds; `None` for a
-/// value that is no time (negative, not finite, or beyond the year 2554).
-fn cas_to_unix_ms(cas: f64) -> Option<u64> {
-    let ms = (cas / 1e6).floor();
-    (ms.is_finite() && ms >= 0.0 && ms < u64::MAX as f64 / 1e6).then_some(ms as u64)
+/// A CAS (nanoseconds since the epoch, see [`statements::queue_census`])
+/// in Unix milliseconds; `None` for the CAS of a locked document, which
+/// is no time.
+fn cas_to_unix_ms(cas: Cas) -> Option<u64> {
+    (cas != crate::store::LOCKED_CAS).then_some(cas / 1_000_000)
 }
 
 #[cfg(test)]
@@ -455,9 +434,8 @@ mod tests {
 
     #[test]
     fn a_cas_reads_as_the_time_of_the_write() {
-        // A CAS as a query returns it (2015-10-21T18:27:36.379Z).
-        assert_eq!(cas_to_unix_ms(1.4454516563790397e18), Some(1_445_451_656_379));
-        assert_eq!(cas_to_unix_ms(-1.0), None);
-        assert_eq!(cas_to_unix_ms(f64::NAN), None);
+        // 2015-10-21T18:27:36.379Z, as a server's clock writes it.
+        assert_eq!(cas_to_unix_ms(1_445_451_656_379_039_744), Some(1_445_451_656_379));
+        assert_eq!(cas_to_unix_ms(crate::store::LOCKED_CAS), None);
     }
 }

@@ -125,19 +125,39 @@ pub fn server_version() -> &'static str {
     "SELECT RAW ds_version()"
 }
 
-/// Names of a bucket's indexes still waiting to be built.
-pub fn deferred_indexes() -> &'static str {
-    "SELECT RAW name FROM system:indexes WHERE keyspace_id = $bucket AND state = \"deferred\""
+/// The names of the indexes ledgerd makes in `bucket` (see
+/// [`create_indexes`]).
+pub fn index_names(queue: &str, ledger: &str, bucket: &str) -> Vec<&'static str> {
+    create_indexes(queue, ledger)
+        .into_iter()
+        .filter(|(b, _, _)| b == bucket)
+        .map(|(_, name, _)| name)
+        .collect()
 }
 
-/// States of a bucket's ledgerd indexes.
-pub fn index_states() -> &'static str {
-    "SELECT RAW state FROM system:indexes WHERE keyspace_id = $bucket AND name LIKE \"ix_ledgerd_%\""
+/// Which rows of `system:indexes` are indexes of bucket `$bucket` itself
+/// (its default collection, where ledgerd keeps its documents): those
+/// without a `bucket_id` whose keyspace is the bucket, or, named by
+/// collection, `$bucket._default._default`. A collection of another
+/// bucket that shares the bucket's name has a `bucket_id`
+/// (couchbase/query `datastore/index_info.go`, `IndexInfoDoc`: `bucket_id`
+/// and `scope_id` are set only for an index on a collection); the SDKs
+/// list a bucket's deferred indexes with the same condition
+/// (couchbase-cxx-client, gocb: `QueryIndexManager`).
+const IN_THE_BUCKET: &str = "((bucket_id IS MISSING AND keyspace_id = $bucket) \
+     OR (bucket_id = $bucket AND scope_id = \"_default\" AND keyspace_id = \"_default\"))";
+
+/// Names of the indexes `$names` of bucket `$bucket` still waiting to be
+/// built: ledgerd's own, never another application's, and in the bucket
+/// itself, never in a collection.
+pub fn deferred_indexes() -> String {
+    format!("SELECT RAW name FROM system:indexes WHERE {IN_THE_BUCKET} AND name IN $names AND state = \"deferred\"")
 }
 
-/// Names and states of a bucket's ledgerd indexes (`ledgerd check`).
-pub fn index_names_and_states() -> &'static str {
-    "SELECT name, state FROM system:indexes WHERE keyspace_id = $bucket AND name LIKE \"ix_ledgerd_%\""
+/// Names and states of the indexes `$names` of bucket `$bucket` (`init`
+/// waits for them, `ledgerd check` reports them).
+pub fn index_names_and_states() -> String {
+    format!("SELECT name, state FROM system:indexes WHERE {IN_THE_BUCKET} AND name IN $names")
 }
 
 /// Builds the named deferred indexes of a bucket in one pass.
@@ -168,16 +188,39 @@ fn like_prefix(prefix: &str) -> String {
     )
 }
 
-/// Up to `$limit` ids under `prefix` after `$after`, in order. The literal
+/// The cursor of a listing in key order: `AND META().id > "<after>"`, the
+/// key written into the statement as a string literal, or nothing on a
+/// first page.
+///
+/// Why a literal and not a parameter: each of these statements also
+/// bounds `META().id` from below by its prefix (the `LIKE` that selects
+/// the partial index, and the key range). Of two lower bounds on one index
+/// key, the planner keeps the greater when both are constants, and the
+/// span stays exact; when one is a parameter it cannot compare them
+/// before they have values, keeps both in a `GREATEST`, and marks the span
+/// inexact (couchbase/query `planner/spans_term.go`, `constrainRange`).
+/// An inexact span costs the `LIMIT` its push-down to the indexer
+/// (`planner/build_scan_pushdowns.go`, `checkExactSpans`), and an array
+/// index its covering of `ANY ... SATISFIES` (`build_scan_covering.go`,
+/// `indexCoverExpressions`): `history` would fetch every record of the
+/// wallet. Statements are sent ad hoc (the SDK's default), so a literal
+/// costs no cached plan. [`literal`] escapes as the query lexer reads
+/// (`parser/n1ql/util.go`, `ProcessEscapeSequences`).
+fn id_after(after: Option<&str>) -> String {
+    after.map_or_else(String::new, |after| format!(" AND META().id > {}", literal(after)))
+}
+
+/// Up to `$limit` ids under `prefix` after `after`, in order. The literal
 /// `LIKE` lets the planner choose the partial index for `action:`.
-pub fn list_keys(bucket: &str, prefix: &str) -> String {
+pub fn list_keys(bucket: &str, prefix: &str, after: Option<&str>) -> String {
     format!(
-        "SELECT RAW META().id FROM {} WHERE META().id LIKE {} AND META().id >= {} AND META().id < {} \
-         AND META().id > $after ORDER BY META().id LIMIT $limit",
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE {} AND META().id >= {} AND META().id < {}{} \
+         ORDER BY META().id LIMIT $limit",
         ident(bucket),
         literal(&like_prefix(prefix)),
         literal(prefix),
         literal(&upper_bound(prefix)),
+        id_after(after),
     )
 }
 
@@ -205,15 +248,16 @@ pub fn shard_expression() -> String {
     format!("(({}) % {SHARDS})", terms.join(" + "))
 }
 
-/// Up to `$limit` queued actions of shard `$shard` after `$after`, in
+/// Up to `$limit` queued actions of shard `$shard` after `after`, in
 /// order, from the shard index: equality on its leading key, then the id
 /// range, so the index answers in id order and reads no other shard.
-pub fn list_shard_keys(bucket: &str) -> String {
+pub fn list_shard_keys(bucket: &str, after: Option<&str>) -> String {
     format!(
-        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"action:%\" AND {} = $shard \
-         AND META().id > $after ORDER BY META().id LIMIT $limit",
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"action:%\" AND {} = $shard{} \
+         ORDER BY META().id LIMIT $limit",
         ident(bucket),
         shard_expression(),
+        id_after(after),
     )
 }
 
@@ -229,23 +273,25 @@ pub fn list_shard_range(bucket: &str) -> String {
 }
 
 /// Up to `$limit` transaction records that credit wallet `$hash`, after
-/// `$after`, in id order: the array index's span for one hash, covering
+/// `after`, in id order: the array index's span for one hash, covering
 /// (SQL++ "Array Indexing": `ANY ... SATISFIES` on a `DISTINCT ARRAY`
-/// index key).
-pub fn wallet_credits(bucket: &str) -> String {
+/// index key, covered only when every span is exact: see [`id_after`]).
+pub fn wallet_credits(bucket: &str, after: Option<&str>) -> String {
     format!(
         "SELECT RAW META().id FROM {} WHERE META().id LIKE \"tx:%\" \
-         AND ANY c IN credits SATISFIES c.`hash` = $hash END AND META().id > $after ORDER BY META().id LIMIT $limit",
-        ident(bucket)
+         AND ANY c IN credits SATISFIES c.`hash` = $hash END{} ORDER BY META().id LIMIT $limit",
+        ident(bucket),
+        id_after(after),
     )
 }
 
-/// Up to `$limit` adjustments of wallet `$hash`, after `$after`, in id order.
-pub fn wallet_adjustments(bucket: &str) -> String {
+/// Up to `$limit` adjustments of wallet `$hash`, after `after`, in id order.
+pub fn wallet_adjustments(bucket: &str, after: Option<&str>) -> String {
     format!(
-        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"adj:%\" AND `hash` = $hash \
-         AND META().id > $after ORDER BY META().id LIMIT $limit",
-        ident(bucket)
+        "SELECT RAW META().id FROM {} WHERE META().id LIKE \"adj:%\" AND `hash` = $hash{} \
+         ORDER BY META().id LIMIT $limit",
+        ident(bucket),
+        id_after(after),
     )
 }
 
@@ -265,20 +311,60 @@ pub fn queue_census(bucket: &str) -> String {
     )
 }
 
-/// Up to `$limit` ids under `prefix` written after the CAS `$since`, with
-/// their CAS, in `(cas, id)` order after `($after_cas, $after_id)`: a
-/// range on the CAS index's leading key, covering.
-pub fn changed_since(bucket: &str, prefix: &str) -> String {
+/// The row of [`queue_census`]; the CAS read as the integer it is (see
+/// [`ChangedRow`]).
+#[derive(Debug, serde::Deserialize)]
+pub struct CensusRow {
+    /// Queued actions.
+    pub total: u64,
+    /// Those carrying a block note.
+    pub blocked: u64,
+    /// The least CAS among them (`null` when there are none).
+    pub oldest_cas: Option<u64>,
+}
+
+/// Up to `$limit` ids under `prefix` with their CAS, in `(cas, id)` order
+/// after the cursor `(after_cas, after_id)`: a range on the CAS index's
+/// leading key, covering. The cursor is the statement's only lower bound
+/// on the CAS, written as literals (see [`id_after`]): with two lower
+/// bounds on one index key that the planner cannot compare (the point
+/// asked for and the cursor, as parameters), it keeps whichever it met
+/// first (`planner/spans_term.go`, `constrainRange`), and a first page
+/// with a cursor of 0 scanned the whole index. The first page's cursor
+/// starts at the point asked for ([`changed_since_cursor`]).
+pub fn changed_since(bucket: &str, prefix: &str, (after_cas, after_id): (u64, &str)) -> String {
     format!(
-        "SELECT META().cas AS cas, META().id AS id FROM {} WHERE META().cas > $since \
-         AND META().id LIKE {} AND META().id >= {} AND META().id < {} \
-         AND (META().cas > $after_cas OR (META().cas = $after_cas AND META().id > $after_id)) \
+        "SELECT META().cas AS cas, META().id AS id FROM {} \
+         WHERE META().id LIKE {} AND META().id >= {} AND META().id < {} \
+         AND (META().cas > {after_cas} OR (META().cas = {after_cas} AND META().id > {})) \
          ORDER BY META().cas, META().id LIMIT $limit",
         ident(bucket),
         literal(&like_prefix(prefix)),
         literal(prefix),
         literal(&upper_bound(prefix)),
+        literal(after_id),
     )
+}
+
+/// The cursor of [`changed_since`] for the page after `after`, or for the
+/// first page of the changes after the CAS `since`: `(since, the key
+/// range's upper bound)`, which every id under `prefix` sorts before, so
+/// that the first page lists exactly the CAS values above `since`.
+pub fn changed_since_cursor(prefix: &str, since: u64, after: Option<(u64, String)>) -> (u64, String) {
+    after.unwrap_or_else(|| (since, upper_bound(prefix)))
+}
+
+/// One row of [`changed_since`]. SQL++ returns `META().cas` as a JSON
+/// integer with every digit (the query service holds it as a 64-bit
+/// integer: couchbase/query `value/value.go`, `NewValue`); it is read as
+/// one, never through a float, which would move a CAS near 1.7 × 10^18 by
+/// up to 128 ns and make the cursor skip the records in between.
+#[derive(Debug, serde::Deserialize)]
+pub struct ChangedRow {
+    /// The document's CAS.
+    pub cas: u64,
+    /// The document's key.
+    pub id: String,
 }
 
 /// How many ids start with `prefix`.
@@ -299,9 +385,14 @@ mod tests {
     #[test]
     fn discovery_uses_the_partial_index_predicate() {
         assert_eq!(
-            list_keys("queue", "action:"),
+            list_keys("queue", "action:", None),
             "SELECT RAW META().id FROM `queue` WHERE META().id LIKE \"action:%\" AND META().id >= \"action:\" \
-             AND META().id < \"action;\" AND META().id > $after ORDER BY META().id LIMIT $limit"
+             AND META().id < \"action;\" ORDER BY META().id LIMIT $limit"
+        );
+        assert_eq!(
+            list_keys("queue", "action:", Some("action:7")),
+            "SELECT RAW META().id FROM `queue` WHERE META().id LIKE \"action:%\" AND META().id >= \"action:\" \
+             AND META().id < \"action;\" AND META().id > \"action:7\" ORDER BY META().id LIMIT $limit"
         );
         assert_eq!(
             count_keys("ledger", "balance:"),
@@ -328,7 +419,11 @@ mod tests {
     fn the_shard_listing_uses_the_shard_index_expression() {
         let index = &create_indexes("queue", "ledger")[1].2;
         assert!(index.contains(&format!("ON `queue`({}, META().id)", shard_expression())));
-        assert!(list_shard_keys("queue").contains(&format!("AND {} = $shard", shard_expression())));
+        assert!(list_shard_keys("queue", None).contains(&format!("AND {} = $shard ORDER BY", shard_expression())));
+        assert!(list_shard_keys("queue", Some("action:9")).contains(&format!(
+            "AND {} = $shard AND META().id > \"action:9\" ORDER BY",
+            shard_expression()
+        )));
         assert!(list_shard_range("queue").contains(&format!("AND {} >= $lo", shard_expression())));
         assert!(shard_expression().starts_with(
             "(((1 + IFMISSINGORNULL(POSITION(\"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.:\", SUBSTR(META().id, LENGTH(META().id) - 1, 1)), -1)) * 1 + "
@@ -345,8 +440,61 @@ mod tests {
         assert!(all[5]
             .2
             .contains("ON `ledger`(`hash`, META().id) WHERE META().id LIKE \"adj:%\""));
-        assert!(wallet_credits("ledger").contains("ANY c IN credits SATISFIES c.`hash` = $hash END"));
-        assert!(wallet_adjustments("ledger").contains("`hash` = $hash"));
+        assert!(wallet_credits("ledger", None).contains("ANY c IN credits SATISFIES c.`hash` = $hash END"));
+        assert!(wallet_adjustments("ledger", None).contains("`hash` = $hash"));
+    }
+
+    #[test]
+    fn cursors_are_constants_so_that_every_span_is_exact() {
+        // A parameter beside the prefix's constant bound on the same key
+        // makes the span inexact: the array index would no longer cover
+        // `ANY`, and no LIMIT would reach the indexer.
+        for first in [
+            list_keys("queue", "action:", None),
+            list_shard_keys("queue", None),
+            wallet_credits("ledger", None),
+            wallet_adjustments("ledger", None),
+        ] {
+            assert!(!first.contains("$after"), "{first}");
+            assert!(!first.contains("META().id > "), "a first page has no cursor: {first}");
+        }
+        assert_eq!(
+            wallet_credits("ledger", Some("tx:a\"b")),
+            "SELECT RAW META().id FROM `ledger` WHERE META().id LIKE \"tx:%\" \
+             AND ANY c IN credits SATISFIES c.`hash` = $hash END AND META().id > \"tx:a\\\"b\" ORDER BY META().id LIMIT $limit"
+        );
+        assert_eq!(
+            wallet_adjustments("ledger", Some("adj:x")),
+            "SELECT RAW META().id FROM `ledger` WHERE META().id LIKE \"adj:%\" AND `hash` = $hash \
+             AND META().id > \"adj:x\" ORDER BY META().id LIMIT $limit"
+        );
+    }
+
+    /// The query lexer's reading of a double-quoted string literal
+    /// (couchbase/query `parser/n1ql/util.go`, `ProcessEscapeSequences`),
+    /// for the escapes [`literal`] writes.
+    fn as_the_lexer_reads(text: &str) -> Option<String> {
+        let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+        let (mut out, mut chars) = (String::new(), inner.chars());
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    c @ ('\\' | '"' | '/' | '\'' | '`') => out.push(c),
+                    _ => return None,
+                },
+                // An unescaped quote would end the literal early.
+                '"' => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_cursor_reaches_the_server_as_the_key_it_is(key in "\\PC{0,40}") {
+            proptest::prop_assert_eq!(as_the_lexer_reads(&literal(&key)), Some(key));
+        }
     }
 
     #[test]
@@ -402,15 +550,83 @@ mod tests {
             index.2,
             "CREATE INDEX ix_ledgerd_ledger_cas IF NOT EXISTS ON `ledger`(META().cas, META().id) WITH {\"defer_build\": true}"
         );
-        let query = changed_since("ledger", "tx:");
-        assert!(query.starts_with("SELECT META().cas AS cas, META().id AS id FROM `ledger` WHERE META().cas > $since"));
-        assert!(query.contains("ORDER BY META().cas, META().id LIMIT $limit"));
+        let since = 1_729_000_000_000_000_129;
+        let (cas, id) = changed_since_cursor("tx:", since, None);
+        let query = changed_since("ledger", "tx:", (cas, &id));
+        assert_eq!(
+            query,
+            "SELECT META().cas AS cas, META().id AS id FROM `ledger` WHERE META().id LIKE \"tx:%\" \
+             AND META().id >= \"tx:\" AND META().id < \"tx;\" \
+             AND (META().cas > 1729000000000000129 OR (META().cas = 1729000000000000129 AND META().id > \"tx;\")) \
+             ORDER BY META().cas, META().id LIMIT $limit"
+        );
+        // One lower bound on the CAS, the cursor's, and it starts at the
+        // point asked for: no second bound for the planner to start from.
+        assert_eq!(query.matches("META().cas >").count(), 1);
+        assert!(
+            !query.contains('$') || query.matches('$').count() == 1,
+            "only $limit: {query}"
+        );
+    }
+
+    #[test]
+    fn the_first_page_of_changes_starts_at_the_point_asked_for() {
+        // Every id under the prefix sorts before the range's upper bound,
+        // so (since, upper) lists exactly the CAS values above `since`.
+        let since = 1_729_000_000_000_000_129;
+        assert_eq!(changed_since_cursor("tx:", since, None), (since, "tx;".to_string()));
+        assert!("tx:\u{10FFFF}" < "tx;");
+        assert_eq!(
+            changed_since_cursor("tx:", since, Some((since + 5, "tx:a".into()))),
+            (since + 5, "tx:a".to_string())
+        );
+    }
+
+    #[test]
+    fn a_cas_comes_back_from_a_query_with_every_digit() {
+        // A server CAS: 1729000000000000129 is …256 once through an f64.
+        let rows: Vec<ChangedRow> =
+            serde_json::from_str(r#"[{"cas": 1729000000000000129, "id": "tx:a"}]"#).expect("rows");
+        assert_eq!(rows[0].cas, 1_729_000_000_000_000_129);
+        assert_eq!(rows[0].id, "tx:a");
+        let census: CensusRow =
+            serde_json::from_str(r#"{"total": 2, "blocked": 0, "oldest_cas": 1729000000000000129}"#).expect("row");
+        assert_eq!(census.oldest_cas, Some(1_729_000_000_000_000_129));
+    }
+
+    #[test]
+    fn init_reads_and_builds_only_its_own_indexes_in_the_bucket_itself() {
+        assert_eq!(
+            index_names("queue", "ledger", "queue"),
+            [
+                INDEX_QUEUE_ACTIONS,
+                INDEX_QUEUE_SHARDS,
+                INDEX_QUEUE_IDS,
+                INDEX_QUEUE_STATES
+            ]
+        );
+        assert_eq!(index_names("queue", "ledger", "ledger").len(), 4);
+        for statement in [deferred_indexes(), index_names_and_states()] {
+            // Named, not matched: `_` is LIKE's one-character wildcard, and
+            // another application's `ix_ledgerd_x` is not ledgerd's.
+            assert!(statement.contains("AND name IN $names"), "{statement}");
+            assert!(!statement.contains("LIKE"), "{statement}");
+            // The bucket's default collection, not a collection named like it.
+            assert!(
+                statement.contains(
+                    "((bucket_id IS MISSING AND keyspace_id = $bucket) \
+                     OR (bucket_id = $bucket AND scope_id = \"_default\" AND keyspace_id = \"_default\"))"
+                ),
+                "{statement}"
+            );
+        }
+        assert!(deferred_indexes().ends_with("AND state = \"deferred\""));
     }
 
     #[test]
     fn names_and_strings_are_escaped() {
         assert_eq!(ident("we`ird"), "`we``ird`");
         assert_eq!(literal("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert!(list_keys("q", "ct_1%:").contains(r#"LIKE "ct\\_1\\%:%""#));
+        assert!(list_keys("q", "ct_1%:", None).contains(r#"LIKE "ct\\_1\\%:%""#));
     }
 }

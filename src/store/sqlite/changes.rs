@@ -2,8 +2,8 @@
 //! clock, for `ledgerd audit --since` (see
 //! [`crate::store::Store::changed_since`]).
 //!
-//! CAS values come from one counter (`cas_seq`) and every write takes the
-//! next one, so a range scan over `(bucket, cas, key)` from a CAS lists
+//! CAS values come from one clock (`cas_seq` holds the last one handed
+//! out: see `threads.rs`) and every write takes a greater one, so a range scan over `(bucket, cas, key)` from a CAS lists
 //! exactly the documents written since, oldest first. The indexes are
 //! partial, one per record prefix (`tx:`, `adj:`): wallets, the busiest
 //! ledger documents, and queued actions cost them nothing. A record is

@@ -144,6 +144,8 @@ impl TxDocs {
 pub(super) struct Tx<'c> {
     pub(super) conn: &'c Connection,
     pub(super) now_ms: u64,
+    /// This transaction's time on the CAS clock, in nanoseconds.
+    now_ns: u64,
     last_cas: Cell<i64>,
     docs: RefCell<TxDocs>,
     /// An operation failed after changing its document: the model promises
@@ -162,10 +164,14 @@ impl Tx<'_> {
         self.unsettled.note(bucket, key, self.batch);
     }
 
+    /// The next CAS: the server's clock (see [`crate::store::model::next_cas`])
+    /// at this transaction's time, after the last one handed out. SQLite
+    /// keeps it as a signed integer, which holds a CAS until the year 2262.
     fn next_cas(&self) -> Cas {
-        let next = self.last_cas.get().saturating_add(1);
-        self.last_cas.set(next);
-        u64::try_from(next).unwrap_or(0)
+        let last = u64::try_from(self.last_cas.get()).unwrap_or(0);
+        let next = crate::store::model::next_cas(last, self.now_ns).min(i64::MAX as u64);
+        self.last_cas.set(i64::try_from(next).unwrap_or(i64::MAX));
+        next
     }
 
     /// Writes every changed document back, in key order: one statement each.
@@ -350,6 +356,7 @@ pub(super) fn writer_loop(
         let tx = Tx {
             conn: &conn,
             now_ms: clock_ms(),
+            now_ns: crate::store::model::unix_ns_now(),
             last_cas: Cell::new(first_cas),
             docs: RefCell::default(),
             broken: Cell::new(false),

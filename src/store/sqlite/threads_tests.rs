@@ -42,6 +42,7 @@ fn tx<'c>(conn: &'c Connection, unsettled: &'c Unsettled) -> Tx<'c> {
     Tx {
         conn,
         now_ms: 1_000,
+        now_ns: crate::store::memory::MANUAL_CLOCK_ZERO_NS,
         last_cas: Cell::new(0),
         docs: RefCell::default(),
         broken: Cell::new(false),
