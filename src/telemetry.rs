@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -27,15 +28,30 @@ pub fn init(filter: &str, format: LogFormat) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) keeps the first subscriber; that is fine.
-    let _ = if json {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
+    // The filter is the output's alone: the SDK's refusal of a login is
+    // heard whatever level the output shows (see `auth_watch`).
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = if json {
+        output
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_filter(env_filter)
+            .boxed()
     } else {
-        builder.with_target(false).try_init()
+        // Colour only where a person reads it: `--log-format pretty` into
+        // a pipe or a file gets plain text.
+        output
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(env_filter)
+            .boxed()
     };
+    // A second init (tests) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(crate::store::couchbase::auth_watch::layer())
+        .try_init();
     if let Some(e) = bad_filter {
         tracing::warn!(filter, error = %e, "invalid log filter, using info");
     }

@@ -165,3 +165,96 @@ fn a_disk_that_takes_no_more_writes_pauses_claiming_and_the_same_worker_resumes(
     let expected: std::collections::BTreeMap<String, u64> = (0..5).map(|w| (format!("w{w}"), 400)).collect();
     assert_eq!(balances(&s), expected);
 }
+
+/// A peer that speaks just enough of memcached's binary protocol to refuse
+/// a login as Couchbase Server does: it offers SASL mechanisms, answers
+/// every SASL_AUTH or SASL_STEP with status 0x20 ("authentication error",
+/// kv_engine `docs/BinaryProtocol.md`), and everything else with "unknown
+/// command". Returns its port; it serves until the test process ends.
+fn refusing_kv_peer() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut header = [0u8; 24];
+                while conn.read_exact(&mut header).is_ok() {
+                    let body_len = u32::from_be_bytes([header[8], header[9], header[10], header[11]]) as usize;
+                    let mut body = vec![0u8; body_len];
+                    if conn.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let opcode = header[1];
+                    let (status, value): (u16, &[u8]) = match opcode {
+                        0x20 => (0x0000, b"PLAIN SCRAM-SHA512 SCRAM-SHA256 SCRAM-SHA1"),
+                        0x21 | 0x22 => (0x0020, b"Authentication failed"),
+                        _ => (0x0081, b""),
+                    };
+                    let mut response = vec![0x81, opcode, 0, 0, 0, 0];
+                    response.extend_from_slice(&status.to_be_bytes());
+                    response.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                    response.extend_from_slice(&header[12..16]); // the opaque
+                    response.extend_from_slice(&[0u8; 8]); // the CAS
+                    response.extend_from_slice(value);
+                    if conn.write_all(&response).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_refused_login_is_said_at_once_naming_the_user_and_never_the_password() {
+    let s = Scratch::empty();
+    let port = refusing_kv_peer();
+    let url = format!("couchbase://127.0.0.1:{port}");
+    let password = "pw-Never-Logged-7f3a";
+    // A connect deadline far longer than this test's wait: only the
+    // refusal can end the command before it.
+    let mut cmd = s.cmd(&[
+        "enqueue",
+        "--store",
+        &url,
+        "--log-level",
+        "trace",
+        "--log-format",
+        "json",
+    ]);
+    cmd.env("LEDGERD_COUCHBASE_USERNAME", "ledgerd-app")
+        .env("LEDGERD_COUCHBASE_PASSWORD", password)
+        .env("LEDGERD_COUCHBASE_CONNECT_TIMEOUT_MS", "600000");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ledgerd");
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a refused login was not reported: the command waited for its connect deadline");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ledgerd: ") && last.contains("authentication failed") && last.contains("\"ledgerd-app\""),
+        "{last}"
+    );
+    assert!(
+        last.contains("couchbase_password"),
+        "names the settings to check: {last}"
+    );
+    assert_eq!(out.status.code(), Some(2), "wrong credentials are configuration");
+    assert!(!err.contains(password), "the password was logged");
+    assert!(err.lines().count() > 3, "the SDK's trace lines were there to search");
+}

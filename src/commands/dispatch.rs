@@ -80,16 +80,17 @@ fn failure_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// Says once why the command failed: plainly to a person at a terminal,
-/// else as a log line (JSON when logs are), where log collectors look. A
-/// filter that silences errors still gets the plain line.
+/// Says why the command failed, in the one shape every failure of every
+/// command ends with, whatever the log format: a last line `ledgerd: …`
+/// on stderr (usage and configuration errors too). Where logs are JSON
+/// lines (a pipe, a container), the same reason is also logged as one, at
+/// ERROR, for the collectors that read only those.
 fn report_failure(e: &anyhow::Error) {
     let text = format!("{e:#}");
-    if std::io::stderr().is_terminal() || !tracing::enabled!(tracing::Level::ERROR) {
-        eprintln!("ledgerd: {text}");
-    } else {
+    if !std::io::stderr().is_terminal() && tracing::enabled!(tracing::Level::ERROR) {
         tracing::error!(error = text, "command failed");
     }
+    eprintln!("ledgerd: {text}");
 }
 
 /// Runs one subcommand.

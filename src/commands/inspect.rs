@@ -104,7 +104,7 @@ pub async fn status(store: &dyn Store, as_json: bool, mut out: impl Write) -> an
             .await
             .with_context(|| format!("counting {prefix} documents"))
     };
-    let census = crate::worker::membership::queue_census(store, None)
+    let census = crate::worker::membership::queue_census(store, None, None)
         .await
         .context("counting queued actions by state")?;
     let failed = count(Bucket::Queue, FAILED_PREFIX).await?;

@@ -32,7 +32,7 @@ pub async fn sample_queue(store: Arc<dyn Store>, health: Arc<Health>, interval: 
 
 /// One sample (see [`sample_queue`]); what cannot be read reads NaN.
 pub async fn sample_queue_once(store: &dyn Store) {
-    let census = queue_census(store, Some(QUEUE_PROBE_MAX)).await;
+    let census = queue_census(store, Some(QUEUE_PROBE_MAX), None).await;
     metrics::gauge!(QUEUE_DEPTH).set(census.as_ref().map_or(f64::NAN, |c| c.total as f64));
     let (states, oldest) = match &census {
         Ok(c) => {

@@ -93,6 +93,8 @@ impl Inner {
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     clock: Clock,
+    /// Whether its census leaves locks out, as Couchbase's does.
+    census_without_locks: bool,
 }
 
 impl MemoryStore {
@@ -106,6 +108,17 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             clock,
+            census_without_locks: false,
+        }
+    }
+
+    /// The same store (its data shared), counting the queue as Couchbase
+    /// does: a census that cannot see locks (`locked` is `None`), which the
+    /// data service keeps in memory, out of the indexer's sight.
+    pub fn census_without_locks(&self) -> Self {
+        Self {
+            census_without_locks: true,
+            ..self.clone()
         }
     }
 
@@ -276,15 +289,18 @@ impl Store for MemoryStore {
             census.total += 1;
             if e.has_xattr(path) {
                 marked += 1;
-            } else if e.locked(now) {
-                locked += 1;
+                continue;
             }
+            locked += u64::from(e.locked(now));
             census.oldest_created_ms = match (census.oldest_created_ms, e.created_ms) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
         }
         (census.locked, census.marked) = (Some(locked), Some(marked));
+        if self.census_without_locks {
+            census.locked = None;
+        }
         Ok(census)
     }
 

@@ -148,17 +148,20 @@ pub trait Store: Send + Sync {
     }
 
     /// Counts the documents under `prefix`: all, locked now and not
-    /// carrying the xattr `path`, and carrying it (locked or not). By default by reading each document
-    /// (one lookup each), and only when there are at most `probe_max`
-    /// (`None`: no limit); beyond, only `total` is known. The embedded
-    /// stores count in one scan; Couchbase in one SQL++ statement, without
-    /// the locks.
+    /// carrying the xattr `path`, and carrying it (locked or not), each
+    /// written before the call. By default by reading each document (one
+    /// lookup each), and only when there are at most `probe_max` (`None`:
+    /// no limit); beyond, only `total` is known. The embedded stores count
+    /// in one scan; Couchbase in one SQL++ statement (`request_plus`),
+    /// without the locks.
     async fn census(&self, bucket: Bucket, prefix: &str, path: &str, probe_max: Option<u64>) -> StoreResult<Census> {
         census_by_lookups(self, bucket, prefix, path, probe_max).await
     }
 
     /// Up to `limit` keys starting with `prefix` and greater than `after`,
-    /// in ascending byte order.
+    /// in ascending byte order. A queued action written a moment before
+    /// may be missing (Couchbase reads the queue's index as it is, for
+    /// discovery, which lists again); a count or a census never misses it.
     async fn list_keys(
         &self,
         bucket: Bucket,
@@ -223,7 +226,8 @@ pub trait Store: Send + Sync {
         read_docs_by_key(self, bucket, prefix, after, limit).await
     }
 
-    /// How many keys start with `prefix`.
+    /// How many keys start with `prefix`, counting every document written
+    /// before the call (Couchbase waits for its index: `request_plus`).
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64>;
 
     /// Up to `limit` documents under `prefix` last written after the CAS

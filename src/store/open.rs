@@ -52,12 +52,8 @@ pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>,
         return Ok(Arc::new(MemoryStore::new()));
     }
     if url.starts_with("couchbase://") || url.starts_with("couchbases://") {
-        if settings.couchbase.username.as_deref().unwrap_or_default().is_empty() {
-            return Err(OpenError::Config(
-                "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME".into(),
-            ));
-        }
-        return Ok(Arc::new(CouchbaseStore::connect(settings).await?));
+        let wait_for_buckets = mode == OpenMode::Existing;
+        return Ok(Arc::new(CouchbaseStore::connect(settings, wait_for_buckets).await?));
     }
     Err(OpenError::Config(format!(
         "unknown store URL {url:?}: expected sqlite://PATH, memory:// or couchbase://HOST"

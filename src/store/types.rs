@@ -63,9 +63,13 @@ pub struct Census {
     /// Carrying the xattr path, locked or not; `None` where the store could
     /// not tell within the probe budget.
     pub marked: Option<u64>,
-    /// When the oldest was created (Unix ms), where the store knows; on
-    /// Couchbase, when the least recently written one was last written
-    /// (its CAS, a hybrid logical clock).
+    /// When the oldest not carrying the xattr path was created (Unix ms),
+    /// where the store knows. Couchbase knows when each was last written
+    /// (its CAS, a hybrid logical clock), which is when its producer wrote
+    /// it as long as it carries no path: writing the path (a block note) is
+    /// the only write a worker makes to a queued action, so those carrying
+    /// it are left out on every store. How long a blocked action has been
+    /// blocked is in its note.
     pub oldest_created_ms: Option<u64>,
 }
 

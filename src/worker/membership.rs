@@ -439,12 +439,21 @@ impl Membership {
 /// [`MEMBER_TIMEOUT_MS_MAX`](crate::config::MEMBER_TIMEOUT_MS_MAX)), at
 /// most the actions not blocked. What the members say is a heartbeat old: a gauge,
 /// not an account.
-pub async fn queue_census(store: &dyn Store, probe_max: Option<u64>) -> StoreResult<Census> {
+///
+/// `holding_none`: a member that holds no claim now (a worker about to
+/// exit, asking what it leaves behind), whose last heartbeat may still
+/// say otherwise: it is not counted.
+pub async fn queue_census(
+    store: &dyn Store,
+    probe_max: Option<u64>,
+    holding_none: Option<&str>,
+) -> StoreResult<Census> {
     let mut census = store
         .census(Bucket::Queue, ACTION_PREFIX, BLOCKED_XATTR, probe_max)
         .await?;
     if census.locked.is_none() && census.marked.is_some() {
-        let members = listed(store).await?;
+        let mut members = listed(store).await?;
+        members.retain(|(id, _)| Some(id.as_str()) != holding_none);
         census.locked = Some(held_by_members(&census, &members, crate::protocol::records::now_ms()));
     }
     Ok(census)
@@ -452,7 +461,7 @@ pub async fn queue_census(store: &dyn Store, probe_max: Option<u64>) -> StoreRes
 
 /// The actions the live members said they held claimed at `now_ms` (see
 /// [`queue_census`]), at most the queued actions not blocked.
-fn held_by_members(census: &Census, members: &[(String, Heartbeat)], now_ms: u64) -> u64 {
+pub(crate) fn held_by_members(census: &Census, members: &[(String, Heartbeat)], now_ms: u64) -> u64 {
     let held: u64 = members
         .iter()
         .filter(|(_, h)| now_ms.saturating_sub(h.at_ms) <= crate::config::MEMBER_TIMEOUT_MS_MAX)

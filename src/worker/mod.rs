@@ -257,7 +257,9 @@ impl Loop {
     /// others, blocked, or put off after errors.
     async fn left_behind(&self) -> LeftBehind {
         let mut left = LeftBehind::default();
-        match membership::queue_census(self.store.as_ref(), None).await {
+        // This worker holds nothing now (every task was joined), whatever
+        // its last heartbeat said.
+        match membership::queue_census(self.store.as_ref(), None, Some(self.membership.id())).await {
             Ok(census) => {
                 (left.locked, left.blocked) = (census.locked.unwrap_or(0), census.marked.unwrap_or(0));
             }

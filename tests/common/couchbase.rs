@@ -52,7 +52,9 @@ pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
 
 /// A connected store with its buckets and indexes in place.
 pub async fn ready_store(settings: &Settings) -> CouchbaseStore {
-    let store = CouchbaseStore::connect(settings).await.expect("connect to Couchbase");
+    let store = CouchbaseStore::connect(settings, false)
+        .await
+        .expect("connect to Couchbase");
     store.init().await.expect("ledgerd init on Couchbase");
     store
 }
@@ -108,7 +110,7 @@ pub async fn end_to_end(settings: &Settings) {
     for _round in 0..20 {
         let mut runs = Vec::new();
         for _ in 0..3 {
-            let handle: Arc<dyn Store> = Arc::new(CouchbaseStore::connect(settings).await.expect("connect"));
+            let handle: Arc<dyn Store> = Arc::new(CouchbaseStore::connect(settings, false).await.expect("connect"));
             runs.push(worker::run(
                 handle,
                 cfg.clone(),

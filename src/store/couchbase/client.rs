@@ -10,15 +10,17 @@ use couchbase::cluster::Cluster;
 use couchbase::collection::Collection;
 use couchbase::durability_level::DurabilityLevel;
 use couchbase::options::cluster_options::ClusterOptions;
+use couchbase::options::diagnostic_options::WaitUntilReadyOptions;
 use couchbase::options::query_options::{QueryOptions, ScanConsistency};
 use couchbase::retry::RetryStrategy;
+use couchbase::service_type::ServiceType;
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::errors::{deadline_error, map_error, map_query_error, Call, FailFastOnLock};
 use crate::config::{Durability, Settings};
-use crate::store::{limits, Bucket, StoreError, StoreResult};
+use crate::store::{limits, Bucket, OpenError, StoreError, StoreResult};
 
 /// The SDK's durability level for the settings' one.
 pub fn durability(level: Durability) -> DurabilityLevel {
@@ -65,8 +67,13 @@ pub struct CouchbaseStore {
 }
 
 impl CouchbaseStore {
-    /// Connects with the settings' URL, credentials and bucket names.
-    pub async fn connect(settings: &Settings) -> StoreResult<Self> {
+    /// Connects with the settings' URL, credentials and bucket names, all
+    /// within `couchbase_connect_timeout_ms`: a refused login fails at
+    /// once, naming the user. With `wait_for_buckets`, it also waits until
+    /// both buckets' data service answers, so that a command's first write
+    /// does not spend its own deadline on the SDK's logins (`init`, which
+    /// may create the buckets, does not wait).
+    pub async fn connect(settings: &Settings, wait_for_buckets: bool) -> Result<Self, OpenError> {
         let cb = &settings.couchbase;
         let url = &settings.store.url;
         let durability_level = durability(cb.durability);
@@ -76,25 +83,40 @@ impl CouchbaseStore {
         let username = cb.username.clone().unwrap_or_default();
         let password = cb.password.as_ref().map(|s| s.expose().to_string()).unwrap_or_default();
         if username.is_empty() {
-            return Err(StoreError::Permanent(
+            return Err(OpenError::Config(
                 "Couchbase needs a user name: set couchbase_username or LEDGERD_COUCHBASE_USERNAME".into(),
             ));
         }
         let retry = FailFastOnLock::shared();
-        let options = ClusterOptions::new(PasswordAuthenticator::new(username, password).into())
+        let options = ClusterOptions::new(PasswordAuthenticator::new(username.clone(), password).into())
             .default_retry_strategy(retry.clone());
-        let cluster = match tokio::time::timeout(cb.connect_timeout, Cluster::connect(url, options)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(StoreError::Permanent(format!("connecting to {}: {e}", redact(url)))),
-            Err(_) => {
-                return Err(StoreError::Permanent(format!(
-                    "connecting to {}: no answer within {} ms (address, credentials or TLS?)",
-                    redact(url),
-                    cb.connect_timeout.as_millis()
-                )))
-            }
+        let deadline = tokio::time::Instant::now() + cb.connect_timeout;
+        // Wrong credentials are the configuration's fault (exit 2).
+        let refused = || {
+            OpenError::Config(format!(
+                "authentication failed: {} refused user {username:?}: check couchbase_username and \
+                 couchbase_password (LEDGERD_COUCHBASE_USERNAME, LEDGERD_COUCHBASE_PASSWORD), and that the user exists \
+                 on the cluster",
+                redact(url)
+            ))
         };
-        Ok(Self {
+        let no_answer = |what: &str| {
+            OpenError::Store(StoreError::Permanent(format!(
+                "connecting to {}: {what} within {} ms (couchbase_connect_timeout_ms): is the address right, \
+                 the cluster up and reachable, and TLS (couchbases://) as the cluster expects?",
+                redact(url),
+                cb.connect_timeout.as_millis()
+            )))
+        };
+        let cluster = tokio::select! {
+            connected = tokio::time::timeout_at(deadline, Cluster::connect(url, options)) => match connected {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(StoreError::Permanent(format!("connecting to {}: {e}", redact(url))).into()),
+                Err(_) => return Err(no_answer("no answer")),
+            },
+            () = super::auth_watch::refused() => return Err(refused()),
+        };
+        let store = Self {
             queue: cluster.bucket(settings.store.queue_bucket.clone()).default_collection(),
             ledger: cluster
                 .bucket(settings.store.ledger_bucket.clone())
@@ -112,7 +134,31 @@ impl CouchbaseStore {
             lock_retry: FailFastOnLock::for_lock_attempts(),
             bucket_ram_mb: cb.bucket_ram_mb,
             bucket_replicas: cb.bucket_replicas,
-        })
+        };
+        if wait_for_buckets {
+            let ready = async {
+                for name in [&store.names.0, &store.names.1] {
+                    let options = WaitUntilReadyOptions::new().service_types(vec![ServiceType::KV]);
+                    store.cluster.bucket(name.clone()).wait_until_ready(options).await?;
+                }
+                Ok::<(), couchbase::error::Error>(())
+            };
+            tokio::select! {
+                waited = tokio::time::timeout_at(deadline, ready) => match waited {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(StoreError::Permanent(format!(
+                            "connecting to {}: the buckets {} and {} are not ready: {e} (run `ledgerd init` if they do not exist)",
+                            redact(url), store.names.0, store.names.1
+                        ))
+                        .into())
+                    }
+                    Err(_) => return Err(no_answer("the buckets' data service did not answer")),
+                },
+                () = super::auth_watch::refused() => return Err(refused()),
+            }
+        }
+        Ok(store)
     }
 
     pub(super) fn collection(&self, bucket: Bucket) -> &Collection {
@@ -158,11 +204,23 @@ impl CouchbaseStore {
         statement: String,
         params: &[(&str, Value)],
     ) -> StoreResult<Vec<T>> {
-        let consistency = match bucket {
-            Bucket::Queue => ScanConsistency::NotBounded,
-            Bucket::Ledger => ScanConsistency::RequestPlus,
-        };
-        self.query_with(consistency, statement, params).await
+        self.query_with(consistency(bucket, Answer::Listing), statement, params)
+            .await
+    }
+
+    /// Runs a SQL++ statement over `bucket` whose answer must hold every
+    /// mutation made before it was asked (`request_plus`), in either
+    /// bucket: counts and the census. With the queue's index behind by
+    /// half a second, a count read as it is said "98 actions were not
+    /// processed" of a queue that was empty, and a census counted 3 of 5.
+    pub(super) async fn query_exact<T: DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+        statement: String,
+        params: &[(&str, Value)],
+    ) -> StoreResult<Vec<T>> {
+        self.query_with(consistency(bucket, Answer::Exact), statement, params)
+            .await
     }
 
     /// Runs a SQL++ statement over the system keyspaces (index states,
@@ -206,6 +264,27 @@ impl CouchbaseStore {
     }
 }
 
+/// What a statement's answer is for: see [`consistency`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// A listing: discovery reads the queue as its index is.
+    Listing,
+    /// A count or a census: every mutation made before it was asked.
+    Exact,
+}
+
+/// The scan consistency of a statement over `bucket` (SQL++ "Scan
+/// Consistency"): `not_bounded` only for listings of the queue, which
+/// discovery repeats (an action written a moment ago is found on the next
+/// pass, and discovery never waits for the indexer); `request_plus` for
+/// everything else.
+pub(super) fn consistency(bucket: Bucket, answer: Answer) -> ScanConsistency {
+    match (bucket, answer) {
+        (Bucket::Queue, Answer::Listing) => ScanConsistency::NotBounded,
+        _ => ScanConsistency::RequestPlus,
+    }
+}
+
 /// The URL without any user information, for logs.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
@@ -241,6 +320,17 @@ mod tests {
             assert_eq!(Durability::parse(level.name()), Some(level));
         }
         assert_eq!(Durability::parse("most"), None);
+    }
+
+    #[test]
+    fn counts_and_censuses_wait_for_the_index_listings_of_the_queue_do_not() {
+        assert_eq!(consistency(Bucket::Queue, Answer::Listing), ScanConsistency::NotBounded);
+        assert_eq!(consistency(Bucket::Queue, Answer::Exact), ScanConsistency::RequestPlus);
+        assert_eq!(
+            consistency(Bucket::Ledger, Answer::Listing),
+            ScanConsistency::RequestPlus
+        );
+        assert_eq!(consistency(Bucket::Ledger, Answer::Exact), ScanConsistency::RequestPlus);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - writes to a locked document are retried until the lock lapses by the
 //!   default strategy, so every call uses one that surfaces "locked" at once.
 
+pub mod auth_watch;
 mod check;
 mod client;
 pub mod errors;
@@ -360,7 +361,7 @@ impl Store for CouchbaseStore {
         }
         let statement = statements::queue_census(self.bucket_name(bucket));
         let row = self
-            .query_in::<statements::CensusRow>(bucket, statement, &[])
+            .query_exact::<statements::CensusRow>(bucket, statement, &[])
             .await?
             .into_iter()
             .next()
@@ -404,7 +405,7 @@ impl Store for CouchbaseStore {
     async fn count_keys(&self, bucket: Bucket, prefix: &str) -> StoreResult<u64> {
         let statement = statements::count_keys(self.bucket_name(bucket), prefix);
         Ok(self
-            .query_in::<u64>(bucket, statement, &[])
+            .query_exact::<u64>(bucket, statement, &[])
             .await?
             .first()
             .copied()

@@ -261,7 +261,7 @@ impl Store for SqliteStore {
                     "SELECT COUNT(*),
                             SUM(lock_until_ms IS NOT NULL AND lock_until_ms > ?4 AND json_extract(xattrs, ?5) IS NULL),
                             SUM(json_extract(xattrs, ?5) IS NOT NULL),
-                            MIN(created_ms)
+                            MIN(CASE WHEN json_extract(xattrs, ?5) IS NULL THEN created_ms END)
                      FROM docs WHERE bucket = ?1 AND key >= ?2 AND key < ?3",
                     params![bucket, lower, upper, now, json_path],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),

@@ -193,3 +193,28 @@ async fn a_heartbeat_publishes_the_claims_in_flight() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].1.in_flight, 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_about_to_exit_never_counts_its_own_heartbeat_as_locks() {
+    // A store that cannot see locks (as Couchbase's census cannot), ten
+    // queued actions, and two heartbeats: this worker's, from the middle
+    // of its last pass, and another live member's.
+    let inner = MemoryStore::new();
+    for i in 0..10 {
+        let key = crate::domain::keys::action_key(&format!("q{i}"));
+        inner.insert(Bucket::Queue, &key, b"{}").await.expect("enqueue");
+    }
+    let store = inner.census_without_locks();
+    let mut me = Membership::with_id(Arc::new(store.clone()), MEMBER_TIMEOUT, "me".into());
+    me.note_in_flight(8);
+    me.refresh().await;
+    let mut other = Membership::with_id(Arc::new(store.clone()), MEMBER_TIMEOUT, "other".into());
+    other.note_in_flight(1);
+    other.refresh().await;
+    let everyone = queue_census(&store, None, None).await.expect("census");
+    assert_eq!(everyone.locked, Some(9), "an operator hears every heartbeat");
+    // The worker holds nothing now, whatever its last heartbeat said.
+    let leaving = queue_census(&store, None, Some("me")).await.expect("census");
+    assert_eq!(leaving.locked, Some(1));
+    assert_eq!(leaving.total, 10);
+}
