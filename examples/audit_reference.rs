@@ -1,3 +1,4 @@
+#![allow(clippy::print_stdout)] // a measuring tool: one line of JSON, read whole by a script
 //! The reference `scripts/audit-size` measures `ledgerd audit` against:
 //! plain reading of the same rows. It reads every transaction record of
 //! an embedded store in key order with one SQL statement, parses each body

@@ -1,3 +1,4 @@
+#![allow(clippy::print_stdout)] // a measuring tool: one line of JSON, read whole by a script
 //! The plain-SQL bound of `sqlite-bound`, on a ledger that already holds
 //! records: the reference `scripts/ledger-size` measures ledgerd against at
 //! each ledger size, so that a fall with size is split into SQLite's own

@@ -342,6 +342,60 @@ fn a_store_url_naming_a_directory_says_so() {
 }
 
 #[test]
+fn a_wrong_path_is_told_from_a_damaged_store() {
+    let s = Scratch::empty();
+    // A file that is no database at all: a wrong path, not damage.
+    std::fs::write(s.path().join("notes.txt"), "hello\n").expect("a file");
+    for args in [
+        &["--store", "sqlite://notes.txt", "balances"][..],
+        &["--store", "sqlite://notes.txt", "check"],
+    ] {
+        let out = s.run(args, "");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("is not a SQLite database") && !err.contains("backup"),
+            "{err}"
+        );
+    }
+    // A directory that does not exist, for `init` as for the rest.
+    for args in [
+        &["--store", "sqlite://nowhere/ledgerd.db", "init"][..],
+        &["--store", "sqlite://nowhere/ledgerd.db", "run", "--exit-when-idle"],
+    ] {
+        let out = s.run(args, "");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("/nowhere of the store") && err.contains("does not exist") && err.contains("mkdir -p"),
+            "{err}"
+        );
+    }
+    // A damaged store: `check` says what to do, not to run `check`.
+    let mut bytes = b"SQLite format 3\0".to_vec();
+    bytes.extend(std::iter::repeat_n(0xA5u8, 4096));
+    std::fs::write(s.path().join("damaged.db"), bytes).expect("a damaged file");
+    let out = s.run(&["--store", "sqlite://damaged.db", "check"], "");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("damaged") && text.contains("backup"), "{text}");
+    assert!(!text.contains("ledgerd check"), "{text}");
+}
+
+#[test]
+fn history_of_an_unknown_wallet_says_so_as_balance_does() {
+    let s = Scratch::new();
+    let out = s.run(&["history", "nobody-at-all"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "", "stdout stays JSON Lines");
+    assert!(
+        stderr(&out).contains("nobody-at-all: no records and no wallet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn demo_runs_and_cleans_up() {
     let s = Scratch::empty();
     let out = s.run(&["demo", "--actions", "60", "--workers", "2"], "");
@@ -362,6 +416,30 @@ fn demo_runs_and_cleans_up() {
         assert!(reason.len() > 3 && reason != "?", "{line}");
     }
     assert!(!s.db().exists());
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::io::BufRead;
+    // `ledgerd demo | head -1`: the demo's first line is read, then the
+    // pipe is closed while the demo still has lines to write.
+    let s = Scratch::empty();
+    let mut child = s
+        .cmd(&["demo", "--actions", "60", "--workers", "2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the demo");
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    reader.read_line(&mut first).expect("the first line");
+    assert!(first.starts_with("ledgerd demo: "), "{first}");
+    drop(reader);
+    let out = child.wait_with_output().expect("the demo ends");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }
 
 #[test]

@@ -106,3 +106,57 @@ fn every_relative_link_lands_on_a_file_and_a_heading() {
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
+
+#[test]
+fn the_readme_names_every_option_of_every_command() {
+    use clap::CommandFactory;
+    let readme = read(&repo().join("README.md"));
+    let cli = ledgerd::cli::Cli::command();
+    let global: BTreeSet<String> = cli
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let mut missing = Vec::new();
+    // Each row's command: the lowercase words after `ledgerd`.
+    let rows: Vec<(String, &str)> = readme
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("| `ledgerd ")?;
+            let words: Vec<&str> = rest
+                .split([' ', '`'])
+                .take_while(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+                .collect();
+            Some((words.join(" "), l))
+        })
+        .collect();
+    let mut check = |path: String, command: &clap::Command| {
+        let Some((_, row)) = rows.iter().find(|(words, _)| *words == path) else {
+            missing.push(format!("ledgerd {path}: no row in the commands table"));
+            return;
+        };
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if global.contains(long) || arg.is_hide_set() || long == "help" || long == "version" {
+                continue;
+            }
+            if !row.contains(&format!("--{long}")) {
+                missing.push(format!("ledgerd {path}: --{long}"));
+            }
+        }
+    };
+    for sub in cli.get_subcommands() {
+        if sub.is_hide_set() {
+            continue;
+        }
+        let nested: Vec<&clap::Command> = sub.get_subcommands().filter(|c| !c.is_hide_set()).collect();
+        check(sub.get_name().to_string(), sub);
+        for inner in nested {
+            check(format!("{} {}", sub.get_name(), inner.get_name()), inner);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the README's commands table lacks:\n{}",
+        missing.join("\n")
+    );
+}

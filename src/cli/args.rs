@@ -241,7 +241,7 @@ pub struct AdjustArgs {
     #[arg(value_parser = parse_hash)]
     pub hash: String,
     /// Set the balance to this many units (1 token = 100000000 units).
-    #[arg(long, value_name = "UNITS")]
+    #[arg(long, value_name = "UNITS", allow_hyphen_values = true, value_parser = parse_balance_units)]
     pub to: Option<u64>,
     /// Change the balance by this many units, e.g. +250 or -3.
     #[arg(long, value_name = "[+|-]UNITS", allow_hyphen_values = true, value_parser = parse_signed_units)]
@@ -282,6 +282,25 @@ pub fn parse_signed_units(text: &str) -> Result<i128, String> {
         }
         Ok(_) => Err("must be a non-zero number of units within the total supply".into()),
         Err(_) => Err(not_a_number()),
+    }
+}
+
+/// A balance in units: digits only, 0 up to the total supply. A negative
+/// one is taken (not left to clap, whose advice "use '-- -5'" does not
+/// work here) and refused with what to do instead.
+pub fn parse_balance_units(text: &str) -> Result<u64, String> {
+    let supply = crate::domain::TOTAL_SUPPLY_UNITS;
+    if let Some(taken) = text.strip_prefix('-') {
+        return Err(format!(
+            "a balance cannot be negative: to take {taken} units away, use --by -{taken}"
+        ));
+    }
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} is not a whole number of units, e.g. 250"));
+    }
+    match text.parse::<u128>() {
+        Ok(n) if n <= u128::from(supply) => u64::try_from(n).map_err(|e| e.to_string()),
+        _ => Err(format!("{text} units is more than the total supply, {supply} units")),
     }
 }
 

@@ -286,4 +286,23 @@ mod tests {
             vec![("store", "memory://".to_string()), ("lease_ms", "2000".to_string())]
         );
     }
+
+    #[test]
+    fn a_balance_to_set_is_read_with_what_to_do_instead() {
+        let adjust = |to: &str| Cli::try_parse_from(["ledgerd", "adjust", "w1", "--to", to, "--reason", "r"]);
+        match adjust("250").map(|cli| cli.command) {
+            Ok(Command::Adjust(args)) => assert_eq!(args.to, Some(250)),
+            other => panic!("{other:?}"),
+        }
+        let negative = adjust("-5").expect_err("refused").to_string();
+        assert!(negative.contains("use --by -5"), "{negative}");
+        assert!(!negative.contains("'-- -5'"), "{negative}");
+        let huge = adjust("18446744073709551616").expect_err("refused").to_string();
+        assert!(
+            huge.contains("more than the total supply, 10000000000000000000 units"),
+            "{huge}"
+        );
+        assert!(adjust("10000000000000000001").is_err());
+        assert!(adjust("10000000000000000000").is_ok());
+    }
 }

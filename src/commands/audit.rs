@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::Exit;
-use crate::domain::keys::{adj_key, tx_key, ADJ_PREFIX, TX_PREFIX};
+use crate::domain::keys::{adj_key, balance_key, tx_key, ADJ_PREFIX, TX_PREFIX};
 use crate::protocol::accounting::{self, opening_part_key, since, OPENING_KEY};
 use crate::protocol::records::{now_ms, AdjRecord, TxRecord};
 use crate::store::{Bucket, Store, StoreError};
@@ -343,7 +343,9 @@ pub async fn tx(store: &dyn Store, id: &str, mut out: impl Write) -> anyhow::Res
 /// own records through the store's index by wallet (`Store::wallet_records`),
 /// a page at a time: its cost follows the wallet, not the ledger.
 pub async fn history(store: &dyn Store, hash: &str, mut out: impl Write) -> anyhow::Result<Exit> {
+    let mut lines = 0u64;
     accounting::for_each_wallet_record(store, hash, |key, body| -> anyhow::Result<()> {
+        lines += 1;
         if let Some(id) = key.strip_prefix(TX_PREFIX) {
             let tx = TxRecord::parse(id, body)
                 .map_err(anyhow::Error::msg)
@@ -371,6 +373,18 @@ pub async fn history(store: &dyn Store, hash: &str, mut out: impl Write) -> anyh
     })
     .await
     .with_context(|| format!("reading the records of wallet {hash}"))?;
+    if lines == 0 {
+        // Nothing to list: say whether there is no such wallet, as
+        // `ledgerd balance` does (on stderr: stdout is JSON Lines).
+        match store.get(Bucket::Ledger, &balance_key(hash)).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => {
+                eprintln!("ledgerd: {hash}: no records and no wallet (never credited, or a mistyped hash)");
+                return Ok(Exit::Rejected);
+            }
+            Err(e) => return Err(e).context(format!("reading {}", balance_key(hash))),
+        }
+    }
     Ok(Exit::Success)
 }
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use super::Exit;
 use crate::config::Settings;
 use crate::store::check::{Depth, Finding};
-use crate::store::{open, OpenError, OpenMode};
+use crate::store::{open, FaultKind, OpenError, OpenMode, StoreError};
 
 /// Opens the store and prints what its checks find.
 pub async fn run(settings: &Settings, depth: Depth, json: bool, out: impl Write) -> anyhow::Result<Exit> {
@@ -15,6 +15,13 @@ pub async fn run(settings: &Settings, depth: Depth, json: bool, out: impl Write)
         Ok(store) => store.check(depth).await,
         Err(OpenError::Config(why)) => return Err(OpenError::Config(why).into()),
         // A store that cannot even be opened is the check's answer.
+        Err(OpenError::Store(StoreError::Fault(fault))) if fault.kind == FaultKind::Corrupt => vec![Finding::problem(
+            "open",
+            format!(
+                "{}; stop every worker on this store and restore it from a backup (docs/deployment.md)",
+                fault.what()
+            ),
+        )],
         Err(OpenError::Store(e)) => vec![Finding::problem("open", e.to_string())],
     };
     report(&found, json, out)

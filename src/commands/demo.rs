@@ -1,6 +1,7 @@
 //! `ledgerd demo`: a self-contained run in a temporary store.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,14 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let path = dir.path().join("demo.db");
     let store = SqliteStore::open(&path, "queue", "ledger", OpenMode::Create).context("creating the demo store")?;
-    println!("ledgerd demo: {actions} actions into a temporary store, {workers} workers");
+    // Written, not printed: a reader that goes away (`ledgerd demo | head
+    // -1`) ends the demo quietly (the temporary store is still removed,
+    // with `dir`), where `println!` would panic.
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "ledgerd demo: {actions} actions into a temporary store, {workers} workers"
+    )?;
 
     // Generate, and work out independently what every wallet should end with.
     let mut rng = StdRng::seed_from_u64(7);
@@ -103,18 +111,19 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
     let elapsed = started.elapsed().as_secs_f64();
     let completed: u64 = stats.iter().map(|s| s.completed).sum();
     let failed: u64 = stats.iter().map(|s| s.failed).sum();
-    println!(
+    writeln!(
+        out,
         "processed     {} in {elapsed:.2} s ({:.0} actions/s)",
         completed + failed,
         (completed + failed) as f64 / elapsed.max(1e-9)
-    );
-    println!("completed     {completed}");
-    println!("failed        {failed}, preserved with their reasons, e.g.:");
+    )?;
+    writeln!(out, "completed     {completed}")?;
+    writeln!(out, "failed        {failed}, preserved with their reasons, e.g.:")?;
     for key in store.list_keys(Bucket::Queue, FAILED_PREFIX, None, 4).await? {
         // Read as every command reads it: one entry per rejected body.
         let letters = DeadLetters::parse(&store.get(Bucket::Queue, &key).await?.body);
         for entry in &letters.entries {
-            println!("  {key}: {}", entry.reason);
+            writeln!(out, "  {key}: {}", entry.reason)?;
         }
     }
 
@@ -128,23 +137,24 @@ pub async fn run(actions: usize, workers: usize) -> anyhow::Result<Exit> {
         };
         if got != *want {
             mismatches += 1;
-            println!("  MISMATCH {hash}: expected {want} units, found {got}");
+            writeln!(out, "  MISMATCH {hash}: expected {want} units, found {got}")?;
         }
     }
     let queued = store.count_keys(Bucket::Queue, "action:").await?;
-    println!(
+    writeln!(
+        out,
         "balances      {} wallets; every balance equals the sum of its accepted actions: {}",
         expected.len(),
         if mismatches == 0 { "yes" } else { "NO" }
-    );
+    )?;
     for (hash, units) in expected.iter().take(3) {
         let units = Units::new(u64::try_from(*units).unwrap_or(u64::MAX)).unwrap_or(Units::SUPPLY);
-        println!("  {hash}  {} tokens", units.to_tokens_string());
+        writeln!(out, "  {hash}  {} tokens", units.to_tokens_string())?;
     }
-    println!("queue         {queued} actions left");
+    writeln!(out, "queue         {queued} actions left")?;
     drop(store);
     dir.close().context("removing the demo store")?;
-    println!("the temporary store is removed");
+    writeln!(out, "the temporary store is removed")?;
     Ok(if mismatches == 0 && queued == 0 {
         Exit::Success
     } else {

@@ -4,6 +4,7 @@
 //! set of ids seen, to settle repeats).
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -41,7 +42,13 @@ fn parse_line(line: &[u8]) -> Result<(String, Vec<u8>), String> {
             e.valid_up_to()
         )
     })?;
-    let parsed: Line<'_> = serde_json::from_str(text).map_err(|e| format!("not a valid line: {e}"))?;
+    let parsed: Line<'_> = serde_json::from_str(text).map_err(|e| {
+        // serde's position counts lines within the line given it: only
+        // the column means anything to the reader ("line 3, column 2").
+        let what = e.to_string();
+        let what = what.rfind(" at line ").map_or(what.as_str(), |at| &what[..at]);
+        format!("column {}: not a valid line: {what}", e.column())
+    })?;
     check_action_id(&parsed.id).map_err(|e| format!("id {:?} {e}", parsed.id))?;
     let body = match (parsed.doc, parsed.raw, parsed.raw_base64) {
         (Some(doc), None, None) => doc.get().as_bytes().to_vec(),
@@ -100,9 +107,6 @@ async fn next_line(input: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<O
     }
 }
 
-/// The UTF-8 byte order mark some editors write at the start of a file.
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
 /// What enqueueing did.
 #[derive(Default)]
 struct Tally {
@@ -158,7 +162,7 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
             }
             // A byte order mark that an editor put before the first line
             // is not part of the data.
-            Read::Line(line) if number == 1 && line.starts_with(UTF8_BOM) => line[UTF8_BOM.len()..].to_vec(),
+            Read::Line(line) if number == 1 => super::without_bom(&line).to_vec(),
             Read::Line(line) => line,
         };
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -168,7 +172,7 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
         let (id, body) = match parse_line(&line) {
             Ok(job) => job,
             Err(e) => {
-                eprintln!("line {number}: {e}");
+                eprintln!("line {number}{}{e}", if e.starts_with("column ") { ", " } else { ": " });
                 tally.invalid += 1;
                 continue;
             }
@@ -183,7 +187,8 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
     while let Some(done) = writes.next().await {
         settle(Some(done), &mut tally);
     }
-    println!(
+    writeln!(
+        std::io::stdout(),
         "{}",
         serde_json::json!({
             "enqueued": tally.enqueued,
@@ -193,7 +198,7 @@ pub async fn run(store: Arc<dyn Store>, input: impl AsyncRead + Unpin) -> anyhow
             "blank": tally.blank,
             "lines": number,
         })
-    );
+    )?;
     if let Some((line, e)) = &tally.failed {
         eprintln!(
             "ledgerd: stopped at line {line}: the store refused a write: {e}. {} lines were written, {} were not (line {line}, and every line read after it or written at the same time). Once the store works, run the same input again: ids already queued are skipped.",
@@ -237,6 +242,11 @@ mod tests {
         let (_, body) = parse_line(br#"{"id":"a3","raw_base64":"/wA="}"#).expect("valid");
         assert_eq!(body, b"\xff\x00");
         assert!(parse_line(br#"{"id":"a3"}"#).is_err());
+        // The position is the column: "line 1" would be the line's own.
+        assert_eq!(
+            parse_line(b"{bad").err().as_deref(),
+            Some("column 2: not a valid line: key must be a string")
+        );
         assert!(parse_line(br#"{"id":"a3","doc":1,"raw":"x"}"#).is_err());
         assert!(parse_line(br#"{"id":"a3","raw_base64":"%%%"}"#).is_err());
         assert!(parse_line(br#"{"id":"","doc":1}"#).is_err());

@@ -23,6 +23,13 @@ pub mod simulate;
 #[error("{0}")]
 pub struct Usage(pub String);
 
+/// `bytes` without the UTF-8 byte order mark some editors write at the
+/// start of a file: it is not part of the data (`enqueue` and `plan` read
+/// what such editors save).
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 /// What a command tells the process to exit with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

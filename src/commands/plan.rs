@@ -62,7 +62,7 @@ pub fn run(input: impl Read, mut out: impl Write) -> anyhow::Result<Exit> {
         .take(ACTION_BYTES_MAX as u64 + 1)
         .read_to_end(&mut body)
         .context("reading the action from stdin")?;
-    let (line, exit) = match plan_action(&body) {
+    let (line, exit) = match plan_action(super::without_bom(&body)) {
         Ok(plan) => (serde_json::to_string(&PlanView::new(&plan))?, Exit::Success),
         Err(e) => (json!({"error": e.to_string()}).to_string(), Exit::Rejected),
     };
@@ -84,6 +84,11 @@ mod tests {
         assert_eq!(v["credits"][1]["tokens"], "1.15000000");
         assert_eq!(v["total_units"], 144_000_000);
         assert_eq!(v["mode"], "amount");
+
+        // A file an editor saved with a byte order mark, as `enqueue` takes it.
+        let mut out = Vec::new();
+        let with_bom = b"\xEF\xBB\xBF{\"beneficiaries\":{\"a\":\"1\"}}";
+        assert_eq!(run(&with_bom[..], &mut out).expect("runs"), Exit::Success);
 
         let mut out = Vec::new();
         assert_eq!(run(&b"nope"[..], &mut out).expect("runs"), Exit::Rejected);

@@ -1,5 +1,6 @@
 //! `ledgerd init` and `ledgerd run`.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use crate::worker::{self, WorkerConfig};
 pub async fn init(settings: &Settings) -> anyhow::Result<Exit> {
     let store = open(settings, OpenMode::Create).await.context("opening the store")?;
     store.init().await.context("initialising the store")?;
-    println!("initialised {}", store.describe());
+    writeln!(std::io::stdout(), "initialised {}", store.describe())?;
     Ok(Exit::Success)
 }
 

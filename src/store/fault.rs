@@ -99,13 +99,21 @@ impl StoreFault {
     }
 }
 
+impl StoreFault {
+    /// What is wrong and where, without what to do (for `ledgerd check`,
+    /// which says it in its own words: it must not tell its reader to run
+    /// itself).
+    pub fn what(&self) -> String {
+        match &self.place {
+            Some(place) => format!("{} ({place}): {}", self.kind, self.detail),
+            None => format!("{}: {}", self.kind, self.detail),
+        }
+    }
+}
+
 impl fmt::Display for StoreFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
-        if let Some(place) = &self.place {
-            write!(f, " ({place})")?;
-        }
-        write!(f, ": {}; {}", self.detail, self.kind.what_to_do())
+        write!(f, "{}; {}", self.what(), self.kind.what_to_do())
     }
 }
 

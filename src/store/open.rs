@@ -42,6 +42,7 @@ pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>,
                 absolute.join("ledgerd.db").display()
             )));
         }
+        check_directory(url, path)?;
         if mode == OpenMode::Existing {
             check_existing(url, path)?;
         }
@@ -60,6 +61,43 @@ pub async fn open(settings: &Settings, mode: OpenMode) -> Result<Arc<dyn Store>,
     )))
 }
 
+/// The directory an embedded store's file is in must exist: SQLite would
+/// say "unable to open database file", naming neither the directory nor
+/// what to do. `init` creates the file, never its directories (a typo in
+/// a path must not grow a tree).
+fn check_directory(url: &str, path: &Path) -> Result<(), OpenError> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let Some(dir) = absolute.parent() else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(OpenError::Config(format!(
+        "the directory {} of the store {url} does not exist: create it (mkdir -p {}) and run `ledgerd init --store {url}`, \
+         or point --store at an existing store",
+        dir.display(),
+        dir.display()
+    )))
+}
+
+/// Whether the file at `path` is empty (SQLite takes an empty file for an
+/// empty database) or begins with the header every SQLite database file
+/// begins with ("The Database Header", sqlite.org/fileformat.html: the 16
+/// bytes "SQLite format 3\0"). A file that does not is some other file
+/// (a wrong path), not a damaged store; one that does but fails to open
+/// is damaged.
+fn begins_like_sqlite(path: &Path) -> bool {
+    use std::io::Read;
+    const HEADER: &[u8; 16] = b"SQLite format 3\0";
+    let mut start = Vec::with_capacity(HEADER.len());
+    match std::fs::File::open(path).and_then(|f| f.take(HEADER.len() as u64).read_to_end(&mut start)) {
+        Ok(_) => start.is_empty() || start == HEADER,
+        // Unreadable: let SQLite say why (permissions are a fault it names).
+        Err(_) => true,
+    }
+}
+
 /// An embedded store must exist, and be one, before any command but `init`
 /// uses it: a typo in the path must not create an empty store that no
 /// worker reads.
@@ -68,6 +106,13 @@ fn check_existing(url: &str, path: &Path) -> Result<(), OpenError> {
     if !path.exists() {
         return Err(OpenError::Config(format!(
             "no store at {} ({url}): create it with `ledgerd init --store {url}`, or point --store at an existing one",
+            absolute.display()
+        )));
+    }
+    if !begins_like_sqlite(path) {
+        return Err(OpenError::Config(format!(
+            "{} is not a SQLite database, so not a ledgerd store: point --store at a ledgerd store, or create one \
+             with `ledgerd init --store sqlite://NEW-PATH`",
             absolute.display()
         )));
     }

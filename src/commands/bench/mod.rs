@@ -11,6 +11,7 @@
 //! on a small machine behave as round-trip bound, as on Couchbase.
 
 use std::io::IsTerminal;
+use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -349,46 +350,54 @@ fn show_progress(store: Arc<dyn Store>, total: u64) -> tokio::task::JoinHandle<(
 }
 
 fn print_report(r: &Report, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
     if json {
-        println!("{}", serde_json::to_string(r)?);
+        writeln!(out, "{}", serde_json::to_string(r)?)?;
         return Ok(());
     }
     eprintln!();
-    println!("scenario        {:?}", r.scenario);
-    println!("store           {}", r.store);
+    writeln!(out, "scenario        {:?}", r.scenario)?;
+    writeln!(out, "store           {}", r.store)?;
     match r.rate {
-        Some(rate) => println!("actions         {} at {rate}/s (steady state)", r.actions),
-        None => println!("actions         {} (a backlog)", r.actions),
+        Some(rate) => writeln!(out, "actions         {} at {rate}/s (steady state)", r.actions)?,
+        None => writeln!(out, "actions         {} (a backlog)", r.actions)?,
     }
-    println!("actions/s       {:.0}", r.actions_per_sec);
-    println!("credits/s       {:.0}", r.credits_per_sec);
+    writeln!(out, "actions/s       {:.0}", r.actions_per_sec)?;
+    writeln!(out, "credits/s       {:.0}", r.credits_per_sec)?;
     if r.processes > 1 {
-        println!("processes       {}", r.processes);
+        writeln!(out, "processes       {}", r.processes)?;
     } else {
-        println!("replicas        {}", r.replicas);
+        writeln!(out, "replicas        {}", r.replicas)?;
     }
     if r.store_latency_ms > 0 {
-        println!("store latency   {} ms a call", r.store_latency_ms);
+        writeln!(out, "store latency   {} ms a call", r.store_latency_ms)?;
     }
     let l = &r.latency_ms;
-    println!("latency ms      p50 {:.1}  p99 {:.1}  max {:.1}", l.p50, l.p99, l.max);
+    writeln!(
+        out,
+        "latency ms      p50 {:.1}  p99 {:.1}  max {:.1}",
+        l.p50, l.p99, l.max
+    )?;
     let o = &r.store_ops_per_action;
-    println!(
+    writeln!(
+        out,
         "ops/action      reads {:.2}  writes {:.2} (wallet writes {:.2})  conflicts {:.2}  membership {:.3}",
         o.reads, o.writes, o.wallet_writes, o.conflicts, o.membership
-    );
-    println!("round trips     {:.2} per action", o.round_trips);
-    println!(
+    )?;
+    writeln!(out, "round trips     {:.2} per action", o.round_trips)?;
+    writeln!(
+        out,
         "claims          {:.3} per action; discovery read {:.2} keys per action",
         r.claim_attempts_per_action, r.discovery_keys_per_action
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "balances        exact ({} markers at most on a wallet)",
         r.wallet_markers_max
-    );
-    println!("peak RSS        {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
+    )?;
+    writeln!(out, "peak RSS        {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0)?;
     if let Some(worker) = r.worker_peak_rss_bytes {
-        println!("worker RSS      {:.1} MiB at most", worker as f64 / 1_048_576.0);
+        writeln!(out, "worker RSS      {:.1} MiB at most", worker as f64 / 1_048_576.0)?;
     }
     Ok(())
 }
