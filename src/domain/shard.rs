@@ -53,6 +53,26 @@ pub fn shard_of(key: &str) -> u32 {
         % SHARDS
 }
 
+/// The shard of a document key as Couchbase's index computes it from
+/// `shard_expression` (`store::couchbase::statements`): SQL++'s `LENGTH`,
+/// `SUBSTR` and `POSITION` count bytes, not characters (couchbase/query
+/// `expression/func_str.go`: `Length` is `len(string)`, `Substr0` and
+/// `Position0` slice and search bytes; the `MB_` variants count
+/// characters), so the last [`SHARD_CHARS`] *bytes* decide, and a byte of
+/// a multi-byte character codes 0. It differs from [`shard_of`] only for a
+/// key that ends in non-ASCII characters, and is as total: every key still
+/// has exactly one shard. The memory store files keys by it, as
+/// Couchbase does; SQLite's `substr` counts characters, as [`shard_of`].
+pub fn shard_of_bytes(key: &str) -> u32 {
+    key.bytes()
+        .rev()
+        .take(SHARD_CHARS)
+        .zip(SHARD_WEIGHTS)
+        .map(|(b, weight)| code(char::from(b)) * u32::from(b.is_ascii()) * weight)
+        .sum::<u32>()
+        % SHARDS
+}
+
 /// The shards owned by the member at `place` among `members` live members
 /// (in the order every member sorts them): a contiguous range, so that one
 /// range scan of the shard index reads a member's whole share and nothing
@@ -70,6 +90,20 @@ pub fn owned_shards(place: usize, members: usize) -> std::ops::Range<u32> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn couchbase_counts_bytes_where_keys_end_in_other_characters() {
+        // The same for ASCII keys.
+        for key in ["action:0000", "action:a", "action:7f3a-9c2e", ""] {
+            assert_eq!(shard_of_bytes(key), shard_of(key), "{key}");
+        }
+        // "é" is two bytes, neither in the alphabet: the last four bytes
+        // are those of "é", "1" and "b".
+        assert_eq!(shard_of_bytes("action:ab1é"), (2 * 121 + 12 * 1331) % SHARDS);
+        assert_eq!(shard_of("action:ab1é"), (2 * 11 + 12 * 121 + 11 * 1331) % SHARDS);
+        // A character after the alphabet's bytes is never read as one of them.
+        assert_eq!(shard_of_bytes("🎉🎉"), 0);
+    }
 
     #[test]
     fn a_shard_is_the_weighted_code_of_the_last_four_characters() {

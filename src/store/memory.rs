@@ -318,6 +318,9 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    // Keys are filed by shard as Couchbase's index files them, counting
+    // bytes (`shard_of_bytes`): the workers trust the listing, never
+    // `shard_of`, and so must work whichever the store uses.
     async fn list_shard_range(
         &self,
         bucket: Bucket,
@@ -327,7 +330,7 @@ impl Store for MemoryStore {
     ) -> StoreResult<Vec<String>> {
         let mut inner = self.lock();
         Ok(keys_after(inner.bucket(bucket), prefix, None)
-            .filter(|k| shards.contains(&crate::domain::shard::shard_of(k)))
+            .filter(|k| shards.contains(&crate::domain::shard::shard_of_bytes(k)))
             .take(limit)
             .cloned()
             .collect())
@@ -343,7 +346,7 @@ impl Store for MemoryStore {
     ) -> StoreResult<Vec<String>> {
         let mut inner = self.lock();
         Ok(keys_after(inner.bucket(bucket), prefix, after)
-            .filter(|k| crate::domain::shard::shard_of(k) == shard)
+            .filter(|k| crate::domain::shard::shard_of_bytes(k) == shard)
             .take(limit)
             .cloned()
             .collect())

@@ -249,3 +249,83 @@ async fn a_worker_keeps_nothing_per_action_processed() {
     assert!(f.head_sightings <= pass::HEAD_KEYS, "the head's keys at most: {f:?}");
     assert!(f.members_remembered <= membership::MEMBERS_MAX, "{f:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn keys_ending_in_any_characters_are_claimed_by_their_owner_not_the_stale_path() {
+    // The memory store files keys by shard as Couchbase's index does
+    // (bytes), where the workers' own `shard_of` counts characters: for
+    // these ids the two disagree, and only a listing that is trusted gets
+    // each action claimed, by the member whose share lists it.
+    let inner = MemoryStore::new();
+    let store: Arc<dyn Store> = Arc::new(inner.clone());
+    let cfg = WorkerConfig {
+        member_timeout: Duration::from_secs(10),
+        ..config(false)
+    };
+    // A key of another member's shard is tried through the stale rule only
+    // after this long at the head of the queue.
+    let stale_after = cfg.lease + cfg.member_timeout;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let mut stopped = stopped.clone();
+        workers.push(tokio::spawn(run(
+            store.clone(),
+            cfg.clone(),
+            Arc::default(),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    // The three agree on who owns what before any action is queued.
+    tokio::time::sleep(cfg.member_timeout * 3).await;
+    let endings = [
+        "é",
+        "ñ1",
+        "日本",
+        "🎉",
+        "x🎉",
+        "e\u{301}",
+        "a\u{308}b",
+        "ab1é",
+        "ß0",
+        "1é",
+    ];
+    let mut disagreeing = 0;
+    for i in 0..60 {
+        let id = format!("q{i}{}", endings[i % endings.len()]);
+        let key = action_key(&id);
+        let (by_bytes, by_chars) = (
+            crate::domain::shard::shard_of_bytes(&key),
+            crate::domain::shard::shard_of(&key),
+        );
+        disagreeing += usize::from(by_bytes * 3 / 256 != by_chars * 3 / 256);
+        let body = format!(r#"{{"beneficiaries":{{"w{i}":"1"}}}}"#);
+        inner
+            .insert(Bucket::Queue, &key, body.as_bytes())
+            .await
+            .expect("enqueue");
+    }
+    assert!(
+        disagreeing > 10,
+        "the two functions give other owners for many: {disagreeing}"
+    );
+    let queued_at = tokio::time::Instant::now();
+    while actions_left(&inner) > 0 && queued_at.elapsed() < stale_after {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        actions_left(&inner),
+        0,
+        "every action credited before the stale rule could act"
+    );
+    let _ = stop.send(true);
+    let mut completed = 0;
+    for w in workers {
+        let stats = w.await.expect("worker");
+        assert_eq!(stats.duplicates, 0);
+        completed += stats.completed;
+    }
+    assert_eq!(completed, 60);
+}

@@ -589,6 +589,88 @@ pub async fn shards_list_their_own_keys(h: &dyn Harness) {
     );
 }
 
+/// Keys that end in any characters (multi-byte ones, emoji, combining
+/// marks) each have exactly one owner among any number of members: each
+/// is in exactly one shard's listing and in exactly one member's share.
+/// The store may file a key under another shard than
+/// [`crate::domain::shard::shard_of`] says (Couchbase's SQL++ counts
+/// bytes): the workers trust the listing, so what matters is that the
+/// listings divide the keys, and that no key is left for the stale path.
+pub async fn keys_ending_in_any_characters_have_one_owner(h: &dyn Harness) {
+    use crate::domain::keys::ACTION_PREFIX;
+    use crate::domain::shard::{owned_shards, SHARDS};
+    let s = h.store();
+    let prefix = format!("{ACTION_PREFIX}{}:", fresh("owner"));
+    let endings = [
+        "é",
+        "ñ1",
+        "日本",
+        "🎉",
+        "x🎉",
+        "e\u{301}",
+        "a\u{308}b",
+        "\u{10FFFF}",
+        "ß0-",
+        "ab1é",
+        "9z",
+        "-_.:",
+    ];
+    let keys: Vec<String> = endings.iter().map(|e| format!("{prefix}{e}")).collect();
+    for k in &keys {
+        ok!(s.insert(Bucket::Queue, k, b"{}").await);
+    }
+    let ours = |page: Vec<String>| -> Vec<String> { page.into_iter().filter(|k| k.starts_with(&prefix)).collect() };
+    // Listings may trail writes (Couchbase): wait until they show all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ours(ok!(s
+        .list_shard_range(Bucket::Queue, ACTION_PREFIX, 0..SHARDS, 1_000_000)
+        .await))
+    .len()
+        < keys.len()
+        && std::time::Instant::now() < deadline
+    {
+        h.advance(Duration::from_millis(200)).await;
+    }
+    let mut by_shard = std::collections::BTreeMap::<String, Vec<u32>>::new();
+    for shard in 0..SHARDS {
+        for k in ours(ok!(s
+            .list_shard_keys(Bucket::Queue, ACTION_PREFIX, shard, None, 1_000)
+            .await))
+        {
+            by_shard.entry(k).or_default().push(shard);
+        }
+    }
+    for k in &keys {
+        assert_eq!(
+            by_shard.get(k).map(Vec::len),
+            Some(1),
+            "{k:?} is in one shard: {by_shard:?}"
+        );
+    }
+    for members in [1usize, 2, 3, 7, 64] {
+        let mut owners = std::collections::BTreeMap::<String, usize>::new();
+        for place in 0..members {
+            let share = owned_shards(place, members);
+            for k in ours(ok!(s
+                .list_shard_range(Bucket::Queue, ACTION_PREFIX, share.clone(), 1_000_000)
+                .await))
+            {
+                // The member's share and its shard by shard listing (a
+                // backlog) agree on which keys are its own.
+                let shard = by_shard.get(&k).and_then(|s| s.first()).copied();
+                assert!(
+                    shard.is_some_and(|shard| share.contains(&shard)),
+                    "{k:?}: {shard:?} not in {share:?}"
+                );
+                *owners.entry(k).or_default() += 1;
+            }
+        }
+        for k in &keys {
+            assert_eq!(owners.get(k), Some(&1), "{k:?} among {members} members");
+        }
+    }
+}
+
 /// A wallet's records are its transaction records and adjustments, and
 /// only those, in key order, in pages.
 pub async fn records_list_by_wallet(h: &dyn Harness) {
@@ -819,6 +901,7 @@ case_list!(
     xattr_writes_are_atomic,
     keys_list_in_pages,
     shards_list_their_own_keys,
+    keys_ending_in_any_characters_have_one_owner,
     xattrs_set_without_a_cas,
     records_list_by_wallet,
     documents_read_in_key_order_by_page,
@@ -852,7 +935,8 @@ macro_rules! contract_tests {
             read_your_writes, insert_is_exclusive, xattr_only_writes_keep_the_body,
             census_counts_by_state, cas_guards_writes, locks_exclude_others,
             unlock_needs_the_lock_cas, locks_lapse, xattr_writes_are_atomic, keys_list_in_pages,
-            shards_list_their_own_keys, xattrs_set_without_a_cas, records_list_by_wallet,
+            shards_list_their_own_keys, keys_ending_in_any_characters_have_one_owner,
+            xattrs_set_without_a_cas, records_list_by_wallet,
             documents_read_in_key_order_by_page,
             sub_document_calls_take_at_most_16_specs, keys_take_at_most_250_bytes,
             documents_take_at_most_20_mib, xattrs_count_against_the_document_size,
