@@ -37,6 +37,61 @@ fn main() {
             Ok(Completion::Completed)
         }));
     }
+    let explain = available.clone();
+    trials.push(Trial::ignorable_test("statements_plan_as_documented", move || {
+        let Some(settings) = explain()? else {
+            return Ok(Completion::ignored_with(REASON));
+        };
+        cb::block_on(async move {
+            let store = cb::ready_store(&settings).await;
+            let (queue, ledger) = (&settings.store.queue_bucket, &settings.store.ledger_bucket);
+            for p in ledgerd::store::couchbase::plans::catalogue(queue, ledger) {
+                let Some(index) = p.index else { continue };
+                let params: Vec<(&str, serde_json::Value)> = p.params.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let plan = store.explain(&p.statement, &params).await.expect("EXPLAIN");
+                let scanned = ledgerd::store::couchbase::plans::indexes_scanned(&plan);
+                assert_eq!(scanned, [index], "{}: {plan}", p.name);
+                assert_eq!(
+                    !ledgerd::store::couchbase::plans::fetches(&plan),
+                    p.covered,
+                    "{}: {plan}",
+                    p.name
+                );
+            }
+        });
+        Ok(Completion::Completed)
+    }));
+    let foreign = available.clone();
+    trials.push(Trial::ignorable_test("init_builds_only_its_own_indexes", move || {
+        let Some(settings) = foreign()? else {
+            return Ok(Completion::ignored_with(REASON));
+        };
+        cb::block_on(async move {
+            use ledgerd::store::Store;
+            let store = cb::ready_store(&settings).await;
+            let bucket = settings.store.queue_bucket.clone();
+            // Another application's deferred index in the same bucket.
+            let ident = format!("`{}`", bucket.replace('`', "``"));
+            store
+                .query_for_tests(
+                    &format!("CREATE INDEX ix_other_app IF NOT EXISTS ON {ident}(other_field) WITH {{\"defer_build\": true}}"),
+                    &[],
+                )
+                .await
+                .expect("another application's index");
+            store.init().await.expect("ledgerd init");
+            let states = store
+                .query_for_tests(
+                    "SELECT RAW state FROM system:indexes WHERE name = \"ix_other_app\" AND keyspace_id = $bucket AND bucket_id IS MISSING",
+                    &[("bucket", serde_json::Value::from(bucket.clone()))],
+                )
+                .await
+                .expect("its state");
+            let _ = store.query_for_tests(&format!("DROP INDEX ix_other_app ON {ident}"), &[]).await;
+            assert_eq!(states, [serde_json::json!("deferred")], "init built another application's index");
+        });
+        Ok(Completion::Completed)
+    }));
     trials.push(Trial::ignorable_test("end_to_end_on_couchbase", move || {
         let Some(settings) = available()? else {
             return Ok(Completion::ignored_with(REASON));

@@ -233,6 +233,25 @@ impl CouchbaseStore {
         self.query_with(ScanConsistency::NotBounded, statement, params).await
     }
 
+    /// The server's plan for `statement` (`EXPLAIN`), for the Couchbase
+    /// suite's check of `plans.rs`.
+    #[cfg(any(test, feature = "test-kit"))]
+    pub async fn explain(&self, statement: &str, params: &[(&str, Value)]) -> StoreResult<Value> {
+        self.query_for_tests(&format!("EXPLAIN {statement}"), params)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Permanent("EXPLAIN returned no plan".into()))
+    }
+
+    /// Any statement's rows, for the Couchbase suite (another
+    /// application's index, the state of one).
+    #[cfg(any(test, feature = "test-kit"))]
+    pub async fn query_for_tests(&self, statement: &str, params: &[(&str, Value)]) -> StoreResult<Vec<Value>> {
+        self.query_with(ScanConsistency::RequestPlus, statement.to_string(), params)
+            .await
+    }
+
     pub(super) async fn query_with<T: DeserializeOwned>(
         &self,
         consistency: ScanConsistency,

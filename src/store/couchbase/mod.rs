@@ -16,6 +16,7 @@ mod check;
 mod client;
 pub mod errors;
 mod init;
+pub mod plans;
 pub mod statements;
 
 use std::time::Duration;
