@@ -114,10 +114,9 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Cas>;
 
     /// Runs an ordered group of writes (see [`group`]): stage after stage,
-    /// stopping after a stage in which a write failed. By default each
-    /// write is its own single-document call, the writes of a stage side by
-    /// side (Couchbase: one round trip per stage). A store with
-    /// transactions may commit the whole group at once (SQLite does).
+    /// stopping after a stage in which a write failed. By default each is
+    /// its own single-document call, a stage's side by side (Couchbase: one
+    /// round trip a stage); SQLite commits the whole group at once.
     async fn write_group(&self, group: &WriteGroup) -> GroupResults {
         write_in_stages(self, group).await
     }
@@ -147,21 +146,18 @@ pub trait Store: Send + Sync {
         Ok(DocTimes::default())
     }
 
-    /// Counts the documents under `prefix`: all, locked now and not
-    /// carrying the xattr `path`, and carrying it (locked or not), each
-    /// written before the call. By default by reading each document (one
-    /// lookup each), and only when there are at most `probe_max` (`None`:
-    /// no limit); beyond, only `total` is known. The embedded stores count
-    /// in one scan; Couchbase in one SQL++ statement (`request_plus`),
-    /// without the locks.
+    /// Counts the documents under `prefix` written before the call: all,
+    /// locked now and not carrying the xattr `path`, and carrying it. By
+    /// default one lookup each, only when there are at most `probe_max`
+    /// (`None`: no limit; beyond, only `total`). The embedded stores count
+    /// in one scan; Couchbase in one SQL++ statement, without the locks.
     async fn census(&self, bucket: Bucket, prefix: &str, path: &str, probe_max: Option<u64>) -> StoreResult<Census> {
         census_by_lookups(self, bucket, prefix, path, probe_max).await
     }
 
     /// Up to `limit` keys starting with `prefix` and greater than `after`,
-    /// in ascending byte order. A queued action written a moment before
-    /// may be missing (Couchbase reads the queue's index as it is, for
-    /// discovery, which lists again); a count or a census never misses it.
+    /// in ascending byte order; a queued action written a moment before may
+    /// be missing (Couchbase reads that index as it is), never from a count.
     async fn list_keys(
         &self,
         bucket: Bucket,

@@ -5,20 +5,9 @@ use std::sync::Arc;
 
 use super::couchbase::CouchbaseStore;
 pub use super::sqlite::OpenMode;
+pub use super::types::OpenError;
 use super::{memory::MemoryStore, sqlite::SqliteStore, Store, StoreError};
 use crate::config::Settings;
-
-/// Why a store could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The store URL, or the store it names, is not usable as configured:
-    /// fix the configuration (the process exits 2).
-    #[error("{0}")]
-    Config(String),
-    /// The store was found but failed to open or answer.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Opens the store named by `settings.store.url` (connecting, for Couchbase).
 /// Only [`OpenMode::Create`] (`ledgerd init`) creates an embedded store;

@@ -150,3 +150,15 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// A page of [`Store::read_docs`]: the documents, and the key to read the
 /// next page after (`None` after the last page).
 pub type DocPage = (Vec<(String, Vec<u8>)>, Option<String>);
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store URL, or the store it names, is not usable as configured:
+    /// fix the configuration (the process exits 2).
+    #[error("{0}")]
+    Config(String),
+    /// The store was found but failed to open or answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -439,10 +439,8 @@ impl Membership {
 /// [`MEMBER_TIMEOUT_MS_MAX`](crate::config::MEMBER_TIMEOUT_MS_MAX)), at
 /// most the actions not blocked. What the members say is a heartbeat old: a gauge,
 /// not an account.
-///
-/// `holding_none`: a member that holds no claim now (a worker about to
-/// exit, asking what it leaves behind), whose last heartbeat may still
-/// say otherwise: it is not counted.
+/// `holding_none`: a member that holds nothing now (a worker about to
+/// exit), whatever its last heartbeat said: it is not counted.
 pub async fn queue_census(
     store: &dyn Store,
     probe_max: Option<u64>,

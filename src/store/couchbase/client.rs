@@ -20,7 +20,8 @@ use serde_json::Value;
 
 use super::errors::{deadline_error, map_error, map_query_error, Call, FailFastOnLock};
 use crate::config::{Durability, Settings};
-use crate::store::{limits, Bucket, OpenError, StoreError, StoreResult};
+use crate::store::types::OpenError;
+use crate::store::{limits, Bucket, StoreError, StoreResult};
 
 /// The SDK's durability level for the settings' one.
 pub fn durability(level: Durability) -> DurabilityLevel {
