@@ -161,7 +161,13 @@ fn enqueue_run_and_inspect() {
         stdout(&out).trim(),
         r#"{"enqueued":4,"skipped":1,"invalid":1,"not_written":0,"blank":1,"lines":7}"#
     );
-    assert!(stderr(&out).contains("line 6:"), "{}", stderr(&out));
+    // The line and the column in it (serde's own "line 1" would be the
+    // line's line).
+    assert!(
+        stderr(&out).contains("line 6, column 2: not a valid line"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = s.run(&["status", "--json"], "");
     let status = &json_lines(&out)[0];
@@ -380,6 +386,37 @@ fn a_wrong_path_is_told_from_a_damaged_store() {
     assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
     assert!(text.contains("damaged") && text.contains("backup"), "{text}");
     assert!(!text.contains("ledgerd check"), "{text}");
+}
+
+#[test]
+fn every_failure_ends_with_one_plain_line_and_pretty_logs_carry_no_colour_into_a_pipe() {
+    let s = Scratch::new();
+    // A usage error, a configuration error, a store that cannot be opened,
+    // and a refused command: the same last line whatever the log format.
+    for (args, code) in [
+        (&["adjust", "w1", "--to", "-5", "--reason", "r"][..], 2),
+        (&["--store", "sqlite://nowhere/x.db", "status"], 2),
+        (&["--store", "ftp://x", "status"], 2),
+        (
+            &["--log-format", "json", "--store", "sqlite://nowhere/x.db", "status"],
+            2,
+        ),
+    ] {
+        let out = s.run(args, "");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+        // clap's usage errors keep clap's shape; everything else ends so.
+        if args[0] != "adjust" {
+            assert!(last.starts_with("ledgerd: "), "{args:?}: {err}");
+        }
+    }
+    // Forced pretty logs, written into a pipe: plain text.
+    let out = s.run(&["--log-format", "pretty", "run", "--exit-when-idle"], "");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("worker started"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }
 
 #[test]

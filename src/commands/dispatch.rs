@@ -2,8 +2,6 @@
 //! runtime, one library call per subcommand, and the exit code. The binary
 //! only parses and calls these.
 
-use std::io::IsTerminal;
-
 use anyhow::Context;
 
 use super::{Exit, Usage};
@@ -80,17 +78,14 @@ fn failure_code(e: &anyhow::Error) -> u8 {
     }
 }
 
-/// Says why the command failed, in the one shape every failure of every
-/// command ends with, whatever the log format: a last line `ledgerd: …`
-/// on stderr (usage and configuration errors too). Where logs are JSON
-/// lines (a pipe, a container), the same reason is also logged as one, at
-/// ERROR, for the collectors that read only those.
+/// Says once why the command failed, in the one shape every failure of
+/// every command ends with, whatever the log format: a last line
+/// `ledgerd: …` on stderr, as usage and configuration errors are said
+/// before logging starts. (Where logs were JSON lines, a failure to open
+/// the store used to be one more of them, in another shape than the
+/// rest.)
 fn report_failure(e: &anyhow::Error) {
-    let text = format!("{e:#}");
-    if !std::io::stderr().is_terminal() && tracing::enabled!(tracing::Level::ERROR) {
-        tracing::error!(error = text, "command failed");
-    }
-    eprintln!("ledgerd: {text}");
+    eprintln!("ledgerd: {e:#}");
 }
 
 /// Runs one subcommand.

@@ -91,31 +91,16 @@ impl CouchbaseStore {
         let retry = FailFastOnLock::shared();
         let options = ClusterOptions::new(PasswordAuthenticator::new(username.clone(), password).into())
             .default_retry_strategy(retry.clone());
-        let deadline = tokio::time::Instant::now() + cb.connect_timeout;
-        // Wrong credentials are the configuration's fault (exit 2).
-        let refused = || {
-            OpenError::Config(format!(
-                "authentication failed: {} refused user {username:?}: check couchbase_username and \
-                 couchbase_password (LEDGERD_COUCHBASE_USERNAME, LEDGERD_COUCHBASE_PASSWORD), and that the user exists \
-                 on the cluster",
-                redact(url)
-            ))
+        let connecting = Connecting {
+            url: redact(url),
+            username,
+            deadline: tokio::time::Instant::now() + cb.connect_timeout,
+            timeout: cb.connect_timeout,
         };
-        let no_answer = |what: &str| {
-            OpenError::Store(StoreError::Permanent(format!(
-                "connecting to {}: {what} within {} ms (couchbase_connect_timeout_ms): is the address right, \
-                 the cluster up and reachable, and TLS (couchbases://) as the cluster expects?",
-                redact(url),
-                cb.connect_timeout.as_millis()
-            )))
-        };
-        let cluster = tokio::select! {
-            connected = tokio::time::timeout_at(deadline, Cluster::connect(url, options)) => match connected {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(StoreError::Permanent(format!("connecting to {}: {e}", redact(url))).into()),
-                Err(_) => return Err(no_answer("no answer")),
-            },
-            () = super::auth_watch::refused() => return Err(refused()),
+        let cluster = match connecting.step(Cluster::connect(url, options)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(StoreError::Permanent(format!("connecting to {}: {e}", connecting.url)).into()),
+            Err(early) => return Err(connecting.failed(early, "no answer")),
         };
         let store = Self {
             queue: cluster.bucket(settings.store.queue_bucket.clone()).default_collection(),
@@ -127,7 +112,7 @@ impl CouchbaseStore {
                 settings.store.queue_bucket.clone(),
                 settings.store.ledger_bucket.clone(),
             ),
-            url: redact(url),
+            url: connecting.url.clone(),
             durability: durability_level,
             kv_timeout: cb.kv_timeout,
             query_timeout: cb.query_timeout,
@@ -137,29 +122,30 @@ impl CouchbaseStore {
             bucket_replicas: cb.bucket_replicas,
         };
         if wait_for_buckets {
-            let ready = async {
-                for name in [&store.names.0, &store.names.1] {
-                    let options = WaitUntilReadyOptions::new().service_types(vec![ServiceType::KV]);
-                    store.cluster.bucket(name.clone()).wait_until_ready(options).await?;
-                }
-                Ok::<(), couchbase::error::Error>(())
-            };
-            tokio::select! {
-                waited = tokio::time::timeout_at(deadline, ready) => match waited {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Err(StoreError::Permanent(format!(
-                            "connecting to {}: the buckets {} and {} are not ready: {e} (run `ledgerd init` if they do not exist)",
-                            redact(url), store.names.0, store.names.1
-                        ))
-                        .into())
-                    }
-                    Err(_) => return Err(no_answer("the buckets' data service did not answer")),
-                },
-                () = super::auth_watch::refused() => return Err(refused()),
-            }
+            store.wait_for_buckets(&connecting).await?;
         }
         Ok(store)
+    }
+
+    /// Waits, within the connect deadline, until both buckets' data
+    /// service answers (the SDK's `wait_until_ready`).
+    async fn wait_for_buckets(&self, connecting: &Connecting) -> Result<(), OpenError> {
+        let ready = async {
+            for name in [&self.names.0, &self.names.1] {
+                let options = WaitUntilReadyOptions::new().service_types(vec![ServiceType::KV]);
+                self.cluster.bucket(name.clone()).wait_until_ready(options).await?;
+            }
+            Ok::<(), couchbase::error::Error>(())
+        };
+        match connecting.step(ready).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Permanent(format!(
+                "connecting to {}: the buckets {} and {} are not ready: {e} (run `ledgerd init` if they do not exist)",
+                self.url, self.names.0, self.names.1
+            ))
+            .into()),
+            Err(early) => Err(connecting.failed(early, "the buckets' data service did not answer")),
+        }
     }
 
     pub(super) fn collection(&self, bucket: Bucket) -> &Collection {
@@ -280,6 +266,52 @@ impl CouchbaseStore {
                 "query",
                 self.query_timeout.as_millis() as u64,
             )),
+        }
+    }
+}
+
+/// A connection being made: every step within one deadline, and each
+/// stopped at once when the server refuses the login.
+struct Connecting {
+    url: String,
+    username: String,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+}
+
+/// Why a step of connecting ended before its answer.
+enum Early {
+    /// The server refused the credentials (see `auth_watch`).
+    Refused,
+    /// The deadline passed.
+    Late,
+}
+
+impl Connecting {
+    /// Runs one step, until the deadline or a refused login.
+    async fn step<T>(&self, step: impl Future<Output = T>) -> Result<T, Early> {
+        tokio::select! {
+            done = tokio::time::timeout_at(self.deadline, step) => done.map_err(|_| Early::Late),
+            () = super::auth_watch::refused() => Err(Early::Refused),
+        }
+    }
+
+    /// The error for a step that ended early; `what` says what did not
+    /// answer in time.
+    fn failed(&self, early: Early, what: &str) -> OpenError {
+        match early {
+            // Wrong credentials are the configuration's fault (exit 2).
+            Early::Refused => OpenError::Config(format!(
+                "authentication failed: {} refused user {:?}: check couchbase_username and couchbase_password \
+                 (LEDGERD_COUCHBASE_USERNAME, LEDGERD_COUCHBASE_PASSWORD), and that the user exists on the cluster",
+                self.url, self.username
+            )),
+            Early::Late => OpenError::Store(StoreError::Permanent(format!(
+                "connecting to {}: {what} within {} ms (couchbase_connect_timeout_ms): is the address right, \
+                 the cluster up and reachable, and TLS (couchbases://) as the cluster expects?",
+                self.url,
+                self.timeout.as_millis()
+            ))),
         }
     }
 }
