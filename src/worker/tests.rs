@@ -280,18 +280,7 @@ async fn keys_ending_in_any_characters_are_claimed_by_their_owner_not_the_stale_
     }
     // The three agree on who owns what before any action is queued.
     tokio::time::sleep(cfg.member_timeout * 3).await;
-    let endings = [
-        "é",
-        "ñ1",
-        "日本",
-        "🎉",
-        "x🎉",
-        "e\u{301}",
-        "a\u{308}b",
-        "ab1é",
-        "ß0",
-        "1é",
-    ];
+    let endings = crate::store::contract::KEY_ENDINGS_BEYOND_ASCII;
     let mut disagreeing = 0;
     for i in 0..60 {
         let id = format!("q{i}{}", endings[i % endings.len()]);

@@ -625,6 +625,24 @@ pub async fn changes_list_exactly_after_a_cas(h: &dyn Harness) {
     assert_eq!(seen, expected);
 }
 
+/// Endings of keys for which Couchbase's shard (by bytes) and
+/// [`crate::domain::shard::shard_of`] (by characters) may differ:
+/// multi-byte characters, emoji, combining marks, the last code point.
+pub const KEY_ENDINGS_BEYOND_ASCII: [&str; 12] = [
+    "é",
+    "ñ1",
+    "日本",
+    "🎉",
+    "x🎉",
+    "e\u{301}",
+    "a\u{308}b",
+    "\u{10FFFF}",
+    "ß0-",
+    "ab1é",
+    "9z",
+    "-_.:",
+];
+
 /// Keys that end in any characters (multi-byte ones, emoji, combining
 /// marks) each have exactly one owner among any number of members: each
 /// is in exactly one shard's listing and in exactly one member's share.
@@ -637,21 +655,10 @@ pub async fn keys_ending_in_any_characters_have_one_owner(h: &dyn Harness) {
     use crate::domain::shard::{owned_shards, SHARDS};
     let s = h.store();
     let prefix = format!("{ACTION_PREFIX}{}:", fresh("owner"));
-    let endings = [
-        "é",
-        "ñ1",
-        "日本",
-        "🎉",
-        "x🎉",
-        "e\u{301}",
-        "a\u{308}b",
-        "\u{10FFFF}",
-        "ß0-",
-        "ab1é",
-        "9z",
-        "-_.:",
-    ];
-    let keys: Vec<String> = endings.iter().map(|e| format!("{prefix}{e}")).collect();
+    let keys: Vec<String> = KEY_ENDINGS_BEYOND_ASCII
+        .iter()
+        .map(|e| format!("{prefix}{e}"))
+        .collect();
     for k in &keys {
         ok!(s.insert(Bucket::Queue, k, b"{}").await);
     }
