@@ -621,6 +621,27 @@ fn bench_reports_in_the_documented_shape() {
     assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(!s.db().exists(), "bench uses its own temporary store");
     assert_eq!(r["processes"], 1);
+    assert_eq!(r["warm_s"], serde_json::Value::Null, "fresh wallets: {r}");
+
+    // Warm wallets: each was credited once by other replicas first, and
+    // ends with that credit too (the balances are checked exactly).
+    let out = s.run(
+        &[
+            "bench",
+            "--actions",
+            "40",
+            "--concurrency",
+            "4",
+            "--warm",
+            "0",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["warm_s"], 0, "{r}");
+    assert_eq!(r["balances_exact"], true, "{r}");
 
     // Several processes: latency and operations across all of them.
     let out = s.run(

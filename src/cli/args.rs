@@ -45,6 +45,15 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Measure production's steady state: first every wallet of the
+    /// workload is credited once by other replicas (as by other processes,
+    /// whose completions the measured workers never saw), then the bench
+    /// waits SECS (62 if not given: a worker checks another process's marker
+    /// once it is a minute old), so that the wallets carry old markers of
+    /// others, as in production. The warm-up is not measured.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "62",
+          value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub warm: Option<u64>,
 }
 
 /// Options of `ledgerd simulate`.

@@ -215,6 +215,7 @@ pub fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
                     partition: !args.unpartitioned,
                     target: args.target,
                     json: args.json,
+                    warm: args.warm.map(std::time::Duration::from_secs),
                 };
                 super::bench::run(&settings, args).await
             }

@@ -65,6 +65,10 @@ struct Report {
     mode: &'static str,
     /// Actions queued a second in the steady state.
     rate: Option<u64>,
+    /// With `--warm`: the seconds waited after every wallet was credited
+    /// once by other replicas (their markers that old when the measure
+    /// began); `None`: fresh wallets.
+    warm_s: Option<u64>,
     actions_per_sec: f64,
     credits_per_sec: f64,
     /// Across every worker.
@@ -118,6 +122,8 @@ pub struct BenchSpec {
     pub target: Option<String>,
     /// Print one JSON object.
     pub json: bool,
+    /// Warm the wallets first (see `--warm`), then wait this long.
+    pub warm: Option<Duration>,
 }
 
 /// Runs the benchmark and prints its report.
@@ -138,7 +144,11 @@ pub async fn run(settings: &Settings, args: BenchSpec) -> anyhow::Result<Exit> {
     {
         anyhow::bail!("the bench store already has queued actions or wallets; give --target a fresh store");
     }
-    let work = workload::generate(args.scenario, args.actions);
+    let mut work = workload::generate(args.scenario, args.actions);
+    if let Some(wait) = args.warm {
+        warm_up(&settings, &args, &store, &mut work).await?;
+        tokio::time::sleep(wait).await;
+    }
     let progress = show_progress(store.clone(), args.actions);
     let (merged, secs) = if args.processes > 1 {
         workload::queue(&store, work.actions).await?;
@@ -166,6 +176,7 @@ pub async fn run(settings: &Settings, args: BenchSpec) -> anyhow::Result<Exit> {
         actions: args.actions,
         mode: if args.rate.is_some() { "steady" } else { "backlog" },
         rate: args.rate,
+        warm_s: args.warm.map(|w| w.as_secs()),
         actions_per_sec: done / secs,
         credits_per_sec: done * args.scenario.credits() / secs,
         latency_ms: Latency {
@@ -272,6 +283,30 @@ async fn run_replicas(
     Ok((merged, secs))
 }
 
+/// Credits every wallet of `work` once, through replicas of their own
+/// (their own coalescers and lists of completed actions, as other
+/// processes have), as many as will be measured; counts the credits in
+/// what each wallet must end with. Not measured.
+async fn warm_up(
+    settings: &Settings,
+    args: &BenchSpec,
+    store: &Arc<dyn Store>,
+    work: &mut workload::Workload,
+) -> anyhow::Result<()> {
+    let actions = workload::warm_up(&mut work.expected);
+    let warm = BenchSpec {
+        rate: None,
+        processes: 1,
+        replicas: args.replicas.max(args.processes),
+        warm: None,
+        json: true,
+        target: None,
+        ..*args
+    };
+    run_replicas(settings, &warm, store, actions).await?;
+    Ok(())
+}
+
 /// Waits until the membership lists `replicas` members and each has read
 /// it again since (two heartbeats), so that the measure starts with the
 /// queue divided, as in a deployment that has been up for a while.
@@ -361,6 +396,13 @@ fn print_report(r: &Report, json: bool) -> anyhow::Result<()> {
     match r.rate {
         Some(rate) => writeln!(out, "actions         {} at {rate}/s (steady state)", r.actions)?,
         None => writeln!(out, "actions         {} (a backlog)", r.actions)?,
+    }
+    match r.warm_s {
+        Some(s) => writeln!(
+            out,
+            "wallets         warm: each credited by other replicas {s} s before"
+        )?,
+        None => writeln!(out, "wallets         fresh")?,
     }
     writeln!(out, "actions/s       {:.0}", r.actions_per_sec)?;
     writeln!(out, "credits/s       {:.0}", r.credits_per_sec)?;

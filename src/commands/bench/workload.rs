@@ -102,6 +102,20 @@ pub fn generate(scenario: Scenario, n: u64) -> Workload {
     Workload { actions, expected }
 }
 
+/// Actions that credit every wallet of `expected` once, three a time (the
+/// warm-up of `bench --warm`), added to what each must end with.
+pub fn warm_up(expected: &mut BTreeMap<String, u64>) -> Vec<(String, String)> {
+    let wallets: Vec<String> = expected.keys().cloned().collect();
+    for units in expected.values_mut() {
+        *units += SHARE_UNITS;
+    }
+    wallets
+        .chunks(3)
+        .enumerate()
+        .map(|(i, entries)| (format!("warm-{:016x}", spread(i as u64)), body(entries)))
+        .collect()
+}
+
 /// Queues `actions`, [`GENERATE_CONCURRENCY`] inserts at a time.
 pub async fn queue(store: &Arc<dyn Store>, actions: Vec<(String, String)>) -> anyhow::Result<()> {
     stream::iter(actions)
