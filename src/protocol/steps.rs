@@ -4,14 +4,14 @@
 //! (`process_claimed`) takes that step and folds the store's answer back
 //! in, until a step ends the action. No step is taken twice for one claim.
 //! Below: step 3 (`commit`) and the groups the record's writes and the
-//! action's removals go to the store in (four stages, two, or one with
-//! `send_one`); steps 5 and 6 alone are in the flow, and step 4's writes
-//! are the coalescer's.
+//! action's removals go to the store in (three stages, or one); steps 5
+//! and 6 alone are in the flow, and step 4's writes are the coalescer's.
 //!
 //! Steps 3 to 6 go to the store as ONE ordered group of writes (see
 //! `store::group`) when nothing makes it doubtful: insert the record; write
-//! every wallet; mark the record completed; remove the action. Steps 5 and
-//! 6 go as a group of two after step 4 ran on its own. Each write of a
+//! every wallet; mark the record completed and remove the action, side by
+//! side (each needs only every credit applied). Steps 5 and 6 go as a
+//! group of one stage after step 4 ran on its own. Each write of a
 //! group is exactly the one its step makes alone, under the same CAS and
 //! with the same proof, so a group that stops part way (a conflict, an
 //! ambiguous answer, a crash) leaves a state the steps already recover
@@ -19,7 +19,7 @@
 //! commits a group at once (one commit per action instead of six);
 //! Couchbase runs it stage by stage, as many round trips as the steps alone.
 //!
-//! The four-stage group is taken only when the wallets' states were read
+//! The three-stage group is taken only when the wallets' states were read
 //! before the record existed (the commit step's own proof: nothing can be
 //! applied before the record exists), no other credit of this process is
 //! on its way to any of the wallets (their coalescer slots are idle and
@@ -149,7 +149,7 @@ pub(super) fn next(k: &Known) -> Step {
     };
     match () {
         _ if !k.completed && !k.applied => Step::Apply,
-        _ if !k.completed && same_body && !k.paired => Step::CompleteAndRemove,
+        _ if !k.completed && same_body && !k.paired && k.removed.is_none() => Step::CompleteAndRemove,
         _ if !k.completed => Step::Complete,
         _ if k.removed.is_none() => Step::Remove,
         _ if !k.pruned => Step::Prune,
@@ -304,7 +304,7 @@ pub(super) async fn commit(h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome
     }
 }
 
-/// How far the four-stage group took an action.
+/// How far the three-stage group took an action.
 enum Grouped {
     /// The group was not tried; nothing was written.
     NotTried,
@@ -357,7 +357,7 @@ async fn try_group(h: &Held<'_>, plan: &Plan, reads: &[State], k: &mut Known) ->
         }],
         wallets.iter().map(|(_, w, _)| w.to_group()).collect(),
     ];
-    group.extend(complete_and_remove_stages(id, &tx, GroupCas::LeftBy(0, 0), h.claim));
+    group.push(complete_and_remove_stage(id, &tx, GroupCas::LeftBy(0, 0), h.claim));
     let ran = Answers(h.store.write_group(&group).await);
     let cas = match ran.get(0, 0) {
         Some(Ok(cas)) => cas,
@@ -390,7 +390,7 @@ async fn try_group(h: &Held<'_>, plan: &Plan, reads: &[State], k: &mut Known) ->
     if ran.ok(2, 0) {
         k.set_completed(h);
     }
-    if ran.ok(3, 0) {
+    if ran.ok(2, 1) {
         k.removed = Some(None);
     }
     Grouped::Committed
@@ -398,8 +398,8 @@ async fn try_group(h: &Held<'_>, plan: &Plan, reads: &[State], k: &mut Known) ->
 
 /// Hands the store one write as a group of one stage: every write of the
 /// record and every removal of the action goes to the store as a group, of
-/// one, two or four stages (a store runs a group of one as the single call
-/// it is).
+/// one stage or three (a store runs a group of one as the single call it
+/// is).
 pub(super) async fn send_one(store: &dyn Store, write: GroupWrite) -> std::result::Result<Cas, StoreError> {
     Answers(store.write_group(&vec![vec![write]]).await)
         .get(0, 0)
@@ -421,21 +421,29 @@ impl Answers {
     }
 }
 
-/// Steps 5 and 6 as the last two stages of a group: `tx` marked completed
-/// under `cas`, then the action removed under the claim's CAS.
-fn complete_and_remove_stages(id: &str, tx: &TxRecord, cas: GroupCas, claim: &Claim) -> [Vec<GroupWrite>; 2] {
-    [
-        vec![GroupWrite::Replace {
+/// Steps 5 and 6 as the last stage of a group, side by side: `tx` marked
+/// completed under `cas`, and the action removed under the claim's CAS.
+/// Both need only every credit applied, which the stages before them (or
+/// the steps) established; neither needs the other. Removed while its
+/// record is still `committed` (the completion failed, or the worker died
+/// between the two answers), an action is exact and traceable all the
+/// same: every credit carries its marker, and `audit` counts a committed
+/// record's marked credits. Whoever next meets the record with every
+/// credit marked completes it (`wallet::complete_if_applied`: a pruner, the
+/// sweep, a duplicate delivery).
+fn complete_and_remove_stage(id: &str, tx: &TxRecord, cas: GroupCas, claim: &Claim) -> Vec<GroupWrite> {
+    vec![
+        GroupWrite::Replace {
             bucket: Bucket::Ledger,
             key: tx_key(id),
             body: tx.completed_now().to_bytes(),
             cas,
-        }],
-        vec![GroupWrite::Remove {
+        },
+        GroupWrite::Remove {
             bucket: Bucket::Queue,
             key: action_key(id),
             cas: Some(claim.cas()),
-        }],
+        },
     ]
 }
 
@@ -447,22 +455,22 @@ pub(super) fn plan_one(markers: usize, prunable: usize, soft_max: usize) -> Opti
     (p.credits == 1 && p.prunes_wanted <= p.prunes).then_some(p.prunes)
 }
 
-/// Steps 5 and 6 handed to the store as one ordered group: the record's
-/// completion, then the removal of the action under the claim's CAS, each
-/// exactly the write its step makes alone (a transactional store commits
-/// both at once; Couchbase runs them one after the other). What did not
-/// succeed is then done by the steps alone, which recover from any state
-/// the group can leave (a failed or ambiguous completion is read again; a
-/// removal that failed is retried or judged by `finish`).
+/// Steps 5 and 6 handed to the store as one stage: the record's
+/// completion and the removal of the action under the claim's CAS, side by
+/// side, each exactly the write its step makes alone (a transactional
+/// store commits both at once; Couchbase sends both in one round trip).
+/// What did not succeed is then done by the steps alone, which recover from
+/// any state the stage can leave (a failed or ambiguous completion is read
+/// again; a removal that failed is retried or judged by `finish`).
 pub(super) async fn complete_and_remove(h: &Held<'_>, k: &mut Known) {
     k.paired = true;
     let Some((tx, cas)) = k.tx() else { return };
-    let group: WriteGroup = complete_and_remove_stages(h.id, tx, GroupCas::Known(cas), h.claim).into();
+    let group: WriteGroup = vec![complete_and_remove_stage(h.id, tx, GroupCas::Known(cas), h.claim)];
     let ran = Answers(h.store.write_group(&group).await);
     if ran.ok(0, 0) {
         k.set_completed(h);
-        if ran.ok(1, 0) {
-            k.removed = Some(None);
-        }
+    }
+    if ran.ok(0, 1) {
+        k.removed = Some(None);
     }
 }

@@ -143,6 +143,22 @@ pub fn check(store: &MemoryStore, facts: &Facts<'_>) -> Vec<String> {
         if tx.state == TxState::Completed && store.peek(Bucket::Ledger, &tx_key(id)).is_none() {
             bad.push(format!("tx:{id} vanished"));
         }
+        // The completion goes beside the removal: a record left committed
+        // with its action gone and every credit marked is finished by
+        // whoever meets it, and the sweep meets them all.
+        let marker = crate::domain::MarkerName::of_action(id);
+        let every_credit_marked = tx.credits.iter().all(|c| {
+            store
+                .xattrs(Bucket::Ledger, &crate::domain::keys::balance_key(&c.hash))
+                .and_then(|x| x.pointer(&format!("/ledger/applied/{marker}")).cloned())
+                .is_some()
+        });
+        if tx.state == TxState::Committed && every_credit_marked && store.peek(Bucket::Queue, &action_key(id)).is_none()
+        {
+            bad.push(format!(
+                "tx:{id} left committed after the sweep, its action gone and every credit marked"
+            ));
+        }
     }
     bad
 }

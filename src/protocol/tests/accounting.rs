@@ -184,8 +184,16 @@ async fn a_credit_in_flight_during_the_scan_is_counted_as_a_credit() {
         "the scenario needs Y's marker pruned"
     );
     assert_eq!(w.tx("Z").map(|t| t.state), Some(TxState::Committed));
-    // The action then finishes, and the ledger still audits clean.
-    assert!(matches!(w.process("Z").await, Ok(Outcome::Completed { .. })));
+    // The removal went beside the completion, and landed: the action is
+    // gone, its record committed, every credit marked. The sweep completes
+    // the record from its markers, and the ledger still audits clean.
+    assert!(w.store.peek(Bucket::Queue, &action_key("Z")).is_none());
+    crate::protocol::sweep_markers(&w.store).await.expect("sweep");
+    assert_eq!(w.tx("Z").map(|t| t.state), Some(TxState::Completed));
+    assert!(
+        marker_actions(&w, "a").is_empty(),
+        "every record completed: every marker pruned"
+    );
     assert_explained(&w.store).await;
 }
 

@@ -407,6 +407,10 @@ async fn a_wallet_corrupted_after_the_commit_point_blocks_until_fixed() {
         Outcome::Blocked { .. }
     ));
     assert_eq!(w.tx("1").expect("still committed").state, TxState::Committed);
+    // A sweep completes a committed record only when every credit carries
+    // its marker: here `c` does not, and the record stays committed.
+    crate::protocol::sweep_markers(&w.store).await.expect("sweep");
+    assert_eq!(w.tx("1").expect("still committed").state, TxState::Committed);
     w.set_balance("c", "3").await;
     // Held until its retry time.
     w.lapse_locks();

@@ -83,7 +83,7 @@ fn a_completed_record_is_only_removed_and_pruned() {
 #[test]
 fn what_a_group_did_is_never_done_again() {
     use Step::*;
-    // The four-stage group applied, completed and removed.
+    // The three-stage group applied, completed and removed.
     let mut k = found(TxState::Committed, true);
     (k.applied, k.completed, k.removed) = (true, true, Some(None));
     assert_eq!(walk(k), [Prune, Done]);

@@ -273,15 +273,68 @@ pub(crate) async fn remove_marker(store: &dyn Store, hash: &str, prune: &Prune) 
 }
 
 /// Removes the marker `name` of `action`'s credit from wallet `hash` if
-/// the action's record reads completed: whether it was there and is gone
-/// now. An unreadable or missing record leaves the marker alone.
+/// the action's record reads completed (or is completed here, see
+/// [`complete_if_applied`]): whether it was there and is gone now. An
+/// unreadable or missing record leaves the marker alone.
 pub(crate) async fn prune_if_completed(store: &dyn Store, hash: &str, name: MarkerName, action: &str) -> bool {
-    let Ok(Some((record, _))) = read_tx(store, action).await else {
+    let Ok(Some((record, cas))) = read_tx(store, action).await else {
         return false;
+    };
+    let record = match record.state {
+        TxState::Completed => record,
+        TxState::Committed => match complete_if_applied(store, action, &record, cas).await {
+            Some(completed) => completed,
+            None => return false,
+        },
     };
     match Prune::by_record(name, action, &record) {
         Some(prune) => remove_marker(store, hash, &prune).await,
         None => false,
+    }
+}
+
+/// Completes `action`'s record, read `committed` under `cas`, if every
+/// credit it names is applied: each wallet carries the action's marker.
+/// Returns the record as completed (here or by another), or `None` while
+/// a credit is missing its marker or the record cannot be written.
+///
+/// This finishes what a worker left when it removed the action and died
+/// before the record's completion landed (steps 5 and 6 go side by side):
+/// completion asserts only that every credit is applied, which the markers
+/// prove, since no marker is removed before its record is completed. A
+/// worker still busy with the action loses nothing: its own completion
+/// then meets another CAS, reads the record completed, and goes on.
+pub(crate) async fn complete_if_applied(
+    store: &dyn Store,
+    action: &str,
+    record: &TxRecord,
+    cas: Cas,
+) -> Option<TxRecord> {
+    let own = MarkerName::of_action(action);
+    let mut hashes: Vec<&str> = record.credits.iter().map(|c| c.hash.as_str()).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    for hash in hashes {
+        if !read(store, hash).await.ok()?.has_marker(&own) {
+            return None;
+        }
+    }
+    let completed = record.completed_now();
+    let write = store
+        .replace(
+            Bucket::Ledger,
+            &crate::domain::keys::tx_key(action),
+            &completed.to_bytes(),
+            cas,
+        )
+        .await;
+    match write {
+        Ok(_) => Some(completed),
+        // Another wrote it first, or the answer was lost: what it says now.
+        Err(_) => match read_tx(store, action).await {
+            Ok(Some((now, _))) if now.state == TxState::Completed => Some(now),
+            _ => None,
+        },
     }
 }
 
