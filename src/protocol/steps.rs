@@ -75,8 +75,9 @@ pub(super) struct Held<'a> {
 pub(super) enum Step {
     /// Preserve the action as failed: its id or body cannot be credited.
     Reject,
-    /// Step 3's lookup of the record, with the wallets' reads in the same
-    /// round trip.
+    /// Step 3's reads: the wallets of a body that plans (the record is
+    /// presumed absent until the insert says otherwise), or the record of
+    /// one that does not.
     LookUp,
     /// Step 3: commit, with steps 4 to 6 as one group where that is safe.
     Commit,
@@ -100,8 +101,9 @@ pub(super) const STEPS_MAX: usize = 8;
 /// `tx:<id>`, as far as this worker has looked it up.
 pub(super) enum Record {
     NotRead,
-    /// Absent: the body's plan with its wallets as read before any insert
-    /// of the record, or why the body has no plan.
+    /// Absent, or presumed so (not read: the insert tells): the body's
+    /// plan with its wallets as read before any insert of the record, or
+    /// why the body has no plan (then the record was read, and is absent).
     Absent(std::result::Result<(Plan, Vec<State>), ActionError>),
     /// The record and its CAS.
     Found {
@@ -225,27 +227,23 @@ impl Known {
     }
 }
 
-/// Step 3's lookup: `tx:<id>` and, for a body that plans, the reads of its
-/// wallets, in one round trip. The reads are only used if the record is
-/// absent, and then our own insert of it, after them, proves that no credit
-/// of this action was applied before them.
+/// Step 3's lookup. For a body that plans, the reads of its wallets only:
+/// the record is presumed absent, not read, and the insert that follows
+/// tells (it fails with "exists" where the record is there: a resumed
+/// action or a duplicate delivery, which then read it). Our own insert,
+/// after the reads, proves that no credit of this action was applied
+/// before them. A body that does not plan reads the record, which may say
+/// it was already credited from another body.
 pub(super) async fn look_up(h: &Held<'_>, k: &mut Known) -> Result<()> {
-    let (record, planned) = match plan_action(&h.claim.body) {
+    match plan_action(&h.claim.body) {
         Ok(plan) => {
-            let (record, reads) =
-                futures::join!(read_tx(h.store, h.id), h.opts.coalescer.observe(h.store, &plan.credits));
-            (record?, Ok((plan, reads)))
+            let reads = h.opts.coalescer.observe(h.store, &plan.credits).await?;
+            k.record = Record::Absent(Ok((plan, reads)));
         }
-        Err(e) => (read_tx(h.store, h.id).await?, Err(e)),
-    };
-    match record {
-        Some((tx, cas)) => k.found(tx, cas, None, h),
-        None => {
-            k.record = Record::Absent(match planned {
-                Ok((plan, reads)) => Ok((plan, reads?)),
-                Err(e) => Err(e),
-            })
-        }
+        Err(e) => match read_tx(h.store, h.id).await? {
+            Some((tx, cas)) => k.found(tx, cas, None, h),
+            None => k.record = Record::Absent(Err(e)),
+        },
     }
     Ok(())
 }
@@ -263,7 +261,16 @@ pub(super) async fn commit(h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome
     let own = MarkerName::of_action(h.id);
     for (credit, read) in plan.credits.iter().zip(&reads) {
         if let Some(reason) = read.precheck(credit, &own) {
-            return Ok(Some(Outcome::Blocked { reason }));
+            // The record was presumed absent: before blocking on a wallet,
+            // see whether the action is already committed (then it goes on
+            // from its record, as any resumed action does).
+            return match read_tx(h.store, h.id).await? {
+                Some((tx, cas)) => {
+                    k.found(tx, cas, None, h);
+                    Ok(None)
+                }
+                None => Ok(Some(Outcome::Blocked { reason })),
+            };
         }
     }
     let error = match try_group(h, &plan, &reads, k).await {
