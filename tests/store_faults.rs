@@ -1,6 +1,6 @@
 //! Faults of the embedded store as a whole, through the real binary: a
 //! damaged file is found by `ledgerd check` and stops a worker (not ready,
-//! naming the fault and `ledgerd check`); a full disk (a real one: a 2 MiB
+//! naming the fault and `ledgerd check`); a full disk (a real one: a 4 MiB
 //! tmpfs, where the test may mount one) pauses claiming, and the same
 //! worker finishes everything once space is freed.
 //!
@@ -217,13 +217,18 @@ fn a_full_disk_pauses_claiming_and_the_same_worker_resumes_once_space_is_freed()
         .map(|o| stdout(&o).trim().to_string());
     if !uid.is_ok_and(|u| u == "0") {
         return Ok(Completion::ignored_with(
-            "needs root, to mount a 2 MiB tmpfs; tests/readiness.rs covers the recovery unprivileged",
+            "needs root, to mount a 4 MiB tmpfs; tests/readiness.rs covers the recovery unprivileged",
         ));
     }
     let s = Scratch::empty();
     let disk = s.path().join("disk");
     std::fs::create_dir(&disk).expect("mount point");
-    let _mounted = match Mounted::new(&disk, "2m") {
+    // 4 MiB: the queued actions' write-ahead log takes about 2, the filler
+    // the rest, so that freeing it frees room for a checkpoint. (On 2 MiB
+    // the log took nearly all of it; the filler, and what its removal
+    // freed, were a few pages: too little for SQLite to checkpoint, and
+    // recovery came only when a checkpoint happened to fit.)
+    let _mounted = match Mounted::new(&disk, "4m") {
         Ok(m) => m,
         Err(why) => return Ok(Completion::ignored_with(format!("cannot mount a tmpfs here: {why}"))),
     };

@@ -12,6 +12,7 @@ pub mod accounting;
 pub mod adjust;
 mod coalesce;
 pub mod dead_letters;
+mod grouped;
 mod options;
 mod outcome;
 mod recent;
@@ -31,13 +32,14 @@ use crate::store::{Bucket, Cas, Doc, GroupCas, GroupWrite, Store, StoreError};
 use coalesce::Applied;
 pub use coalesce::{Coalescer, LINEAGE_MAX, SLOTS_MAX};
 use dead_letters::{DeadLetters, Entry, FAILED_DOC_BYTES_MAX};
+use grouped::send_one;
 pub use options::{Options, WALLET_MARKERS_SOFT_MAX};
 pub use outcome::{Outcome, ProtocolError, Result, Skip};
 pub use recent::{RecentlyCompleted, RECENT_COMPLETED_MAX};
 use records::TxState;
 pub use step::{backoff, seed_jitter};
 pub(crate) use step::{count_retry, read_tx, retry, STEP_ATTEMPTS_MAX};
-use steps::{next, send_one, Claim, Held, Known, Record, Step, STEPS_MAX};
+use steps::{next, Claim, Held, Known, Record, Step, STEPS_MAX};
 pub use sweep::sweep_markers;
 
 pub use crate::domain::keys::BLOCKED_XATTR;
@@ -170,7 +172,7 @@ async fn take(step: Step, h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome>
             return reject(h.store, h.id, h.claim, &kind, &reason).await.map(Some);
         }
         Step::LookUp => steps::look_up(h, k).await?,
-        Step::Commit => return steps::commit(h, k).await,
+        Step::Commit => return grouped::commit(h, k).await,
         Step::Apply => {
             let observed = match &mut k.record {
                 Record::Found { observed, .. } => observed.take(),
@@ -187,7 +189,6 @@ async fn take(step: Step, h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome>
                 .coalescer
                 .apply(h.store, h.id, tx, observed, h.opts.rules())
                 .await?;
-            k.stale.extend(application.stale);
             k.credited.0 += application.written_credits;
             k.credited.1 = k.credited.1.saturating_add(application.written_units);
             match application.applied {
@@ -195,13 +196,9 @@ async fn take(step: Step, h: &Held<'_>, k: &mut Known) -> Result<Option<Outcome>
                 Applied::Done | Applied::CompletedElsewhere => k.applied = true,
             }
         }
-        Step::CompleteAndRemove => steps::complete_and_remove(h, k).await,
+        Step::CompleteAndRemove => grouped::complete_and_remove(h, k).await,
         Step::Complete => complete(h, k).await?,
         Step::Remove => finish(h, k).await?,
-        Step::Prune => {
-            wallet::prune_stale(h.store, &k.stale).await;
-            k.pruned = true;
-        }
         Step::Done => return Ok(Some(k.outcome())),
     }
     Ok(None)

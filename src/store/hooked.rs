@@ -124,13 +124,16 @@ pub trait Hook: Send + Sync {
     /// [watches only](Hook::watches_only)): a hook may wait here, as a
     /// server's answer would take time.
     async fn before_group(&self, _group: &WriteGroup) {}
-    /// After a stage of such a group ran: each write that ran, with the
-    /// error reported for it, if any. By default, [`Hook::after`] for each.
-    fn after_stage(&self, ran: &[(OpKind, &str, Option<&StoreError>)]) {
+    /// After the `stage`th stage of such a group ran: each write that
+    /// ran, with the error reported for it, if any. By default,
+    /// [`Hook::after`] for each.
+    fn after_stage(&self, _stage: usize, ran: &[(OpKind, &str, Option<&StoreError>)]) {
         for (kind, key, error) in ran {
             self.after(*kind, key, *error);
         }
     }
+    /// After such a group, every stage of it that ran.
+    fn after_group(&self) {}
 }
 
 /// The store call a write of a group is.
@@ -241,16 +244,17 @@ impl<H: Hook> Store for Hooked<H> {
         }
         self.hook.before_group(group).await;
         let results = self.inner.write_group(group).await;
-        for (stage, done) in group.iter().zip(&results) {
+        for (i, (stage, done)) in group.iter().zip(&results).enumerate() {
             let ran: Vec<(OpKind, &str, Option<&StoreError>)> = stage
                 .iter()
                 .zip(done)
                 .filter_map(|(w, r)| r.as_ref().map(|r| (group_kind(w), w.key(), r.as_ref().err())))
                 .collect();
             if !ran.is_empty() {
-                self.hook.after_stage(&ran);
+                self.hook.after_stage(i, &ran);
             }
         }
+        self.hook.after_group();
         results
     }
     async fn remove_xattr(&self, bucket: Bucket, key: &str, path: &str) -> StoreResult<bool> {

@@ -44,7 +44,7 @@ use futures::future::join_all;
 use tokio::sync::oneshot;
 
 use super::records::{TxRecord, TxState};
-use super::wallet::{self, Stale, State, StateId};
+use super::wallet::{self, State, StateId};
 use super::{backoff, count_retry, read_tx, ProtocolError, Result};
 use crate::domain::{Credit, MarkerName};
 use crate::ops::names::{self as m, result_label};
@@ -59,8 +59,6 @@ mod slot;
 pub(crate) struct Application {
     /// How it ended.
     pub applied: Applied,
-    /// Old markers of other actions seen on the wallets.
-    pub stale: Vec<Stale>,
     /// Credits this process's own writes applied (not those found applied).
     pub written_credits: usize,
     /// Their units.
@@ -160,12 +158,11 @@ impl Coalescer {
             })
             .collect();
         let answers = join_all(requests.into_iter().map(|r| self.credit(store, r, rules))).await;
-        let (mut applied, mut stale, mut failure) = (Applied::Done, Vec::new(), None);
+        let (mut applied, mut failure) = (Applied::Done, None);
         let (mut written_credits, mut written_units) = (0, 0u64);
         for (credit, answer) in tx.credits.iter().zip(answers) {
             match answer {
-                Ok(Credited::Done { stale: s, written }) => {
-                    stale.extend(s);
+                Ok(Credited::Done { written }) => {
                     if written {
                         written_credits += 1;
                         written_units = written_units.saturating_add(credit.units.get());
@@ -193,7 +190,6 @@ impl Coalescer {
         };
         Ok(Application {
             applied,
-            stale,
             written_credits,
             written_units,
         })
@@ -327,7 +323,7 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
             return;
         }
         let stale = basis.stale(&hash, rules.recent);
-        let proven = prove(store, &basis, &lineage, batch, &stale).await;
+        let proven = prove(store, &basis, &lineage, batch).await;
         if proven.is_empty() {
             return;
         }
@@ -365,24 +361,12 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
 /// Which requests of a batch are proven not yet applied on `basis` (they are
 /// returned); the others are answered: applied already, completed by
 /// another worker, or failed.
-async fn prove(
-    store: &dyn Store,
-    basis: &State,
-    lineage: &Lineage,
-    batch: Vec<Pending>,
-    stale: &[wallet::Stale],
-) -> Vec<Pending> {
+async fn prove(store: &dyn Store, basis: &State, lineage: &Lineage, batch: Vec<Pending>) -> Vec<Pending> {
     let mut proven = Vec::new();
     let mut unproven = Vec::new();
     for p in batch {
         if basis.has_marker(&p.request.marker) {
-            answer(
-                p,
-                Ok(Credited::Done {
-                    stale: stale.to_vec(),
-                    written: false,
-                }),
-            );
+            answer(p, Ok(Credited::Done { written: false }));
         } else if lineage.contains(p.request.seen.as_ref().and_then(State::id)) {
             proven.push(p);
         } else {

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use crate::domain::{Marker, MarkerName, Units};
 use crate::ops::names as m;
 use crate::protocol::records::now_ms;
-use crate::protocol::wallet::{over_supply, plan, Prune, Stale, State, StateId, Write, WRITE_XATTR_SPECS_MAX};
+use crate::protocol::wallet::{
+    over_supply, plan, Prune, Stale, State, StateId, Write, FOREIGN_MARKERS_CHECKED_MAX, WRITE_XATTR_SPECS_MAX,
+};
 use crate::protocol::{read_tx, ProtocolError, RecentlyCompleted, Result};
 use crate::store::{Store, StoreError};
 
@@ -50,9 +52,9 @@ pub(crate) struct CreditRequest {
 /// How one credit ended.
 #[derive(Debug)]
 pub(crate) enum Credited {
-    /// The wallet carries the marker; old markers of other actions seen on
-    /// it. `written`: this process's write put it there (else it was found).
-    Done { stale: Vec<Stale>, written: bool },
+    /// The wallet carries the marker. `written`: this process's write put
+    /// it there (else it was found).
+    Done { written: bool },
     /// The record is completed: another worker finished the action.
     CompletedElsewhere,
     /// The wallet cannot take the credit now.
@@ -248,13 +250,7 @@ impl Turns<'_> {
                 at: Instant::now(),
             });
             for p in included {
-                answer(
-                    p,
-                    Ok(Credited::Done {
-                        stale: self.stale.clone(),
-                        written: true,
-                    }),
-                );
+                answer(p, Ok(Credited::Done { written: true }));
             }
         }
         Ok(())
@@ -265,9 +261,13 @@ impl Turns<'_> {
     }
 
     /// Markers of completed actions this write may remove: those this
-    /// process knows completed, and, when the plan wants more (the wallet is
+    /// process knows completed; those of the old markers of other
+    /// processes' actions seen on the wallet (`stale`, a few) whose record
+    /// now reads `completed`, so that production's steady state (a
+    /// wallet's last credit came from another replica) prunes them in the
+    /// credit's own CAS write; and, when the plan wants more (the wallet is
     /// above its soft maximum), those of the oldest other markers whose
-    /// record now reads `completed`.
+    /// record reads `completed`.
     async fn choose_prunes(&self, current: &State, pending: usize) -> Vec<Prune> {
         if matches!(current, State::Absent) {
             return Vec::new();
@@ -275,15 +275,26 @@ impl Turns<'_> {
         let recent = self.rules.recent;
         let mut prunes = current.known_completed(recent);
         let wanted = plan(current.markers().len(), pending, prunes.len(), self.soft_max()).prunes_wanted;
-        if wanted <= prunes.len() {
+        let checkable = |name: &MarkerName| !self.slot.is_unfinished(name) && !prunes.iter().any(|p| p.name() == name);
+        let mut candidates: Vec<(MarkerName, String)> = self
+            .stale
+            .iter()
+            .filter(|s| checkable(&s.name))
+            .take(FOREIGN_MARKERS_CHECKED_MAX)
+            .map(|s| (s.name.clone(), s.action.clone()))
+            .collect();
+        if wanted > prunes.len() {
+            let more: Vec<(MarkerName, String)> = current
+                .unknown(recent)
+                .into_iter()
+                .filter(|(name, _)| checkable(name) && !candidates.iter().any(|(n, _)| n == name))
+                .take(wanted - prunes.len())
+                .collect();
+            candidates.extend(more);
+        }
+        if candidates.is_empty() {
             return prunes;
         }
-        let candidates: Vec<(MarkerName, String)> = current
-            .unknown(recent)
-            .into_iter()
-            .filter(|(name, _)| !self.slot.is_unfinished(name))
-            .take(wanted - prunes.len())
-            .collect();
         metrics::counter!(m::RECORD_CHECKS).increment(candidates.len() as u64);
         let records = join_all(candidates.iter().map(|(_, action)| read_tx(self.store, action))).await;
         for ((name, action), record) in candidates.into_iter().zip(records) {

@@ -657,3 +657,88 @@ fn every_xattr_path_is_under_one_key() {
     let paths = [MARKERS_XATTR, BLOCKED_XATTR, marker.as_str()];
     assert!(paths.iter().all(|p| key(p) == Some("ledger".into())), "{paths:?}");
 }
+
+/// Makes the marker of `action` on wallet `hash` look written `age_ms` ago
+/// (the worker checks another process's marker once it is a minute old).
+async fn age_marker(w: &World, hash: &str, action: &str, age_ms: u64) {
+    let name = crate::domain::MarkerName::of_action(action);
+    let path = format!("ledger.applied.{name}");
+    let mut marker = w
+        .store
+        .xattrs(Bucket::Ledger, &crate::domain::keys::balance_key(hash))
+        .and_then(|x| x.pointer(&format!("/ledger/applied/{name}")).cloned())
+        .expect("the marker");
+    marker["at_ms"] = serde_json::json!(crate::protocol::records::now_ms().saturating_sub(age_ms));
+    w.store
+        .set_xattr(
+            Bucket::Ledger,
+            &crate::domain::keys::balance_key(hash),
+            &path,
+            &marker,
+            None,
+        )
+        .await
+        .expect("age the marker");
+}
+
+#[tokio::test]
+async fn another_process_s_old_markers_go_in_the_credit_s_own_write() {
+    let w = World::new();
+    // Another process credited `a` twice: one action it finished, one it
+    // died on before completing (its record still committed).
+    let other = Options::default();
+    w.enqueue("done-elsewhere", r#"{"beneficiaries":{"a":"1"}}"#).await;
+    assert!(matches!(
+        process_action(&w.store, "done-elsewhere", &other).await,
+        Ok(Outcome::Completed { .. })
+    ));
+    w.enqueue("in-flight", r#"{"beneficiaries":{"a":"2"}}"#).await;
+    let dying = FaultyStore::with_plan(
+        arc(&w.store),
+        Box::new(|_, kind, key| match kind {
+            OpKind::Replace | OpKind::Remove if key.ends_with("in-flight") => {
+                Fault::FailBefore(StoreError::Permanent("died".into()))
+            }
+            _ => Fault::Pass,
+        }),
+    );
+    // (A third process: the first would prune its own completed marker.)
+    let _ = process_action(&dying, "in-flight", &Options::default()).await;
+    assert_eq!(w.tx("in-flight").expect("record").state, TxState::Committed);
+    for action in ["done-elsewhere", "in-flight"] {
+        age_marker(&w, "a", action, 120_000).await;
+    }
+    // This process credits `a`: the old marker of the completed action goes
+    // in that very write; the in-flight one stays; no write of its own.
+    let kinds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = kinds.clone();
+    let watched = FaultyStore::with_plan(
+        arc(&w.store),
+        Box::new(move |_, kind, _| {
+            seen.lock().expect("kinds").push(kind);
+            Fault::Pass
+        }),
+    );
+    w.enqueue("here", r#"{"beneficiaries":{"a":"3"}}"#).await;
+    assert!(matches!(
+        process_action(&watched, "here", &w.opts).await,
+        Ok(Outcome::Completed { .. })
+    ));
+    let markers = |w: &World| {
+        let xattrs = w.store.xattrs(Bucket::Ledger, &crate::domain::keys::balance_key("a"));
+        let markers = crate::domain::Markers::from_xattr(xattrs.and_then(|x| x.pointer("/ledger/applied").cloned()));
+        let mut ids: Vec<String> = markers
+            .iter()
+            .filter_map(|(_, m)| m.action().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(markers(&w), ["here", "in-flight"]);
+    let kinds = kinds.lock().expect("kinds").clone();
+    assert!(
+        !kinds.contains(&OpKind::RemoveXattr),
+        "no marker removed by a write of its own: {kinds:?}"
+    );
+    assert_eq!(w.balance("a"), Some(600_000_000));
+}

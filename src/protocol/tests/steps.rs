@@ -35,7 +35,6 @@ fn walk(mut k: Known) -> Vec<Step> {
             Step::CompleteAndRemove => k.paired = true,
             Step::Complete => k.completed = true,
             Step::Remove => k.removed = Some(None),
-            Step::Prune => k.pruned = true,
         }
         assert!(path.len() <= STEPS_MAX);
     }
@@ -58,26 +57,27 @@ fn an_absent_record_is_committed_or_the_body_rejected() {
 }
 
 #[test]
-fn a_committed_record_is_applied_completed_removed_and_pruned_in_order() {
+fn a_committed_record_is_applied_completed_and_removed_in_order() {
     use Step::*;
     assert_eq!(
         walk(found(TxState::Committed, true)),
-        [Apply, CompleteAndRemove, Complete, Remove, Prune, Done]
+        [Apply, CompleteAndRemove, Complete, Remove, Done]
     );
     // Another body under the same id: completed alone, then judged by step 6.
-    assert_eq!(
-        walk(found(TxState::Committed, false)),
-        [Apply, Complete, Remove, Prune, Done]
-    );
+    assert_eq!(walk(found(TxState::Committed, false)), [Apply, Complete, Remove, Done]);
+    // Removed beside a completion that failed: completed alone, once.
+    let mut k = found(TxState::Committed, true);
+    (k.applied, k.paired, k.removed) = (true, true, Some(None));
+    assert_eq!(walk(k), [Complete, Done]);
 }
 
 #[test]
-fn a_completed_record_is_only_removed_and_pruned() {
+fn a_completed_record_is_only_removed() {
     use Step::*;
-    assert_eq!(walk(found(TxState::Completed, true)), [Remove, Prune, Done]);
+    assert_eq!(walk(found(TxState::Completed, true)), [Remove, Done]);
     let mut k = found(TxState::Completed, true);
     k.removed = Some(None);
-    assert_eq!(walk(k), [Prune, Done]);
+    assert_eq!(walk(k), [Done]);
 }
 
 #[test]
@@ -86,11 +86,15 @@ fn what_a_group_did_is_never_done_again() {
     // The three-stage group applied, completed and removed.
     let mut k = found(TxState::Committed, true);
     (k.applied, k.completed, k.removed) = (true, true, Some(None));
-    assert_eq!(walk(k), [Prune, Done]);
+    assert_eq!(walk(k), [Done]);
     // It applied and completed; the removal failed.
     let mut k = found(TxState::Committed, true);
     (k.applied, k.completed) = (true, true);
-    assert_eq!(walk(k), [Remove, Prune, Done]);
+    assert_eq!(walk(k), [Remove, Done]);
+    // It applied and removed; the completion failed: completed alone.
+    let mut k = found(TxState::Committed, true);
+    (k.applied, k.removed) = (true, Some(None));
+    assert_eq!(walk(k), [Complete, Done]);
     // A wallet write failed: step 4 again, through the coalescer.
     let k = found(TxState::Committed, true);
     assert_eq!(walk(k)[0], Apply);
@@ -110,7 +114,7 @@ fn the_outcome_says_duplicate_only_for_a_record_found_completed() {
 
 #[test]
 fn a_credit_prunes_in_spare_slots_and_defers_when_more_are_wanted_than_known() {
-    use super::super::steps::plan_one;
+    use super::super::grouped::plan_one;
     assert_eq!(plan_one(3, 0, 256), Some(0));
     assert_eq!(plan_one(3, 20, 256), Some(14));
     assert_eq!(plan_one(300, 20, 256), Some(14));

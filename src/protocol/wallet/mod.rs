@@ -337,13 +337,3 @@ pub(crate) async fn complete_if_applied(
         },
     }
 }
-
-/// Prunes a few old markers of other actions seen on wallets (their
-/// process forgot them, or crashed), each if its record reads completed.
-/// Best effort: a marker left behind is harmless; `sweep_markers` is the
-/// full pass.
-pub(crate) async fn prune_stale(store: &dyn Store, stale: &[Stale]) {
-    for s in stale.iter().take(FOREIGN_MARKERS_CHECKED_MAX) {
-        prune_if_completed(store, &s.hash, s.name.clone(), &s.action).await;
-    }
-}
