@@ -62,6 +62,16 @@ pub(crate) fn count_retry(kind: &'static str) {
     metrics::counter!(crate::ops::names::RETRIES, "kind" => kind).increment(1);
 }
 
+/// A fraction in [0, 1) drawn from this thread's jitter source (seeded in
+/// the simulator, so that its runs replay exactly).
+pub(crate) fn jitter_fraction() -> f64 {
+    use rand::Rng;
+    JITTER.with(|j| match j.borrow_mut().as_mut() {
+        Some(rng) => rng.gen_range(0.0..1.0),
+        None => rand::thread_rng().gen_range(0.0..1.0),
+    })
+}
+
 /// Capped exponential backoff with full jitter.
 pub fn backoff(attempt: u32) -> Duration {
     use rand::Rng;

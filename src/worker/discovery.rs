@@ -49,7 +49,10 @@ impl Loop {
                 // fell silent): a long pass over a backlog must not hold
                 // on to shards it no longer owns, nor leave the new ones.
                 let before = self.membership.view().id;
-                if self.membership.refresh().await.id != before {
+                let view = self.membership.refresh().await;
+                let changed = view.id != before;
+                self.opts.coalescer.set_others_write(view.members.len() > 1);
+                if changed {
                     pass = self.new_pass().await;
                 }
             }
@@ -145,7 +148,9 @@ impl Loop {
         if !self.cfg.partition {
             return Pass::everything_from(self.last_listed.take());
         }
-        let mut shards = self.membership.refresh().await.shards.clone();
+        let view = self.membership.refresh().await;
+        self.opts.coalescer.set_others_write(view.members.len() > 1);
+        let mut shards = view.shards.clone();
         shards.shuffle(&mut rand::thread_rng());
         Pass::new(shards)
     }

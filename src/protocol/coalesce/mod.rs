@@ -38,6 +38,7 @@
 //! How many credits and marker removals share a turn is `wallet::plan`'s rule.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
@@ -50,7 +51,7 @@ use crate::domain::{Credit, MarkerName};
 use crate::ops::names::{self as m, result_label};
 use crate::store::Store;
 pub use slot::LINEAGE_MAX;
-use slot::{answer, enqueue, fail_all, locked, Lineage, Pending, Slot, Turns, Written, KNOWN_FRESH};
+use slot::{answer, enqueue, fail_all, is_conflict, locked, Lineage, Pending, Slot, Turns, Written, KNOWN_FRESH};
 pub(crate) use slot::{CreditRequest, Credited, WriteRules};
 
 mod slot;
@@ -82,6 +83,9 @@ pub const SLOTS_MAX: usize = 8_192;
 #[derive(Default)]
 pub struct Coalescer {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Other live workers may write the same wallets (see
+    /// [`Coalescer::set_others_write`]).
+    others_write: AtomicBool,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -93,6 +97,18 @@ impl std::fmt::Debug for Coalescer {
 }
 
 impl Coalescer {
+    /// Tells whether other live workers may write the same wallets (the
+    /// membership has other members): then a wallet this process writes
+    /// again and again is left to them for a moment now and then (see
+    /// `OWN_STATE_WRITES_WHILE_CONTENDED`). A heuristic for latency only.
+    pub fn set_others_write(&self, others: bool) {
+        self.others_write.store(others, Ordering::Relaxed);
+    }
+
+    fn others_write(&self) -> bool {
+        self.others_write.load(Ordering::Relaxed)
+    }
+
     fn slot(&self, hash: &str) -> Arc<Slot> {
         let mut slots = locked(&self.slots);
         if let Some(slot) = slots.get(hash) {
@@ -251,7 +267,7 @@ impl Coalescer {
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             let batch = std::mem::take(&mut *locked(&slot.queue));
-            write_batch(&slot, store, batch, rules).await;
+            write_batch(&slot, store, batch, rules, self.others_write()).await;
             if let Ok(result) = answer.try_recv() {
                 return result;
             }
@@ -290,14 +306,36 @@ impl IdleLeads {
 
 /// Writes one batch for one wallet, retrying conflicts, and answers every
 /// request in it.
-async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, rules: WriteRules<'_>) {
+async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, rules: WriteRules<'_>, others: bool) {
     let Some(hash) = batch.first().map(|p| p.request.hash.clone()) else {
         return;
     };
     let mut fresh: Option<State> = None;
+    if slot.takes_turns(others) {
+        // Leave the wallet to the others for a moment, then see whether
+        // one of them wrote it.
+        tokio::time::sleep(slot.turn_pause()).await;
+        batch.append(&mut locked(&slot.queue));
+        let own = locked(&slot.written).take();
+        match wallet::read(store, &hash).await {
+            Ok(state) => match own {
+                // Nobody did: this process's states stand, lineage and all.
+                Some(mut own) if own.state.id() == state.id() => {
+                    own.lineage.since = tokio::time::Instant::now();
+                    *locked(&slot.written) = Some(own);
+                }
+                _ => {
+                    slot.note_contention();
+                    fresh = Some(state);
+                }
+            },
+            Err(e) => return fail_all(batch, &e),
+        }
+    }
     let mut round = 0;
     loop {
-        // The basis: a fresh read after a failed write; else the newest of
+        // The basis: a fresh read after a failed write, or when this process
+        // takes turns with another writing the wallet too; else the newest of
         // this process's own last write and the requests' observations.
         let (basis, lineage) = match fresh.take() {
             Some(state) => {
@@ -347,7 +385,16 @@ async fn write_batch(slot: &Slot, store: &dyn Store, mut batch: Vec<Pending>, ru
             }
             return;
         }
-        tokio::time::sleep(backoff(round)).await;
+        if is_conflict(&error) {
+            // A lost race: another process's write just landed, so the
+            // wallet is free now. Waiting longer with every loss would let
+            // the others win every race (seconds of waiting on a hot
+            // wallet); a short jitter keeps the losers apart.
+            slot.note_contention();
+            tokio::time::sleep(slot.retry_pause()).await;
+        } else {
+            tokio::time::sleep(backoff(round)).await;
+        }
         // Requests that arrived meanwhile join the next round.
         batch = left;
         batch.append(&mut locked(&slot.queue));

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::domain::{Marker, MarkerName, Units};
 use crate::ops::names as m;
 use crate::protocol::records::now_ms;
+use crate::protocol::step::jitter_fraction;
 use crate::protocol::wallet::{
     over_supply, plan, Prune, Stale, State, StateId, Write, FOREIGN_MARKERS_CHECKED_MAX, WRITE_XATTR_SPECS_MAX,
 };
@@ -33,6 +34,22 @@ const LINEAGE_AGE_MAX: Duration = crate::store::limits::LOCK_MAX;
 /// How long a state this process wrote stands in for a pre-commit read.
 /// Only a heuristic for work: a stale state costs a failed write, never money.
 pub(super) const KNOWN_FRESH: Duration = Duration::from_secs(1);
+/// How long a sign that another process writes a wallet too (a write of
+/// ours that lost its CAS race, or a state we did not write read where
+/// our own was expected) makes this process take turns on it.
+pub(super) const CONTENDED_FOR: Duration = Duration::from_secs(2);
+/// While a wallet is contended, how many of its write times this process
+/// keeps writing it from its own last state (without a read) before it
+/// reads it afresh like everyone else. Writing from its own state needs
+/// one round trip a batch where another process needs three (read the
+/// wallet, read the records that prove its credits, write), so without a
+/// turn the process that wrote last writes again before any other can,
+/// and the others' credits wait for seconds. A heuristic for latency only:
+/// which process writes next never touches what a write must prove.
+pub(super) const OWN_STATE_WRITES_WHILE_CONTENDED: u32 = 2;
+/// How many write times a turn leaves the wallet to the others (see
+/// [`Slot::turn_pause`]): a read, the records' reads and a write.
+pub(super) const TURN_PAUSE_WRITES: u32 = 3;
 
 /// One credit to one wallet, waiting to be written.
 #[derive(Debug, Clone)]
@@ -75,16 +92,23 @@ pub(super) struct Written {
     pub(super) at: Instant,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct Lineage {
     pub(super) set: HashSet<StateId>,
     /// Oldest first, with when each joined.
     pub(super) order: VecDeque<(StateId, Instant)>,
+    /// When its root was observed: how long this process has been writing
+    /// the wallet from its own states alone.
+    pub(super) since: Instant,
 }
 
 impl Lineage {
     pub(super) fn root(seen: Option<StateId>) -> Self {
-        let mut lineage = Lineage::default();
+        let mut lineage = Lineage {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            since: Instant::now(),
+        };
         if let Some(s) = seen {
             lineage.push(s);
         }
@@ -127,9 +151,51 @@ pub(super) struct Slot {
     /// Markers whose record read `committed` a moment ago, and when: not
     /// read again for [`KNOWN_FRESH`] (a heuristic for work only).
     pub(super) unfinished: Mutex<HashMap<MarkerName, Instant>>,
+    /// When another process was last seen writing the wallet.
+    pub(super) contended: Mutex<Option<Instant>>,
+    /// How long this process's writes of the wallet take (a moving average).
+    pub(super) write_time: Mutex<Duration>,
 }
 
 impl Slot {
+    /// Another process writes this wallet too.
+    pub(super) fn note_contention(&self) {
+        *locked(&self.contended) = Some(Instant::now());
+    }
+
+    /// One of this process's writes of the wallet took `took`.
+    pub(super) fn note_write_time(&self, took: Duration) {
+        let mut average = locked(&self.write_time);
+        *average = (*average * 3 + took) / 4;
+    }
+
+    /// Whether this process should leave the wallet to others for a moment
+    /// before its next write: it has written it from its own states alone
+    /// for [`OWN_STATE_WRITES_WHILE_CONTENDED`] write times, while others
+    /// may write it too (`others`: other live workers exist) or were seen
+    /// to (a lost CAS race, a state it did not write).
+    pub(super) fn takes_turns(&self, others: bool) -> bool {
+        let Some(since) = locked(&self.written).as_ref().map(|k| k.lineage.since) else {
+            return false;
+        };
+        let contended = others || locked(&self.contended).is_some_and(|at| at.elapsed() < CONTENDED_FOR);
+        contended && since.elapsed() > *locked(&self.write_time) * OWN_STATE_WRITES_WHILE_CONTENDED
+    }
+
+    /// How long a turn leaves the wallet to the others: long enough for
+    /// one of them to read it, read the records its credits need and
+    /// write it, with a jitter so that processes do not pause in step.
+    pub(super) fn turn_pause(&self) -> Duration {
+        let write = *locked(&self.write_time);
+        write * TURN_PAUSE_WRITES + write.mul_f64(jitter_fraction())
+    }
+
+    /// How long to wait after losing a CAS race on the wallet: up to one
+    /// of this process's write times, at random.
+    pub(super) fn retry_pause(&self) -> Duration {
+        locked(&self.write_time).mul_f64(jitter_fraction())
+    }
+
     pub(super) fn is_unfinished(&self, name: &MarkerName) -> bool {
         locked(&self.unfinished)
             .get(name)
@@ -224,6 +290,7 @@ impl Turns<'_> {
                 })
                 .collect();
             let write = Write::new(&self.hash, &current, balance, &added, prunes);
+            let sent = Instant::now();
             let cas = match write.send(self.store).await {
                 Ok(cas) => cas,
                 Err(e) if is_conflict(&e) || e.is_retryable() => {
@@ -239,6 +306,7 @@ impl Turns<'_> {
                     return Ok(());
                 }
             };
+            self.slot.note_write_time(sent.elapsed());
             current = write.landed(cas);
             metrics::counter!(m::WALLET_WRITES).increment(1);
             metrics::counter!(m::WALLET_WRITE_CREDITS).increment(included.len() as u64);
