@@ -673,6 +673,11 @@ fn bench_reports_in_the_documented_shape() {
         "{r}"
     );
     assert!(r["worker_peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{r}");
+
+    // A store latency cannot reach other processes: said, not ignored.
+    let out = s.run(&["bench", "--processes", "2", "--store-latency-ms", "5"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--replicas"), "{}", stderr(&out));
 }
 
 /// A hot wallet credited by 1,024 actions in flight at once, on the

@@ -25,7 +25,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub replicas: u16,
     /// Make every store call of the replicas wait this long first, as a
-    /// call over a network does (Couchbase is round-trip bound).
+    /// call over a network does (Couchbase is round-trip bound). Replicas
+    /// only: not with --processes above 1.
     #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub store_latency_ms: u64,
     /// Queue the actions at this rate (a second) while the workers run: a

@@ -204,6 +204,14 @@ pub fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             }
             Command::Demo(args) => super::demo::run(args.actions, args.workers).await,
             Command::Bench(args) => {
+                if args.processes > 1 && args.store_latency_ms > 0 {
+                    return Err(Usage(
+                        "--store-latency-ms slows the replicas of this process; it cannot reach \
+                         --processes (separate `ledgerd run` processes): use --replicas N"
+                            .into(),
+                    )
+                    .into());
+                }
                 let args = super::bench::BenchSpec {
                     scenario: args.scenario,
                     actions: args.actions.max(1),
