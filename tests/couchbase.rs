@@ -7,6 +7,8 @@
 
 #[path = "common/couchbase.rs"]
 mod cb;
+#[path = "common/steady_state.rs"]
+mod steady_state;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
@@ -89,6 +91,19 @@ fn main() {
                 .expect("its state");
             let _ = store.query_for_tests(&format!("DROP INDEX ix_other_app ON {ident}"), &[]).await;
             assert_eq!(states, [serde_json::json!("deferred")], "init built another application's index");
+        });
+        Ok(Completion::Completed)
+    }));
+    let steady = available.clone();
+    trials.push(Trial::ignorable_test("steady_state_steps_on_couchbase", move || {
+        let Some(settings) = steady()? else {
+            return Ok(Completion::ignored_with(REASON));
+        };
+        cb::block_on(async move {
+            let store: std::sync::Arc<dyn ledgerd::store::Store> =
+                std::sync::Arc::new(cb::ready_store(&settings).await);
+            let run = format!("steady{}", rand::random::<u32>());
+            steady_state::old_foreign_markers_go_in_the_credit_s_own_write(store, &run).await;
         });
         Ok(Completion::Completed)
     }));

@@ -93,3 +93,17 @@ async fn a_store_of_an_earlier_release_gains_creation_times() {
     drop(store);
     SqliteStore::open(&path, "queue", "ledger", OpenMode::Existing).expect("open again");
 }
+
+#[path = "common/steady_state.rs"]
+mod steady_state;
+
+/// The steady-state scenario the Couchbase suite runs on a server, run
+/// here on a file, so that the scenario itself is known to work.
+#[tokio::test]
+async fn old_foreign_markers_go_in_the_credit_s_own_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        SqliteStore::open(&dir.path().join("steady.db"), "queue", "ledger", OpenMode::Create).expect("open sqlite");
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    steady_state::old_foreign_markers_go_in_the_credit_s_own_write(store, "steady").await;
+}
