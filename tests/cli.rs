@@ -592,6 +592,43 @@ fn simulate_passes_and_catches_sabotage() {
 }
 
 #[test]
+fn simulate_exhaustive_explores_and_replays_a_schedule() {
+    let s = Scratch::new();
+    let out = s.run(&["simulate", "--exhaustive", "--preemptions", "0", "--faults", "1"], "");
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("every schedule within 0 preemptions and 1 faults, with a sweep:")
+            && stdout(&out).contains("0 with violations"),
+        "{}",
+        stdout(&out)
+    );
+    // One schedule: its third choice has the first worker die before its
+    // second store call.
+    let out = s.run(
+        &[
+            "simulate",
+            "--exhaustive",
+            "--preemptions",
+            "0",
+            "--faults",
+            "1",
+            "--schedule",
+            "0,0,1",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("  2. w0 get_with_xattrs balance:own1  <- the worker dies before it"),
+        "{}",
+        stdout(&out)
+    );
+    // The bounds belong to --exhaustive.
+    let out = s.run(&["simulate", "--faults", "1"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn bench_reports_in_the_documented_shape() {
     let s = Scratch::empty();
     let out = s.run(&["bench", "--actions", "40", "--concurrency", "4", "--json"], "");

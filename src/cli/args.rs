@@ -76,6 +76,27 @@ pub struct SimulateArgs {
     /// Break the protocol on purpose, to watch the checker catch it.
     #[arg(long, value_enum, default_value_t = SabotageArg::None)]
     pub sabotage: SabotageArg,
+    /// Instead of random seeds, run every schedule within the bounds below:
+    /// 2 workers, 2 actions sharing a wallet, every order of their store
+    /// calls and every fault at each (docs/testing.md).
+    #[arg(long, conflicts_with_all = ["seeds", "from", "seed", "sabotage"])]
+    pub exhaustive: bool,
+    /// With --exhaustive: switches away from a worker that could go on.
+    #[arg(long, default_value_t = 2, value_name = "N", requires = "exhaustive",
+          value_parser = clap::value_parser!(u64).range(0..=8))]
+    pub preemptions: u64,
+    /// With --exhaustive: faults in one schedule.
+    #[arg(long, default_value_t = 2, value_name = "N", requires = "exhaustive",
+          value_parser = clap::value_parser!(u64).range(0..=4))]
+    pub faults: u64,
+    /// With --exhaustive: leave out the run of `sweep` interleaved with the
+    /// workers (fewer schedules).
+    #[arg(long, requires = "exhaustive")]
+    pub no_sweep: bool,
+    /// With --exhaustive: run only this schedule (its choices, comma
+    /// separated, as a failing one is printed) and print its trace.
+    #[arg(long, value_name = "CHOICES", requires = "exhaustive", value_delimiter = ',')]
+    pub schedule: Option<Vec<usize>>,
 }
 
 /// A deliberate defect for `ledgerd simulate --sabotage`.

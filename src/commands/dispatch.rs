@@ -103,6 +103,15 @@ pub fn dispatch(command: Command, settings: Settings) -> anyhow::Result<Exit> {
             SabotageArg::RemoveOnClaim => Sabotage::RemoveOnClaim,
         };
         let out = std::io::stdout().lock();
+        if args.exhaustive {
+            let bounds = crate::sim::explore::Bounds {
+                preemptions: usize::try_from(args.preemptions).unwrap_or(usize::MAX),
+                faults: usize::try_from(args.faults).unwrap_or(usize::MAX),
+                schedules_max: u64::MAX,
+                sweep: !args.no_sweep,
+            };
+            return super::simulate::exhaustive(bounds, args.schedule.as_deref(), out);
+        }
         return super::simulate::run(args.seeds, args.from, args.seed, args.trace, sabotage, out);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use super::Exit;
+use crate::sim::explore::{self, Bounds, Schedule};
 use crate::sim::{replay_command, run_seed, Report, Sabotage};
 
 /// Operations of a failing run's trace printed when not asked for all.
@@ -95,4 +96,70 @@ pub fn run(
     } else {
         Exit::Rejected
     })
+}
+
+/// The command that replays one explored schedule.
+fn replay_schedule_command(bounds: &Bounds, choices: &[usize]) -> String {
+    let choices: Vec<String> = choices.iter().map(usize::to_string).collect();
+    format!(
+        "ledgerd simulate --exhaustive --preemptions {} --faults {}{} --schedule {}",
+        bounds.preemptions,
+        bounds.faults,
+        if bounds.sweep { "" } else { " --no-sweep" },
+        if choices.is_empty() {
+            "0".to_string()
+        } else {
+            choices.join(",")
+        }
+    )
+}
+
+fn print_schedule(out: &mut impl Write, schedule: &Schedule) -> std::io::Result<()> {
+    for line in &schedule.trace {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
+}
+
+/// `simulate --exhaustive`: every schedule within `bounds`, or the one
+/// `schedule` names.
+pub fn exhaustive(bounds: Bounds, schedule: Option<&[usize]>, mut out: impl Write) -> anyhow::Result<Exit> {
+    if let Some(choices) = schedule {
+        let s = explore::replay(bounds, choices);
+        print_schedule(&mut out, &s)?;
+        if s.violations.is_empty() {
+            writeln!(out, "schedule: no violation ({} store calls)", s.trace.len())?;
+            return Ok(Exit::Success);
+        }
+        for v in &s.violations {
+            writeln!(out, "VIOLATED: {v}")?;
+        }
+        return Ok(Exit::Rejected);
+    }
+    let e = explore::explore(bounds);
+    let (p, f) = (bounds.preemptions, bounds.faults);
+    match &e.failing {
+        None => {
+            writeln!(
+                out,
+                "every schedule within {p} preemptions and {f} faults{}: {} schedules (at most {} choices each), \
+                 0 with violations, {:.1} s",
+                if bounds.sweep { ", with a sweep" } else { "" },
+                e.schedules,
+                e.depth_max,
+                e.elapsed.as_secs_f64()
+            )?;
+            Ok(Exit::Success)
+        }
+        Some(s) => {
+            writeln!(out, "schedule {} of the exploration VIOLATED:", e.schedules)?;
+            for v in &s.violations {
+                writeln!(out, "  {v}")?;
+            }
+            writeln!(out, "replay with: {}", replay_schedule_command(&bounds, &s.choices))?;
+            writeln!(out, "store calls, in order:")?;
+            print_schedule(&mut out, s)?;
+            Ok(Exit::Rejected)
+        }
+    }
 }

@@ -24,6 +24,7 @@
 //! failover or durability loss beyond "ambiguous".
 
 mod checker;
+pub mod explore;
 pub mod store;
 mod workload;
 

@@ -82,43 +82,42 @@ impl Shared {
     }
 
     /// Checks, as `action:<id>` is removed, that its credits are committed
-    /// (its record completed, or committed with every credit's marker on
-    /// its wallet: the completion goes beside the removal) or that it is
-    /// preserved as failed.
+    /// (see [`removal_violation`]).
     fn check_removal(&self, key: &str, removed_body: &[u8]) {
-        let Some(id) = key.strip_prefix(ACTION_PREFIX) else {
-            return;
-        };
-        // A wallet someone else wrote whole (the chaos's corruption) lost
-        // its markers with its body: what it held is not knowable there.
-        let marked = |hash: &str| {
-            let key = crate::domain::keys::balance_key(hash);
-            let marker = crate::domain::MarkerName::of_action(id);
-            let corrupted = self
-                .inner
-                .peek(Bucket::Ledger, &key)
-                .is_some_and(|body| crate::domain::Units::parse_balance(&body).is_err());
-            corrupted
-                || self
-                    .inner
-                    .xattrs(Bucket::Ledger, &key)
-                    .and_then(|x| x.pointer(&format!("/ledger/applied/{marker}")).cloned())
-                    .is_some()
-        };
-        let completed = self
-            .inner
-            .peek(Bucket::Ledger, &tx_key(id))
-            .and_then(|b| TxRecord::parse(id, &b).ok())
-            .is_some_and(|tx| tx.state == TxState::Completed || tx.credits.iter().all(|c| marked(&c.hash)));
-        let preserved = self.inner.peek(Bucket::Queue, &failed_key(id)).is_some_and(|b| {
-            crate::protocol::dead_letters::DeadLetters::parse(&b).holds(&crate::domain::keys::sha256_hex(removed_body))
-        });
-        if !completed && !preserved {
-            self.violation(format!(
-                "{key} removed before its credits were completed or it was preserved"
-            ));
+        if let Some(v) = removal_violation(&self.inner, key, removed_body) {
+            self.violation(v);
         }
     }
+}
+
+/// Whether removing `action:<id>` (whose body was `removed_body`) now breaks
+/// an invariant: its credits must be committed (its record completed, or committed with every credit's marker on
+/// its wallet: the completion goes beside the removal) or that it is
+/// preserved as failed.
+pub(crate) fn removal_violation(inner: &MemoryStore, key: &str, removed_body: &[u8]) -> Option<String> {
+    let id = key.strip_prefix(ACTION_PREFIX)?;
+    // A wallet someone else wrote whole (the chaos's corruption) lost
+    // its markers with its body: what it held is not knowable there.
+    let marked = |hash: &str| {
+        let key = crate::domain::keys::balance_key(hash);
+        let marker = crate::domain::MarkerName::of_action(id);
+        let corrupted = inner
+            .peek(Bucket::Ledger, &key)
+            .is_some_and(|body| crate::domain::Units::parse_balance(&body).is_err());
+        corrupted
+            || inner
+                .xattrs(Bucket::Ledger, &key)
+                .and_then(|x| x.pointer(&format!("/ledger/applied/{marker}")).cloned())
+                .is_some()
+    };
+    let completed = inner
+        .peek(Bucket::Ledger, &tx_key(id))
+        .and_then(|b| TxRecord::parse(id, &b).ok())
+        .is_some_and(|tx| tx.state == TxState::Completed || tx.credits.iter().all(|c| marked(&c.hash)));
+    let preserved = inner.peek(Bucket::Queue, &failed_key(id)).is_some_and(|b| {
+        crate::protocol::dead_letters::DeadLetters::parse(&b).holds(&crate::domain::keys::sha256_hex(removed_body))
+    });
+    (!completed && !preserved).then(|| format!("{key} removed before its credits were completed or it was preserved"))
 }
 
 /// One worker's faulty view of the shared store.
