@@ -217,6 +217,17 @@ impl Markers {
             .map(|(name, value)| (FoundName(name), Marker::read(value)))
     }
 
+    /// The actions whose credits the markers record, sorted (what audits
+    /// and tests compare).
+    pub fn actions(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .iter()
+            .filter_map(|(_, marker)| marker.action().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// The markers a write leaves: these, less `removed`, plus `added`.
     pub fn after(&self, removed: &[MarkerName], added: &[(MarkerName, Value)]) -> Self {
         if removed.is_empty() && added.is_empty() {

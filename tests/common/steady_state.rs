@@ -27,13 +27,7 @@ async fn markers(store: &dyn Store, wallet: &str) -> Vec<String> {
         .get_with_xattrs(Bucket::Ledger, &balance_key(wallet), &[MARKERS_XATTR])
         .await
         .expect("read the wallet");
-    let markers = Markers::from_xattr(doc.xattrs.into_iter().next().flatten());
-    let mut ids: Vec<String> = markers
-        .iter()
-        .filter_map(|(_, m)| m.action().map(str::to_string))
-        .collect();
-    ids.sort();
-    ids
+    Markers::from_xattr(doc.xattrs.into_iter().next().flatten()).actions()
 }
 
 /// Runs the scenario on `store` with ids and wallets prefixed by `run`

@@ -114,13 +114,7 @@ async fn assert_explained(store: &dyn Store) {
 /// The markers on wallet `hash`, by action id.
 fn marker_actions(w: &World, hash: &str) -> Vec<String> {
     let xattrs = w.store.xattrs(Bucket::Ledger, &balance_key(hash)).unwrap_or_default();
-    let markers = crate::domain::Markers::from_xattr(xattrs.pointer("/ledger/applied").cloned());
-    let mut ids: Vec<String> = markers
-        .iter()
-        .filter_map(|(_, marker)| marker.action().map(str::to_string))
-        .collect();
-    ids.sort();
-    ids
+    crate::domain::Markers::from_xattr(xattrs.pointer("/ledger/applied").cloned()).actions()
 }
 
 // Y completes and Z's write (the same worker, which knows Y completed)
