@@ -77,16 +77,18 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value_t = SabotageArg::None)]
     pub sabotage: SabotageArg,
     /// Instead of random seeds, run every schedule within the bounds below:
-    /// 2 workers, 2 actions sharing a wallet, every order of their store
-    /// calls and every fault at each (docs/testing.md).
+    /// 2 workers, 2 actions sharing a wallet and one sweep; every order of
+    /// their store calls with at most --preemptions switches, and every
+    /// fault at every call, up to --faults (docs/protocol.md).
     #[arg(long, conflicts_with_all = ["seeds", "from", "seed", "sabotage"])]
     pub exhaustive: bool,
     /// With --exhaustive: switches away from a worker that could go on.
     #[arg(long, default_value_t = 2, value_name = "N", requires = "exhaustive",
           value_parser = clap::value_parser!(u64).range(0..=8))]
     pub preemptions: u64,
-    /// With --exhaustive: faults in one schedule.
-    #[arg(long, default_value_t = 2, value_name = "N", requires = "exhaustive",
+    /// With --exhaustive: faults in one schedule (2 with 2 preemptions and
+    /// the sweep is hours; 1 is minutes).
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "exhaustive",
           value_parser = clap::value_parser!(u64).range(0..=4))]
     pub faults: u64,
     /// With --exhaustive: leave out the run of `sweep` interleaved with the
