@@ -274,7 +274,7 @@ async fn completed_of(store: &dyn Store, stale: &[Stale]) -> Vec<(Stale, Prune)>
 pub(super) async fn send_one(store: &dyn Store, write: GroupWrite) -> std::result::Result<Cas, StoreError> {
     Answers(store.write_group(&vec![vec![write]]).await)
         .get(0, 0)
-        .unwrap_or_else(|| Err(StoreError::Transient("the write group did not run".into())))
+        .unwrap_or_else(not_run)
 }
 
 /// What a store answered for each write of a group, by stage.

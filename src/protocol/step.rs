@@ -62,23 +62,24 @@ pub(crate) fn count_retry(kind: &'static str) {
     metrics::counter!(crate::ops::names::RETRIES, "kind" => kind).increment(1);
 }
 
-/// A fraction in [0, 1) drawn from this thread's jitter source (seeded in
-/// the simulator, so that its runs replay exactly).
+/// A draw from this thread's jitter source: seeded in the simulator (so
+/// that its runs replay exactly), else the thread's entropy.
+fn jitter<T>(draw: impl FnOnce(&mut dyn rand::RngCore) -> T) -> T {
+    JITTER.with(|j| match j.borrow_mut().as_mut() {
+        Some(rng) => draw(rng),
+        None => draw(&mut rand::thread_rng()),
+    })
+}
+
+/// A fraction in [0, 1) drawn from this thread's jitter source.
 pub(crate) fn jitter_fraction() -> f64 {
     use rand::Rng;
-    JITTER.with(|j| match j.borrow_mut().as_mut() {
-        Some(rng) => rng.gen_range(0.0..1.0),
-        None => rand::thread_rng().gen_range(0.0..1.0),
-    })
+    jitter(|rng| rng.gen_range(0.0..1.0))
 }
 
 /// Capped exponential backoff with full jitter.
 pub fn backoff(attempt: u32) -> Duration {
     use rand::Rng;
     let cap_ms: u64 = 5u64.saturating_mul(1 << attempt.min(8)).min(1_000);
-    let ms = JITTER.with(|j| match j.borrow_mut().as_mut() {
-        Some(rng) => rng.gen_range(1..=cap_ms),
-        None => rand::thread_rng().gen_range(1..=cap_ms),
-    });
-    Duration::from_millis(ms)
+    Duration::from_millis(jitter(|rng| rng.gen_range(1..=cap_ms)))
 }

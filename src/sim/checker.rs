@@ -38,6 +38,15 @@ fn failed_bodies(store: &MemoryStore, id: &str) -> Vec<Vec<u8>> {
     DeadLetters::parse(&body).entries.into_iter().map(|e| e.body).collect()
 }
 
+/// Whether wallet `hash` carries the marker of action `id`.
+pub(super) fn carries_marker(store: &MemoryStore, hash: &str, id: &str) -> bool {
+    let marker = crate::domain::MarkerName::of_action(id);
+    store
+        .xattrs(Bucket::Ledger, &crate::domain::keys::balance_key(hash))
+        .and_then(|x| x.pointer(&format!("/ledger/applied/{marker}")).cloned())
+        .is_some()
+}
+
 /// Checks every invariant; returns the violations.
 pub fn check(store: &MemoryStore, facts: &Facts<'_>) -> Vec<String> {
     let mut bad = Vec::new();
@@ -146,13 +155,7 @@ pub fn check(store: &MemoryStore, facts: &Facts<'_>) -> Vec<String> {
         // The completion goes beside the removal: a record left committed
         // with its action gone and every credit marked is finished by
         // whoever meets it, and the sweep meets them all.
-        let marker = crate::domain::MarkerName::of_action(id);
-        let every_credit_marked = tx.credits.iter().all(|c| {
-            store
-                .xattrs(Bucket::Ledger, &crate::domain::keys::balance_key(&c.hash))
-                .and_then(|x| x.pointer(&format!("/ledger/applied/{marker}")).cloned())
-                .is_some()
-        });
+        let every_credit_marked = tx.credits.iter().all(|c| carries_marker(store, &c.hash, id));
         if tx.state == TxState::Committed && every_credit_marked && store.peek(Bucket::Queue, &action_key(id)).is_none()
         {
             bad.push(format!(

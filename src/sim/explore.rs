@@ -189,8 +189,8 @@ impl Hook for Gate {
     fn after(&self, kind: OpKind, key: &str, error: Option<&StoreError>) {
         if let Some(StoreError::LimitExceeded(why)) = error {
             locked(&self.gates).violations.push(format!(
-                "w{} {kind:?} {key}: a request beyond Couchbase's limits: {why}",
-                self.worker
+                "{} {kind:?} {key}: a request beyond Couchbase's limits: {why}",
+                party(self.worker)
             ));
         }
         // An action removed (by this call, or before it: then it was judged

@@ -99,16 +99,10 @@ pub(crate) fn removal_violation(inner: &MemoryStore, key: &str, removed_body: &[
     // A wallet someone else wrote whole (the chaos's corruption) lost
     // its markers with its body: what it held is not knowable there.
     let marked = |hash: &str| {
-        let key = crate::domain::keys::balance_key(hash);
-        let marker = crate::domain::MarkerName::of_action(id);
         let corrupted = inner
-            .peek(Bucket::Ledger, &key)
+            .peek(Bucket::Ledger, &crate::domain::keys::balance_key(hash))
             .is_some_and(|body| crate::domain::Units::parse_balance(&body).is_err());
-        corrupted
-            || inner
-                .xattrs(Bucket::Ledger, &key)
-                .and_then(|x| x.pointer(&format!("/ledger/applied/{marker}")).cloned())
-                .is_some()
+        corrupted || super::checker::carries_marker(inner, hash, id)
     };
     let completed = inner
         .peek(Bucket::Ledger, &tx_key(id))

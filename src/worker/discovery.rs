@@ -49,10 +49,7 @@ impl Loop {
                 // fell silent): a long pass over a backlog must not hold
                 // on to shards it no longer owns, nor leave the new ones.
                 let before = self.membership.view().id;
-                let view = self.membership.refresh().await;
-                let changed = view.id != before;
-                self.opts.coalescer.set_others_write(view.members.len() > 1);
-                if changed {
+                if self.refresh_membership().await.id != before {
                     pass = self.new_pass().await;
                 }
             }
@@ -148,11 +145,17 @@ impl Loop {
         if !self.cfg.partition {
             return Pass::everything_from(self.last_listed.take());
         }
-        let view = self.membership.refresh().await;
-        self.opts.coalescer.set_others_write(view.members.len() > 1);
-        let mut shards = view.shards.clone();
+        let mut shards = self.refresh_membership().await.shards.clone();
         shards.shuffle(&mut rand::thread_rng());
         Pass::new(shards)
+    }
+
+    /// A heartbeat when one is due, and the view in force; the coalescer
+    /// learns whether other live workers may write the same wallets.
+    async fn refresh_membership(&mut self) -> &super::membership::View {
+        let view = self.membership.refresh().await;
+        self.opts.coalescer.set_others_write(view.members.len() > 1);
+        view
     }
 
     /// One page of a listing.

@@ -62,11 +62,7 @@ pub async fn old_foreign_markers_go_in_the_credit_s_own_write(store: Arc<dyn Sto
         .flatten()
         .and_then(|m| m.get(name.as_str()).cloned())
         .expect("the other process's marker");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_millis() as u64;
-    marker["at_ms"] = serde_json::json!(now_ms - OLD_MS);
+    marker["at_ms"] = serde_json::json!(ledgerd::domain::time::unix_ms_now() - OLD_MS);
     store
         .set_xattr(Bucket::Ledger, &balance_key(&wallet), &name.path(), &marker, None)
         .await
